@@ -1,0 +1,27 @@
+"""User-facing errors. Anything else that escapes is a bug and keeps its traceback.
+
+Each class carries the process exit code the CLI uses for it, so scripts can
+tell a bad model from a bad image without parsing messages.
+"""
+
+
+class OnnxcamError(Exception):
+    """A problem with what the user gave us; the message says what and how to fix it."""
+
+    exit_code = 1
+
+
+class ModelError(OnnxcamError):
+    """The ONNX file is missing, unreadable, or not an image classifier we can explain."""
+
+    exit_code = 3
+
+
+class ImageError(OnnxcamError):
+    """An input image is missing, unreadable or unusable."""
+
+    exit_code = 4
+
+
+class UnsupportedOpError(ModelError):
+    """An op between the target layer and the class score has no backward rule."""

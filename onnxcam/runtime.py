@@ -1,0 +1,73 @@
+"""ONNX Runtime sessions: pick the execution provider once, build sessions quietly.
+
+The onnxruntime-gpu wheel lists CUDA even where no GPU or CUDA library exists,
+and logs loud errors when it then fails to load it. We probe once, with ORT's
+logger silenced, and report which provider really runs.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import onnx
+import onnxruntime as ort
+from onnx import helper
+
+from onnxcam.errors import ModelError, OnnxcamError
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+DEVICES = ("auto", "cpu", "cuda")
+
+ort.set_default_logger_severity(3)  # errors only: ORT's warnings are not the user's business
+
+
+@functools.cache
+def cuda_available() -> bool:
+    """Whether a session can really start on CUDA here (not just whether the wheel lists it)."""
+    if CUDA not in ort.get_available_providers():
+        return False
+    probe = helper.make_model(
+        helper.make_graph(
+            [helper.make_node("Identity", ["x"], ["y"])], "probe",
+            [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+            [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])],
+        ),
+        opset_imports=[helper.make_opsetid("", 13)], ir_version=7,
+    )
+    ort.set_default_logger_severity(4)
+    try:
+        options = ort.SessionOptions()
+        options.log_severity_level = 4
+        session = ort.InferenceSession(probe.SerializeToString(), options, providers=[CUDA, CPU])
+        return session.get_providers()[0] == CUDA
+    except Exception:
+        return False
+    finally:
+        ort.set_default_logger_severity(3)
+
+
+def providers_for(device: str) -> list:
+    """Execution providers for --device auto|cpu|cuda."""
+    if device not in DEVICES:
+        raise OnnxcamError(f"unknown device '{device}'; choose one of {', '.join(DEVICES)}")
+    if device == "cpu":
+        return [CPU]
+    if cuda_available():
+        return [CUDA, CPU]
+    if device == "cuda":
+        raise OnnxcamError(
+            f"CUDA was requested but {CUDA} cannot start here (available: {', '.join(ort.get_available_providers())}); "
+            "use --device cpu"
+        )
+    return [CPU]
+
+
+def make_session(model: onnx.ModelProto, providers: list) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    try:
+        return ort.InferenceSession(model.SerializeToString(), options, providers=providers)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"ONNX Runtime cannot load the model: {first}") from None

@@ -1,0 +1,73 @@
+"""A tiny node factory over an onnx-graphsurgeon graph, used by the backward rules.
+
+It knows the model's opset, so rules can ask for "ReduceSum over these axes"
+and get the attribute form or the input form that this opset wants.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import onnx_graphsurgeon as gs
+from onnx import helper
+
+
+class Builder:
+    def __init__(self, graph: gs.Graph, opset: int, dtype=np.float32, prefix: str = "onnxcam"):
+        self.graph = graph
+        self.opset = opset
+        self.dtype = np.dtype(dtype)  # float type of gradients and float constants
+        self._ids = itertools.count()
+        self._prefix = prefix
+
+    def name(self, hint: str) -> str:
+        return f"{self._prefix}/{hint}_{next(self._ids)}"
+
+    def const(self, value, dtype=None) -> gs.Constant:
+        """A constant; Python floats and float arrays take the gradient dtype unless told otherwise."""
+        arr = np.asarray(value)
+        if dtype is None and arr.dtype.kind == "f":
+            dtype = self.dtype
+        return gs.Constant(self.name("const"), np.ascontiguousarray(arr, dtype=dtype))
+
+    def op(self, op_type: str, *inputs, dtype=None, shape=None, **attrs) -> gs.Variable:
+        """Append one single-output node; numbers and arrays among the inputs become constants."""
+        tensors = [x if isinstance(x, gs.Tensor) else self.const(x) for x in inputs]
+        out = gs.Variable(self.name(op_type.lower()), dtype=dtype, shape=shape)
+        self.graph.nodes.append(gs.Node(op_type, self.name(op_type), attrs, tensors, [out]))
+        return out
+
+    def reduce_sum(self, x, axes, keepdims=True):
+        axes = [int(a) for a in axes]
+        if self.opset >= 13:
+            return self.op("ReduceSum", x, self.const(axes, np.int64), keepdims=int(keepdims))
+        return self.op("ReduceSum", x, axes=axes, keepdims=int(keepdims))
+
+    def unsqueeze(self, x, axes):
+        axes = [int(a) for a in axes]
+        if self.opset >= 13:
+            return self.op("Unsqueeze", x, self.const(axes, np.int64))
+        return self.op("Unsqueeze", x, axes=axes)
+
+    def reshape_like(self, g, x):
+        return self.op("Reshape", g, self.op("Shape", x))
+
+    def mask(self, g, condition):
+        """g where condition holds, else 0 (Mul by the cast mask: valid from opset 7)."""
+        return self.op("Mul", g, self.op("Cast", condition, to=helper.np_dtype_to_tensor_dtype(self.dtype)))
+
+    def unbroadcast(self, g, out_shape, x):
+        """Sum a gradient of broadcast shape `out_shape` back down to the shape of input x."""
+        x_shape = list(x.shape) if x.shape is not None else None
+        if x_shape is None or out_shape is None:
+            raise AssertionError(f"unbroadcast needs static ranks: {out_shape} vs {x_shape} ('{x.name}')")
+        lead = len(out_shape) - len(x_shape)
+        axes = list(range(lead)) + [
+            lead + i for i, d in enumerate(x_shape) if d == 1 and out_shape[lead + i] != 1
+        ]
+        if not axes:
+            return g
+        summed = self.reduce_sum(g, axes, keepdims=True)
+        return self.reshape_like(summed, x) if lead else summed
+

@@ -1,0 +1,135 @@
+"""Graph surgery: expose target layers, append their gradients, or cut off the head.
+
+`augment` returns a model whose single run gives the logits, the class each
+image is explained for, and for every target layer its activations A and the
+gradient dScore/dA. The class is a runtime input (negative = top-1, chosen in
+the graph), so one augmented model serves every class.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+from onnx import numpy_helper
+
+from onnxcam.errors import UnsupportedOpError
+from onnxcam.model import ModelInfo
+from onnxcam.surgery.builder import Builder
+from onnxcam.surgery.vjp import RULES
+
+CLASS_INPUT = "onnxcam/class"
+TARGET_OUTPUT = "onnxcam/target"
+
+
+def grad_name(layer: str) -> str:
+    return f"onnxcam/grad/{layer}"
+
+
+def augment(info: ModelInfo, layers: list, gradients: bool = True) -> onnx.ModelProto:
+    """The model plus outputs: logits, target class, and per layer A (and dScore/dA)."""
+    graph = gs.import_onnx(info.model)
+    tensors = graph.tensors()
+    logits = tensors[info.logits_name]
+    outputs = list(graph.outputs)
+    _add_output(outputs, logits)
+    for name in layers:
+        if name not in {i.name for i in graph.inputs}:
+            _add_output(outputs, tensors[name])
+    if gradients:
+        b = Builder(graph, info.opset, dtype=_np_dtype(logits))
+        cls = gs.Variable(CLASS_INPUT, dtype=np.int64, shape=["N"])
+        graph.inputs.append(cls)
+        target, seed = _class_seed(b, logits, info.num_classes, cls)
+        grads = backward(b, [tensors[name] for name in layers], logits, seed)
+        outputs.append(_named(b, target, TARGET_OUTPUT, np.int64, ["N"]))
+        for name in layers:
+            a = tensors[name]
+            outputs.append(_named(b, grads[name], grad_name(name), a.dtype, a.shape))
+    graph.outputs = outputs
+    model = _export(graph, info)
+    if gradients:  # default class -1 (top-1) lets callers leave the class input unfed
+        model.graph.initializer.append(numpy_helper.from_array(np.array([-1], np.int64), CLASS_INPUT))
+    return model
+
+
+def cut_head(info: ModelInfo, layer: str) -> onnx.ModelProto:
+    """The sub-model from `layer` (as an input) to the logits; the image input stays only if still needed."""
+    graph = gs.import_onnx(info.model)
+    tensors = graph.tensors()
+    a = tensors[layer]
+    a.inputs.clear()
+    graph.inputs = [a] + [t for t in graph.inputs if t.name != layer]
+    graph.outputs = [tensors[info.logits_name]]
+    graph.cleanup(remove_unused_graph_inputs=True)
+    return _export(graph, info)
+
+
+def backward(b: Builder, wrt: list, score: gs.Tensor, seed: gs.Tensor) -> dict:
+    """Reverse pass from `score` (with cotangent `seed`) to each tensor in `wrt`; name -> gradient."""
+    on_path = _float_descendants(b.graph, wrt)
+    grads = {score.name: seed}
+    for node in reversed(list(b.graph.nodes)):  # rules append nodes: walk a snapshot
+        if not any(o.name in grads for o in node.outputs) or not any(i.name in on_path for i in node.inputs):
+            continue
+        rule = RULES.get(node.op)
+        if rule is None:
+            raise UnsupportedOpError(
+                f"no backward rule for {node.op} (node '{node.name}'); it lies between the target layer and the "
+                f"class score. Pick a later layer (onnxcam inspect lists them) or a method that needs no gradient."
+            )
+        for inp, g in zip(node.inputs, rule(b, node, [grads.get(o.name) for o in node.outputs])):
+            if inp.name not in on_path:
+                continue
+            if g is None:
+                raise AssertionError(f"rule for {node.op} gave no gradient for input '{inp.name}' of '{node.name}'")
+            grads[inp.name] = b.op("Add", grads[inp.name], g) if inp.name in grads else g
+    missing = [t.name for t in wrt if t.name not in grads]
+    if missing:
+        raise AssertionError(f"no gradient reached {missing}")
+    return {t.name: grads[t.name] for t in wrt}
+
+
+def _class_seed(b: Builder, logits, num_classes: int, cls):
+    """Pick each row's class (negative = argmax, in the graph) and one-hot it as dScore/dlogits."""
+    flat = logits if len(logits.shape) == 2 else b.op("Flatten", logits, axis=1)
+    top = b.op("ArgMax", flat, axis=1, keepdims=0)
+    target = b.op("Where", b.op("Less", cls, b.const(0, np.int64)), top, cls)
+    column = b.op("Reshape", target, b.const([-1, 1], np.int64))
+    hot = b.op("Equal", column, b.const(np.arange(num_classes, dtype=np.int64)[None]))
+    seed = b.op("Cast", hot, to=onnx.helper.np_dtype_to_tensor_dtype(b.dtype))
+    if len(logits.shape) != 2:
+        seed = b.reshape_like(seed, logits)
+    return target, seed
+
+
+def _float_descendants(graph, starts) -> set:
+    """Names of float tensors that depend on any of `starts` (integer tensors carry no gradient)."""
+    names = {t.name for t in starts}
+    for node in graph.nodes:
+        if any(i.name in names for i in node.inputs):
+            names.update(o.name for o in node.outputs if o.dtype is None or np.dtype(o.dtype).kind == "f")
+    return names
+
+
+def _add_output(outputs, tensor):
+    if tensor.name not in {o.name for o in outputs}:
+        outputs.append(tensor)
+
+
+def _named(b: Builder, tensor, name, dtype, shape):
+    out = gs.Variable(name, dtype=dtype, shape=shape)
+    b.graph.nodes.append(gs.Node("Identity", b.name("Identity"), {}, [tensor], [out]))
+    return out
+
+
+def _np_dtype(tensor):
+    return np.dtype(tensor.dtype) if tensor.dtype is not None else np.dtype(np.float32)
+
+
+def _export(graph, info: ModelInfo) -> onnx.ModelProto:
+    graph.cleanup().toposort()
+    model = gs.export_onnx(graph)
+    model.ir_version = info.model.ir_version  # gs writes onnx's newest IR, which ORT may not load
+    del model.metadata_props[:]
+    return model
