@@ -48,6 +48,20 @@ def load_image(path: str) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
+def load_tensor(path: str) -> np.ndarray:
+    """A ready input tensor saved with np.save (pickles refused: a .npy may come from anywhere)."""
+    if not os.path.isfile(path):
+        raise ImageError(f"input tensor file not found: {path}")
+    try:
+        # mmap: the header cannot make us allocate more than the file holds
+        x = np.array(np.load(path, mmap_mode="r", allow_pickle=False))
+    except (ValueError, OSError) as exc:
+        raise ImageError(f"not a readable .npy tensor: {path} ({exc})") from None
+    if x.dtype.kind != "f":
+        raise ImageError(f"{path} holds {x.dtype} values; an input tensor must be floating point")
+    return x
+
+
 def to_tensor(images: list, size: tuple, layout: str, channels: int, preset: str, dtype=np.float32) -> np.ndarray:
     """Resize RGB uint8 images to (height, width), normalize with the preset, stack in the model's layout."""
     if preset not in PRESETS:

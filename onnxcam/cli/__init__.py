@@ -1,0 +1,40 @@
+"""The `onnxcam` command line. Commands live one per module; heavy imports stay inside them
+so that `onnxcam --help` is instant."""
+
+from __future__ import annotations
+
+import click
+
+from onnxcam.errors import OnnxcamError
+
+
+class _UserError(click.ClickException):
+    """A library error shown as one line, with the error class's exit code."""
+
+    def __init__(self, error: OnnxcamError):
+        super().__init__(str(error))
+        self.exit_code = error.exit_code
+
+
+class _Group(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except OnnxcamError as error:
+            raise _UserError(error) from None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="onnxcam")
+def main():
+    """Explain ONNX image classifiers with CAM / Grad-CAM heatmaps."""
+
+
+def _register():
+    from onnxcam.cli import inspect, methods, run
+
+    for module in (run, inspect, methods):
+        main.add_command(module.command)
+
+
+_register()

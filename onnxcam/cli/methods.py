@@ -1,0 +1,16 @@
+"""`onnxcam methods`: the available CAM methods, one line each."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command("methods")
+def command():
+    """List the CAM methods."""
+    from onnxcam.methods import METHODS
+
+    width = max(map(len, METHODS))
+    for m in METHODS.values():
+        needs = "gradients" if m.needs_gradients else "linear head" if m.needs_linear_head else "forward only"
+        click.echo(f"{m.name:{width}}  [{needs}]  {m.summary}")

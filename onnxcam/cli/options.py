@@ -1,0 +1,33 @@
+"""Options shared by several commands."""
+
+from __future__ import annotations
+
+import click
+
+DEVICES = ("auto", "cpu", "cuda")  # mirrors onnxcam.runtime.DEVICES without importing onnxruntime
+
+
+def model_options(fn):
+    """How to read the model: which input, which output, which spatial size."""
+    for decorator in reversed((
+        click.option("--input", "input_name", metavar="NAME", help="The image input, when the model has several."),
+        click.option("--output", "output_name", metavar="NAME", help="The scores output, when the model has several."),
+        click.option("--input-size", nargs=2, type=click.IntRange(1, 16384), metavar="H W",
+                     help="Spatial size for models whose input size is dynamic."),
+    )):
+        fn = decorator(fn)
+    return fn
+
+
+def model_args(kwargs: dict) -> dict:
+    """Pop the model options out of a command's kwargs, as inspect_model / Explainer keywords."""
+    return {
+        "input_name": kwargs.pop("input_name"),
+        "output_name": kwargs.pop("output_name"),
+        "input_size": kwargs.pop("input_size") or None,
+    }
+
+
+def format_shape(dims) -> str:
+    """[N, 1280, 7, 7]: a symbolic (None) dimension shows as N."""
+    return "[" + ", ".join("N" if d is None else str(d) for d in dims) + "]"

@@ -1,0 +1,18 @@
+import os
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEMO = os.path.join(ROOT, "models", "efficientnet_lite0.onnx")
+CHELSEA = os.path.join(ROOT, "examples", "chelsea.png")
+COFFEE = os.path.join(ROOT, "examples", "coffee.png")
+CAT_CLASSES = range(281, 294)  # ImageNet: tabby ... cheetah; 281-285 are domestic cats
+# A box around chelsea's head and body in examples/chelsea.png (451x300), x0, y0, x1, y1.
+CHELSEA_CAT_BOX = (60, 0, 420, 300)
+
+
+@pytest.fixture(scope="session")
+def demo_explainer():
+    from onnxcam import Explainer
+
+    return Explainer(DEMO, device="cpu")

@@ -1,0 +1,132 @@
+"""The command line end to end: outputs, messages, exit codes, and nothing written on failure."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from conftest import CAT_CLASSES, CHELSEA, CHELSEA_CAT_BOX, DEMO, ROOT
+from onnxcam.cli import main
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_run_on_the_demo_writes_overlay_npy_json(tmp_path):
+    result = run("run", DEMO, CHELSEA, "--out", tmp_path, "--npy", "--json", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    for line in ("provider  CPUExecutionProvider", "layer     /_head_act/Clip_output_0", "method    gradcam",
+                 "Egyptian cat", "explain   285  Egyptian cat"):
+        assert line in result.output
+    assert sorted(os.listdir(tmp_path)) == ["chelsea.gradcam.json", "chelsea.gradcam.npy", "chelsea.gradcam.png"]
+
+    image = cv2.imread(CHELSEA)
+    overlay = cv2.imread(str(tmp_path / "chelsea.gradcam.png"))
+    assert overlay.shape == image.shape
+
+    summary = json.loads((tmp_path / "chelsea.gradcam.json").read_text())
+    assert summary["target"]["class"] in CAT_CLASSES
+    assert summary["predictions"][0]["class"] == summary["target"]["class"]
+    assert len(summary["predictions"]) == 5
+    assert summary["method"] == "gradcam" and summary["provider"] == "CPUExecutionProvider"
+    assert summary["layers"] == ["/_head_act/Clip_output_0"] and summary["preprocess"] == "lite"
+    assert summary["timings_s"]["inference"] > 0
+
+    heat = np.load(tmp_path / "chelsea.gradcam.npy")
+    assert heat.shape == (224, 224) and heat.dtype == np.float32
+    h, w = image.shape[:2]
+    y, x = np.unravel_index(cv2.resize(heat, (w, h)).argmax(), (h, w))
+    x0, y0, x1, y1 = CHELSEA_CAT_BOX
+    assert x0 <= x <= x1 and y0 <= y <= y1
+
+
+def test_files_go_next_to_the_image_by_default(tmp_path):
+    image = tmp_path / "cat.png"
+    shutil.copy(CHELSEA, image)
+    result = run("run", DEMO, image, "--method", "cam", "--target", "tabby")
+    assert result.exit_code == 0, result.output
+    assert "explain   281  tabby" in result.output
+    assert (tmp_path / "cat.cam.png").is_file()
+
+
+def test_npy_input_tensor(tmp_path, demo_explainer):
+    tensor = tmp_path / "x.npy"
+    np.save(tensor, demo_explainer.prepare(CHELSEA))
+    result = run("run", DEMO, tensor, "--npy")
+    assert result.exit_code == 0, result.output
+    assert np.load(tmp_path / "x.gradcam.npy").shape == (224, 224)
+
+
+def test_inspect_and_methods():
+    result = run("inspect", DEMO)
+    assert result.exit_code == 0, result.output
+    assert "input       input  [N, 3, 224, 224]  NCHW  float32" in result.output
+    assert "logits      logits  1000 classes" in result.output
+    assert "automatic layer  /_head_act/Clip_output_0" in result.output
+    result = run("methods")
+    assert result.exit_code == 0 and "gradcam" in result.output and "cam" in result.output
+
+
+def _bad_files(tmp_path):
+    text = tmp_path / "notes.png"
+    text.write_text("this is not a picture")
+    not_onnx = tmp_path / "model.onnx"
+    not_onnx.write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(64))
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    return {
+        "missing model": (["run", tmp_path / "nope.onnx", CHELSEA], 3, "model file not found"),
+        "missing image": (["run", DEMO, tmp_path / "nope.png"], 4, "image file not found"),
+        "non-image": (["run", DEMO, text], 4, "not a readable image"),
+        "empty image": (["run", DEMO, empty], 4, "empty image file"),
+        "non-onnx": (["run", not_onnx, CHELSEA], 3, "not an ONNX model"),
+        "unknown layer": (["run", DEMO, CHELSEA, "--layer", "/_head_act/Clip_out"], 3, "no target layer named"),
+        "bad target": (["run", DEMO, CHELSEA, "--target", "5000"], 1, "out of range"),
+        "unknown class": (["run", DEMO, CHELSEA, "--target", "unicorn"], 1, "unknown class name"),
+        "unknown method": (["run", DEMO, CHELSEA, "--method", "magic"], 1, "unknown method"),
+    }
+
+
+CASES = ["missing model", "missing image", "non-image", "empty image", "non-onnx", "unknown layer", "bad target",
+         "unknown class", "unknown method"]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, case):
+    args, code, message = _bad_files(tmp_path)[case]
+    out = tmp_path / "out"
+    before = set(os.listdir(tmp_path))
+    result = run(*args, "--out", out)
+    assert result.exit_code == code, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and message in lines[0], result.stderr
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert set(os.listdir(tmp_path)) - before <= {"out"}
+    assert not out.exists() or os.listdir(out) == []
+
+
+def test_batch_goes_on_past_a_bad_image(tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_text("nope")
+    result = run("run", DEMO, bad, CHELSEA, "--out", tmp_path / "out")
+    assert result.exit_code == 1
+    assert os.listdir(tmp_path / "out") == ["chelsea.gradcam.png"]
+    assert "1 of 2 images failed" in result.stderr and "bad.png: not a readable image" in result.stderr
+
+
+def test_readme_example_runs_as_a_console_script(tmp_path):
+    """The README's first example, through the installed entry point: no traceback, files written."""
+    cmd = [sys.executable, "-m", "onnxcam", "run", "models/efficientnet_lite0.onnx", "examples/chelsea.png",
+           "--out", str(tmp_path), "--json"]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""  # ORT's provider probing stays quiet
+    assert "explain   285  Egyptian cat" in done.stdout
+    assert sorted(os.listdir(tmp_path)) == ["chelsea.gradcam.json", "chelsea.gradcam.png"]
