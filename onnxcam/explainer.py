@@ -68,11 +68,11 @@ class Explainer:
             expected = tuple(d for d in info.input_shape[1:])
             if tensor.ndim != 4 or tuple(tensor.shape[1:]) != expected:
                 raise OnnxcamError(f"input tensor has shape {list(x.shape)}; the model takes [N, {', '.join(map(str, expected))}]")
-            return np.ascontiguousarray(tensor, dtype=self._input_dtype)
+            return np.ascontiguousarray(tensor, dtype=info.input_dtype)
         items = x if isinstance(x, (list, tuple)) else [x]
         images = [preprocess.load_image(i) if isinstance(i, str) else _check_rgb(i) for i in items]
         channels = info.input_shape[1 if info.layout == "NCHW" else 3]
-        return preprocess.to_tensor(images, info.size, info.layout, channels, self.preset, self._input_dtype)
+        return preprocess.to_tensor(images, info.size, info.layout, channels, self.preset, info.input_dtype)
 
     def explain(self, x, method: str = "gradcam", target=None) -> Explanation:
         if method not in METHODS:
@@ -105,11 +105,6 @@ class Explainer:
             maps=maps, raw=raw, targets=targets.astype(np.int64), scores=scores, method=method, layers=self.layers,
             timings={"preprocess": t1 - t0, "inference": t2 - t1, "postprocess": t3 - t2},
         )
-
-    @property
-    def _input_dtype(self):
-        elem = next(i for i in self.info.model.graph.input if i.name == self.info.input_name).type.tensor_type.elem_type
-        return onnx.helper.tensor_dtype_to_np_dtype(elem)
 
     def _classes(self, target, n: int) -> np.ndarray:
         """One class per image; -1 means 'the top-1 class', decided inside the graph."""

@@ -13,8 +13,9 @@ import difflib
 import os
 from dataclasses import dataclass, field
 
+import numpy as np
 import onnx
-from onnx import external_data_helper
+from onnx import external_data_helper, helper
 
 from onnxcam.errors import ModelError
 
@@ -66,8 +67,9 @@ class ModelInfo:
         return (s[2], s[3]) if self.layout == "NCHW" else (s[1], s[2])
 
     @property
-    def dynamic_batch(self) -> bool:
-        return self.input_shape[0] is None
+    def input_dtype(self) -> np.dtype:
+        elem = next(i for i in self.model.graph.input if i.name == self.input_name).type.tensor_type.elem_type
+        return helper.tensor_dtype_to_np_dtype(elem)
 
     @property
     def auto_layer(self) -> Layer:
@@ -151,7 +153,8 @@ def inspect_model(
     if not isinstance(num_classes, int) or any(d != 1 for d in logits_shape[2:] if isinstance(d, int)):
         raise ModelError(f"the logits tensor '{logits}' has shape {logits_shape}; expected [N, classes] with a known class count")
 
-    layers = _candidate_layers(graph, shapes, producers, logits, image_input.name)
+    nchw_input = {image_input.name} if layout == "NCHW" else set()
+    layers = _candidate_layers(graph, shapes, producers, logits, nchw_input)
     if not layers:
         raise ModelError(
             "no candidate target layer: no 4-D NCHW tensor with spatial size > 1 feeds the logits "
@@ -256,9 +259,9 @@ def _static_shapes(model) -> dict:
     return shapes
 
 
-def _candidate_layers(graph, shapes, producers, logits, input_name):
+def _candidate_layers(graph, shapes, producers, logits, nchw_input):
     ancestors = _ancestors(logits, producers)
-    nchw = {input_name}
+    nchw = set(nchw_input)
     layers = []
     for node in graph.node:
         if node.op_type in _NCHW_SOURCES or (node.op_type in _NCHW_KEEPERS and any(i in nchw for i in node.input)):

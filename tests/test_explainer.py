@@ -88,3 +88,20 @@ def test_bad_arguments_are_user_errors(demo_explainer):
         demo_explainer.explain(np.zeros((1, 3, 100, 100), np.float32))
     with pytest.raises(ModelError, match="Did you mean"):
         Explainer(DEMO, layer="/_head_act/Clip_output", device="cpu")
+
+
+def test_cam_refuses_a_layer_without_a_linear_head():
+    ex = Explainer(DEMO, layer="/_blocks.15/Clip_1_output_0", device="cpu")
+    with pytest.raises(ModelError, match="method 'cam' needs a head"):
+        ex.explain(CHELSEA, method="cam")
+    assert ex.explain(CHELSEA, method="gradcam").maps.shape == (1, 224, 224)
+
+
+def test_several_layers_are_averaged(demo_explainer):
+    layers = ["/_head_act/Clip_output_0", "/_blocks.15/Clip_1_output_0"]
+    both = Explainer(DEMO, layer=layers, device="cpu").explain(CHELSEA)
+    singles = [Explainer(DEMO, layer=name, device="cpu").explain(CHELSEA).maps[0] for name in layers]
+    # DESIGN.md: relu, mean over layers, min-max again; each single map is already in [0, 1].
+    expected = np.mean(singles, axis=0)
+    expected = (expected - expected.min()) / (1e-7 + expected.max() - expected.min())
+    assert np.abs(both.maps[0] - expected).max() < 1e-5
