@@ -25,3 +25,7 @@ class ImageError(OnnxcamError):
 
 class UnsupportedOpError(ModelError):
     """An op between the target layer and the class score has no backward rule."""
+
+    def __init__(self, message: str, op: str, node: str):
+        super().__init__(message)
+        self.op, self.node = op, node

@@ -14,12 +14,15 @@ import numpy as np
 import onnx
 
 from onnxcam import postprocess, preprocess
-from onnxcam.errors import OnnxcamError
+from onnxcam.errors import OnnxcamError, UnsupportedOpError
+from onnxcam.finite_diff import channel_derivatives
 from onnxcam.head import linear_head_weights
-from onnxcam.methods import METHODS, LayerData
+from onnxcam.methods import ELEMENTWISE, METHODS, LayerData
 from onnxcam.model import inspect_model, load_model
 from onnxcam.runtime import make_session, providers_for
-from onnxcam.surgery import CLASS_INPUT, TARGET_OUTPUT, augment, grad_name
+from onnxcam.surgery import CLASS_INPUT, TARGET_OUTPUT, augment, cut_head, grad_name
+
+GRADIENT_MODES = ("auto", "analytic", "fd")
 
 
 @dataclass
@@ -30,6 +33,7 @@ class Explanation:
     scores: np.ndarray  # [N, C] logits
     method: str
     layers: list
+    gradients: str | None = None  # "analytic", "finite differences", or None for gradient-free methods
     timings: dict = field(default_factory=dict)  # seconds per stage
 
 
@@ -39,10 +43,13 @@ class Explainer:
     model: a path or an onnx.ModelProto. layer: a tensor or node name, a list of
     them, or None for the last conv-like layer. providers: ORT providers, or None
     to follow `device` ("auto" uses CUDA when it really starts, else CPU).
+    gradients: "analytic" (backward rules), "fd" (central differences of the head;
+    channel-weight methods only) or "auto" (analytic, falling back to fd when a
+    head op has no rule; `missing_rule` then says which).
     """
 
     def __init__(self, model, layer=None, providers=None, *, device="auto", input_name=None, output_name=None,
-                 input_size=None, preprocess_preset=None):
+                 input_size=None, preprocess_preset=None, gradients="auto"):
         proto = load_model(model) if isinstance(model, str) else model
         self.info = inspect_model(proto, input_name=input_name, output_name=output_name, input_size=input_size)
         names = layer if isinstance(layer, (list, tuple)) else [layer]
@@ -51,6 +58,10 @@ class Explainer:
         self.preset = preprocess_preset or self.info.preprocess or preprocess.DEFAULT_PRESET
         if self.preset not in preprocess.PRESETS:
             raise OnnxcamError(f"unknown preprocessing preset '{self.preset}'; choose one of {', '.join(preprocess.PRESETS)}")
+        if gradients not in GRADIENT_MODES:
+            raise OnnxcamError(f"unknown gradients mode '{gradients}'; choose one of {', '.join(GRADIENT_MODES)}")
+        self.gradients = gradients
+        self.missing_rule = None  # set when 'auto' fell back to finite differences: why
         self._sessions = {}
         self._head_weights = {}
 
@@ -74,25 +85,33 @@ class Explainer:
         channels = info.input_shape[1 if info.layout == "NCHW" else 3]
         return preprocess.to_tensor(images, info.size, info.layout, channels, self.preset, info.input_dtype)
 
+    def gradient_source(self, method: str) -> str | None:
+        """"analytic" or "finite differences" for this method, None if it needs no gradient."""
+        m = _method(method)
+        if m.gradients is None:
+            return None
+        return "analytic" if self._analytic(m) else "finite differences"
+
     def explain(self, x, method: str = "gradcam", target=None) -> Explanation:
-        if method not in METHODS:
-            raise OnnxcamError(f"unknown method '{method}'; choose one of {', '.join(METHODS)}")
-        m = METHODS[method]
+        m = _method(method)
         t0 = time.perf_counter()
         tensor = self.prepare(x)
         classes = self._classes(target, len(tensor))
         t1 = time.perf_counter()
-        outputs = self._run(tensor, classes, m.needs_gradients)
+        analytic = m.gradients is not None and self._analytic(m)
+        outputs = self._run(tensor, classes, analytic)
         t2 = time.perf_counter()
         scores = outputs[self.info.logits_name].reshape(len(tensor), -1)
         _check_finite(scores, "class scores")
-        targets = outputs[TARGET_OUTPUT] if m.needs_gradients else np.where(classes < 0, scores.argmax(axis=1), classes)
+        targets = outputs[TARGET_OUTPUT] if analytic else np.where(classes < 0, scores.argmax(axis=1), classes)
         scaled, raw = [], None
         for layer in self.layers:
+            a = outputs[layer].astype(np.float32)
             data = LayerData(
-                activations=outputs[layer].astype(np.float32),
-                gradients=outputs[grad_name(layer)].astype(np.float32) if m.needs_gradients else None,
+                activations=a,
+                gradients=outputs[grad_name(layer)].astype(np.float32) if analytic else None,
                 class_weights=self._linear_head(layer)[targets] if m.needs_linear_head else None,
+                directional=self._finite_differences(layer, a, targets, tensor) if m.gradients and not analytic else None,
             )
             if data.gradients is not None:
                 _check_finite(data.gradients, f"gradients at '{layer}'")
@@ -103,8 +122,32 @@ class Explainer:
         t3 = time.perf_counter()
         return Explanation(
             maps=maps, raw=raw, targets=targets.astype(np.int64), scores=scores, method=method, layers=self.layers,
-            timings={"preprocess": t1 - t0, "inference": t2 - t1, "postprocess": t3 - t2},
+            gradients=self.gradient_source(method), timings={"preprocess": t1 - t0, "inference": t2 - t1, "postprocess": t3 - t2},
         )
+
+    def _analytic(self, m) -> bool:
+        """Whether this method's gradients come from backward rules; else from finite differences."""
+        if self.gradients == "fd" or (self.gradients == "auto" and self.missing_rule is not None):
+            if m.gradients == ELEMENTWISE:
+                why = self.missing_rule or "--gradients fd gives channel sums only"
+                raise OnnxcamError(f"method '{m.name}' needs elementwise gradients: {why}")
+            return False
+        try:
+            self._session(True)
+        except UnsupportedOpError as error:
+            if self.gradients == "analytic" or m.gradients == ELEMENTWISE:
+                raise
+            self.missing_rule = f"no backward rule for {error.op} (node '{error.node}')"
+            return False
+        return True
+
+    def _finite_differences(self, layer, activations, targets, tensor):
+        key = ("head", layer)
+        if key not in self._sessions:
+            self._sessions[key] = make_session(cut_head(self.info, layer), self.providers)
+        head = self._sessions[key]
+        extra = {self.info.input_name: tensor} if self.info.input_name in {i.name for i in head.get_inputs()} else None
+        return lambda pattern: channel_derivatives(head, layer, activations, pattern, targets, extra)
 
     def _classes(self, target, n: int) -> np.ndarray:
         """One class per image; -1 means 'the top-1 class', decided inside the graph."""
@@ -142,6 +185,12 @@ class Explainer:
         if layer not in self._head_weights:
             self._head_weights[layer] = linear_head_weights(self.info, layer)
         return self._head_weights[layer]
+
+
+def _method(name: str):
+    if name not in METHODS:
+        raise OnnxcamError(f"unknown method '{name}'; choose one of {', '.join(METHODS)}")
+    return METHODS[name]
 
 
 def _check_rgb(image) -> np.ndarray:

@@ -135,6 +135,8 @@ def inspect_model(
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     if opset is None:
         raise ModelError("the model imports no default-domain ONNX opset")
+    if opset < 7:
+        raise ModelError(f"the model uses opset {opset}; onnxcam (and ONNX Runtime) need opset 7 or newer")
     model = onnx.ModelProto.FromString(model.SerializeToString())  # we edit shapes: work on a copy
     image_input = _pick_input(model, input_name)
     layout, shape = _pin_input_shape(image_input, input_size)

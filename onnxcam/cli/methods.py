@@ -12,5 +12,5 @@ def command():
 
     width = max(map(len, METHODS))
     for m in METHODS.values():
-        needs = "gradients" if m.needs_gradients else "linear head" if m.needs_linear_head else "forward only"
+        needs = f"{m.gradients} gradients" if m.gradients else "linear head" if m.needs_linear_head else "forward only"
         click.echo(f"{m.name:{width}}  [{needs}]  {m.summary}")

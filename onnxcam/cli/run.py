@@ -23,18 +23,23 @@ PRESET_NAMES = ("imagenet", "inception", "lite", "caffe", "unit", "raw")  # onnx
               help="Preprocessing preset. Default: the model's own (metadata), else imagenet.")
 @click.option("--labels", type=click.Path(exists=True, dir_okay=False), help="Class names, one per line.")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
+@click.option("--gradients", type=click.Choice(("auto", "analytic", "fd")), default="auto", show_default=True,
+              help="analytic: backward rules; fd: central differences of the head (channel-weight methods); "
+                   "auto: analytic, else fd where a head op has no rule.")
 @click.option("-o", "--out", type=click.Path(file_okay=False), help="Output folder. Default: next to each image.")
 @click.option("--npy", is_flag=True, help="Also write the heatmap (float32, model input size) as .npy.")
 @click.option("--json", "as_json", is_flag=True, help="Also write a JSON summary.")
 @click.option("--top", default=5, show_default=True, type=click.IntRange(1, 100), help="How many predictions to print.")
 @model_options
-def command(model, images, method, layers, target, preset, labels, device, out, npy, as_json, top, **kwargs):
+def command(model, images, method, layers, target, preset, labels, device, gradients, out, npy, as_json, top,
+            **kwargs):
     """Explain the model's decision on each IMAGE (a picture, or a .npy input tensor)."""
     from onnxcam import Explainer
     from onnxcam.errors import OnnxcamError
 
     t0 = time.perf_counter()
-    ex = Explainer(model, layer=list(layers) or None, device=device, preprocess_preset=preset, **model_args(kwargs))
+    ex = Explainer(model, layer=list(layers) or None, device=device, preprocess_preset=preset, gradients=gradients,
+                   **model_args(kwargs))
     if labels:
         with open(labels, encoding="utf-8") as f:
             ex.info.labels = [line.rstrip("\n") for line in f]
@@ -48,6 +53,10 @@ def command(model, images, method, layers, target, preset, labels, device, out, 
         layer = next(lay for lay in ex.info.layers if lay.name == name)
         click.echo(f"layer     {name}  {format_shape(layer.shape)}")
     click.echo(f"method    {method}")
+    source = ex.gradient_source(method)
+    if source:
+        why = f" ({ex.missing_rule})" if ex.missing_rule and source != "analytic" else ""
+        click.echo(f"gradients {source}{why}")
     failures = []
     for image in images:
         try:
@@ -109,6 +118,7 @@ def _explain_one(ex, model, image, method, target, out, npy, as_json, top, setup
         timings.update(total=round(time.perf_counter() - t0, 6), setup=round(setup, 6))
         write_json(paths["json"], {
             "image": image, "model": model, "method": method, "layers": res.layers, "provider": ex.provider,
+            "gradients": res.gradients,
             "preprocess": ex.preset, "target": {"class": cls, "label": ex.info.label(cls)},
             "predictions": predictions, "timings_s": timings, "outputs": paths,
         })

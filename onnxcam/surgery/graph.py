@@ -76,7 +76,9 @@ def backward(b: Builder, wrt: list, score: gs.Tensor, seed: gs.Tensor) -> dict:
         if rule is None:
             raise UnsupportedOpError(
                 f"no backward rule for {node.op} (node '{node.name}'); it lies between the target layer and the "
-                f"class score. Pick a later layer (onnxcam inspect lists them) or a method that needs no gradient."
+                "class score. Pick a later layer (onnxcam inspect lists them), or use --gradients fd with a "
+                "channel-weight method such as gradcam.",
+                op=node.op, node=node.name,
             )
         for inp, g in zip(node.inputs, rule(b, node, [grads.get(o.name) for o in node.outputs])):
             if inp.name not in on_path:
@@ -94,7 +96,10 @@ def _class_seed(b: Builder, logits, num_classes: int, cls):
     """Pick each row's class (negative = argmax, in the graph) and one-hot it as dScore/dlogits."""
     flat = logits if len(logits.shape) == 2 else b.op("Flatten", logits, axis=1)
     top = b.op("ArgMax", flat, axis=1, keepdims=0)
-    target = b.op("Where", b.op("Less", cls, b.const(0, np.int64)), top, cls)
+    # target = cls < 0 ? top : cls, in ops valid from opset 7 (Where and integer Less need opset 9)
+    dtype = onnx.helper.np_dtype_to_tensor_dtype(b.dtype)
+    negative = b.op("Cast", b.op("Less", b.op("Cast", cls, to=dtype), b.const(0.0)), to=onnx.TensorProto.INT64)
+    target = b.op("Add", cls, b.op("Mul", b.op("Sub", top, cls), negative))
     column = b.op("Reshape", target, b.const([-1, 1], np.int64))
     hot = b.op("Equal", column, b.const(np.arange(num_classes, dtype=np.int64)[None]))
     seed = b.op("Cast", hot, to=onnx.helper.np_dtype_to_tensor_dtype(b.dtype))

@@ -14,6 +14,8 @@ import math
 import numpy as np
 from onnx import helper
 
+from onnxcam.errors import UnsupportedOpError
+
 RULES = {}
 
 
@@ -40,6 +42,20 @@ def elementwise(*op_types):
 
 def _optional_input(node, i):
     return node.inputs[i] if len(node.inputs) > i and node.inputs[i].name else None
+
+
+def _constant_value(node, t):
+    """The value of input t: an initializer, or the output of a Constant node (torch.onnx writes those)."""
+    if hasattr(t, "values"):
+        return np.asarray(t.values)
+    producer = t.inputs[0] if t.inputs else None
+    if producer is not None and producer.op == "Constant":
+        value = producer.attrs.get("value", producer.attrs.get("value_ints"))
+        return np.asarray(value.values if hasattr(value, "values") else value)
+    raise UnsupportedOpError(
+        f"{node.op} (node '{node.name}') takes '{t.name}' from a computed tensor; its backward rule needs it constant",
+        op=node.op, node=node.name,
+    )
 
 
 def _static(t, what="shape"):
@@ -121,9 +137,11 @@ def _hard_sigmoid(b, node, x, y):
 
 @elementwise("HardSwish")
 def _hard_swish(b, node, x, y):
-    # y = x * relu6(x + 3) / 6: slope (2x + 3) / 6 on (-3, 3), 0 below, 1 above.
+    # y = x * relu6(x + 3) / 6: slope (2x + 3) / 6 on (-3, 3), 0 below, 1 above. The slope runs from -0.5
+    # to 1.5 inside, so clipping it to [0, 1] would be wrong on (-3, -1.5) and (1.5, 3). (HardSwish is opset 14+.)
     slope = b.op("Div", b.op("Add", b.op("Mul", x, b.const(2.0)), b.const(3.0)), b.const(6.0))
-    return b.op("Clip", slope, b.const(0.0), b.const(1.0)) if b.opset >= 11 else b.op("Clip", slope, min=0.0, max=1.0)
+    above = b.op("Where", b.op("Greater", x, b.const(3.0)), b.const(1.0), slope)
+    return b.op("Where", b.op("Less", x, b.const(-3.0)), b.const(0.0), above)
 
 
 @elementwise("Erf")
@@ -286,7 +304,7 @@ def _reduce_mean_sum(b, node, g):
 
 def _reduce_axes(node, rank):
     if _optional_input(node, 1) is not None:
-        axes = node.inputs[1].values.tolist()
+        axes = _constant_value(node, node.inputs[1]).tolist()
     else:
         axes = node.attrs.get("axes")
     if not axes:

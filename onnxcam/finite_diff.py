@@ -1,0 +1,46 @@
+"""Channel gradient sums by central differences, for heads with an op that has no backward rule.
+
+Channel-weight methods need only s_k = sum_ij G_kij P_kij for a pattern P
+(ones for Grad-CAM, A itself for XGrad-CAM). That is one directional
+derivative per channel: s_k = d score(A + eps P_k) / d eps, with P_k = P on
+channel k and 0 elsewhere. Central differences need 2K runs of the head, done
+as batched rows, never K*h*w runs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# Rows per head run: bounds memory at ROWS * K * h * w floats.
+ROWS = 64
+# Step, relative to the layer's mean |activation|: small enough to stay on one
+# linear piece of most ReLU kinks, large enough for float32 rounding.
+RELATIVE_STEP = 1e-2
+
+
+def channel_derivatives(head, layer: str, activations: np.ndarray, pattern: np.ndarray, classes: np.ndarray,
+                        extra_feeds: dict | None = None) -> np.ndarray:
+    """[N, K]: d score_n / d eps along `pattern` restricted to each channel, by central differences.
+
+    head: an ORT session of the cut-off head (input `layer`, output the logits).
+    extra_feeds: other head inputs (the image, when the head still needs it), batch-first.
+    """
+    n, k = activations.shape[:2]
+    out = np.zeros((n, k), np.float64)
+    logits_name = head.get_outputs()[0].name
+    dtype = activations.dtype
+    for i in range(n):
+        a = activations[i].astype(np.float32)
+        eps = RELATIVE_STEP * max(float(np.abs(a).mean()), 1e-6)
+        feeds_i = {name: value[i:i + 1] for name, value in (extra_feeds or {}).items()}
+        for start in range(0, k, ROWS // 2):
+            channels = range(start, min(start + ROWS // 2, k))
+            rows = np.repeat(a[None], 2 * len(channels), axis=0)
+            for r, c in enumerate(channels):
+                rows[2 * r, c] += eps * pattern[i, c]
+                rows[2 * r + 1, c] -= eps * pattern[i, c]
+            feeds = {layer: rows.astype(dtype)}
+            feeds.update({name: np.repeat(v, len(rows), axis=0) for name, v in feeds_i.items()})
+            scores = head.run([logits_name], feeds)[0].reshape(len(rows), -1)[:, classes[i]].astype(np.float64)
+            out[i, start:start + len(channels)] = (scores[0::2] - scores[1::2]) / (2 * eps)
+    return out.astype(np.float32)
