@@ -2,6 +2,10 @@
 
 It knows the model's opset, so rules can ask for "ReduceSum over these axes"
 and get the attribute form or the input form that this opset wants.
+
+Gradients are float32 even in float16 models: rules read forward tensors
+through `fwd`, which casts half-precision values up once, so the backward
+pass accumulates in float32 while the forward pass runs as deployed.
 """
 
 from __future__ import annotations
@@ -14,12 +18,25 @@ from onnx import helper
 
 
 class Builder:
-    def __init__(self, graph: gs.Graph, opset: int, dtype=np.float32, prefix: str = "onnxcam"):
+    def __init__(self, graph: gs.Graph, opset: int, guided: bool = False, prefix: str = "onnxcam"):
         self.graph = graph
         self.opset = opset
-        self.dtype = np.dtype(dtype)  # float type of gradients and float constants
+        self.guided = guided  # ReLU passes only positive gradients (guided backpropagation)
+        self.dtype = np.dtype(np.float32)  # of gradients and float constants
         self._ids = itertools.count()
         self._prefix = prefix
+        self._upcast = {}
+
+    def fwd(self, t: gs.Tensor) -> gs.Tensor:
+        """A forward tensor as the gradient dtype (float16/bfloat16 values are cast once, then reused)."""
+        if t.dtype is None or np.dtype(t.dtype).name not in ("float16", "bfloat16"):
+            return t
+        if t.name not in self._upcast:
+            if isinstance(t, gs.Constant):
+                self._upcast[t.name] = self.const(np.asarray(t.values, dtype=np.float32))
+            else:
+                self._upcast[t.name] = self.op("Cast", t, to=helper.np_dtype_to_tensor_dtype(self.dtype))
+        return self._upcast[t.name]
 
     def name(self, hint: str) -> str:
         return f"{self._prefix}/{hint}_{next(self._ids)}"

@@ -26,8 +26,13 @@ def grad_name(layer: str) -> str:
     return f"onnxcam/grad/{layer}"
 
 
-def augment(info: ModelInfo, layers: list, gradients: bool = True) -> onnx.ModelProto:
-    """The model plus outputs: logits, target class, and per layer A (and dScore/dA)."""
+def augment(info: ModelInfo, layers: list, gradients: bool = True, input_gradient: str | None = None) -> onnx.ModelProto:
+    """The model plus outputs: logits, per layer A, and with gradients the target class and dScore/dA.
+
+    input_gradient: None, "plain" or "guided" (ReLUs pass only positive gradients): also output
+    dScore/dx for the image input x, as `grad_name(input)`, from the same run.
+    """
+    assert input_gradient in (None, "plain", "guided"), input_gradient
     graph = gs.import_onnx(info.model)
     tensors = graph.tensors()
     logits = tensors[info.logits_name]
@@ -36,19 +41,26 @@ def augment(info: ModelInfo, layers: list, gradients: bool = True) -> onnx.Model
     for name in layers:
         if name not in {i.name for i in graph.inputs}:
             _add_output(outputs, tensors[name])
-    if gradients:
-        b = Builder(graph, info.opset, dtype=_np_dtype(logits))
+    if gradients or input_gradient:
         cls = gs.Variable(CLASS_INPUT, dtype=np.int64, shape=["N"])
         graph.inputs.append(cls)
+        b = Builder(graph, info.opset)
         target, seed = _class_seed(b, logits, info.num_classes, cls)
-        grads = backward(b, [tensors[name] for name in layers], logits, seed)
         outputs.append(_named(b, target, TARGET_OUTPUT, np.int64, ["N"]))
-        for name in layers:
-            a = tensors[name]
-            outputs.append(_named(b, grads[name], grad_name(name), a.dtype, a.shape))
+        passes = [(b, [tensors[n] for n in layers] if gradients else [])]
+        image = tensors[info.input_name]
+        if input_gradient == "guided":  # a second reverse pass: the layers' gradients stay unguided
+            passes.append((Builder(graph, info.opset, guided=True, prefix="onnxcam/guided"), [image]))
+        elif input_gradient:
+            passes[0][1].append(image)
+        for builder, wrt in passes:
+            if not wrt:
+                continue
+            grads = backward(builder, wrt, logits, seed)
+            outputs.extend(_named(builder, grads[t.name], grad_name(t.name), builder.dtype, t.shape) for t in wrt)
     graph.outputs = outputs
     model = _export(graph, info)
-    if gradients:  # default class -1 (top-1) lets callers leave the class input unfed
+    if gradients or input_gradient:  # default class -1 (top-1) lets callers leave the class input unfed
         model.graph.initializer.append(numpy_helper.from_array(np.array([-1], np.int64), CLASS_INPUT))
     return model
 
@@ -126,10 +138,6 @@ def _named(b: Builder, tensor, name, dtype, shape):
     out = gs.Variable(name, dtype=dtype, shape=shape)
     b.graph.nodes.append(gs.Node("Identity", b.name("Identity"), {}, [tensor], [out]))
     return out
-
-
-def _np_dtype(tensor):
-    return np.dtype(tensor.dtype) if tensor.dtype is not None else np.dtype(np.float32)
 
 
 def _export(graph, info: ModelInfo) -> onnx.ModelProto:

@@ -33,7 +33,7 @@ def elementwise(*op_types):
 
     def register(derivative):
         def rule(b, node, g):
-            return [b.op("Mul", g[0], derivative(b, node, node.inputs[0], node.outputs[0]))]
+            return [b.op("Mul", g[0], derivative(b, node, b.fwd(node.inputs[0]), b.fwd(node.outputs[0])))]
 
         return vjp(*op_types)(rule)
 
@@ -89,16 +89,20 @@ def _transpose(b, node, g):
 
 @vjp("Relu")
 def _relu(b, node, g):
-    return [b.mask(g[0], b.op("Greater", node.inputs[0], b.const(0.0)))]
+    """Guided backpropagation (Springenberg 2015) also drops negative incoming gradients."""
+    positive = b.op("Greater", b.fwd(node.inputs[0]), b.const(0.0))
+    if b.guided:
+        positive = b.op("And", positive, b.op("Greater", g[0], b.const(0.0)))
+    return [b.mask(g[0], positive)]
 
 
 @vjp("Clip")
 def _clip(b, node, g):
-    x = node.inputs[0]
+    x = b.fwd(node.inputs[0])
     if b.opset < 11:
         lo, hi = node.attrs.get("min"), node.attrs.get("max")
     else:
-        lo, hi = _optional_input(node, 1), _optional_input(node, 2)
+        lo, hi = [None if t is None else b.fwd(t) for t in (_optional_input(node, 1), _optional_input(node, 2))]
     conditions = []
     if lo is not None:
         conditions.append(b.op("Greater", x, lo))
@@ -172,15 +176,15 @@ def _sub(b, node, g):
 def _mul(b, node, g):
     x0, x1 = node.inputs
     out = node.outputs[0].shape
-    return [b.unbroadcast(b.op("Mul", g[0], x1), out, x0), b.unbroadcast(b.op("Mul", g[0], x0), out, x1)]
+    return [b.unbroadcast(b.op("Mul", g[0], b.fwd(x1)), out, x0), b.unbroadcast(b.op("Mul", g[0], b.fwd(x0)), out, x1)]
 
 
 @vjp("Div")
 def _div(b, node, g):
     x0, x1 = node.inputs
     out = node.outputs[0].shape
-    dx0 = b.op("Div", g[0], x1)
-    dx1 = b.op("Neg", b.op("Mul", dx0, node.outputs[0]))
+    dx0 = b.op("Div", g[0], b.fwd(x1))
+    dx1 = b.op("Neg", b.op("Mul", dx0, b.fwd(node.outputs[0])))
     return [b.unbroadcast(dx0, out, x0), b.unbroadcast(dx1, out, x1)]
 
 
@@ -189,7 +193,7 @@ def _div(b, node, g):
 
 @vjp("Gemm")
 def _gemm(b, node, g):
-    a, w = node.inputs[:2]
+    a, w = (b.fwd(t) for t in node.inputs[:2])
     alpha, beta = node.attrs.get("alpha", 1.0), node.attrs.get("beta", 1.0)
     ta, tb = node.attrs.get("transA", 0), node.attrs.get("transB", 0)
     zero = [] if b.opset >= 11 else [b.const(0.0)]  # C is required before opset 11
@@ -218,7 +222,7 @@ def _matmul(b, node, g):
     def swap_last(t):
         perm = list(range(len(t.shape)))
         perm[-2:] = perm[-1], perm[-2]
-        return b.op("Transpose", t, perm=perm)
+        return b.op("Transpose", b.fwd(t), perm=perm)
 
     da = b.op("MatMul", g[0], swap_last(w))
     dw = b.op("MatMul", swap_last(a), g[0])
@@ -242,7 +246,7 @@ def _conv(b, node, g):
         for i in range(spatial)
     ]
     dx = b.op(
-        "ConvTranspose", g[0], w,
+        "ConvTranspose", g[0], b.fwd(w),
         group=node.attrs.get("group", 1), strides=strides, dilations=dilations, kernel_shape=k,
         pads=begin + end, output_padding=output_padding,
     )
@@ -274,7 +278,7 @@ def _batch_norm(b, node, g):
     if all(hasattr(t, "values") for t in (scale, var)):
         factor = b.const((scale.values / np.sqrt(var.values.astype(np.float64) + eps)).reshape(factor_shape))
     else:
-        factor = b.op("Div", scale, b.op("Sqrt", b.op("Add", var, b.const(eps))))
+        factor = b.op("Div", b.fwd(scale), b.op("Sqrt", b.op("Add", b.fwd(var), b.const(eps))))
         factor = b.op("Reshape", factor, b.const(factor_shape, np.int64))
     return [b.op("Mul", g[0], factor), None, None, None, None]
 
