@@ -2,7 +2,8 @@
 
 An Explainer inspects the model once, then builds (lazily, once each) the
 ONNX Runtime sessions its methods need: the augmented model with gradients,
-or the model with only the target layers exposed.
+the model with only the target layers exposed, or the head cut off at a
+layer (for finite differences and Ablation-CAM).
 """
 
 from __future__ import annotations
@@ -11,29 +12,32 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-import onnx
 
 from onnxcam import postprocess, preprocess
 from onnxcam.errors import OnnxcamError, UnsupportedOpError
 from onnxcam.finite_diff import channel_derivatives
 from onnxcam.head import linear_head_weights
-from onnxcam.methods import ELEMENTWISE, METHODS, LayerData
+from onnxcam.methods import ALIASES, ELEMENTWISE, METHODS, SAMPLES, LayerData, projection
 from onnxcam.model import inspect_model, load_model
 from onnxcam.runtime import make_session, providers_for
-from onnxcam.surgery import CLASS_INPUT, TARGET_OUTPUT, augment, cut_head, grad_name
+from onnxcam.surgery import CLASS_INPUT, SCORES, TARGET_OUTPUT, augment, cut_head, grad_name
 
 GRADIENT_MODES = ("auto", "analytic", "fd")
+# Test-time augmentation of pytorch-grad-cam's aug_smooth: horizontal flip x input scaled by these.
+AUG_FACTORS = (0.9, 1.0, 1.1)
+BATCH_ROWS = 32  # rows per run for Score-CAM's masked inputs and Ablation-CAM's ablated heads
 
 
 @dataclass
 class Explanation:
     maps: np.ndarray  # float32 [N, H_in, W_in] in [0, 1]
-    raw: np.ndarray  # float32 [N, h, w]: first layer's map after ReLU, before normalization
+    raw: np.ndarray | None  # float32 [N, h, w]: first layer's map after ReLU, before normalization
     targets: np.ndarray  # int64 [N]: the class each map explains
     scores: np.ndarray  # [N, C] logits
     method: str
     layers: list
     gradients: str | None = None  # "analytic", "finite differences", or None for gradient-free methods
+    saliency: np.ndarray | None = None  # float32 [N, C, H_in, W_in]: input-level methods' dScore/dx (or product)
     timings: dict = field(default_factory=dict)  # seconds per stage
 
 
@@ -87,67 +91,192 @@ class Explainer:
 
     def gradient_source(self, method: str) -> str | None:
         """"analytic" or "finite differences" for this method, None if it needs no gradient."""
-        m = _method(method)
-        if m.gradients is None:
+        m = method_named(method)
+        if m.gradients is None and not m.input_gradient:
             return None
         return "analytic" if self._analytic(m) else "finite differences"
 
-    def explain(self, x, method: str = "gradcam", target=None) -> Explanation:
-        m = _method(method)
+    def explain(self, x, method: str = "gradcam", target=None, *, score: str = "logit", unit=None,
+                aug_smooth: bool = False, eigen_smooth: bool = False, samples: int = 25, noise: float = 0.15,
+                seed: int = 0) -> Explanation:
+        """Explain x for `target` (class index, one per image, or None for the top-1 class).
+
+        score: "logit" or "probability" of the class. unit: (tensor, channel[, i, j]) explains that
+        feature map or neuron instead of a class. aug_smooth: average over flips and input scalings;
+        eigen_smooth: first principal component of the weighted activations instead of their sum.
+        samples, noise, seed: noisy copies for smoothgrad and smoothgradcam++ (noise as a fraction of
+        the input's range, as in SmoothGrad).
+        """
+        m = method_named(method)
+        if score not in SCORES:
+            raise OnnxcamError(f"unknown score '{score}'; choose one of {', '.join(SCORES)}")
+        if aug_smooth and m.map is None:
+            raise OnnxcamError(f"--aug-smooth applies to CAM methods, not to {m.name}")
         t0 = time.perf_counter()
         tensor = self.prepare(x)
         classes = self._classes(target, len(tensor))
+        options = dict(score=score, unit=tuple(unit) if unit else None, eigen_smooth=eigen_smooth,
+                       samples=samples, noise=noise, seed=seed)
         t1 = time.perf_counter()
-        analytic = m.gradients is not None and self._analytic(m)
-        outputs = self._run(tensor, classes, analytic)
-        t2 = time.perf_counter()
-        scores = outputs[self.info.logits_name].reshape(len(tensor), -1)
+        if aug_smooth:
+            res = self._augmented(tensor, classes, m, options)
+        else:
+            res = self._explain(tensor, classes, m, **options)
+        res.timings = {"preprocess": t1 - t0, "explain": time.perf_counter() - t1}
+        return res
+
+    def _augmented(self, tensor, classes, m, options) -> Explanation:
+        """pytorch-grad-cam's aug_smooth: the mean of the maps of flipped and scaled inputs, flipped back."""
+        width_axis = 3 if self.info.layout == "NCHW" else 2
+        results = []
+        for flip in (False, True):
+            for factor in AUG_FACTORS:
+                x = np.flip(tensor, axis=width_axis) if flip else tensor
+                res = self._explain(np.ascontiguousarray(x * factor, dtype=tensor.dtype), classes, m, **options)
+                results.append((res, np.flip(res.maps, axis=2) if flip else res.maps))
+        first = next(r for r, _ in results)
+        first.maps = np.mean(np.float32([maps for _, maps in results]), axis=0)
+        return first
+
+    def _explain(self, tensor, classes, m, *, score, unit, eigen_smooth, samples, noise, seed) -> Explanation:
+        analytic = (m.gradients is not None or m.input_gradient is not None) and self._analytic(m)
+        if unit and not analytic:
+            raise OnnxcamError(f"explaining a unit needs a gradient method with backward rules, not {m.name}")
+        key = _session_key(analytic and m.map is not None and m.gradients is not None, m.input_gradient, score, unit)
+        outputs = self._run(key, tensor, classes)
+        scores = outputs[self.info.logits_name].reshape(len(tensor), -1).astype(np.float32)
         _check_finite(scores, "class scores")
         targets = outputs[TARGET_OUTPUT] if analytic else np.where(classes < 0, scores.argmax(axis=1), classes)
-        scaled, raw = [], None
-        for layer in self.layers:
-            a = outputs[layer].astype(np.float32)
-            data = LayerData(
-                activations=a,
-                gradients=outputs[grad_name(layer)].astype(np.float32) if analytic else None,
-                class_weights=self._linear_head(layer)[targets] if m.needs_linear_head else None,
-                directional=self._finite_differences(layer, a, targets, tensor) if m.gradients and not analytic else None,
-            )
-            if data.gradients is not None:
-                _check_finite(data.gradients, f"gradients at '{layer}'")
-            layer_map = np.maximum(m.map(data), 0).astype(np.float32)
-            raw = layer_map if raw is None else raw
-            scaled.append(postprocess.scale_to(layer_map, self.info.size))
-        maps = postprocess.combine(scaled)
-        t3 = time.perf_counter()
+        noisy = self._noisy_runs(key, tensor, targets, samples, noise, seed) if m.gradients == SAMPLES else []
+
+        maps = raw = None
+        if m.map is not None:
+            scaled = []
+            for layer in self.layers:
+                layer_map = self._layer_map(m, layer, outputs, noisy, tensor, targets, scores, score, eigen_smooth)
+                raw = layer_map if raw is None else raw
+                scaled.append(postprocess.scale_to(layer_map, self.info.size))
+            maps = postprocess.combine(scaled)
+        saliency = None
+        if m.input_gradient:
+            runs = noisy or [outputs]
+            saliency = np.mean([self._nchw(r[grad_name(self.info.input_name)]) for r in runs], axis=0)
+            _check_finite(saliency, "input gradients")
+            if maps is not None:  # guided Grad-CAM: the guided gradient inside the class map
+                saliency = saliency * maps[:, None]
+            else:
+                maps = postprocess.normalize(np.abs(saliency).max(axis=1))
         return Explanation(
-            maps=maps, raw=raw, targets=targets.astype(np.int64), scores=scores, method=method, layers=self.layers,
-            gradients=self.gradient_source(method), timings={"preprocess": t1 - t0, "inference": t2 - t1, "postprocess": t3 - t2},
+            maps=maps, raw=raw, targets=targets.astype(np.int64), scores=scores, method=m.name, layers=self.layers,
+            gradients=self.gradient_source(m.name), saliency=None if saliency is None else np.float32(saliency),
         )
+
+    def _layer_map(self, m, layer, outputs, noisy, tensor, targets, scores, score, eigen_smooth):
+        """One layer's map at layer resolution, after ReLU."""
+        a = outputs[layer].astype(np.float32)
+        grads = outputs.get(grad_name(layer))
+        if grads is not None:
+            _check_finite(grads, f"gradients at '{layer}'")
+        target_scores = _score_of(scores, targets, score)
+        data = LayerData(
+            activations=a,
+            gradients=None if grads is None else grads.astype(np.float32),
+            gradient_samples=[r[grad_name(layer)].astype(np.float32) for r in noisy] or None,
+            class_weights=self._linear_head(layer)[targets] if m.needs_linear_head else None,
+            directional=self._finite_differences(layer, a, targets, tensor, score) if grads is None else None,
+            masked_scores=lambda acts: self._masked_scores(tensor, acts, targets, score),
+            ablated_scores=lambda: self._ablated_scores(layer, a, tensor, targets, score),
+            scores=target_scores,
+        )
+        terms = m.map(data)
+        if m.terms:
+            terms = projection(terms) if eigen_smooth else terms.sum(axis=1)
+        return np.maximum(terms, 0).astype(np.float32)
 
     def _analytic(self, m) -> bool:
         """Whether this method's gradients come from backward rules; else from finite differences."""
+        needs_rules = m.gradients in (ELEMENTWISE, SAMPLES) or m.input_gradient is not None
         if self.gradients == "fd" or (self.gradients == "auto" and self.missing_rule is not None):
-            if m.gradients == ELEMENTWISE:
+            if needs_rules:
                 why = self.missing_rule or "--gradients fd gives channel sums only"
-                raise OnnxcamError(f"method '{m.name}' needs elementwise gradients: {why}")
+                raise OnnxcamError(f"method '{m.name}' needs gradients from backward rules: {why}")
             return False
         try:
-            self._session(True)
+            self._session(_session_key(m.gradients is not None, m.input_gradient, "logit", None))
         except UnsupportedOpError as error:
-            if self.gradients == "analytic" or m.gradients == ELEMENTWISE:
+            if self.gradients == "analytic" or needs_rules:
                 raise
             self.missing_rule = f"no backward rule for {error.op} (node '{error.node}')"
             return False
         return True
 
-    def _finite_differences(self, layer, activations, targets, tensor):
+    def _noisy_runs(self, key, tensor, targets, samples, noise, seed) -> list:
+        """Outputs for `samples` copies of the input with Gaussian noise of std noise * (max - min)."""
+        if samples < 1:
+            raise OnnxcamError("--samples must be at least 1")
+        rng = np.random.default_rng(seed)
+        spread = noise * (tensor.max(axis=(1, 2, 3), keepdims=True) - tensor.min(axis=(1, 2, 3), keepdims=True))
+        runs = []
+        for _ in range(samples):
+            noisy = (tensor + rng.standard_normal(tensor.shape) * spread).astype(tensor.dtype)
+            runs.append(self._run(key, noisy, targets))
+        return runs
+
+    def _finite_differences(self, layer, activations, targets, tensor, score):
+        head, extra = self._head(layer, tensor)
+        return lambda pattern: channel_derivatives(head, layer, activations, pattern, targets, extra,
+                                                   score_of=lambda z, c: _score_of(z, c, score))
+
+    def _masked_scores(self, tensor, activations, targets, score) -> np.ndarray:
+        """Score-CAM: [N, K] scores of the model on x * (min-max normalized, upsampled A_k)."""
+        masks = postprocess.upsample_align_corners(activations, self.info.size)
+        lo = masks.min(axis=(2, 3), keepdims=True)
+        masks = (masks - lo) / (masks.max(axis=(2, 3), keepdims=True) - lo + 1e-8)
+        n, k = masks.shape[:2]
+        out = np.zeros((n, k), np.float32)
+        for i in range(n):
+            for start in range(0, k, BATCH_ROWS):
+                m = masks[i, start:start + BATCH_ROWS]
+                rows = tensor[i:i + 1] * (m[:, None] if self.info.layout == "NCHW" else m[:, :, :, None])
+                logits = self._run(_session_key(False, None), rows.astype(tensor.dtype), None)[self.info.logits_name]
+                out[i, start:start + len(m)] = _score_of(logits.reshape(len(m), -1), np.full(len(m), targets[i]), score)
+        return out
+
+    def _ablated_scores(self, layer, activations, tensor, targets, score) -> np.ndarray:
+        """Ablation-CAM: [N, K] head scores with channel k set to 0 (or to min(A) - 1e7 where min(A) != 0)."""
+        head, extra = self._head(layer, tensor)
+        logits_name = head.get_outputs()[0].name
+        n, k = activations.shape[:2]
+        out = np.zeros((n, k), np.float32)
+        for i in range(n):
+            a = activations[i]
+            value = 0.0 if a.min() == 0 else a.min() - 1e7
+            for start in range(0, k, BATCH_ROWS):
+                channels = np.arange(start, min(start + BATCH_ROWS, k))
+                rows = np.repeat(a[None], len(channels), axis=0)
+                rows[np.arange(len(channels)), channels] = value
+                feeds = {layer: rows.astype(self._dtype_of(head, layer))}
+                feeds.update({name: np.repeat(v[i:i + 1], len(channels), axis=0) for name, v in (extra or {}).items()})
+                logits = head.run([logits_name], feeds)[0].reshape(len(channels), -1)
+                out[i, channels] = _score_of(logits, np.full(len(channels), targets[i]), score)
+        return out
+
+    def _head(self, layer, tensor):
+        """The session of the head cut off at `layer`, and the image feed if the head still needs it."""
         key = ("head", layer)
         if key not in self._sessions:
             self._sessions[key] = make_session(cut_head(self.info, layer), self.providers)
         head = self._sessions[key]
-        extra = {self.info.input_name: tensor} if self.info.input_name in {i.name for i in head.get_inputs()} else None
-        return lambda pattern: channel_derivatives(head, layer, activations, pattern, targets, extra)
+        needs_image = self.info.input_name in {i.name for i in head.get_inputs()}
+        return head, ({self.info.input_name: tensor} if needs_image else None)
+
+    @staticmethod
+    def _dtype_of(session, name):
+        kind = next(i.type for i in session.get_inputs() if i.name == name)
+        return np.float16 if kind == "tensor(float16)" else np.float32
+
+    def _nchw(self, x):
+        return x if self.info.layout == "NCHW" else x.transpose(0, 3, 1, 2)
 
     def _classes(self, target, n: int) -> np.ndarray:
         """One class per image; -1 means 'the top-1 class', decided inside the graph."""
@@ -163,23 +292,27 @@ class Explainer:
             raise OnnxcamError(f"target class {bad[0]} is out of range; the model has {self.info.num_classes} classes")
         return classes
 
-    def _run(self, tensor, classes, gradients: bool) -> dict:
-        session = self._session(gradients)
+    def _run(self, key, tensor, classes) -> dict:
+        """Run the session for `key` = (layer gradients, input gradient, score, unit) on tensor."""
+        session = self._session(key)
         names = [o.name for o in session.get_outputs()]
+        with_class = CLASS_INPUT in {i.name for i in session.get_inputs()}
         batch = self.info.input_shape[0] or len(tensor)  # a fixed batch size runs in chunks of it
         chunks = []
         for start in range(0, len(tensor), batch):
             feed = {self.info.input_name: tensor[start:start + batch]}
-            if gradients:
+            if with_class and classes is not None:
                 feed[CLASS_INPUT] = classes[start:start + batch]
             chunks.append(session.run(names, feed))
         return {name: np.concatenate([c[i] for c in chunks]) for i, name in enumerate(names)}
 
-    def _session(self, gradients: bool):
-        if gradients not in self._sessions:
-            model = augment(self.info, self.layers, gradients=gradients)
-            self._sessions[gradients] = make_session(model, self.providers)
-        return self._sessions[gradients]
+    def _session(self, key):
+        if key not in self._sessions:
+            layer_gradients, input_gradient, score, unit = key
+            model = augment(self.info, self.layers, gradients=layer_gradients, input_gradient=input_gradient,
+                            score=score, unit=unit)
+            self._sessions[key] = make_session(model, self.providers)
+        return self._sessions[key]
 
     def _linear_head(self, layer: str) -> np.ndarray:
         if layer not in self._head_weights:
@@ -187,10 +320,29 @@ class Explainer:
         return self._head_weights[layer]
 
 
-def _method(name: str):
+def _session_key(layer_gradients: bool, input_gradient=None, score="logit", unit=None) -> tuple:
+    """Sessions differ only in what they differentiate: without gradients, score and unit do not matter."""
+    if not layer_gradients and not input_gradient:
+        return (False, None, "logit", None)
+    return (layer_gradients, input_gradient, score, unit)
+
+
+def method_named(name: str):
+    """The Method for a name or alias, or a user error listing the choices."""
+    name = ALIASES.get(name, name)
     if name not in METHODS:
         raise OnnxcamError(f"unknown method '{name}'; choose one of {', '.join(METHODS)}")
     return METHODS[name]
+
+
+def _score_of(logits: np.ndarray, classes: np.ndarray, score: str) -> np.ndarray:
+    """[rows] the explained score of each row: the class's logit or its softmax probability."""
+    z = logits.astype(np.float64)
+    picked = z[np.arange(len(z)), classes]
+    if score == "logit":
+        return np.float32(picked)
+    m = z.max(axis=1)
+    return np.float32(np.exp(picked - m) / np.exp(z - m[:, None]).sum(axis=1))
 
 
 def _check_rgb(image) -> np.ndarray:

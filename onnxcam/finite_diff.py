@@ -19,11 +19,12 @@ RELATIVE_STEP = 1e-2
 
 
 def channel_derivatives(head, layer: str, activations: np.ndarray, pattern: np.ndarray, classes: np.ndarray,
-                        extra_feeds: dict | None = None) -> np.ndarray:
+                        extra_feeds: dict | None, score_of) -> np.ndarray:
     """[N, K]: d score_n / d eps along `pattern` restricted to each channel, by central differences.
 
     head: an ORT session of the cut-off head (input `layer`, output the logits).
     extra_feeds: other head inputs (the image, when the head still needs it), batch-first.
+    score_of: (logits [rows, C], classes [rows]) -> scores [rows].
     """
     n, k = activations.shape[:2]
     out = np.zeros((n, k), np.float64)
@@ -41,6 +42,7 @@ def channel_derivatives(head, layer: str, activations: np.ndarray, pattern: np.n
                 rows[2 * r + 1, c] -= eps * pattern[i, c]
             feeds = {layer: rows.astype(dtype)}
             feeds.update({name: np.repeat(v, len(rows), axis=0) for name, v in feeds_i.items()})
-            scores = head.run([logits_name], feeds)[0].reshape(len(rows), -1)[:, classes[i]].astype(np.float64)
+            logits = head.run([logits_name], feeds)[0].reshape(len(rows), -1)
+            scores = score_of(logits, np.full(len(rows), classes[i])).astype(np.float64)
             out[i, start:start + len(channels)] = (scores[0::2] - scores[1::2]) / (2 * eps)
     return out.astype(np.float32)

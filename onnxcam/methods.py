@@ -1,13 +1,20 @@
 """CAM methods as pure NumPy functions of one layer's arrays.
 
-Each method maps a `LayerData` (activations A [N, K, h, w], the gradient
-G = dScore/dA, and for CAM the linear head's weights of each image's class)
-to a map [N, h, w] before ReLU. What a method needs is data in METHODS, so
-the explainer builds only the graph and runs that method needs.
+Each layer method maps a `LayerData` to per-channel terms [N, K, h, w] whose
+sum over k is the map before ReLU (Eigen-CAMs give the map itself); formulas
+follow pytorch-grad-cam 1.5 line for line, so maps agree with it to float
+rounding. What a method needs is data in METHODS, so the explainer builds only
+the graphs and runs that the method needs:
 
-Channel-weight methods read G only through `grad_dot` (sum_ij G * P per
-channel), so finite differences can stand in where a head op has no
-backward rule; methods that need G elementwise say so.
+- gradients CHANNEL: only sum_ij G * P per channel (`grad_dot`), which finite
+  differences can supply when a head op has no backward rule;
+- gradients ELEMENTWISE: G itself;
+- SAMPLES: G of several noisy copies of the input (`gradient_samples`);
+- the gradient-free methods call back into the model (`masked_scores`,
+  `ablated_scores`), which the explainer batches.
+
+Input-level methods (guided backprop, SmoothGrad) work on dScore/dx instead
+and are listed with `input_gradient` set.
 """
 
 from __future__ import annotations
@@ -17,13 +24,21 @@ from typing import Callable
 
 import numpy as np
 
+CHANNEL = "channel"  # needs only grad_dot: finite differences can stand in
+ELEMENTWISE = "elementwise"  # needs G itself: a backward rule for every head op
+SAMPLES = "samples"  # needs G at several noisy copies of the input
+
 
 @dataclass(frozen=True)
 class LayerData:
-    activations: np.ndarray
-    gradients: np.ndarray | None = None
-    class_weights: np.ndarray | None = None  # [N, K], CAM only
+    activations: np.ndarray  # A [N, K, h, w]
+    gradients: np.ndarray | None = None  # G = dScore/dA
+    gradient_samples: list | None = None  # G for each noisy copy of the input
+    class_weights: np.ndarray | None = None  # [N, K]: the linear head's row of each image's class (CAM)
     directional: Callable | None = None  # pattern -> [N, K] by finite differences, when gradients is None
+    masked_scores: Callable | None = None  # masks [N, K, H, W] -> [N, K] scores of model(x * mask_k)
+    ablated_scores: Callable | None = None  # () -> [N, K] scores with channel k ablated
+    scores: np.ndarray | None = None  # [N] the explained scores
 
     def grad_dot(self, pattern: np.ndarray) -> np.ndarray:
         """[N, K]: sum_ij G_kij * pattern_kij, from G or from finite differences."""
@@ -32,38 +47,139 @@ class LayerData:
         return self.directional(pattern)
 
 
-CHANNEL = "channel"  # needs only grad_dot: finite differences can stand in
-ELEMENTWISE = "elementwise"  # needs G itself: a backward rule for every head op
-
-
 @dataclass(frozen=True)
 class Method:
     name: str
     summary: str
-    map: Callable
-    gradients: str | None = None  # None, CHANNEL or ELEMENTWISE
+    map: Callable | None  # LayerData -> [N, h, w]; None for input-level methods
+    gradients: str | None = None  # None, CHANNEL, ELEMENTWISE or SAMPLES
     needs_linear_head: bool = False
+    input_gradient: str | None = None  # None, "plain" or "guided": the method uses dScore/dx
+    terms: bool = True  # map gives per-channel terms [N, K, h, w], summed over k (or projected: eigen-smooth)
 
 
-def _weighted(weights: np.ndarray, activations: np.ndarray) -> np.ndarray:
-    return np.einsum("nk,nkhw->nhw", weights, activations)
+def weighted(weights: np.ndarray, activations: np.ndarray) -> np.ndarray:
+    """[N, K] channel weights, [N, K, h, w] activations -> the weighted activations w_k A_k."""
+    return weights[:, :, None, None] * activations
+
+
+def projection(maps: np.ndarray) -> np.ndarray:
+    """Eigen-CAM: each image's [K, h, w] projected on its first principal component (pytorch-grad-cam's SVD)."""
+    maps = np.nan_to_num(maps, nan=0.0)
+    out = []
+    for m in maps:
+        flat = m.reshape(m.shape[0], -1).T
+        flat = flat - flat.mean(axis=0)  # centering: otherwise the first component is the mean
+        _, _, vt = np.linalg.svd(flat, full_matrices=False)
+        out.append((flat @ vt[0]).reshape(m.shape[1:]))
+    return np.float32(out)
+
+
+def _spatial_mean(d: LayerData) -> np.ndarray:
+    a = d.activations
+    return d.grad_dot(np.ones_like(a)) / (a.shape[2] * a.shape[3])
 
 
 def cam(d: LayerData) -> np.ndarray:
     """CAM (Zhou 2016, arXiv 1512.04150): M^c = sum_k w_k^c A_k, w^c the class's row of the linear head."""
-    return _weighted(d.class_weights, d.activations)
+    return weighted(d.class_weights, d.activations)
 
 
 def gradcam(d: LayerData) -> np.ndarray:
-    """Grad-CAM (Selvaraju 2017, arXiv 1610.02391): w_k = mean_ij dY^c/dA_kij, M = sum_k w_k A_k."""
+    """Grad-CAM (Selvaraju 2017, arXiv 1610.02391): w_k = mean_ij dY^c/dA_kij."""
+    return weighted(_spatial_mean(d), d.activations)
+
+
+def xgradcam(d: LayerData) -> np.ndarray:
+    """XGrad-CAM (Fu 2020, arXiv 2008.02312): w_k = sum_ij G_kij A_kij / (sum_ij A_kij + 1e-7)."""
     a = d.activations
-    return _weighted(d.grad_dot(np.ones_like(a)) / (a.shape[2] * a.shape[3]), a)
+    return weighted(d.grad_dot(a) / (a.sum(axis=(2, 3)) + 1e-7), a)
+
+
+def _gradcampp_weights(a, g1, g2, g3) -> np.ndarray:
+    """Grad-CAM++ (Chattopadhyay 2018, arXiv 1710.11063, eq. 19) from the 1st, 2nd, 3rd derivative terms."""
+    alpha = g2 / (2 * g2 + a.sum(axis=(2, 3), keepdims=True) * g3 + 1e-6)
+    alpha = np.where(g1 != 0, alpha, 0)
+    return (np.maximum(g1, 0) * alpha).sum(axis=(2, 3))
+
+
+def gradcampp(d: LayerData) -> np.ndarray:
+    """Grad-CAM++: w_k = sum_ij relu(G_kij) a_kij, a = G^2 / (2 G^2 + sum_ab A_kab G^3)."""
+    g = d.gradients
+    return weighted(_gradcampp_weights(d.activations, g, g ** 2, g ** 3), d.activations)
+
+
+def smoothgradcampp(d: LayerData) -> np.ndarray:
+    """Smooth Grad-CAM++ (Omeiza 2019, arXiv 1908.01224): Grad-CAM++ with each derivative term
+    (G, G^2, G^3) averaged over noisy copies of the input; A is the clean image's."""
+    gs = np.stack(d.gradient_samples)
+    return weighted(_gradcampp_weights(d.activations, gs.mean(0), (gs ** 2).mean(0), (gs ** 3).mean(0)), d.activations)
+
+
+def layercam(d: LayerData) -> np.ndarray:
+    """LayerCAM (Jiang 2021, IEEE TIP): sum_k relu(G_k) * A_k, elementwise."""
+    return np.maximum(d.gradients, 0) * d.activations
+
+
+def hirescam(d: LayerData) -> np.ndarray:
+    """HiResCAM (Draelos 2020, arXiv 2011.08891): sum_k G_k * A_k, elementwise."""
+    return d.gradients * d.activations
+
+
+def gradcam_elementwise(d: LayerData) -> np.ndarray:
+    """Grad-CAM elementwise (pytorch-grad-cam): sum_k relu(G_k * A_k)."""
+    return np.maximum(d.gradients * d.activations, 0)
+
+
+def scorecam(d: LayerData) -> np.ndarray:
+    """Score-CAM (Wang 2020, arXiv 1910.01279): w = softmax_k score(x * norm(up(A_k)))."""
+    scores = np.float64(d.masked_scores(d.activations))
+    e = np.exp(scores - scores.max(axis=1, keepdims=True))
+    return weighted(np.float32(e / e.sum(axis=1, keepdims=True)), d.activations)
+
+
+def ablationcam(d: LayerData) -> np.ndarray:
+    """Ablation-CAM (Desai & Ramaswamy, WACV 2020): w_k = (s - s_k) / s, s_k with channel k ablated."""
+    s = d.scores[:, None].astype(np.float32)
+    return weighted((s - np.float32(d.ablated_scores())) / s, d.activations)
+
+
+def eigencam(d: LayerData) -> np.ndarray:
+    """Eigen-CAM (Muhammad & Yeasin 2020, arXiv 2008.00299): first principal component of A (class-agnostic)."""
+    return projection(d.activations)
+
+
+def eigengradcam(d: LayerData) -> np.ndarray:
+    """Eigen-Grad-CAM (pytorch-grad-cam): first principal component of G * A."""
+    return projection(d.gradients * d.activations)
 
 
 METHODS = {
     m.name: m
     for m in (
-        Method("cam", "class activation map from the linear head's weights (GAP -> linear heads only)", cam, needs_linear_head=True),
-        Method("gradcam", "Grad-CAM: activations weighted by their spatially averaged gradients", gradcam, gradients=CHANNEL),
+        Method("cam", "CAM: activations weighted by the linear head's class weights (GAP -> linear heads)", cam,
+               needs_linear_head=True),
+        Method("gradcam", "Grad-CAM: activations weighted by their spatially averaged gradients", gradcam, CHANNEL),
+        Method("gradcam++", "Grad-CAM++: positive gradients weighted by higher-order terms", gradcampp, ELEMENTWISE),
+        Method("smoothgradcam++", "Smooth Grad-CAM++: Grad-CAM++ terms averaged over noisy inputs", smoothgradcampp,
+               SAMPLES),
+        Method("xgradcam", "XGrad-CAM: gradients weighted by normalized activations", xgradcam, CHANNEL),
+        Method("layercam", "LayerCAM: activations times positive gradients, per location", layercam, ELEMENTWISE),
+        Method("hirescam", "HiResCAM: activations times gradients, per location", hirescam, ELEMENTWISE),
+        Method("gradcam-elementwise", "Grad-CAM elementwise: positive part of activations times gradients",
+               gradcam_elementwise, ELEMENTWISE),
+        Method("scorecam", "Score-CAM: softmax of the scores of the input masked by each channel", scorecam),
+        Method("ablationcam", "Ablation-CAM: score drop when each channel is ablated (head runs only)", ablationcam),
+        Method("eigencam", "Eigen-CAM: first principal component of the activations (class-agnostic)", eigencam,
+               terms=False),
+        Method("eigengradcam", "Eigen-Grad-CAM: first principal component of activations times gradients",
+               eigengradcam, ELEMENTWISE, terms=False),
+        Method("guided-backprop", "Guided Backprop: input gradients through ReLUs that pass positive gradients",
+               None, input_gradient="guided"),
+        Method("guided-gradcam", "Guided Grad-CAM: guided backprop times the upsampled Grad-CAM map", gradcam, CHANNEL,
+               input_gradient="guided"),
+        Method("smoothgrad", "SmoothGrad: input gradients averaged over noisy copies of the input", None, SAMPLES,
+               input_gradient="plain"),
     )
 }
+ALIASES = {"gradcampp": "gradcam++", "smoothgradcampp": "smoothgradcam++"}

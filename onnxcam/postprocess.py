@@ -23,6 +23,24 @@ def scale_to(maps: np.ndarray, size: tuple) -> np.ndarray:
     return np.stack([cv2.resize(m, (w, h)) for m in normalize(np.float32(maps))])
 
 
+def upsample_align_corners(maps: np.ndarray, size: tuple) -> np.ndarray:
+    """[N, K, h, w] -> [N, K, H, W], bilinear with align_corners=True (torch's UpsamplingBilinear2d)."""
+    rows, cols = (_interpolation(n, m) for n, m in zip(maps.shape[2:], size))
+    return np.einsum("Hh,nkhw,Ww->nkHW", rows, np.float32(maps), cols, optimize=True).astype(np.float32)
+
+
+def _interpolation(n: int, m: int) -> np.ndarray:
+    """[m, n]: linear interpolation from n samples to m, with the corner samples aligned."""
+    src = np.arange(m) * ((n - 1) / (m - 1)) if m > 1 else np.zeros(1)
+    lo = np.minimum(np.floor(src).astype(int), n - 1)
+    hi = np.minimum(lo + 1, n - 1)
+    frac = src - lo
+    weights = np.zeros((m, n))
+    weights[np.arange(m), lo] += 1 - frac
+    weights[np.arange(m), hi] += frac
+    return weights.astype(np.float32)
+
+
 def combine(per_layer: list) -> np.ndarray:
     """Aggregate already-scaled maps of several layers (also run for one layer, as the reference does)."""
     stacked = np.maximum(np.stack(per_layer, axis=1), 0)

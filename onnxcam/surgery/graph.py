@@ -13,11 +13,12 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx import numpy_helper
 
-from onnxcam.errors import UnsupportedOpError
+from onnxcam.errors import ModelError, OnnxcamError, UnsupportedOpError
 from onnxcam.model import ModelInfo
 from onnxcam.surgery.builder import Builder
 from onnxcam.surgery.vjp import RULES
 
+SCORES = ("logit", "probability")
 CLASS_INPUT = "onnxcam/class"
 TARGET_OUTPUT = "onnxcam/target"
 
@@ -26,13 +27,18 @@ def grad_name(layer: str) -> str:
     return f"onnxcam/grad/{layer}"
 
 
-def augment(info: ModelInfo, layers: list, gradients: bool = True, input_gradient: str | None = None) -> onnx.ModelProto:
+def augment(info: ModelInfo, layers: list, gradients: bool = True, input_gradient: str | None = None,
+            score: str = "logit", unit: tuple | None = None) -> onnx.ModelProto:
     """The model plus outputs: logits, per layer A, and with gradients the target class and dScore/dA.
 
     input_gradient: None, "plain" or "guided" (ReLUs pass only positive gradients): also output
     dScore/dx for the image input x, as `grad_name(input)`, from the same run.
+    score: "logit" or "probability" (the softmax of the logits) of the target class.
+    unit: (tensor, channel) or (tensor, channel, i, j): the score is that feature map's sum, or
+    that one neuron, instead of a class score (Smooth Grad-CAM++'s feature-map / neuron level).
     """
     assert input_gradient in (None, "plain", "guided"), input_gradient
+    assert score in SCORES, score
     graph = gs.import_onnx(info.model)
     tensors = graph.tensors()
     logits = tensors[info.logits_name]
@@ -45,8 +51,11 @@ def augment(info: ModelInfo, layers: list, gradients: bool = True, input_gradien
         cls = gs.Variable(CLASS_INPUT, dtype=np.int64, shape=["N"])
         graph.inputs.append(cls)
         b = Builder(graph, info.opset)
-        target, seed = _class_seed(b, logits, info.num_classes, cls)
+        target, seed = _class_seed(b, logits, info.num_classes, cls, score)
         outputs.append(_named(b, target, TARGET_OUTPUT, np.int64, ["N"]))
+        seeded = logits
+        if unit is not None:
+            seeded, seed = _unit_seed(b, tensors, unit)
         passes = [(b, [tensors[n] for n in layers] if gradients else [])]
         image = tensors[info.input_name]
         if input_gradient == "guided":  # a second reverse pass: the layers' gradients stay unguided
@@ -56,7 +65,7 @@ def augment(info: ModelInfo, layers: list, gradients: bool = True, input_gradien
         for builder, wrt in passes:
             if not wrt:
                 continue
-            grads = backward(builder, wrt, logits, seed)
+            grads = backward(builder, wrt, seeded, seed)
             outputs.extend(_named(builder, grads[t.name], grad_name(t.name), builder.dtype, t.shape) for t in wrt)
     graph.outputs = outputs
     model = _export(graph, info)
@@ -100,12 +109,13 @@ def backward(b: Builder, wrt: list, score: gs.Tensor, seed: gs.Tensor) -> dict:
             grads[inp.name] = b.op("Add", grads[inp.name], g) if inp.name in grads else g
     missing = [t.name for t in wrt if t.name not in grads]
     if missing:
-        raise AssertionError(f"no gradient reached {missing}")
+        raise OnnxcamError(f"'{score.name}' does not depend on {', '.join(missing)}: no gradient reaches it")
     return {t.name: grads[t.name] for t in wrt}
 
 
-def _class_seed(b: Builder, logits, num_classes: int, cls):
-    """Pick each row's class (negative = argmax, in the graph) and one-hot it as dScore/dlogits."""
+def _class_seed(b: Builder, logits, num_classes: int, cls, score: str):
+    """Pick each row's class (negative = argmax, in the graph); dScore/dlogits for that class's logit or
+    probability (softmax: dp_c/dz = p_c (onehot_c - p))."""
     flat = logits if len(logits.shape) == 2 else b.op("Flatten", logits, axis=1)
     top = b.op("ArgMax", flat, axis=1, keepdims=0)
     # target = cls < 0 ? top : cls, in ops valid from opset 7 (Where and integer Less need opset 9)
@@ -115,9 +125,30 @@ def _class_seed(b: Builder, logits, num_classes: int, cls):
     column = b.op("Reshape", target, b.const([-1, 1], np.int64))
     hot = b.op("Equal", column, b.const(np.arange(num_classes, dtype=np.int64)[None]))
     seed = b.op("Cast", hot, to=onnx.helper.np_dtype_to_tensor_dtype(b.dtype))
+    if score == "probability":
+        p = b.op("Softmax", b.fwd(flat), axis=1)
+        p_target = b.reduce_sum(b.op("Mul", p, seed), [1], keepdims=True)
+        seed = b.op("Mul", p_target, b.op("Sub", seed, p))
     if len(logits.shape) != 2:
         seed = b.reshape_like(seed, logits)
     return target, seed
+
+
+def _unit_seed(b: Builder, tensors, unit):
+    """(tensor, seed): the seed is 1 on the chosen channel (or neuron) of that 4-D tensor, per image."""
+    name, channel, *position = unit
+    if name not in tensors or tensors[name].shape is None or len(tensors[name].shape) != 4:
+        raise ModelError(f"unit layer '{name}' is not a 4-D tensor of the model")
+    t = tensors[name]
+    _, c, h, w = t.shape
+    mask = np.zeros((1, c, h, w), np.float32)
+    if not 0 <= channel < c or (position and not (0 <= position[0] < h and 0 <= position[1] < w)):
+        raise ModelError(f"unit {list(unit[1:])} is outside '{name}' of shape [N, {c}, {h}, {w}]")
+    if position:
+        mask[0, channel, position[0], position[1]] = 1
+    else:
+        mask[0, channel] = 1
+    return t, b.op("Add", b.op("Mul", b.fwd(t), b.const(0.0)), b.const(mask))  # the mask, with the batch dim
 
 
 def _float_descendants(graph, starts) -> set:
