@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from onnxcam import postprocess, preprocess
-from onnxcam.errors import OnnxcamError, UnsupportedOpError
+from onnxcam.errors import ModelError, OnnxcamError, UnsupportedOpError
 from onnxcam.finite_diff import channel_derivatives
 from onnxcam.head import linear_head_weights
 from onnxcam.methods import ALIASES, ELEMENTWISE, METHODS, SAMPLES, LayerData, projection
@@ -124,6 +124,34 @@ class Explainer:
             res = self._explain(tensor, classes, m, **options)
         res.timings = {"preprocess": t1 - t0, "explain": time.perf_counter() - t1}
         return res
+
+    def units(self, x, target=None, count: int = 8):
+        """Class-specific units (CAM paper, section 5): the `count` channels of the first layer that
+        contribute most to each image's class score. Returns (targets [N], per image a list of
+        (channel, contribution, activation map [h, w])).
+
+        contribution_k = w_k^c * mean_ij A_kij, with w the linear head's class weights where the head
+        is GAP -> linear (the contributions then add up to the logit minus its bias), else Grad-CAM's.
+        """
+        tensor = self.prepare(x)
+        classes = self._classes(target, len(tensor))
+        layer = self.layers[0]
+        analytic = self._analytic(METHODS["gradcam"])
+        outputs = self._run(_session_key(analytic), tensor, classes)
+        logits = outputs[self.info.logits_name].reshape(len(tensor), -1)
+        targets = outputs[TARGET_OUTPUT] if analytic else np.where(classes < 0, logits.argmax(axis=1), classes)
+        a = outputs[layer].astype(np.float32)
+        try:
+            weights = self._linear_head(layer)[targets]
+        except ModelError:
+            g = outputs.get(grad_name(layer))
+            data = LayerData(activations=a, gradients=g,
+                             directional=None if analytic else self._finite_differences(layer, a, targets, tensor, "logit"))
+            weights = data.grad_dot(np.ones_like(a)) / (a.shape[2] * a.shape[3])
+        contribution = weights * a.mean(axis=(2, 3))
+        ranked = [[(int(k), float(contribution[n, k]), a[n, k]) for k in np.argsort(-contribution[n])[:count]]
+                  for n in range(len(tensor))]
+        return targets.astype(np.int64), ranked
 
     def _augmented(self, tensor, classes, m, options) -> Explanation:
         """pytorch-grad-cam's aug_smooth: the mean of the maps of flipped and scaled inputs, flipped back."""
@@ -296,7 +324,7 @@ class Explainer:
         """Run the session for `key` = (layer gradients, input gradient, score, unit) on tensor."""
         session = self._session(key)
         names = [o.name for o in session.get_outputs()]
-        with_class = CLASS_INPUT in {i.name for i in session.get_inputs()}
+        with_class = key[0] or key[1]  # sessions with gradients take the class (an overridable initializer)
         batch = self.info.input_shape[0] or len(tensor)  # a fixed batch size runs in chunks of it
         chunks = []
         for start in range(0, len(tensor), batch):

@@ -1,4 +1,4 @@
-"""From raw layer-resolution maps to normalized heatmaps, overlays and boxes.
+"""From raw layer-resolution maps to normalized heatmaps and localization boxes.
 
 Normalization and resizing follow pytorch-grad-cam 1.5 exactly (per-layer
 min-max, cv2.resize INTER_LINEAR, then relu/mean/min-max over layers), so our
@@ -47,9 +47,14 @@ def combine(per_layer: list) -> np.ndarray:
     return normalize(stacked.mean(axis=1))
 
 
-def overlay(rgb: np.ndarray, heatmap: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """Blend a JET-coloured [0, 1] heatmap over an RGB uint8 image of any size."""
-    h, w = rgb.shape[:2]
-    heat = cv2.resize(heatmap, (w, h))
-    colored = cv2.applyColorMap(np.uint8(np.clip(heat, 0, 1) * 255), cv2.COLORMAP_JET)[..., ::-1]
-    return np.uint8(np.clip(alpha * colored + (1 - alpha) * rgb, 0, 255))
+def box(heatmap: np.ndarray, threshold: float = 0.2):
+    """CAM localization (Zhou 2016): the bounding box (x0, y0, x1, y1), inclusive, of the largest
+    connected region where the map is >= threshold * its max; None for an all-zero map."""
+    peak = float(heatmap.max())
+    if peak <= 0:
+        return None
+    mask = np.uint8(heatmap >= threshold * peak)
+    count, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    x, y, w, h = (int(v) for v in stats[largest, :4])
+    return (x, y, x + w - 1, y + h - 1)

@@ -22,8 +22,8 @@ def run(*args):
 def test_run_on_the_demo_writes_overlay_npy_json(tmp_path):
     result = run("run", DEMO, CHELSEA, "--out", tmp_path, "--npy", "--json", "--device", "cpu")
     assert result.exit_code == 0, result.output
-    for line in ("provider  CPUExecutionProvider", "layer     /_head_act/Clip_output_0", "method    gradcam",
-                 "Egyptian cat", "explain   285  Egyptian cat"):
+    for line in ("provider  CPUExecutionProvider", "layer     /_head_act/Clip_output_0",
+                 "method    gradcam  gradients analytic", "Egyptian cat", "explain   285  Egyptian cat  [gradcam]"):
         assert line in result.output
     assert sorted(os.listdir(tmp_path)) == ["chelsea.gradcam.json", "chelsea.gradcam.npy", "chelsea.gradcam.png"]
 
@@ -32,12 +32,14 @@ def test_run_on_the_demo_writes_overlay_npy_json(tmp_path):
     assert overlay.shape == image.shape
 
     summary = json.loads((tmp_path / "chelsea.gradcam.json").read_text())
-    assert summary["target"]["class"] in CAT_CLASSES
-    assert summary["predictions"][0]["class"] == summary["target"]["class"]
+    (entry,) = summary["explanations"]
+    assert entry["target"]["class"] in CAT_CLASSES
+    assert summary["predictions"][0]["class"] == entry["target"]["class"]
     assert len(summary["predictions"]) == 5
-    assert summary["method"] == "gradcam" and summary["provider"] == "CPUExecutionProvider"
+    assert entry["method"] == "gradcam" and entry["gradients"] == "analytic"
+    assert summary["provider"] == "CPUExecutionProvider"
     assert summary["layers"] == ["/_head_act/Clip_output_0"] and summary["preprocess"] == "lite"
-    assert summary["timings_s"]["explain"] > 0
+    assert summary["timings_s"]["image"] > 0
 
     heat = np.load(tmp_path / "chelsea.gradcam.npy")
     assert heat.shape == (224, 224) and heat.dtype == np.float32
@@ -52,7 +54,7 @@ def test_files_go_next_to_the_image_by_default(tmp_path):
     shutil.copy(CHELSEA, image)
     result = run("run", DEMO, image, "--method", "cam", "--target", "tabby")
     assert result.exit_code == 0, result.output
-    assert "explain   281  tabby" in result.output
+    assert "explain   281  tabby  [cam]" in result.output
     assert (tmp_path / "cat.cam.png").is_file()
 
 
@@ -128,5 +130,5 @@ def test_readme_example_runs_as_a_console_script(tmp_path):
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""  # ORT's provider probing stays quiet
-    assert "explain   285  Egyptian cat" in done.stdout
+    assert "explain   285  Egyptian cat  [gradcam]" in done.stdout
     assert sorted(os.listdir(tmp_path)) == ["chelsea.gradcam.json", "chelsea.gradcam.png"]

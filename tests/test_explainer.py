@@ -25,6 +25,15 @@ def test_predicts_the_cat_and_gradcam_equals_cam(demo_explainer):
     assert grad.raw.shape == (1, 7, 7) and grad.raw.min() >= 0
 
 
+@pytest.mark.parametrize("cls", [282, 0, 967])
+def test_any_class_in_graph_equals_cam(demo_explainer, cls):
+    """The class input reaches the graph: Grad-CAM for a non-top class still equals that class's CAM."""
+    grad = demo_explainer.explain(CHELSEA, method="gradcam", target=cls)
+    cam = demo_explainer.explain(CHELSEA, method="cam", target=cls)
+    assert grad.targets[0] == cam.targets[0] == cls
+    assert np.abs(grad.maps - cam.maps).max() < 1e-4
+
+
 def test_batch_and_explicit_targets(demo_explainer):
     res = demo_explainer.explain([CHELSEA, COFFEE], target=[285, 967])
     assert list(res.targets) == [285, 967]

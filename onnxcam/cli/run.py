@@ -1,4 +1,8 @@
-"""`onnxcam run MODEL IMAGE...`: predict, explain, and write overlays (and .npy / .json on request)."""
+"""`onnxcam run MODEL IMAGE...`: predict, explain, and write overlays (and .npy / .json on request).
+
+Each image is fully explained in memory first and its files written after,
+atomically, so a failure leaves no partial output for that image.
+"""
 
 from __future__ import annotations
 
@@ -16,9 +20,26 @@ PRESET_NAMES = ("imagenet", "inception", "lite", "caffe", "unit", "raw")  # onnx
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("-m", "--method", default="gradcam", show_default=True, help="CAM method ('onnxcam methods' lists them).")
+@click.option("--methods", metavar="A,B,...", help="Several methods: one side-by-side grid image per input.")
 @click.option("-l", "--layer", "layers", multiple=True, metavar="NAME",
               help="Target layer (tensor or node name); repeat to average several. Default: the last conv-like layer.")
-@click.option("-t", "--target", metavar="CLASS", help="Class to explain: an index or a class name. Default: the top-1 class.")
+@click.option("-t", "--target", metavar="CLASS",
+              help="Class to explain: an index, a class name, or top-K (one map per class). Default: the top-1 class.")
+@click.option("--score", type=click.Choice(("logit", "probability")), default="logit", show_default=True,
+              help="Explain the class's logit or its softmax probability.")
+@click.option("--unit", metavar="LAYER:K[:I:J]",
+              help="Explain feature map K (or neuron K, I, J) of LAYER instead of a class score.")
+@click.option("--units", "unit_count", type=click.IntRange(1, 64),
+              help="Also show the N channels that contribute most to the class (CAM paper, section 5).")
+@click.option("--aug-smooth", is_flag=True, help="Average over horizontal flip x input scaling 0.9/1/1.1.")
+@click.option("--eigen-smooth", is_flag=True, help="First principal component of the weighted activations.")
+@click.option("--samples", default=25, show_default=True, type=click.IntRange(1, 1000),
+              help="Noisy copies for smoothgrad and smoothgradcam++.")
+@click.option("--noise", default=0.15, show_default=True, type=click.FloatRange(0, 10),
+              help="Noise std as a fraction of the input's range (smoothgrad, smoothgradcam++).")
+@click.option("--seed", default=0, show_default=True, help="Seed of the noise.")
+@click.option("--box-threshold", default=0.2, show_default=True, type=click.FloatRange(0, 1),
+              help="Localization box: the largest region where the map is >= this fraction of its max.")
 @click.option("--preprocess", "preset", type=click.Choice(PRESET_NAMES),
               help="Preprocessing preset. Default: the model's own (metadata), else imagenet.")
 @click.option("--labels", type=click.Path(exists=True, dir_okay=False), help="Class names, one per line.")
@@ -27,15 +48,15 @@ PRESET_NAMES = ("imagenet", "inception", "lite", "caffe", "unit", "raw")  # onnx
               help="analytic: backward rules; fd: central differences of the head (channel-weight methods); "
                    "auto: analytic, else fd where a head op has no rule.")
 @click.option("-o", "--out", type=click.Path(file_okay=False), help="Output folder. Default: next to each image.")
-@click.option("--npy", is_flag=True, help="Also write the heatmap (float32, model input size) as .npy.")
+@click.option("--npy", is_flag=True, help="Also write each heatmap (float32, model input size) as .npy.")
 @click.option("--json", "as_json", is_flag=True, help="Also write a JSON summary.")
 @click.option("--top", default=5, show_default=True, type=click.IntRange(1, 100), help="How many predictions to print.")
 @model_options
-def command(model, images, method, layers, target, preset, labels, device, gradients, out, npy, as_json, top,
-            **kwargs):
+def command(model, images, method, methods, layers, target, labels, device, gradients, preset, out, **kwargs):
     """Explain the model's decision on each IMAGE (a picture, or a .npy input tensor)."""
     from onnxcam import Explainer
     from onnxcam.errors import OnnxcamError
+    from onnxcam.explainer import method_named
 
     t0 = time.perf_counter()
     ex = Explainer(model, layer=list(layers) or None, device=device, preprocess_preset=preset, gradients=gradients,
@@ -43,8 +64,9 @@ def command(model, images, method, layers, target, preset, labels, device, gradi
     if labels:
         with open(labels, encoding="utf-8") as f:
             ex.info.labels = [line.rstrip("\n") for line in f]
-    setup = time.perf_counter() - t0
-    target_index = _target_index(target, ex)
+    names = [method_named(m.strip()).name for m in (methods.split(",") if methods else [method])]
+    job = Job(ex, model, names, _parse_target(target, ex), _parse_unit(kwargs.pop("unit")), out, kwargs)
+    job.setup = time.perf_counter() - t0
     if out:
         os.makedirs(out, exist_ok=True)
     click.echo(f"model     {model}")
@@ -52,15 +74,14 @@ def command(model, images, method, layers, target, preset, labels, device, gradi
     for name in ex.layers:
         layer = next(lay for lay in ex.info.layers if lay.name == name)
         click.echo(f"layer     {name}  {format_shape(layer.shape)}")
-    click.echo(f"method    {method}")
-    source = ex.gradient_source(method)
-    if source:
-        why = f" ({ex.missing_rule})" if ex.missing_rule and source != "analytic" else ""
-        click.echo(f"gradients {source}{why}")
+    for name in names:
+        source = ex.gradient_source(name)
+        why = f" ({ex.missing_rule})" if ex.missing_rule and source == "finite differences" else ""
+        click.echo(f"method    {name}" + (f"  gradients {source}{why}" if source else ""))
     failures = []
     for image in images:
         try:
-            _explain_one(ex, model, image, method, target_index, out, npy, as_json, top, setup)
+            job.run(image)
         except OnnxcamError as error:
             if len(images) == 1:
                 raise
@@ -71,71 +92,146 @@ def command(model, images, method, layers, target, preset, labels, device, gradi
         raise click.ClickException(f"{len(failures)} of {len(images)} images failed: {summary}")
 
 
-def _target_index(target, ex):
+class Job:
+    """One `run` invocation: the same explainer, methods and options for every image."""
+
+    def __init__(self, ex, model, methods, target, unit, out, opts):
+        self.ex, self.model, self.methods, self.target, self.unit, self.out = ex, model, methods, target, unit, out
+        self.opts = opts
+        self.setup = 0.0
+
+    def run(self, image):
+        import numpy as np
+
+        from onnxcam.preprocess import load_image, load_tensor
+
+        t0 = time.perf_counter()
+        x, rgb = (load_tensor(image), None) if image.lower().endswith(".npy") else (load_image(image),) * 2
+        explain = dict(score=self.opts["score"], unit=self.unit, aug_smooth=self.opts["aug_smooth"],
+                       eigen_smooth=self.opts["eigen_smooth"], samples=self.opts["samples"],
+                       noise=self.opts["noise"], seed=self.opts["seed"])
+        first = self.ex.explain(x, method=self.methods[0], target=self.target if isinstance(self.target, int) else None,
+                                **explain)
+        probs = _softmax(first.scores[0])
+        targets = [int(first.targets[0])]
+        if isinstance(self.target, str):  # top-K
+            targets = [int(c) for c in np.argsort(-first.scores[0])[:int(self.target[4:])]]
+        results = []
+        for method in self.methods:
+            for cls in targets:
+                reuse = method == self.methods[0] and cls == targets[0]
+                results.append(first if reuse else self.ex.explain(x, method=method, target=cls, **explain))
+        units = self.ex.units(x, target=targets[0], count=self.opts["unit_count"]) if self.opts["unit_count"] else None
+        if rgb is None:  # a tensor input has no picture: colour the maps alone
+            rgb = np.zeros((*first.maps.shape[1:], 3), np.uint8)
+        self._report(image, probs, results, units, rgb, time.perf_counter() - t0)
+
+    def _report(self, image, probs, results, units, rgb, seconds):
+        import numpy as np
+
+        from onnxcam import postprocess, render
+        from onnxcam.writer import write_json, write_npy, write_png
+
+        ex, opts = self.ex, self.opts
+        order = np.argsort(-probs)[:opts["top"]]
+        predictions = [{"class": int(c), "label": ex.info.label(int(c)), "probability": float(probs[c]),
+                        "logit": float(results[0].scores[0, c])} for c in order]
+        click.echo(f"\n{image}")
+        for rank, p in enumerate(predictions):
+            head = f"top-{opts['top']}" if rank == 0 else ""
+            click.echo(f"  {head:9} {p['probability']:6.1%}  {p['class']:>4}  {p['label']}")
+
+        several = len(results) > 1
+        files, entries, tiles, labels = {}, [], [], []
+        h, w = rgb.shape[:2]
+        for res in results:
+            cls = int(res.targets[0])
+            tag = f"{res.method}.c{cls}" if several and len(self.methods) == 1 else res.method
+            heat = res.maps[0]
+            found = postprocess.box(_resize(heat, (h, w)), opts["box_threshold"])
+            picture = render.overlay(rgb, heat, box=found)
+            entry = {"method": res.method, "target": {"class": cls, "label": ex.info.label(cls)},
+                     "gradients": res.gradients, "box": list(found) if found else None}
+            if len(self.methods) == 1:
+                files[f"{tag}.png"] = ("png", picture)
+            tiles.append(picture)
+            labels.append(f"{res.method}: {ex.info.label(cls)}")
+            if res.saliency is not None:
+                files[f"{tag}.saliency.png"] = ("png", render.saliency_image(res.saliency[0]))
+            if opts["npy"]:
+                files[f"{tag}.npy"] = ("npy", heat)
+            entries.append(entry)
+            click.echo(f"  explain   {cls}  {ex.info.label(cls)}  [{res.method}]"
+                       + (f"  box {list(found)}" if found else "  (flat map: no region)"))
+        if len(self.methods) > 1:
+            files["grid.png"] = ("png", render.grid(tiles, labels))
+        if units:
+            targets, ranked = units
+            unit_tiles = [render.overlay(rgb, postprocess.scale_to(m[None], ex.info.size)[0]) for _, _, m in ranked[0]]
+            files["units.png"] = ("png", render.grid(unit_tiles, [f"unit {k}: {c:+.3f}" for k, c, _ in ranked[0]]))
+            click.echo("  units     " + ", ".join(f"{k} ({c:+.3f})" for k, c, _ in ranked[0]))
+        summary_tag = self.methods[0] if len(self.methods) == 1 else "grid"
+        paths = {name: self._paths(image, *name.rsplit(".", 1)) for name in files}
+        if opts["as_json"]:
+            json_path = self._paths(image, summary_tag, "json")
+            summary = {
+                "image": image, "model": self.model, "layers": ex.layers, "provider": ex.provider,
+                "preprocess": ex.preset, "score": opts["score"], "predictions": predictions, "explanations": entries,
+                "units": [{"channel": k, "contribution": c} for k, c, _ in units[1][0]] if units else None,
+                "timings_s": {"setup": round(self.setup, 6), "image": round(seconds, 6)},
+                "outputs": list(paths.values()) + [json_path],
+            }
+        for name, (kind, data) in files.items():
+            (write_png if kind == "png" else write_npy)(paths[name], data)
+        if opts["as_json"]:
+            write_json(json_path, summary)
+            paths["json"] = json_path
+        click.echo("  wrote     " + ", ".join(paths.values()))
+
+    def _paths(self, image, tag, ext):
+        """Where an output of this image goes; never onto the image itself."""
+        from onnxcam.errors import OnnxcamError
+
+        stem = os.path.splitext(os.path.basename(image))[0]
+        path = os.path.join(self.out or os.path.dirname(image) or ".", f"{stem}.{tag}.{ext}")
+        if os.path.abspath(path) == os.path.abspath(image):
+            raise OnnxcamError(f"refusing to overwrite the input image {image}; choose another --out folder")
+        return path
+
+
+def _parse_target(target, ex):
+    """None, a class index, or 'top-K'."""
     from onnxcam.errors import OnnxcamError
 
     if target is None:
         return None
+    if target.startswith("top-") and target[4:].isdigit() and int(target[4:]) >= 1:
+        return f"top-{min(int(target[4:]), ex.info.num_classes)}"
     if target.lstrip("-").isdigit():
         return int(target)
     names = ex.info.labels or []
     if target not in names:
-        raise OnnxcamError(f"unknown class name '{target}'; give a class index or an exact name from the labels")
+        raise OnnxcamError(f"unknown class name '{target}'; give a class index, an exact name from the labels, or top-K")
     return names.index(target)
 
 
-def _explain_one(ex, model, image, method, target, out, npy, as_json, top, setup):
-    import numpy as np
-
-    from onnxcam import postprocess
-    from onnxcam.preprocess import load_image, load_tensor
-    from onnxcam.writer import write_json, write_npy, write_png
-
-    t0 = time.perf_counter()
-    paths = _output_paths(image, method, out, npy, as_json)
-    if image.lower().endswith(".npy"):
-        x, rgb = load_tensor(image), None
-    else:
-        x = rgb = load_image(image)
-    res = ex.explain(x, method=method, target=target)
-    probs = _softmax(res.scores[0])
-    order = np.argsort(-probs)[:top]
-    cls = int(res.targets[0])
-    predictions = [{"class": int(c), "label": ex.info.label(int(c)), "probability": float(probs[c]),
-                    "logit": float(res.scores[0, c])} for c in order]
-    click.echo(f"\n{image}")
-    for rank, p in enumerate(predictions):
-        head = f"top-{top}" if rank == 0 else ""
-        click.echo(f"  {head:9} {p['probability']:6.1%}  {p['class']:>4}  {p['label']}")
-    click.echo(f"  explain   {cls}  {ex.info.label(cls)}")
-    if rgb is None:  # a tensor input has no picture: colour the map alone
-        rgb = np.zeros((*res.maps.shape[1:], 3), np.uint8)
-    write_png(paths["png"], postprocess.overlay(rgb, res.maps[0]))
-    if npy:
-        write_npy(paths["npy"], res.maps[0])
-    if as_json:
-        timings = {k: round(v, 6) for k, v in res.timings.items()}
-        timings.update(total=round(time.perf_counter() - t0, 6), setup=round(setup, 6))
-        write_json(paths["json"], {
-            "image": image, "model": model, "method": method, "layers": res.layers, "provider": ex.provider,
-            "gradients": res.gradients,
-            "preprocess": ex.preset, "target": {"class": cls, "label": ex.info.label(cls)},
-            "predictions": predictions, "timings_s": timings, "outputs": paths,
-        })
-    click.echo("  wrote     " + ", ".join(paths.values()))
-
-
-def _output_paths(image, method, out, npy, as_json):
-    """Where this image's outputs go; never onto the image itself."""
+def _parse_unit(text):
+    """'LAYER:K' or 'LAYER:K:I:J' -> (layer, k[, i, j]); the layer name may itself contain colons."""
     from onnxcam.errors import OnnxcamError
 
-    stem = os.path.splitext(os.path.basename(image))[0]
-    folder = out or os.path.dirname(image) or "."
-    kinds = ["png"] + (["npy"] if npy else []) + (["json"] if as_json else [])
-    paths = {k: os.path.join(folder, f"{stem}.{method}.{k}") for k in kinds}
-    if any(os.path.abspath(p) == os.path.abspath(image) for p in paths.values()):
-        raise OnnxcamError(f"refusing to overwrite the input image {image}; choose another --out folder")
-    return paths
+    if text is None:
+        return None
+    parts = text.split(":")
+    for count in (3, 1):
+        if len(parts) > count and all(p.isdigit() for p in parts[-count:]):
+            return (":".join(parts[:-count]), *map(int, parts[-count:]))
+    raise OnnxcamError(f"--unit takes LAYER:K or LAYER:K:I:J, got '{text}'")
+
+
+def _resize(heat, size):
+    import cv2
+
+    return cv2.resize(heat, (size[1], size[0]))
 
 
 def _softmax(z):

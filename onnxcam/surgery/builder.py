@@ -55,11 +55,48 @@ class Builder:
         self.graph.nodes.append(gs.Node(op_type, self.name(op_type), attrs, tensors, [out]))
         return out
 
-    def reduce_sum(self, x, axes, keepdims=True):
+    def ops(self, op_type: str, *inputs, outputs: int, **attrs) -> list:
+        """Append one node with several outputs; returns them all."""
+        tensors = [x if isinstance(x, gs.Tensor) else self.const(x) for x in inputs]
+        outs = [gs.Variable(self.name(op_type.lower())) for _ in range(outputs)]
+        self.graph.nodes.append(gs.Node(op_type, self.name(op_type), attrs, tensors, outs))
+        return outs
+
+    def reduce(self, op_type, x, axes, keepdims=True):
+        """Reduce<op> over axes, as an attribute or (ReduceSum from 13, the others from 18) an input."""
         axes = [int(a) for a in axes]
-        if self.opset >= 13:
-            return self.op("ReduceSum", x, self.const(axes, np.int64), keepdims=int(keepdims))
-        return self.op("ReduceSum", x, axes=axes, keepdims=int(keepdims))
+        if self.opset >= (13 if op_type == "ReduceSum" else 18):
+            return self.op(op_type, x, self.const(axes, np.int64), keepdims=int(keepdims))
+        return self.op(op_type, x, axes=axes, keepdims=int(keepdims))
+
+    def reduce_sum(self, x, axes, keepdims=True):
+        return self.reduce("ReduceSum", x, axes, keepdims)
+
+    def slice(self, x, starts, ends, axes, steps=None):
+        """x[starts:ends:steps] on axes: attributes before opset 10 (no steps there), inputs from 10."""
+        starts, ends, axes = ([int(v) for v in vs] for vs in (starts, ends, axes))
+        if self.opset < 10:
+            if steps is not None and any(s != 1 for s in steps):
+                raise AssertionError(f"Slice steps need opset 10, model has {self.opset}")
+            return self.op("Slice", x, starts=starts, ends=ends, axes=axes)
+        inputs = [self.const(v, np.int64) for v in (starts, ends, axes)]
+        if steps is not None:
+            inputs.append(self.const([int(s) for s in steps], np.int64))
+        return self.op("Slice", x, *inputs)
+
+    def pad(self, x, begins, ends, value=0.0):
+        """Constant-mode Pad; begins/ends cover every axis of x. Attributes before opset 11, inputs from 11."""
+        pads = [int(p) for p in list(begins) + list(ends)]
+        if self.opset < 11:
+            return self.op("Pad", x, pads=pads, value=float(value))
+        return self.op("Pad", x, self.const(pads, np.int64), self.const(value))
+
+    def where(self, condition, a, c):
+        """condition ? a : c, elementwise with broadcasting (Where from opset 9, a blend of masks before)."""
+        if self.opset >= 9:
+            return self.op("Where", condition, a, c)
+        chosen = self.op("Cast", condition, to=helper.np_dtype_to_tensor_dtype(self.dtype))
+        return self.op("Add", self.op("Mul", a, chosen), self.op("Mul", c, self.op("Sub", self.const(1.0), chosen)))
 
     def unsqueeze(self, x, axes):
         axes = [int(a) for a in axes]

@@ -9,9 +9,11 @@ every node they emit is valid at the model's own opset.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
+import onnx_graphsurgeon as gs
 from onnx import helper
 
 from onnxcam.errors import UnsupportedOpError
@@ -314,3 +316,694 @@ def _reduce_axes(node, rank):
     if not axes:
         return None if node.attrs.get("noop_with_empty_axes", 0) else list(range(rank))
     return sorted(a % rank for a in axes)
+
+
+def _str_attr(node, name, default):
+    value = node.attrs.get(name, default)
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _unsupported(node, why):
+    return UnsupportedOpError(f"no backward rule for {node.op} (node '{node.name}') {why}", op=node.op, node=node.name)
+
+
+def _flat_value(node, t):
+    """A constant input as a flat Python list (initializer or Constant node)."""
+    return _constant_value(node, t).reshape(-1).tolist()
+
+
+# -- more elementwise functions -------------------------------------------------
+
+
+@vjp("Neg")
+def _neg(b, node, g):
+    return [b.op("Neg", g[0])]
+
+
+@elementwise("Exp")
+def _exp(b, node, x, y):
+    return y
+
+
+@vjp("Log")
+def _log(b, node, g):
+    return [b.op("Div", g[0], b.fwd(node.inputs[0]))]
+
+
+@vjp("Sqrt")
+def _sqrt(b, node, g):
+    return [b.op("Div", g[0], b.op("Mul", b.fwd(node.outputs[0]), b.const(2.0)))]
+
+
+@elementwise("Reciprocal")
+def _reciprocal(b, node, x, y):
+    return b.op("Neg", b.op("Mul", y, y))
+
+
+@elementwise("Abs")
+def _abs(b, node, x, y):
+    return _sign(b, x)
+
+
+def _sign(b, x):
+    positive, negative = (b.op("Cast", b.op(op, x, b.const(0.0)), to=_dtype_code(b)) for op in ("Greater", "Less"))
+    return b.op("Sub", positive, negative)
+
+
+@elementwise("Softplus")
+def _softplus(b, node, x, y):
+    return b.op("Sigmoid", x)
+
+
+@elementwise("Elu")
+def _elu(b, node, x, y):
+    # x > 0: 1; else alpha * exp(x) = y + alpha
+    alpha = node.attrs.get("alpha", 1.0)
+    return b.where(b.op("Greater", x, b.const(0.0)), b.const(1.0), b.op("Add", y, b.const(alpha)))
+
+
+@elementwise("Selu")
+def _selu(b, node, x, y):
+    alpha = node.attrs.get("alpha", 1.67326319217681884765625)
+    gamma = node.attrs.get("gamma", 1.05070102214813232421875)
+    return b.where(b.op("Greater", x, b.const(0.0)), b.const(gamma), b.op("Add", y, b.const(alpha * gamma)))
+
+
+@elementwise("Celu")
+def _celu(b, node, x, y):
+    alpha = node.attrs.get("alpha", 1.0)
+    inside = b.op("Exp", b.op("Div", x, b.const(alpha)))
+    return b.where(b.op("Greater", x, b.const(0.0)), b.const(1.0), inside)
+
+
+@elementwise("ThresholdedRelu")
+def _thresholded_relu(b, node, x, y):
+    return b.op("Cast", b.op("Greater", x, b.const(node.attrs.get("alpha", 1.0))), to=_dtype_code(b))
+
+
+@elementwise("Mish")
+def _mish(b, node, x, y):
+    # y = x tanh(softplus(x)): dy/dx = t + x sigmoid(x) (1 - t^2), t = tanh(softplus(x))
+    t = b.op("Tanh", b.op("Softplus", x))
+    return b.op("Add", t, b.op("Mul", b.op("Mul", x, b.op("Sigmoid", x)), b.op("Sub", b.const(1.0), b.op("Mul", t, t))))
+
+
+@elementwise("Gelu")
+def _gelu(b, node, x, y):
+    if _str_attr(node, "approximate", "none") == "tanh":
+        # y = x (1 + tanh(u)) / 2, u = c (x + 0.044715 x^3): dy/dx = (1 + t) / 2 + x (1 - t^2) u' / 2
+        c = math.sqrt(2.0 / math.pi)
+        x2 = b.op("Mul", x, x)
+        u = b.op("Mul", b.op("Add", x, b.op("Mul", b.op("Mul", x2, x), b.const(0.044715))), b.const(c))
+        du = b.op("Add", b.op("Mul", x2, b.const(3 * 0.044715 * c)), b.const(c))
+        t = b.op("Tanh", u)
+        half_x_du = b.op("Mul", b.op("Mul", x, du), b.const(0.5))
+        return b.op("Add", b.op("Mul", b.op("Add", t, b.const(1.0)), b.const(0.5)),
+                    b.op("Mul", half_x_du, b.op("Sub", b.const(1.0), b.op("Mul", t, t))))
+    # y = x Phi(x): dy/dx = Phi(x) + x phi(x)
+    phi = b.op("Mul", b.op("Exp", b.op("Mul", b.op("Mul", x, x), b.const(-0.5))), b.const(1.0 / math.sqrt(2 * math.pi)))
+    cdf = b.op("Mul", b.op("Add", b.op("Erf", b.op("Mul", x, b.const(1.0 / math.sqrt(2.0)))), b.const(1.0)), b.const(0.5))
+    return b.op("Add", cdf, b.op("Mul", x, phi))
+
+
+@vjp("Pow")
+def _pow(b, node, g):
+    x, p = node.inputs
+    out = node.outputs[0].shape
+    xf, y = b.fwd(x), b.fwd(node.outputs[0])
+    try:
+        exponent = _constant_value(node, p).astype(np.float64)
+    except UnsupportedOpError:
+        exponent = None
+    if exponent is not None and exponent.size == 1 and float(exponent.reshape(-1)[0]) == 2.0:
+        slope = b.op("Mul", xf, b.const(2.0))  # the common x^2 (LayerNorm written out): exact, no Pow
+    elif exponent is not None:
+        slope = b.op("Mul", b.op("Pow", xf, b.const(exponent - 1.0)), b.const(exponent))
+    else:  # an exponent computed in the graph (it may be an integer tensor from opset 12)
+        pf = b.op("Cast", p, to=_dtype_code(b)) if np.dtype(p.dtype or np.float32).kind != "f" else b.fwd(p)
+        slope = b.op("Mul", b.op("Pow", xf, b.op("Sub", pf, b.const(1.0))), pf)
+    dx = b.unbroadcast(b.op("Mul", g[0], slope), out, x)
+    dp = b.unbroadcast(b.op("Mul", g[0], b.op("Mul", y, b.op("Log", xf))), out, p)  # used only if p is on the path
+    return [dx, dp]
+
+
+@vjp("PRelu")
+def _prelu(b, node, g):
+    x, slope = node.inputs
+    out = node.outputs[0].shape
+    xf, sf = b.fwd(x), b.fwd(slope)
+    positive = b.op("Greater", xf, b.const(0.0))
+    dx = b.where(positive, g[0], b.op("Mul", g[0], sf))
+    dslope = b.unbroadcast(b.where(positive, b.const(0.0), b.op("Mul", g[0], xf)), out, slope)
+    return [b.unbroadcast(dx, out, x), dslope]
+
+
+@vjp("Cast", "CastLike")
+def _cast(b, node, g):
+    # Reached only when the output is a float (integer and bool tensors carry no gradient); the
+    # gradient stays float32 whatever the float type of the input.
+    return [g[0], None]
+
+
+@vjp("Where")
+def _where(b, node, g):
+    condition, a, c = node.inputs
+    out = node.outputs[0].shape
+    zero = b.const(0.0)
+    return [None, b.unbroadcast(b.op("Where", condition, g[0], zero), out, a),
+            b.unbroadcast(b.op("Where", condition, zero, g[0]), out, c)]
+
+
+@vjp("Sum", "Mean")
+def _sum_mean(b, node, g):
+    out = node.outputs[0].shape
+    grad = g[0] if node.op == "Sum" else b.op("Mul", g[0], b.const(1.0 / len(node.inputs)))
+    return [b.unbroadcast(grad, out, x) for x in node.inputs]
+
+
+@vjp("Max", "Min")
+def _max_min(b, node, g):
+    """The gradient goes to the input that gives the output; on a tie to the first such input."""
+    out = node.outputs[0].shape
+    y = b.fwd(node.outputs[0])
+    beyond = "Less" if node.op == "Max" else "Greater"  # no input lies beyond the output: equal = not beyond
+    taken, grads = None, []
+    for x in node.inputs:
+        hit = b.op("Not", b.op(beyond, b.fwd(x), y))
+        first = hit if taken is None else b.op("And", hit, b.op("Not", taken))
+        taken = hit if taken is None else b.op("Or", taken, hit)
+        grads.append(b.unbroadcast(b.mask(g[0], first), out, x))
+    return grads
+
+
+# -- softmax and normalization --------------------------------------------------
+
+
+def _softmax_axes(b, node, rank):
+    """Opset 13 normalizes along one axis; before, the input is coerced to 2-D at `axis` (default 1)."""
+    axis = node.attrs.get("axis", -1 if b.opset >= 13 else 1) % rank
+    return [axis] if b.opset >= 13 else list(range(axis, rank))
+
+
+@vjp("Softmax")
+def _softmax(b, node, g):
+    y = b.fwd(node.outputs[0])
+    axes = _softmax_axes(b, node, len(node.inputs[0].shape))
+    inner = b.reduce_sum(b.op("Mul", g[0], y), axes, keepdims=True)
+    return [b.op("Mul", y, b.op("Sub", g[0], inner))]
+
+
+@vjp("LogSoftmax")
+def _log_softmax(b, node, g):
+    y = b.fwd(node.outputs[0])
+    axes = _softmax_axes(b, node, len(node.inputs[0].shape))
+    total = b.reduce_sum(g[0], axes, keepdims=True)
+    return [b.op("Sub", g[0], b.op("Mul", b.op("Exp", y), total))]
+
+
+def _normalize_backward(b, x, axes, epsilon, dxhat):
+    """d/dx of xhat = (x - mean) / sqrt(var + eps) over `axes`, given dL/dxhat; also returns xhat."""
+    mean = b.reduce("ReduceMean", x, axes)
+    centered = b.op("Sub", x, mean)
+    var = b.reduce("ReduceMean", b.op("Mul", centered, centered), axes)
+    rstd = b.op("Div", b.const(1.0), b.op("Sqrt", b.op("Add", var, b.const(epsilon))))
+    xhat = b.op("Mul", centered, rstd)
+    mean_d = b.reduce("ReduceMean", dxhat, axes)
+    mean_dx = b.reduce("ReduceMean", b.op("Mul", dxhat, xhat), axes)
+    inner = b.op("Sub", b.op("Sub", dxhat, mean_d), b.op("Mul", xhat, mean_dx))
+    return b.op("Mul", rstd, inner), xhat
+
+
+@vjp("InstanceNormalization")
+def _instance_norm(b, node, g):
+    x, scale, bias = node.inputs
+    rank = len(x.shape)
+    per_channel = [-1] + [1] * (rank - 2)
+    gamma = b.op("Reshape", b.fwd(scale), b.const(per_channel, np.int64))
+    dx, xhat = _normalize_backward(b, b.fwd(x), range(2, rank), node.attrs.get("epsilon", 1e-5), b.op("Mul", g[0], gamma))
+    others = [0] + list(range(2, rank))
+    dscale = b.reduce_sum(b.op("Mul", g[0], xhat), others, keepdims=False)
+    return [dx, dscale, b.reduce_sum(g[0], others, keepdims=False)]
+
+
+@vjp("LayerNormalization")
+def _layer_norm(b, node, g):
+    if any(t is not None for t in g[1:]):
+        raise _unsupported(node, "for its Mean and InvStdDev outputs (only Y is differentiated)")
+    x, scale = node.inputs[:2]
+    rank = len(x.shape)
+    axis = node.attrs.get("axis", -1) % rank
+    out = node.outputs[0].shape
+    dx, xhat = _normalize_backward(
+        b, b.fwd(x), range(axis, rank), node.attrs.get("epsilon", 1e-5), b.op("Mul", g[0], b.fwd(scale))
+    )
+    grads = [dx, b.unbroadcast(b.op("Mul", g[0], xhat), out, scale)]
+    if _optional_input(node, 2) is not None:
+        grads.append(b.unbroadcast(g[0], out, node.inputs[2]))
+    return grads
+
+
+# -- reductions with a selection -------------------------------------------------
+
+
+def _keep_reduced_dims(b, node, t, axes):
+    return t if node.attrs.get("keepdims", 1) else b.unsqueeze(t, axes)
+
+
+@vjp("ReduceMax", "ReduceMin")
+def _reduce_max_min(b, node, g):
+    """The gradient goes to the extreme entries, split evenly among ties (the subgradient that
+    treats tied entries alike; ties do not happen with float activations in practice)."""
+    x = node.inputs[0]
+    axes = _reduce_axes(node, len(x.shape))
+    if axes is None:  # noop_with_empty_axes
+        return [g[0], None]
+    y = _keep_reduced_dims(b, node, b.fwd(node.outputs[0]), axes)
+    grad = _keep_reduced_dims(b, node, g[0], axes)
+    return [_spread_to_extremes(b, b.fwd(x), y, grad, axes, node.op == "ReduceMax"), None]
+
+
+@vjp("GlobalMaxPool")
+def _global_max_pool(b, node, g):
+    x = node.inputs[0]
+    return [_spread_to_extremes(b, b.fwd(x), b.fwd(node.outputs[0]), g[0], range(2, len(x.shape)), True)]
+
+
+def _spread_to_extremes(b, x, y, g, axes, is_max):
+    hit = b.op("Not", b.op("Less" if is_max else "Greater", x, y))  # x == y; Equal takes floats only from opset 11
+    hit = b.op("Cast", hit, to=_dtype_code(b))
+    count = b.reduce_sum(hit, axes, keepdims=True)
+    return b.op("Mul", hit, b.op("Div", g, count))
+
+
+@vjp("ReduceSumSquare", "ReduceL2", "ReduceL1", "ReduceLogSumExp")
+def _reduce_norms(b, node, g):
+    x = node.inputs[0]
+    axes = _reduce_axes(node, len(x.shape))
+    xf = b.fwd(x)
+    if axes is None:  # noop_with_empty_axes: the op is elementwise
+        axes, y, grad = [], b.fwd(node.outputs[0]), g[0]
+    else:
+        y = _keep_reduced_dims(b, node, b.fwd(node.outputs[0]), axes)
+        grad = _keep_reduced_dims(b, node, g[0], axes)
+    if node.op == "ReduceSumSquare":
+        slope = b.op("Mul", xf, b.const(2.0))
+    elif node.op == "ReduceL2":
+        slope = b.op("Div", xf, y)
+    elif node.op == "ReduceL1":
+        slope = _sign(b, xf)
+    else:  # d/dx log sum exp(x) = exp(x - y)
+        slope = b.op("Exp", b.op("Sub", xf, y))
+    return [b.op("Mul", grad, slope), None]
+
+
+# -- placing and taking slices (pure data movement: exact, deterministic) -------
+
+
+def _place(b, g, shape, axis, size, start, step):
+    """Zeros of length `size` on `axis`, with g's entries j at start + j * step (step > 0); entries
+    that fall outside [0, size) are dropped. `shape` is g's shape (static except the batch axis);
+    returns the result and its shape, or (None, shape) when nothing lands inside."""
+    length = shape[axis]
+    kept = [j for j in range(length) if 0 <= start + j * step < size]
+    new_shape = list(shape)
+    new_shape[axis] = size
+    if not kept:
+        return None, new_shape
+    j0, j1 = kept[0], kept[-1] + 1
+    if (j0, j1) != (0, length):
+        g = b.slice(g, [j0], [j1], [axis])
+    n, first = j1 - j0, start + j0 * step
+    if step > 1 and n > 1:  # interleave step - 1 zeros: [.., n, ..] -> [.., n, step, ..] -> [.., n * step, ..]
+        rank = len(shape)
+        spread = b.pad(b.unsqueeze(g, [axis + 1]), [0] * (rank + 1), [0] * (axis + 1) + [step - 1] + [0] * (rank - axis - 1))
+        merged = [0] + [int(d) for d in shape[1:axis]] + [-1] + [int(d) for d in shape[axis + 1:]]
+        if axis == 0:
+            raise AssertionError("interleaving along the batch axis")
+        g = b.slice(b.op("Reshape", spread, b.const(merged, np.int64)), [0], [(n - 1) * step + 1], [axis])
+    extent = (n - 1) * step + 1
+    rank = len(shape)
+    begins, ends = [0] * rank, [0] * rank
+    begins[axis], ends[axis] = first, size - first - extent
+    if first or ends[axis]:
+        g = b.pad(g, begins, ends)
+    return g, new_shape
+
+
+def _take(b, t, shape, axis, start, count, step):
+    """t[.., start : start + count * step : step, ..] along a static axis (any opset)."""
+    if b.opset >= 10 or step == 1:
+        return b.slice(t, [start], [start + (count - 1) * step + 1], [axis], [step] if step != 1 else None)
+    # Before opset 10 Slice has no steps: take count * step entries, fold them to [count, step], keep column 0.
+    # The caller pads t so that start + count * step <= shape[axis].
+    t = b.slice(t, [start], [start + count * step], [axis])
+    folded = [0] + [int(d) for d in shape[1:axis]] + [count, step] + [int(d) for d in shape[axis + 1:]]
+    t = b.slice(b.op("Reshape", t, b.const(folded, np.int64)), [0], [1], [axis + 1])
+    out = [0] + [int(d) for d in shape[1:axis]] + [count] + [int(d) for d in shape[axis + 1:]]
+    return b.op("Reshape", t, b.const(out, np.int64))
+
+
+def _reverse(b, t, shape, axis):
+    """t reversed along a static axis (Gather: valid at every opset)."""
+    return b.op("Gather", t, b.const(np.arange(shape[axis])[::-1].copy(), np.int64), axis=axis)
+
+
+def _static_dim(node, shape, axis):
+    d = shape[axis]
+    if not isinstance(d, int):
+        raise _unsupported(node, f"along axis {axis} of symbolic size '{d}' (the batch axis)")
+    return d
+
+
+@vjp("Concat")
+def _concat(b, node, g):
+    rank = len(node.outputs[0].shape)
+    axis = node.attrs["axis"] % rank
+    grads, offset = [], 0
+    for x in node.inputs:
+        size = _static_dim(node, x.shape, axis)
+        grads.append(b.slice(g[0], [offset], [offset + size], [axis]))
+        offset += size
+    return grads
+
+
+@vjp("Split")
+def _split(b, node, g):
+    """Outputs without a gradient contribute zeros: each gradient is padded to the input's extent, then summed."""
+    x = node.inputs[0]
+    rank = len(x.shape)
+    axis = node.attrs.get("axis", 0) % rank
+    size = _static_dim(node, x.shape, axis)
+    parts, offset = [], 0
+    for out, grad in zip(node.outputs, g):
+        length = _static_dim(node, out.shape, axis)
+        if grad is not None:
+            placed, _ = _place(b, grad, list(out.shape), axis, size, offset, 1)
+            parts.append(placed)
+        offset += length
+    total = parts[0] if len(parts) == 1 else b.op("Sum", *parts)
+    return [total] + [None] * (len(node.inputs) - 1)
+
+
+@vjp("Slice")
+def _slice(b, node, g):
+    x = node.inputs[0]
+    shape = list(node.outputs[0].shape)
+    rank = len(shape)
+    if b.opset < 10:
+        starts, ends = node.attrs["starts"], node.attrs["ends"]
+        axes, steps = node.attrs.get("axes"), None
+    else:
+        starts, ends = (_flat_value(node, t) for t in node.inputs[1:3])
+        axes = _flat_value(node, node.inputs[3]) if _optional_input(node, 3) is not None else None
+        steps = _flat_value(node, node.inputs[4]) if _optional_input(node, 4) is not None else None
+    axes = list(range(len(starts))) if axes is None else [a % rank for a in axes]
+    steps = [1] * len(starts) if steps is None else steps
+    grad = g[0]
+    for axis, start, end, step in zip(axes, starts, ends, steps):
+        dim = x.shape[axis]
+        if not isinstance(dim, int):  # the batch axis: fine if the slice keeps all of it
+            if step == 1 and start in (0, -(2**63)) and end >= 2**31 - 1:
+                continue
+            raise _unsupported(node, f"along the batch axis {axis}")
+        index = np.arange(dim)[slice(int(start), int(end), int(step))]
+        if step < 0:  # the gradient of a reversed slice is the reversed gradient, placed with step |step|
+            grad, index = _reverse(b, grad, shape, axis), index[::-1]
+        if len(index) == dim and abs(step) == 1:
+            continue
+        grad, shape = _place(b, grad, shape, axis, dim, int(index[0]), abs(int(step)))
+    return [grad] + [None] * (len(node.inputs) - 1)
+
+
+@vjp("Pad")
+def _pad(b, node, g):
+    x = node.inputs[0]
+    rank = len(x.shape)
+    mode = _str_attr(node, "mode", "constant")
+    pads = node.attrs["pads"] if b.opset < 11 else _flat_value(node, node.inputs[1])
+    axes = list(range(rank))
+    if b.opset >= 18 and _optional_input(node, 3) is not None:
+        axes = [a % rank for a in _flat_value(node, node.inputs[3])]
+    begins, ends = [0] * rank, [0] * rank
+    for i, a in enumerate(axes):
+        begins[a], ends[a] = int(pads[i]), int(pads[i + len(axes)])
+    grad, shape = g[0], list(node.outputs[0].shape)
+    for a in range(rank):
+        pb, pe = begins[a], ends[a]
+        if not pb and not pe:
+            continue
+        dim = _static_dim(node, x.shape, a)
+        if mode != "constant" and (pb < 0 or pe < 0):
+            raise _unsupported(node, f"in {mode} mode with negative pads")
+        # the entries of x that survive on this axis: x[lo:hi] sits at lo + pb .. hi + pb of the output
+        lo, hi = max(0, -pb), min(dim, shape[a] - pb)
+        center = b.slice(grad, [lo + pb], [hi + pb], [a])
+        parts = [_place(b, center, _resized(shape, a, hi - lo), a, dim, lo, 1)[0]]
+        if mode == "edge":
+            for start, length, at in ((0, pb, 0), (pb + dim, pe, dim - 1)):
+                if length:
+                    edge = b.reduce_sum(b.slice(grad, [start], [start + length], [a]), [a], keepdims=True)
+                    parts.append(_place(b, edge, _resized(shape, a, 1), a, dim, at, 1)[0])
+        elif mode == "reflect":
+            if pb >= dim or pe >= dim:
+                raise _unsupported(node, f"in reflect mode with pads {pb}, {pe} not below the size {dim} of axis {a}")
+            for start, length, at in ((0, pb, 1), (pb + dim, pe, dim - 1 - pe)):
+                if length:
+                    part = _reverse(b, b.slice(grad, [start], [start + length], [a]), _resized(shape, a, length), a)
+                    parts.append(_place(b, part, _resized(shape, a, length), a, dim, at, 1)[0])
+        elif mode == "wrap":
+            if pb > dim or pe > dim:
+                raise _unsupported(node, f"in wrap mode with pads {pb}, {pe} above the size {dim} of axis {a}")
+            for start, length, at in ((0, pb, dim - pb), (pb + dim, pe, 0)):
+                if length:
+                    part = b.slice(grad, [start], [start + length], [a])
+                    parts.append(_place(b, part, _resized(shape, a, length), a, dim, at, 1)[0])
+        elif mode != "constant":
+            raise _unsupported(node, f"in mode '{mode}'")
+        grad = parts[0] if len(parts) == 1 else b.op("Sum", *parts)
+        shape = _resized(shape, a, dim)
+    return [grad] + [None] * (len(node.inputs) - 1)
+
+
+def _resized(shape, axis, size):
+    shape = list(shape)
+    shape[axis] = size
+    return shape
+
+
+@vjp("Expand")
+def _expand(b, node, g):
+    return [b.unbroadcast(g[0], node.outputs[0].shape, node.inputs[0]), None]
+
+
+@vjp("Tile")
+def _tile(b, node, g):
+    """Sum the tiles: [.., r * d, ..] -> [.., r, d, ..] -> ReduceSum over r."""
+    x = node.inputs[0]
+    repeats = [int(r) for r in _flat_value(node, node.inputs[1])]
+    shape = list(x.shape)
+    if repeats[0] != 1:
+        raise _unsupported(node, "with repeats along the batch axis")
+    folded, summed = [0], []
+    for a in range(1, len(shape)):
+        folded += [repeats[a], shape[a]] if repeats[a] != 1 else [shape[a]]
+        if repeats[a] != 1:
+            summed.append(len(folded) - 2)
+    if not summed:
+        return [g[0], None]
+    grad = b.op("Reshape", g[0], b.const(folded, np.int64))
+    return [b.reduce_sum(grad, summed, keepdims=False), None]
+
+
+# -- transposed convolution, pooling, resizing ------------------------------------
+
+
+@vjp("ConvTranspose")
+def _conv_transpose(b, node, g):
+    """dX = Conv(dY, W) with the same group, strides, dilations and begin pads; the end pads are what makes
+    the result as long as X (ConvTranspose's output_padding and end pads cut dY's tail)."""
+    x, w = node.inputs[:2]
+    in_shape, out_shape, k = _static(x), _static(node.outputs[0]), _static(w)[2:]
+    n = len(k)
+    strides = node.attrs.get("strides", [1] * n)
+    dilations = node.attrs.get("dilations", [1] * n)
+    output_padding = node.attrs.get("output_padding", [0] * n)
+    auto_pad = _str_attr(node, "auto_pad", "NOTSET")
+    full = [(in_shape[2 + i] - 1) * strides[i] + output_padding[i] + (k[i] - 1) * dilations[i] + 1 for i in range(n)]
+    if "output_shape" in node.attrs or auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        if auto_pad != "NOTSET" and "output_shape" not in node.attrs and any(output_padding):
+            raise _unsupported(node, "with auto_pad SAME and output_padding (ONNX shape inference and ORT disagree "
+                                     "on the output size)")
+        # as ORT and the spec do: the odd pad goes to the end for SAME_UPPER, to the beginning otherwise
+        total = [full[i] - out_shape[2 + i] for i in range(n)]
+        if any(t < 0 for t in total):
+            raise _unsupported(node, f"with an output_shape beyond the full output ({total})")
+        begin = [t // 2 if auto_pad == "SAME_UPPER" else t - t // 2 for t in total]
+    elif auto_pad == "VALID":
+        begin = [0] * n
+    else:
+        begin = list(node.attrs.get("pads", [0] * (2 * n)))[:n]
+    # dY's entries o = i * s + kk * d - begin; Conv reads o up to (I - 1) s + (k - 1) d - begin
+    end = [max(0, (in_shape[2 + i] - 1) * strides[i] + (k[i] - 1) * dilations[i] - begin[i] - out_shape[2 + i] + 1)
+           for i in range(n)]
+    dx = b.op("Conv", g[0], b.fwd(w), group=node.attrs.get("group", 1), strides=strides, dilations=dilations,
+              kernel_shape=k, pads=begin + end)
+    size = [(out_shape[2 + i] + begin[i] + end[i] - (k[i] - 1) * dilations[i] - 1) // strides[i] + 1 for i in range(n)]
+    if size != in_shape[2:]:  # dY reaches past X's last window (output_padding >= stride): cut
+        dx = b.slice(dx, [0] * n, in_shape[2:], list(range(2, 2 + n)))
+    return [dx, None, None]
+
+
+def _pool_geometry(node, opset):
+    """Static shapes, kernel, strides, dilations and explicit begin/end pads of a pooling node."""
+    x = node.inputs[0]
+    in_shape, out_shape = _static(x), _static(node.outputs[0])
+    k = list(node.attrs["kernel_shape"])
+    n = len(k)
+    strides = list(node.attrs.get("strides", [1] * n))
+    dilations = list(node.attrs.get("dilations", [1] * n))
+    begin, end = _conv_pads(node, in_shape[2:], out_shape[2:], k, strides, dilations)
+    return in_shape, out_shape, k, strides, dilations, begin, end
+
+
+@vjp("MaxPool")
+def _max_pool(b, node, g):
+    """Each window's gradient goes to its first maximum (row-major), the element ORT's MaxPool returns.
+    Opset 16+: MaxPool's Indices (flat over N*C*H*W) and ScatterElements(reduction="add").
+    Before: per window offset, a mask of where the maximum sits, placed by strided zero-interleaving."""
+    if any(t is not None for t in g[1:]):
+        raise _unsupported(node, "for its Indices output")
+    xf = b.fwd(node.inputs[0])
+    if b.opset >= 16:
+        attrs = {k: v for k, v in node.attrs.items() if k != "storage_order"}  # row-major indices
+        _, indices = b.ops("MaxPool", xf, outputs=2, **attrs)
+        flat = b.op("Reshape", xf, b.const([-1], np.int64))
+        zeros = b.op("Expand", b.const(np.zeros(1)), b.op("Shape", flat))
+        grad = b.op("ScatterElements", zeros, b.op("Reshape", indices, b.const([-1], np.int64)),
+                    b.op("Reshape", g[0], b.const([-1], np.int64)), axis=0, reduction="add")
+        return [b.reshape_like(grad, node.inputs[0])]
+    in_shape, out_shape, k, strides, dilations, begin, _ = _pool_geometry(node, b.opset)
+    spatial = range(len(k))
+    # pad with -inf so that windows never pick padding; cover every window (ceil_mode) and, for the
+    # fold in _take before opset 10, count * stride entries from the last offset
+    padded = [max(begin[i] + in_shape[2 + i], (k[i] - 1) * dilations[i] + out_shape[2 + i] * strides[i]) for i in spatial]
+    ends = [padded[i] - begin[i] - in_shape[2 + i] for i in spatial]
+    xp = b.pad(xf, [0, 0] + begin, [0, 0] + ends, value=-np.inf)
+    padded_shape = in_shape[:2] + padded
+    y = b.fwd(node.outputs[0])
+    taken, parts = None, []
+    for offset in itertools.product(*(range(size) for size in k)):
+        patch, shape = xp, list(padded_shape)
+        for i in spatial:
+            patch = _take(b, patch, shape, 2 + i, offset[i] * dilations[i], out_shape[2 + i], strides[i])
+            shape[2 + i] = out_shape[2 + i]
+        hit = b.op("Not", b.op("Less", patch, y))  # patch == max; Equal takes floats only from opset 11
+        first = hit if taken is None else b.op("And", hit, b.op("Not", taken))
+        taken = hit if taken is None else b.op("Or", taken, hit)
+        part, shape = b.mask(g[0], first), list(out_shape)
+        for i in spatial:
+            part, shape = _place(b, part, shape, 2 + i, in_shape[2 + i], offset[i] * dilations[i] - begin[i], strides[i])
+            if part is None:
+                break
+        if part is not None:
+            parts.append(part)
+    return [parts[0] if len(parts) == 1 else b.op("Sum", *parts)]
+
+
+@vjp("AveragePool")
+def _average_pool(b, node, g):
+    """dX = grouped ConvTranspose of dY / divisor with a kernel of ones. The divisor of each window is read
+    off AveragePool itself (ORT folds it once): AveragePool(ones) = valid count / divisor."""
+    in_shape, out_shape, k, strides, dilations, begin, _ = _pool_geometry(node, b.opset)
+    n, channels = len(k), in_shape[1]
+    valid = np.ones([], np.float64)
+    for i in range(n):  # how many entries of each window lie inside X, per axis, multiplied out
+        taps = (np.arange(out_shape[2 + i]) * strides[i] - begin[i])[:, None] + np.arange(k[i]) * dilations[i]
+        valid = np.multiply.outer(valid, ((taps >= 0) & (taps < in_shape[2 + i])).sum(axis=1))
+    ones = b.const(np.ones([1, 1] + in_shape[2:]))
+    attrs = {key: v for key, v in node.attrs.items()}
+    reciprocal = b.op("Div", b.op("AveragePool", ones, **attrs), b.const(np.maximum(valid, 1.0)))
+    full = [(out_shape[2 + i] - 1) * strides[i] + (k[i] - 1) * dilations[i] + 1 for i in range(n)]
+    end = [max(0, full[i] - begin[i] - in_shape[2 + i]) for i in range(n)]
+    output_padding = [max(0, in_shape[2 + i] + begin[i] - full[i]) for i in range(n)]
+    extra = {"dilations": dilations} if any(d != 1 for d in dilations) else {}
+    dx = b.op(
+        "ConvTranspose", b.op("Mul", g[0], reciprocal), b.const(np.ones([channels, 1] + k)),
+        group=channels, strides=strides, kernel_shape=k, pads=begin + end, output_padding=output_padding, **extra,
+    )
+    return [dx]
+
+
+@vjp("Resize", "Upsample")
+def _resize(b, node, g):
+    """Resize is linear in X and separable: per resized axis, dX = dY contracted (MatMul) with that axis's
+    interpolation matrix. The matrix is the node's own resize of a batch of unit vectors along the axis,
+    so it follows every mode, coordinate transformation and rounding rule exactly as the runtime does
+    (ORT folds it to a constant once)."""
+    x = node.inputs[0]
+    in_shape, out_shape = _static(x), _static(node.outputs[0])
+    rank = len(in_shape)
+    if _str_attr(node, "coordinate_transformation_mode", "half_pixel") == "tf_crop_and_resize":
+        raise _unsupported(node, "with coordinate_transformation_mode tf_crop_and_resize (points outside the "
+                                 "region take extrapolation_value: not linear in X)")
+    if _str_attr(node, "keep_aspect_ratio_policy", "stretch") != "stretch":
+        raise _unsupported(node, "with keep_aspect_ratio_policy other than stretch")
+    scales = _resize_scales(b, node, rank)
+    grad = g[0]
+    for a in range(rank):
+        if in_shape[a] == out_shape[a] and (scales is None or scales[a] == 1.0):
+            continue
+        if a == 0:
+            raise _unsupported(node, "along the batch axis")
+        m = _interpolation_matrix(b, node, rank, a, in_shape[a], out_shape[a], scales)  # [in, out]
+        if a == rank - 2:  # [in, out] @ [.., out, W]
+            grad = b.op("MatMul", m, grad)
+        else:  # move the axis last: [.., out] @ [out, in]
+            perm = [i for i in range(rank) if i != a] + [a]
+            moved = grad if a == rank - 1 else b.op("Transpose", grad, perm=perm)
+            moved = b.op("MatMul", moved, b.op("Transpose", m, perm=[1, 0]))
+            grad = moved if a == rank - 1 else b.op("Transpose", moved, perm=[int(i) for i in np.argsort(perm)])
+    return [grad] + [None] * (len(node.inputs) - 1)
+
+
+def _resize_scales(b, node, rank):
+    """Per-axis scales when the node gives scales (they, not the sizes, set the coordinate mapping); None for sizes."""
+    if node.op == "Upsample" and b.opset < 9:
+        return [float(s) for s in node.attrs["scales"]]
+    if node.op == "Upsample" or b.opset < 11:
+        return [float(s) for s in _flat_value(node, node.inputs[1])]
+    t = _optional_input(node, 2)
+    values = _flat_value(node, t) if t is not None else []
+    if not values:
+        return None
+    axes = node.attrs.get("axes")
+    if axes is None:
+        return [float(s) for s in values]
+    full = [1.0] * rank
+    for a, s in zip(axes, values):
+        full[a % rank] = float(s)
+    return full
+
+
+def _interpolation_matrix(b, node, rank, axis, size_in, size_out, scales):
+    """M [in, out]: M[i, o] = weight of input i in output o along `axis`, by resizing unit vectors."""
+    shape = [1] * rank
+    shape[0] = shape[axis] = size_in
+    eye = b.const(np.eye(size_in).reshape(shape))
+    attrs = {k: v for k, v in node.attrs.items() if k not in ("axes", "keep_aspect_ratio_policy", "scales")}
+    empty = b.const(np.zeros(0)) if b.opset < 13 else gs.Variable.empty()
+    if scales is not None:
+        axis_scales = np.ones(rank, np.float32)
+        axis_scales[axis] = scales[axis]
+        if node.op == "Upsample" and b.opset < 9:
+            out = b.op("Upsample", eye, scales=[float(s) for s in axis_scales], **attrs)
+        elif node.op == "Upsample" or b.opset < 11:
+            out = b.op(node.op, eye, b.const(axis_scales), **attrs)
+        else:
+            out = b.op("Resize", eye, empty, b.const(axis_scales), **attrs)
+    else:
+        sizes = list(shape)
+        sizes[axis] = size_out
+        out = b.op("Resize", eye, empty, b.const(np.zeros(0)) if b.opset < 13 else empty,
+                   b.const(sizes, np.int64), **attrs)
+    return b.op("Reshape", out, b.const([size_in, size_out], np.int64))
