@@ -132,3 +132,31 @@ def test_readme_example_runs_as_a_console_script(tmp_path):
     assert done.stderr == ""  # ORT's provider probing stays quiet
     assert "explain   285  Egyptian cat  [gradcam]" in done.stdout
     assert sorted(os.listdir(tmp_path)) == ["chelsea.gradcam.json", "chelsea.gradcam.png"]
+
+
+def test_methods_grid_top_k_units_and_boxes(tmp_path):
+    result = run("run", DEMO, CHELSEA, "--out", tmp_path, "--methods", "gradcam,layercam,eigencam",
+                 "--units", "4", "--json")
+    assert result.exit_code == 0, result.output
+    assert sorted(os.listdir(tmp_path)) == ["chelsea.grid.json", "chelsea.grid.png", "chelsea.units.png"]
+    summary = json.loads((tmp_path / "chelsea.grid.json").read_text())
+    assert [e["method"] for e in summary["explanations"]] == ["gradcam", "layercam", "eigencam"]
+    x0, y0, x1, y1 = summary["explanations"][0]["box"]
+    assert 0 <= x0 < x1 < 451 and 0 <= y0 < y1 < 300  # input-image pixels
+    assert len(summary["units"]) == 4
+
+    result = run("run", DEMO, CHELSEA, "--out", tmp_path / "k", "--target", "top-3", "--npy")
+    assert result.exit_code == 0, result.output
+    files = sorted(os.listdir(tmp_path / "k"))
+    assert files == sorted(f"chelsea.gradcam.c{c}.{ext}" for c in (285, 282, 281) for ext in ("png", "npy"))
+    assert not np.array_equal(np.load(tmp_path / "k" / files[0]), np.load(tmp_path / "k" / files[2]))
+
+
+def test_unit_and_input_level_methods(tmp_path):
+    result = run("run", DEMO, CHELSEA, "--out", tmp_path, "--unit", "/_head_act/Clip_output_0:7")
+    assert result.exit_code == 0, result.output
+    result = run("run", DEMO, CHELSEA, "--out", tmp_path, "-m", "guided-backprop")
+    assert result.exit_code == 0, result.output
+    assert {"chelsea.guided-backprop.png", "chelsea.guided-backprop.saliency.png"} <= set(os.listdir(tmp_path))
+    result = run("run", DEMO, CHELSEA, "--out", tmp_path, "--unit", "nonsense")
+    assert result.exit_code == 1 and "--unit takes LAYER:K" in result.stderr
