@@ -31,9 +31,9 @@ def main():
 
 
 def _register():
-    from onnxcam.cli import inspect, methods, run
+    from onnxcam.cli import export, inspect, methods, run
 
-    for module in (run, inspect, methods):
+    for module in (run, inspect, export, methods):
         main.add_command(module.command)
 
 

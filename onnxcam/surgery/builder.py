@@ -28,12 +28,12 @@ class Builder:
         self._upcast = {}
 
     def fwd(self, t: gs.Tensor) -> gs.Tensor:
-        """A forward tensor as the gradient dtype (float16/bfloat16 values are cast once, then reused)."""
-        if t.dtype is None or np.dtype(t.dtype).name not in ("float16", "bfloat16"):
+        """A forward tensor as the gradient dtype (float16/bfloat16/float64 values are cast once, then reused)."""
+        if t.dtype is None or np.dtype(t.dtype).name not in ("float16", "bfloat16", "float64"):
             return t
         if t.name not in self._upcast:
             if isinstance(t, gs.Constant):
-                self._upcast[t.name] = self.const(np.asarray(t.values, dtype=np.float32))
+                self._upcast[t.name] = self.const(np.asarray(t.values, dtype=self.dtype))
             else:
                 self._upcast[t.name] = self.op("Cast", t, to=helper.np_dtype_to_tensor_dtype(self.dtype))
         return self._upcast[t.name]

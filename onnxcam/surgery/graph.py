@@ -29,6 +29,12 @@ def grad_name(layer: str) -> str:
 
 def augment(info: ModelInfo, layers: list, gradients: bool = True, input_gradient: str | None = None,
             score: str = "logit", unit: tuple | None = None) -> onnx.ModelProto:
+    """The augmented model (see `augmented_graph`), ready for ONNX Runtime."""
+    return finish(augmented_graph(info, layers, gradients, input_gradient, score, unit), info)
+
+
+def augmented_graph(info: ModelInfo, layers: list, gradients: bool = True, input_gradient: str | None = None,
+                    score: str = "logit", unit: tuple | None = None) -> gs.Graph:
     """The model plus outputs: logits, per layer A, and with gradients the target class and dScore/dA.
 
     input_gradient: None, "plain" or "guided" (ReLUs pass only positive gradients): also output
@@ -68,8 +74,15 @@ def augment(info: ModelInfo, layers: list, gradients: bool = True, input_gradien
             grads = backward(builder, wrt, seeded, seed)
             outputs.extend(_named(builder, grads[t.name], grad_name(t.name), builder.dtype, t.shape) for t in wrt)
     graph.outputs = outputs
+    return graph
+
+
+def finish(graph: gs.Graph, info: ModelInfo, class_default: bool = True) -> onnx.ModelProto:
+    """Clean up and export an edited graph. With class_default, a class input gets the default -1 (top-1)
+    as an overridable initializer, so it may be left unfed (clients that cannot feed initializers, such as
+    onnxruntime-node, need class_default=False and always feed it)."""
     model = _export(graph, info)
-    if gradients or input_gradient:  # default class -1 (top-1) lets callers leave the class input unfed
+    if class_default and CLASS_INPUT in {i.name for i in model.graph.input}:
         model.graph.initializer.append(numpy_helper.from_array(np.array([-1], np.int64), CLASS_INPUT))
     return model
 

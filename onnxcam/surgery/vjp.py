@@ -953,7 +953,9 @@ def _resize(b, node, g):
     for a in range(rank):
         if in_shape[a] == out_shape[a] and (scales is None or scales[a] == 1.0):
             continue
-        if a == 0:
+        if a == 0:  # the batch axis: symbolic, shape inference may rename it
+            if (scales[0] == 1.0) if scales is not None else not isinstance(out_shape[0], int):
+                continue
             raise _unsupported(node, "along the batch axis")
         m = _interpolation_matrix(b, node, rank, a, in_shape[a], out_shape[a], scales)  # [in, out]
         if a == rank - 2:  # [in, out] @ [.., out, W]
