@@ -52,8 +52,10 @@ def _constant_value(node, t):
         return np.asarray(t.values)
     producer = t.inputs[0] if t.inputs else None
     if producer is not None and producer.op == "Constant":
-        value = producer.attrs.get("value", producer.attrs.get("value_ints"))
-        return np.asarray(value.values if hasattr(value, "values") else value)
+        for key in ("value", "value_ints", "value_int", "value_floats", "value_float"):
+            if key in producer.attrs:
+                value = producer.attrs[key]
+                return np.asarray(value.values if hasattr(value, "values") else value)
     raise UnsupportedOpError(
         f"{node.op} (node '{node.name}') takes '{t.name}' from a computed tensor; its backward rule needs it constant",
         op=node.op, node=node.name,
@@ -302,6 +304,8 @@ def _reduce_mean_sum(b, node, g):
     axes = _reduce_axes(node, len(shape))
     if axes is None:  # noop_with_empty_axes
         return [g[0], None]
+    if 0 in axes:  # the spread below keeps the batch axis of g (and the count would need N)
+        raise _unsupported(node, "over the batch axis: the score of one image would depend on the others")
     grad = g[0] if node.attrs.get("keepdims", 1) else b.unsqueeze(g[0], axes)
     count = np.prod([shape[a] for a in axes]) if node.op == "ReduceMean" else 1
     spread = np.full([1] + shape[1:], 1.0 / count)
@@ -324,7 +328,12 @@ def _str_attr(node, name, default):
 
 
 def _unsupported(node, why):
-    return UnsupportedOpError(f"no backward rule for {node.op} (node '{node.name}') {why}", op=node.op, node=node.name)
+    """A rule that exists but not for this form of the op; the message says why and how to go on."""
+    return UnsupportedOpError(
+        f"no backward rule for {node.op} (node '{node.name}') {why}. Pick a later layer (onnxcam inspect lists "
+        "them), or use --gradients fd with a channel-weight method such as gradcam.",
+        op=node.op, node=node.name,
+    )
 
 
 def _flat_value(node, t):
@@ -422,7 +431,8 @@ def _gelu(b, node, x, y):
                     b.op("Mul", half_x_du, b.op("Sub", b.const(1.0), b.op("Mul", t, t))))
     # y = x Phi(x): dy/dx = Phi(x) + x phi(x)
     phi = b.op("Mul", b.op("Exp", b.op("Mul", b.op("Mul", x, x), b.const(-0.5))), b.const(1.0 / math.sqrt(2 * math.pi)))
-    cdf = b.op("Mul", b.op("Add", b.op("Erf", b.op("Mul", x, b.const(1.0 / math.sqrt(2.0)))), b.const(1.0)), b.const(0.5))
+    erf = b.op("Erf", b.op("Mul", x, b.const(1.0 / math.sqrt(2.0))))
+    cdf = b.op("Mul", b.op("Add", erf, b.const(1.0)), b.const(0.5))
     return b.op("Add", cdf, b.op("Mul", x, phi))
 
 
@@ -540,7 +550,8 @@ def _instance_norm(b, node, g):
     rank = len(x.shape)
     per_channel = [-1] + [1] * (rank - 2)
     gamma = b.op("Reshape", b.fwd(scale), b.const(per_channel, np.int64))
-    dx, xhat = _normalize_backward(b, b.fwd(x), range(2, rank), node.attrs.get("epsilon", 1e-5), b.op("Mul", g[0], gamma))
+    eps = node.attrs.get("epsilon", 1e-5)
+    dx, xhat = _normalize_backward(b, b.fwd(x), range(2, rank), eps, b.op("Mul", g[0], gamma))
     others = [0] + list(range(2, rank))
     dscale = b.reduce_sum(b.op("Mul", g[0], xhat), others, keepdims=False)
     return [dx, dscale, b.reduce_sum(g[0], others, keepdims=False)]
@@ -635,11 +646,11 @@ def _place(b, g, shape, axis, size, start, step):
         g = b.slice(g, [j0], [j1], [axis])
     n, first = j1 - j0, start + j0 * step
     if step > 1 and n > 1:  # interleave step - 1 zeros: [.., n, ..] -> [.., n, step, ..] -> [.., n * step, ..]
+        assert axis > 0, "interleaving along the batch axis"
         rank = len(shape)
-        spread = b.pad(b.unsqueeze(g, [axis + 1]), [0] * (rank + 1), [0] * (axis + 1) + [step - 1] + [0] * (rank - axis - 1))
+        gaps = [0] * (axis + 1) + [step - 1] + [0] * (rank - axis - 1)
+        spread = b.pad(b.unsqueeze(g, [axis + 1]), [0] * (rank + 1), gaps)
         merged = [0] + [int(d) for d in shape[1:axis]] + [-1] + [int(d) for d in shape[axis + 1:]]
-        if axis == 0:
-            raise AssertionError("interleaving along the batch axis")
         g = b.slice(b.op("Reshape", spread, b.const(merged, np.int64)), [0], [(n - 1) * step + 1], [axis])
     extent = (n - 1) * step + 1
     rank = len(shape)
@@ -854,16 +865,16 @@ def _conv_transpose(b, node, g):
     return [dx, None, None]
 
 
-def _pool_geometry(node, opset):
-    """Static shapes, kernel, strides, dilations and explicit begin/end pads of a pooling node."""
+def _pool_geometry(node):
+    """Static shapes, kernel, strides, dilations and explicit begin pads of a pooling node."""
     x = node.inputs[0]
     in_shape, out_shape = _static(x), _static(node.outputs[0])
     k = list(node.attrs["kernel_shape"])
     n = len(k)
     strides = list(node.attrs.get("strides", [1] * n))
     dilations = list(node.attrs.get("dilations", [1] * n))
-    begin, end = _conv_pads(node, in_shape[2:], out_shape[2:], k, strides, dilations)
-    return in_shape, out_shape, k, strides, dilations, begin, end
+    begin, _ = _conv_pads(node, in_shape[2:], out_shape[2:], k, strides, dilations)
+    return in_shape, out_shape, k, strides, dilations, begin
 
 
 @vjp("MaxPool")
@@ -882,11 +893,12 @@ def _max_pool(b, node, g):
         grad = b.op("ScatterElements", zeros, b.op("Reshape", indices, b.const([-1], np.int64)),
                     b.op("Reshape", g[0], b.const([-1], np.int64)), axis=0, reduction="add")
         return [b.reshape_like(grad, node.inputs[0])]
-    in_shape, out_shape, k, strides, dilations, begin, _ = _pool_geometry(node, b.opset)
+    in_shape, out_shape, k, strides, dilations, begin = _pool_geometry(node)
     spatial = range(len(k))
     # pad with -inf so that windows never pick padding; cover every window (ceil_mode) and, for the
     # fold in _take before opset 10, count * stride entries from the last offset
-    padded = [max(begin[i] + in_shape[2 + i], (k[i] - 1) * dilations[i] + out_shape[2 + i] * strides[i]) for i in spatial]
+    padded = [max(begin[i] + in_shape[2 + i], (k[i] - 1) * dilations[i] + out_shape[2 + i] * strides[i])
+              for i in spatial]
     ends = [padded[i] - begin[i] - in_shape[2 + i] for i in spatial]
     xp = b.pad(xf, [0, 0] + begin, [0, 0] + ends, value=-np.inf)
     padded_shape = in_shape[:2] + padded
@@ -902,7 +914,8 @@ def _max_pool(b, node, g):
         taken = hit if taken is None else b.op("Or", taken, hit)
         part, shape = b.mask(g[0], first), list(out_shape)
         for i in spatial:
-            part, shape = _place(b, part, shape, 2 + i, in_shape[2 + i], offset[i] * dilations[i] - begin[i], strides[i])
+            start = offset[i] * dilations[i] - begin[i]
+            part, shape = _place(b, part, shape, 2 + i, in_shape[2 + i], start, strides[i])
             if part is None:
                 break
         if part is not None:
@@ -914,7 +927,7 @@ def _max_pool(b, node, g):
 def _average_pool(b, node, g):
     """dX = grouped ConvTranspose of dY / divisor with a kernel of ones. The divisor of each window is read
     off AveragePool itself (ORT folds it once): AveragePool(ones) = valid count / divisor."""
-    in_shape, out_shape, k, strides, dilations, begin, _ = _pool_geometry(node, b.opset)
+    in_shape, out_shape, k, strides, dilations, begin = _pool_geometry(node)
     n, channels = len(k), in_shape[1]
     valid = np.ones([], np.float64)
     for i in range(n):  # how many entries of each window lie inside X, per axis, multiplied out
