@@ -1,66 +1,143 @@
-"""Time a plain ONNX Runtime forward pass against onnxcam's explanations, in one process.
+"""Time onnxcam against a plain ONNX Runtime forward pass (and pytorch-grad-cam, where installed).
 
-    python tools/bench.py [--model M] [--image I] [--repeats 50] [--batch 1] [--methods gradcam,cam]
+    python tools/bench.py                               # demo model, CPU, batch 1 and 16
+    python tools/bench.py --model resnet50 --batches 1  # full-width ResNet-50 (built by tools/resnet50.py)
+    python tools/bench.py --device cuda --torch         # also pytorch-grad-cam on the same weights
 
-Prints medians and the ratio explain / forward. Both sides get the same input
-tensor (image decoding excluded) and the same session options; the explain
-time includes post-processing (normalize, resize).
+Prints medians of repeated runs in one process and ratios: method / plain forward, and
+pytorch-grad-cam / onnxcam. Calls are interleaved round by round so that drifts in machine
+load hit every contender alike. Both sides get the same prepared input tensor (image decoding
+excluded); onnxcam's time includes its post-processing. Also prints surgery and session
+building time and the process's peak memory.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
+import sys
 import time
 
 import numpy as np
 
-from onnxcam import Explainer
-from onnxcam.runtime import make_session
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+
+from onnxcam import Explainer  # noqa: E402
+from onnxcam.runtime import make_session  # noqa: E402
+from onnxcam.surgery import augment  # noqa: E402
+
+DEMO = os.path.join(ROOT, "models", "efficientnet_lite0.onnx")
+FAST = ("cam", "gradcam", "gradcam++", "layercam", "xgradcam", "guided-gradcam")
+SLOW = ("ablationcam", "scorecam")  # K extra head / model runs per image: timed once, batch 1
 
 
-def interleaved_medians(fns: dict, repeats: int) -> dict:
-    """Median seconds per callable, timing them in turn each round so drifts in machine load hit all alike."""
+def interleaved_medians(fns: dict, repeats: int, warmup: int = 2) -> dict:
+    """Median seconds per callable, timing them in turn each round."""
     times = {name: [] for name in fns}
-    for round_ in range(repeats + 3):
+    for round_ in range(repeats + warmup):
         for name, fn in fns.items():
             t0 = time.perf_counter()
             fn()
-            if round_ >= 3:  # warm-up rounds
+            if round_ >= warmup:
                 times[name].append(time.perf_counter() - t0)
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
+def model_path(name: str) -> str:
+    if name == "demo":
+        return DEMO
+    if name == "resnet50":
+        import resnet50
+
+        return resnet50.DEFAULT_PATH if os.path.exists(resnet50.DEFAULT_PATH) else resnet50.export()
+    return name
+
+
+def torch_twin(name: str):
+    """The torch network with the ONNX file's weights, and its target layer, for pytorch-grad-cam."""
+    if name == "resnet50":
+        import resnet50
+
+        net = resnet50.build()
+        return net, net.layer4[-1]
+    if name == "demo":
+        import build_demo_model
+
+        net = build_demo_model.load_model().eval()
+        return net, net._head_act
+    return None, None
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=os.path.join(ROOT, "models", "efficientnet_lite0.onnx"))
+    parser.add_argument("--model", default="demo", help="demo, resnet50, or a path to an ONNX classifier")
     parser.add_argument("--image", default=os.path.join(ROOT, "examples", "chelsea.png"))
-    parser.add_argument("--repeats", type=int, default=50)
-    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--batches", default="1,16")
+    parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--methods", default="gradcam,cam")
+    parser.add_argument("--methods", default=",".join(FAST))
+    parser.add_argument("--slow", action="store_true", help="also Ablation-CAM and Score-CAM (batch 1, once)")
+    parser.add_argument("--torch", action="store_true", help="also pytorch-grad-cam (needs torch and grad-cam)")
     args = parser.parse_args()
 
+    path = model_path(args.model)
     t0 = time.perf_counter()
-    ex = Explainer(args.model, device=args.device)
-    x = np.repeat(ex.prepare(args.image), args.batch, axis=0)
-    methods = args.methods.split(",")
-    for m in methods:  # build every session before timing anything
-        ex.explain(x, method=m)
-    setup = time.perf_counter() - t0
+    ex = Explainer(path, device=args.device)
+    inspect_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    model = augment(ex.info, ex.layers)
+    surgery_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    make_session(model, ex.providers)
+    session_s = time.perf_counter() - t0
     plain = make_session(ex.info.model, ex.providers)
-    feed = {ex.info.input_name: x}
+    methods = args.methods.split(",")
+    print(f"model {os.path.basename(path)}  provider {ex.provider}  layer {ex.layers[0]}  cores {os.cpu_count()}")
+    print(f"inspect {inspect_s:.2f} s   surgery {surgery_s:.2f} s   gradient session {session_s:.2f} s")
 
-    fns = {"forward": lambda: plain.run(None, feed)}
-    fns.update({m: (lambda m=m: ex.explain(x, method=m)) for m in methods})
-    medians = interleaved_medians(fns, args.repeats)
-    print(f"model {os.path.basename(args.model)}  provider {ex.provider}  batch {args.batch}  "
-          f"repeats {args.repeats}  (setup incl. surgery and sessions: {setup:.2f} s)")
-    for name, t in medians.items():
-        print(f"{name:10} {t * 1e3:8.2f} ms   {t / medians['forward']:.2f}x forward")
+    image = ex.prepare(args.image)
+    for batch in map(int, args.batches.split(",")):
+        x = np.repeat(image, batch, axis=0)
+        for m in methods:  # build every session before timing
+            ex.explain(x, method=m)
+        fns = {"forward": lambda: plain.run(None, {ex.info.input_name: x})}
+        fns.update({m: (lambda m=m: ex.explain(x, method=m)) for m in methods})
+        cams = {}
+        if args.torch:
+            cams = torch_contenders(args.model, x)
+            fns.update(cams)
+        medians = interleaved_medians(fns, args.repeats)
+        print(f"\nbatch {batch}  ({args.repeats} rounds, median ms; ratio to the plain forward)")
+        for name, t in medians.items():
+            print(f"  {name:24} {t * 1e3:9.2f} ms   {t / medians['forward']:6.2f}x")
+        for name in cams:
+            ours = medians[name.split(" ")[-1].strip("()")]
+            print(f"  {name} / onnxcam: {medians[name] / ours:.2f}x")
+    if args.slow:
+        x = image
+        for m in SLOW:
+            t0 = time.perf_counter()
+            ex.explain(x, method=m)
+            print(f"\n{m}, batch 1, once: {time.perf_counter() - t0:.2f} s")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"\npeak memory (max RSS) {peak:.0f} MB")
+
+
+def torch_contenders(model_name: str, x: np.ndarray) -> dict:
+    """pytorch-grad-cam's GradCAM on the torch twin, keyed 'pytorch-grad-cam (gradcam)'."""
+    import torch
+    from pytorch_grad_cam import GradCAM  # noqa: F401 (needs the torchvision stub of make_parity_fixtures)
+
+    net, layer = torch_twin(model_name)
+    if net is None:
+        print("(no torch twin for this model: pytorch-grad-cam skipped)")
+        return {}
+    cam = GradCAM(model=net, target_layers=[layer])
+    tensor = torch.from_numpy(x)
+    return {"pytorch-grad-cam (gradcam)": lambda: cam(input_tensor=tensor, targets=None)}
 
 
 if __name__ == "__main__":
