@@ -87,10 +87,6 @@ QDQ_GRADIENT = (
     "and central differences of a quantized head are piecewise constant, so no small-step check applies; "
     "test_qdq_gradcam_tracks_the_float_model checks QDQ through the fd fallback instead"
 )
-IR3_CLASS_INPUT = (
-    "onnxcam/surgery/graph.py augment: the class input's default is an initializer, and ONNX Runtime "
-    "treats initializers of IR < 4 models as constants ('Invalid input name: onnxcam/class')"
-)
 QDQ_NO_GRADIENT = (
     "onnxcam/surgery/graph.py _float_descendants: the uint8 QuantizeLinear outputs cut the float path, so "
     "backward says the logits do not depend on the layer (an OnnxcamError, not an UnsupportedOpError naming "
@@ -105,14 +101,8 @@ QDQ_FD_STEP = (
 )
 # (test, model) -> reason: onnxcam bugs these tests found, strict so a fix is noticed
 KNOWN_BUGS = {
-    ("logits", "caffe2_opset7"): IR3_CLASS_INPUT,
-    ("batch", "caffe2_opset7"): IR3_CLASS_INPUT,
-    ("cli", "caffe2_opset7"): IR3_CLASS_INPUT,
-    ("gradient", "caffe2_opset7-auto"): IR3_CLASS_INPUT,
-    ("gradient", "caffe2_opset7-mid"): IR3_CLASS_INPUT + "; and no LRN rule yet",
     ("logits", "resnet_qdq"): QDQ_NO_GRADIENT,
     ("batch", "resnet_qdq"): QDQ_NO_GRADIENT,
-    ("cli", "resnet_qdq"): QDQ_NO_GRADIENT,
     ("candidates", "resnet_qdq"): QDQ_INT_CANDIDATES,
 }
 

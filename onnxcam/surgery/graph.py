@@ -83,6 +83,7 @@ def finish(graph: gs.Graph, info: ModelInfo, class_default: bool = True) -> onnx
     onnxruntime-node, need class_default=False and always feed it)."""
     model = _export(graph, info)
     if class_default and CLASS_INPUT in {i.name for i in model.graph.input}:
+        model.ir_version = max(model.ir_version, 4)  # callers may feed an initializer only from IR 4
         model.graph.initializer.append(numpy_helper.from_array(np.array([-1], np.int64), CLASS_INPUT))
     return model
 
@@ -122,6 +123,13 @@ def backward(b: Builder, wrt: list, score: gs.Tensor, seed: gs.Tensor) -> dict:
             grads[inp.name] = b.op("Add", grads[inp.name], g) if inp.name in grads else g
     missing = [t.name for t in wrt if t.name not in grads]
     if missing:
+        cut = _integer_cut(b.graph, on_path, score)
+        if cut is not None:  # e.g. QuantizeLinear: the float path goes through integers
+            raise UnsupportedOpError(
+                f"no backward rule for {cut.op} (node '{cut.name}'): it turns the path from the target layer to "
+                "the class score into integers. Use --gradients fd with a channel-weight method such as gradcam.",
+                op=cut.op, node=cut.name,
+            )
         raise OnnxcamError(f"'{score.name}' does not depend on {', '.join(missing)}: no gradient reaches it")
     return {t.name: grads[t.name] for t in wrt}
 
@@ -171,6 +179,26 @@ def _float_descendants(graph, starts) -> set:
         if any(i.name in names for i in node.inputs):
             names.update(o.name for o in node.outputs if o.dtype is None or np.dtype(o.dtype).kind == "f")
     return names
+
+
+# Ops whose integer outputs carry no gradient by nature (not a lossy step of a float computation).
+_DISCRETE_BY_NATURE = {"Shape", "Size", "ArgMax", "ArgMin", "NonZero", "TopK", "Equal", "Greater", "Less",
+                       "GreaterOrEqual", "LessOrEqual", "Not", "And", "Or", "Xor", "IsNaN", "IsInf"}
+
+
+def _integer_cut(graph, on_path: set, score):
+    """The first node that takes a float tensor on the path and gives only integers, on the way to `score`."""
+    ancestors, stack = set(), [score]
+    while stack:
+        t = stack.pop()
+        if t.name not in ancestors:
+            ancestors.add(t.name)
+            stack.extend(i for node in t.inputs for i in node.inputs)
+    for node in graph.nodes:
+        if (node.op not in _DISCRETE_BY_NATURE and any(i.name in on_path for i in node.inputs)
+                and not any(o.name in on_path for o in node.outputs) and any(o.name in ancestors for o in node.outputs)):
+            return node
+    return None
 
 
 def _add_output(outputs, tensor):
