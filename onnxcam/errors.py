@@ -29,3 +29,15 @@ class UnsupportedOpError(ModelError):
     def __init__(self, message: str, op: str, node: str):
         super().__init__(message)
         self.op, self.node = op, node
+
+
+class OutputError(OnnxcamError):
+    """An output cannot be written: the folder is not writable, the disk is full, or it would replace an input."""
+
+    exit_code = 5
+
+
+class Interrupted(OnnxcamError):
+    """The user pressed Ctrl-C; the files already written are complete (the CLI exits 130, as shells expect)."""
+
+    exit_code = 130

@@ -26,6 +26,8 @@ GRADIENT_MODES = ("auto", "analytic", "fd")
 # Test-time augmentation of pytorch-grad-cam's aug_smooth: horizontal flip x input scaled by these.
 AUG_FACTORS = (0.9, 1.0, 1.1)
 BATCH_ROWS = 32  # rows per run for Score-CAM's masked inputs and Ablation-CAM's ablated heads
+# A normalized map whose maximum stays below this had a spread under the 1e-7 normalization floor: flat.
+FLAT = 0.5
 
 
 @dataclass
@@ -39,6 +41,9 @@ class Explanation:
     gradients: str | None = None  # "analytic", "finite differences", or None for gradient-free methods
     saliency: np.ndarray | None = None  # float32 [N, C, H_in, W_in]: input-level methods' dScore/dx (or product)
     timings: dict = field(default_factory=dict)  # seconds per stage
+    # bool [N]: the map has no spread (all-zero gradients, or no positive evidence after ReLU): its range
+    # fell below the 1e-7 normalization floor, so `maps` holds (finite) zeros rather than a picture
+    flat: np.ndarray | None = None
 
 
 class Explainer:
@@ -123,6 +128,8 @@ class Explainer:
         else:
             res = self._explain(tensor, classes, m, **options)
         res.timings = {"preprocess": t1 - t0, "explain": time.perf_counter() - t1}
+        _check_finite(res.maps, "map")
+        res.flat = res.maps.reshape(len(res.maps), -1).max(axis=1, initial=0) < FLAT
         return res
 
     def units(self, x, target=None, count: int = 8):
@@ -202,6 +209,7 @@ class Explainer:
     def _layer_map(self, m, layer, outputs, noisy, tensor, targets, scores, score, eigen_smooth):
         """One layer's map at layer resolution, after ReLU."""
         a = outputs[layer].astype(np.float32)
+        _check_finite(a, f"activations at '{layer}'")
         grads = outputs.get(grad_name(layer))
         if grads is not None:
             _check_finite(grads, f"gradients at '{layer}'")
@@ -331,7 +339,7 @@ class Explainer:
             feed = {self.info.input_name: tensor[start:start + batch]}
             if with_class and classes is not None:
                 feed[CLASS_INPUT] = classes[start:start + batch]
-            chunks.append(session.run(names, feed))
+            chunks.append(_run_session(session, names, feed))
         return {name: np.concatenate([c[i] for c in chunks]) for i, name in enumerate(names)}
 
     def _session(self, key):
@@ -373,6 +381,17 @@ def _score_of(logits: np.ndarray, classes: np.ndarray, score: str) -> np.ndarray
     return np.float32(np.exp(picked - m) / np.exp(z - m[:, None]).sum(axis=1))
 
 
+def _run_session(session, names, feed) -> list:
+    """session.run, with ONNX Runtime's own failures (a shape the model rejects, memory) as a one-line ModelError."""
+    try:
+        return session.run(names, feed)
+    except Exception as exc:
+        if not type(exc).__module__.startswith("onnxruntime"):
+            raise
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ModelError(f"ONNX Runtime failed to run the model: {first}") from None
+
+
 def _check_rgb(image) -> np.ndarray:
     if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise OnnxcamError("an image array must be HxWx3 uint8 RGB (or pass a float tensor in the model's input layout)")
@@ -380,5 +399,15 @@ def _check_rgb(image) -> np.ndarray:
 
 
 def _check_finite(array, what: str) -> None:
-    if not np.isfinite(array).all():
-        raise OnnxcamError(f"the model produced NaN or Inf {what}; check the input and preprocessing")
+    """A user error that says what holds NaN or Inf, and how much of it, instead of a map of garbage."""
+    finite = np.isfinite(array)
+    if finite.all():
+        return
+    nan, inf = int(np.isnan(array).sum()), int(np.isinf(array).sum())
+    kinds = " and ".join(k for k, count in (("NaN", nan), ("Inf", inf)) if count)
+    rows = np.flatnonzero(~finite.reshape(len(array), -1).all(axis=1)) if array.ndim else []
+    images = f" of image {', '.join(str(int(r) + 1) for r in rows[:5])}" if array.ndim and len(array) > 1 else ""
+    raise OnnxcamError(
+        f"the model produced {kinds} in the {what}{images} ({nan + inf} of {array.size} values); check the input "
+        "and preprocessing, and ops such as Log, Div, Sqrt or Pow in the model that overflow or leave their domain"
+    )

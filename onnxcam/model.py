@@ -34,6 +34,8 @@ _PROBABILITY_OPS = {"Softmax", "LogSoftmax", "Sigmoid"}
 _PASS_THROUGH = {"Identity", "Reshape", "Flatten", "Squeeze"}
 # Refuse models whose declared input would need more than this many elements.
 MAX_INPUT_ELEMENTS = 1 << 28
+# ... and models with any inferred tensor (batch 1) larger than this (4 GiB of float32).
+MAX_TENSOR_ELEMENTS = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -96,32 +98,152 @@ class ModelInfo:
 
 
 def load_model(path: str) -> onnx.ModelProto:
-    """Read an ONNX file, refusing non-ONNX files and external data outside the model's folder."""
+    """Read an ONNX file, refusing non-ONNX files and external data that is outside the model's folder,
+    missing, or shorter than its tensor's declared shape. Every external reference is checked (with
+    os.stat only) before any external byte is read."""
     if not os.path.isfile(path):
         raise ModelError(f"model file not found: {path}")
     try:
         model = onnx.load(path, load_external_data=False)
     except Exception as exc:  # protobuf raises DecodeError and friends
-        raise ModelError(f"not an ONNX model: {path} ({type(exc).__name__})") from None
+        raise ModelError(f"not an ONNX model: {path} ({type(exc).__name__}); is it complete?") from None
     if not model.graph.node or not model.opset_import:
         raise ModelError(f"not an ONNX model: {path} (no graph nodes or opset)")
+    bad_text = _invalid_text(model)
+    if bad_text:
+        raise ModelError(f"not a valid ONNX model: {path} (field {bad_text} is not UTF-8 text); the file is corrupt")
     base = os.path.dirname(os.path.abspath(path))
-    for tensor in external_data_helper._get_all_tensors(model):
-        if external_data_helper.uses_external_data(tensor):
-            _check_external_location(tensor, base)
-    try:
-        external_data_helper.load_external_data_for_model(model, base)
-    except OSError as exc:
-        raise ModelError(f"cannot read external data of {path}: {exc.strerror}: {exc.filename}") from None
+    tensors = list(external_data_helper._get_all_tensors(model))
+    external = [t for t in tensors if external_data_helper.uses_external_data(t)]
+    for tensor in external:
+        _check_external_data(tensor, base)
+    for tensor in external:
+        try:
+            external_data_helper.load_external_data_for_tensor(tensor, base)
+        except Exception as exc:  # OSError, or the onnx package's own checks (ValueError, ValidationError)
+            raise ModelError(f"cannot read the external data of tensor '{tensor.name}' in {path}: {exc}") from None
+    for tensor in tensors:
+        _check_tensor_data(tensor)
     return model
 
 
-def _check_external_location(tensor, base: str) -> None:
-    location = {e.key: e.value for e in tensor.external_data}.get("location", "")
+def _invalid_text(message) -> str | None:
+    """The first string field (a name, an op type, ...) that does not hold valid UTF-8, as 'Type.field'.
+
+    protobuf hands such fields back as bytes instead of str; they break name lookups and re-export later."""
+    for field_, value in message.ListFields():
+        repeated = field_.is_repeated if hasattr(field_, "is_repeated") else field_.label == field_.LABEL_REPEATED
+        if field_.type == field_.TYPE_STRING:
+            if any(isinstance(v, bytes) for v in (value if repeated else [value])):
+                return f"{message.DESCRIPTOR.name}.{field_.name}"
+        elif field_.type == field_.TYPE_MESSAGE and field_.message_type.name != "TensorProto":
+            for item in value if repeated else [value]:
+                found = _invalid_text(item)
+                if found:
+                    return found
+        elif field_.type == field_.TYPE_MESSAGE:  # tensors: check the names, not (megabytes of) raw data
+            for item in value if repeated else [value]:
+                for text in (item.name, item.doc_string, *(e.key for e in item.external_data),
+                             *(e.value for e in item.external_data)):
+                    if isinstance(text, bytes):
+                        return "TensorProto.name"
+    return None
+
+
+def _check_external_location(tensor, base: str) -> str:
+    """The real path of the tensor's external data file, refusing one outside the model's folder.
+
+    realpath resolves symlinks (of the file and of every folder on the way), so a link inside the
+    folder that points outside is refused too; nothing is opened here."""
+    location = _external_info(tensor).get("location", "")
+    outside = ModelError(
+        f"external data of tensor '{tensor.name}' points outside the model's folder ({location!r}); refusing to read it"
+    )
+    if not location or "\0" in location or os.path.isabs(location):
+        raise outside
     target = os.path.realpath(os.path.join(base, location))
-    if os.path.isabs(location) or not target.startswith(os.path.realpath(base) + os.sep):
+    if not target.startswith(os.path.realpath(base) + os.sep):
+        raise outside
+    return target
+
+
+def _external_info(tensor) -> dict:
+    return {e.key: e.value for e in tensor.external_data}
+
+
+def _check_external_data(tensor, base: str) -> None:
+    """Refuse, with os.stat only, external data that escapes, is missing, or cannot hold the tensor."""
+    target = _check_external_location(tensor, base)
+    info = _external_info(tensor)
+    location = info["location"]
+    if not os.path.exists(target):
         raise ModelError(
-            f"external data of tensor '{tensor.name}' points outside the model's folder ({location!r}); refusing to read it"
+            f"external data file '{location}' of tensor '{tensor.name}' is missing; it must sit next to the model in {base}"
+        )
+    if not os.path.isfile(target):
+        raise ModelError(f"external data '{location}' of tensor '{tensor.name}' is not a regular file")
+    try:
+        offset = int(info.get("offset", 0))
+        length = int(info["length"]) if "length" in info else None
+    except ValueError:
+        raise ModelError(f"external data of tensor '{tensor.name}' has a non-integer offset or length") from None
+    size = os.path.getsize(target)
+    available = size - offset
+    if offset < 0 or (length is not None and length < 0) or available < (length or 0):
+        raise ModelError(
+            f"external data of tensor '{tensor.name}' declares offset {offset} and length {length} "
+            f"but '{location}' holds {size} bytes: the file is truncated or the model is corrupt"
+        )
+    expected = _expected_bytes(tensor)
+    stored = available if length is None else length
+    if expected is not None and stored != expected:
+        raise ModelError(
+            f"tensor '{tensor.name}' declares shape {list(tensor.dims)} ({expected} bytes) but its external data "
+            f"in '{location}' holds {stored} bytes; the model or its data file is corrupt"
+        )
+
+
+# TensorProto types whose elements are packed two to a byte.
+_PACKED = {getattr(onnx.TensorProto, n) for n in ("INT4", "UINT4", "FLOAT4E2M1") if hasattr(onnx.TensorProto, n)}
+_COMPLEX = {onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128}
+
+
+def _elements(tensor) -> int:
+    if any(d < 0 for d in tensor.dims):
+        raise ModelError(f"tensor '{tensor.name}' declares a negative dimension {list(tensor.dims)}; the model is corrupt")
+    return int(np.prod(tensor.dims, dtype=object)) if tensor.dims else 1  # Python ints: no overflow
+
+
+def _expected_bytes(tensor) -> int | None:
+    """Bytes that raw (or external) data of this tensor must hold; None for strings and unknown types."""
+    if tensor.data_type in (onnx.TensorProto.UNDEFINED, onnx.TensorProto.STRING):
+        return None
+    try:
+        itemsize = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
+    except Exception:  # a type this onnx version does not know
+        return None
+    n = _elements(tensor)
+    return (n + 1) // 2 if tensor.data_type in _PACKED else n * itemsize
+
+
+def _check_tensor_data(tensor) -> None:
+    """A tensor's data must match its declared shape, or later numpy / ORT calls fail far from the cause."""
+    if tensor.data_type == onnx.TensorProto.UNDEFINED or tensor.data_type not in onnx.TensorProto.DataType.values():
+        raise ModelError(f"tensor '{tensor.name}' has no valid element type ({tensor.data_type}); the model is corrupt")
+    expected = _expected_bytes(tensor)
+    if expected is None:
+        return
+    if tensor.HasField("raw_data"):
+        stored, unit = len(tensor.raw_data), "bytes"
+    else:
+        n = _elements(tensor)
+        expected = (n + 1) // 2 if tensor.data_type in _PACKED else 2 * n if tensor.data_type in _COMPLEX else n
+        fields = (tensor.float_data, tensor.int32_data, tensor.int64_data, tensor.double_data, tensor.uint64_data)
+        stored, unit = sum(len(f) for f in fields), "values"
+    if stored != expected:
+        raise ModelError(
+            f"tensor '{tensor.name}' declares shape {list(tensor.dims)} ({expected} {unit}) but holds {stored} {unit}; "
+            "the model is corrupt"
         )
 
 
@@ -137,8 +259,11 @@ def inspect_model(
         raise ModelError("the model imports no default-domain ONNX opset")
     if opset < 7:
         raise ModelError(f"the model uses opset {opset}; onnxcam (and ONNX Runtime) need opset 7 or newer")
+    _check_nodes(model)
     model = onnx.ModelProto.FromString(model.SerializeToString())  # we edit shapes: work on a copy
     image_input = _pick_input(model, input_name)
+    output = _pick_output(model.graph, output_name)
+    _drop_other_inputs(model, image_input.name, output)
     layout, shape = _pin_input_shape(image_input, input_size)
     try:
         model = onnx.shape_inference.infer_shapes(model, strict_mode=False)
@@ -146,13 +271,15 @@ def inspect_model(
         raise ModelError(f"shape inference failed on this model: {exc}".splitlines()[0]) from None
 
     graph = model.graph
-    output = _pick_output(graph, output_name)
     producers = {out: node for node in graph.node for out in node.output}
     logits = _logits_of(output, producers)
     shapes = _static_shapes(model)
+    _check_tensor_sizes(shapes, producers)
+    _check_inferred_types(model, producers, logits)
     logits_shape = shapes.get(logits)
     num_classes = logits_shape[1] if logits_shape and len(logits_shape) >= 2 else None
-    if not isinstance(num_classes, int) or any(d != 1 for d in logits_shape[2:] if isinstance(d, int)):
+    if (not isinstance(num_classes, int) or num_classes < 1
+            or any(d != 1 for d in logits_shape[2:] if isinstance(d, int))):
         raise ModelError(f"the logits tensor '{logits}' has shape {logits_shape}; expected [N, classes] with a known class count")
 
     nchw_input = {image_input.name} if layout == "NCHW" else set()
@@ -179,6 +306,39 @@ def inspect_model(
     )
 
 
+def _check_nodes(model) -> None:
+    """Node by node, what ONNX itself requires: every input defined, a registered op (for the ONNX domains),
+    the op's number of inputs and outputs, attribute types. (onnx.checker.check_model would also judge the
+    whole graph, and refuse models that ONNX Runtime runs; its per-node check is what catches corruption.)"""
+    graph = model.graph
+    types = onnx.TensorProto.DataType.values()
+    for vi in [*graph.input, *graph.output, *graph.value_info]:
+        if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type not in types:
+            raise ModelError(
+                f"tensor '{vi.name}' declares element type {vi.type.tensor_type.elem_type}, which ONNX does not "
+                "define; the model is corrupt"
+            )
+    defined = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {
+        t.values.name for t in graph.sparse_initializer} | {o for n in graph.node for o in n.output}
+    context = onnx.checker.C.CheckerContext()
+    context.ir_version = model.ir_version
+    context.opset_imports = {o.domain: o.version for o in model.opset_import}
+    for node in graph.node:
+        missing = [i for i in node.input if i and i not in defined]
+        if missing:
+            raise ModelError(
+                f"node '{node.name}' ({node.op_type}) reads '{missing[0]}', which no node, input or initializer "
+                "of the graph defines; the model is corrupt"
+            )
+        if any(a.HasField("g") or len(a.graphs) for a in node.attribute):
+            continue  # subgraphs read outer names: checking them alone would fail; ORT judges them
+        try:
+            onnx.checker.check_node(node, context)
+        except Exception as exc:  # ValidationError
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ModelError(f"node '{node.name}' ({node.op_type}) is invalid: {first}") from None
+
+
 def _pick_input(model, name):
     initializers = {t.name for t in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in initializers]
@@ -198,6 +358,36 @@ def _pick_input(model, name):
     return images[0]
 
 
+def _drop_other_inputs(model, image: str, output: str) -> None:
+    """Inputs besides the image cannot be fed: refuse them if the scores need them, else drop them together
+    with the nodes and outputs that use them (ONNX Runtime demands every graph input, used or not)."""
+    graph = model.graph
+    initializers = {t.name for t in graph.initializer}
+    others = {i.name for i in graph.input if i.name not in initializers and i.name != image}
+    if not others:
+        return
+    producers = {out: node for node in graph.node for out in node.output}
+    needed = others & _ancestors(output, producers)
+    if needed:
+        raise ModelError(
+            f"the scores '{output}' also depend on input(s) {', '.join(sorted(needed))}; onnxcam feeds only the "
+            f"image input '{image}'. Fold the other inputs into the model as constants (or choose another --output)"
+        )
+    tainted = set(others)
+    kept_nodes = []
+    for node in graph.node:  # nodes are topologically sorted in a valid model
+        if tainted.intersection(node.input):
+            tainted.update(node.output)
+        else:
+            kept_nodes.append(node)
+    kept_outputs = [o for o in graph.output if o.name not in tainted]
+    kept_inputs = [i for i in graph.input if i.name not in others]
+    for field_, kept in ((graph.node, kept_nodes), (graph.output, kept_outputs), (graph.input, kept_inputs)):
+        copies = [type(k).FromString(k.SerializeToString()) for k in kept]
+        del field_[:]
+        field_.extend(copies)
+
+
 def _dims(value_info) -> list:
     return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in value_info.type.tensor_type.shape.dim]
 
@@ -206,6 +396,14 @@ def _pin_input_shape(value_info, input_size):
     """Fix the input's spatial size (batch stays symbolic) and return (layout, shape)."""
     dims = value_info.type.tensor_type.shape.dim
     raw = _dims(value_info)
+    elem = value_info.type.tensor_type.elem_type
+    try:
+        numeric = np.dtype(helper.tensor_dtype_to_np_dtype(elem)).kind in "fiu"
+    except Exception:
+        numeric = False
+    if not numeric:
+        kind = onnx.TensorProto.DataType.Name(elem) if elem in onnx.TensorProto.DataType.values() else elem
+        raise ModelError(f"input '{value_info.name}' has element type {kind}; an image input holds numbers")
     if len(raw) != 4:
         raise ModelError(f"input '{value_info.name}' has shape {raw}; an image input is 4-D")
     layout = "NHWC" if raw[3] in (1, 3) and raw[1] not in (1, 3) else "NCHW"
@@ -227,7 +425,10 @@ def _pin_input_shape(value_info, input_size):
         dims[0].dim_param = "N"
     elements = (batch or 1) * shape[1] * shape[2] * shape[3]
     if elements > MAX_INPUT_ELEMENTS:
-        raise ModelError(f"input '{value_info.name}' declares {shape}: too large to allocate")
+        raise ModelError(
+            f"input '{value_info.name}' declares {shape}: {elements} elements, more than onnxcam allows "
+            f"({MAX_INPUT_ELEMENTS}); the model is corrupt, or give a smaller --input-size"
+        )
     return layout, (batch, *shape[1:])
 
 
@@ -237,6 +438,8 @@ def _pick_output(graph, name):
         if name not in names:
             raise ModelError(f"no model output named '{name}'; outputs: {', '.join(names)}")
         return name
+    if not names:
+        raise ModelError("the model has no outputs")
     if len(names) > 1:
         raise ModelError(f"the model has {len(names)} outputs ({', '.join(names)}); choose the scores with --output NAME")
     return names[0]
@@ -249,6 +452,43 @@ def _logits_of(output, producers):
         name = producers[name].input[0]
     node = producers.get(name)
     return node.input[0] if node is not None and node.op_type in _PROBABILITY_OPS else output
+
+
+def _check_tensor_sizes(shapes: dict, producers: dict) -> None:
+    """Refuse a model whose (inferred) tensors would not fit in memory, before ONNX Runtime allocates them."""
+    for name, dims in shapes.items():
+        elements = int(np.prod([d for d in dims if d], dtype=object)) if dims else 1
+        if elements > MAX_TENSOR_ELEMENTS:
+            node = producers.get(name)
+            where = f" (output of {node.op_type} node '{node.name}')" if node is not None else ""
+            raise ModelError(
+                f"tensor '{name}'{where} would have shape {list(dims)} ({elements} elements per image), more than "
+                f"onnxcam allows ({MAX_TENSOR_ELEMENTS}); if the input size is dynamic, give a smaller --input-size"
+            )
+
+
+def _check_inferred_types(model, producers: dict, logits: str) -> None:
+    """A standard op on the way to the scores whose inputs are typed but whose output is not failed shape
+    inference (a bad attribute, mismatched shapes): say so now, not deep inside graph surgery. Custom-domain
+    ops are not judged (ONNX cannot infer them; the finite-difference fallback still copes with them)."""
+    graph = model.graph
+    typed = {t.name for t in graph.initializer} | {
+        vi.name for vi in [*graph.input, *graph.output, *graph.value_info] if vi.type.tensor_type.elem_type}
+    for name in sorted(_ancestors(logits, producers)):
+        node = producers.get(name)
+        if (node is None or node.domain not in ("", "ai.onnx") or name in typed
+                or not all(i in typed for i in node.input if i) or node.op_type in ("If", "Loop", "Scan")):
+            continue
+        try:
+            onnx.shape_inference.infer_shapes(model, strict_mode=True)
+            why = ""
+        except Exception as exc:
+            lines = [line.strip() for line in str(exc).splitlines() if f"node name: {node.name})" in line]
+            why = f": {lines[0][lines[0].find('(op_type'):]}" if lines else ""
+        raise ModelError(
+            f"shape inference fails at {node.op_type} node '{node.name}' (its output '{name}' gets no type){why}; "
+            "the model is corrupt"
+        )
 
 
 def _static_shapes(model) -> dict:

@@ -1,6 +1,10 @@
 """Atomic output files: a temporary file in the target folder, then a rename.
 
-A crash or Ctrl-C leaves either the old file or the new one, never half of one.
+A crash or Ctrl-C leaves either the old file or the new one, never half of one,
+and no temporary file behind. `write_files` stages every file of a set before
+renaming any of them, so an error while writing (disk full, an encoder
+failing) leaves none of the set. A file that cannot be written is an
+`OutputError` naming the path and the cause.
 """
 
 from __future__ import annotations
@@ -13,30 +17,93 @@ import tempfile
 import cv2
 import numpy as np
 
+from onnxcam.errors import OutputError
+
+TEMP_PREFIX = ".onnxcam-"
+
+
+def write_files(files: dict) -> None:
+    """Write {path: bytes}: every file to a temporary one first, then each renamed into place."""
+    staged = []
+    try:
+        for path, data in files.items():
+            staged.append((_stage(path, data), path))
+        while staged:
+            tmp, path = staged[0]
+            _replace(tmp, path)
+            staged.pop(0)
+    finally:  # an error or an interrupt: no temporary file stays behind
+        for tmp, _ in staged:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
 
 def write_bytes(path: str, data: bytes) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".onnxcam-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    write_files({path: data})
 
 
 def write_png(path: str, rgb: np.ndarray) -> None:
-    ok, buf = cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]))
-    assert ok, "PNG encoding of a uint8 image cannot fail"
-    write_bytes(path, buf.tobytes())
+    write_bytes(path, png_bytes(rgb))
 
 
 def write_npy(path: str, array: np.ndarray) -> None:
-    buf = io.BytesIO()
-    np.save(buf, array)
-    write_bytes(path, buf.getvalue())
+    write_bytes(path, npy_bytes(array))
 
 
 def write_json(path: str, obj) -> None:
-    write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
+    write_bytes(path, json_bytes(obj))
+
+
+def png_bytes(rgb: np.ndarray) -> bytes:
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]))
+    if not ok:
+        raise OutputError(f"OpenCV could not encode a {rgb.shape[1]}x{rgb.shape[0]} PNG")
+    return buf.tobytes()
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array)
+    return buf.getvalue()
+
+
+def json_bytes(obj) -> bytes:
+    return (json.dumps(obj, indent=2) + "\n").encode()
+
+
+def _stage(path: str, data: bytes) -> str:
+    """A complete, flushed temporary copy of `data` next to `path`, with the permissions `path` should get."""
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=TEMP_PREFIX, suffix=".tmp")
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, _mode_for(path))  # mkstemp makes 0600 files; outputs get the usual permissions
+    except BaseException as exc:
+        os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+        raise
+    return tmp
+
+
+def _replace(tmp: str, path: str) -> None:
+    try:
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def _mode_for(path: str) -> int:
+    """An existing file keeps its permissions; a new one gets 0666 less the umask, as open() would give."""
+    try:
+        return os.stat(path).st_mode & 0o7777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask

@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import click
 
-from onnxcam.errors import OnnxcamError
+from onnxcam.cli.options import one_line
+from onnxcam.errors import Interrupted, OnnxcamError
 
 
 class _UserError(click.ClickException):
     """A library error shown as one line, with the error class's exit code."""
 
     def __init__(self, error: OnnxcamError):
-        super().__init__(str(error))
+        super().__init__(one_line(error))
         self.exit_code = error.exit_code
 
 
@@ -22,6 +23,8 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except OnnxcamError as error:
             raise _UserError(error) from None
+        except KeyboardInterrupt:  # click would print "Aborted!" and exit 1; shells expect 130 for Ctrl-C
+            raise _UserError(Interrupted("interrupted (Ctrl-C); files already written are complete")) from None
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

@@ -31,3 +31,8 @@ def model_args(kwargs: dict) -> dict:
 def format_shape(dims) -> str:
     """[N, 1280, 7, 7]: a symbolic (None) dimension shows as N."""
     return "[" + ", ".join("N" if d is None else str(d) for d in dims) + "]"
+
+
+def one_line(text) -> str:
+    """A message as one line, whatever it quotes (a tensor name or a path may hold a newline)."""
+    return str(text).replace("\r", "\\r").replace("\n", "\\n")

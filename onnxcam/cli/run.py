@@ -11,9 +11,10 @@ import time
 
 import click
 
-from onnxcam.cli.options import DEVICES, format_shape, model_args, model_options
+from onnxcam.cli.options import DEVICES, format_shape, model_args, model_options, one_line
 
 PRESET_NAMES = ("imagenet", "inception", "lite", "caffe", "unit", "raw")  # onnxcam.preprocess.PRESETS
+MAX_PIXELS = 100_000_000  # onnxcam.preprocess.DEFAULT_MAX_PIXELS (not imported: --help stays instant)
 
 
 @click.command("run")
@@ -51,24 +52,30 @@ PRESET_NAMES = ("imagenet", "inception", "lite", "caffe", "unit", "raw")  # onnx
 @click.option("--npy", is_flag=True, help="Also write each heatmap (float32, model input size) as .npy.")
 @click.option("--json", "as_json", is_flag=True, help="Also write a JSON summary.")
 @click.option("--top", default=5, show_default=True, type=click.IntRange(1, 100), help="How many predictions to print.")
+@click.option("--max-pixels", default=MAX_PIXELS, show_default=True, type=click.IntRange(1),
+              help="Refuse images whose header declares more pixels (decompression bombs); raise it for huge images.")
 @model_options
 def command(model, images, method, methods, layers, target, labels, device, gradients, preset, out, **kwargs):
     """Explain the model's decision on each IMAGE (a picture, or a .npy input tensor)."""
     from onnxcam import Explainer
-    from onnxcam.errors import OnnxcamError
+    from onnxcam.errors import Interrupted, OnnxcamError, OutputError
     from onnxcam.explainer import method_named
 
     t0 = time.perf_counter()
+    _check_distinct_outputs(images, out)
     ex = Explainer(model, layer=list(layers) or None, device=device, preprocess_preset=preset, gradients=gradients,
                    **model_args(kwargs))
     if labels:
-        with open(labels, encoding="utf-8") as f:
-            ex.info.labels = [line.rstrip("\n") for line in f]
+        ex.info.labels = _read_labels(labels)
     names = [method_named(m.strip()).name for m in (methods.split(",") if methods else [method])]
     job = Job(ex, model, names, _parse_target(target, ex), _parse_unit(kwargs.pop("unit")), out, kwargs)
+    job.inputs = {os.path.realpath(i) for i in images}
     job.setup = time.perf_counter() - t0
     if out:
-        os.makedirs(out, exist_ok=True)
+        try:
+            os.makedirs(out, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"cannot create the output folder {out}: {exc.strerror or exc}") from None
     click.echo(f"model     {model}")
     click.echo(f"provider  {ex.provider}")
     for name in ex.layers:
@@ -79,16 +86,19 @@ def command(model, images, method, methods, layers, target, labels, device, grad
         why = f" ({ex.missing_rule})" if ex.missing_rule and source == "finite differences" else ""
         click.echo(f"method    {name}" + (f"  gradients {source}{why}" if source else ""))
     failures = []
-    for image in images:
+    for done, image in enumerate(images):
         try:
             job.run(image)
         except OnnxcamError as error:
             if len(images) == 1:
                 raise
-            failures.append((image, str(error)))
-            click.echo(f"\n{image}\n  failed    {error}", err=True)
+            failures.append((image, one_line(error)))
+            click.echo(f"\n{image}\n  failed    {one_line(error)}", err=True)
+        except KeyboardInterrupt:
+            raise Interrupted(f"interrupted (Ctrl-C) at image {done + 1} of {len(images)} ({image}); "
+                              "every file already written is complete (none is half-written)") from None
     if failures:
-        summary = "; ".join(f"{path}: {why}" for path, why in failures)
+        summary = "; ".join(f"{one_line(path)}: {why}" for path, why in failures)
         raise click.ClickException(f"{len(failures)} of {len(images)} images failed: {summary}")
 
 
@@ -99,6 +109,7 @@ class Job:
         self.ex, self.model, self.methods, self.target, self.unit, self.out = ex, model, methods, target, unit, out
         self.opts = opts
         self.setup = 0.0
+        self.inputs = set()  # real paths of every input of the run: no output may replace one
 
     def run(self, image):
         import numpy as np
@@ -106,7 +117,10 @@ class Job:
         from onnxcam.preprocess import load_image, load_tensor
 
         t0 = time.perf_counter()
-        x, rgb = (load_tensor(image), None) if image.lower().endswith(".npy") else (load_image(image),) * 2
+        if image.lower().endswith(".npy"):
+            x, rgb = load_tensor(image), None
+        else:
+            x = rgb = load_image(image, max_pixels=self.opts["max_pixels"])
         explain = dict(score=self.opts["score"], unit=self.unit, aug_smooth=self.opts["aug_smooth"],
                        eigen_smooth=self.opts["eigen_smooth"], samples=self.opts["samples"],
                        noise=self.opts["noise"], seed=self.opts["seed"])
@@ -130,7 +144,7 @@ class Job:
         import numpy as np
 
         from onnxcam import postprocess, render
-        from onnxcam.writer import write_json, write_npy, write_png
+        from onnxcam.writer import json_bytes, npy_bytes, png_bytes, write_files
 
         ex, opts = self.ex, self.opts
         order = np.argsort(-probs)[:opts["top"]]
@@ -148,10 +162,15 @@ class Job:
             cls = int(res.targets[0])
             tag = f"{res.method}.c{cls}" if several and len(self.methods) == 1 else res.method
             heat = res.maps[0]
-            found = postprocess.box(_resize(heat, (h, w)), opts["box_threshold"])
+            flat = bool(res.flat[0])
+            found = None if flat else postprocess.box(_resize(heat, (h, w)), opts["box_threshold"])
             picture = render.overlay(rgb, heat, box=found)
             entry = {"method": res.method, "target": {"class": cls, "label": ex.info.label(cls)},
-                     "gradients": res.gradients, "box": list(found) if found else None}
+                     "gradients": res.gradients, "box": list(found) if found else None, "flat": flat}
+            if flat:
+                click.echo(f"Warning: flat map: {image} [{res.method}, class {cls}]: the map is zero everywhere "
+                           "(all-zero gradients, or nothing supports this class at this layer); try another "
+                           "--layer or --method", err=True)
             if len(self.methods) == 1:
                 files[f"{tag}.png"] = ("png", picture)
             tiles.append(picture)
@@ -181,11 +200,11 @@ class Job:
                 "timings_s": {"setup": round(self.setup, 6), "image": round(seconds, 6)},
                 "outputs": list(paths.values()) + [json_path],
             }
-        for name, (kind, data) in files.items():
-            (write_png if kind == "png" else write_npy)(paths[name], data)
+        encoded = {paths[name]: (png_bytes if kind == "png" else npy_bytes)(data) for name, (kind, data) in files.items()}
         if opts["as_json"]:
-            write_json(json_path, summary)
+            encoded[json_path] = json_bytes(summary)
             paths["json"] = json_path
+        write_files(encoded)  # all of this image's files, or none of them
         click.echo("  wrote     " + ", ".join(paths.values()))
 
     def _paths(self, image, tag, ext):
@@ -194,9 +213,34 @@ class Job:
 
         stem = os.path.splitext(os.path.basename(image))[0]
         path = os.path.join(self.out or os.path.dirname(image) or ".", f"{stem}.{tag}.{ext}")
-        if os.path.abspath(path) == os.path.abspath(image):
-            raise OnnxcamError(f"refusing to overwrite the input image {image}; choose another --out folder")
+        if os.path.realpath(path) in self.inputs | {os.path.realpath(image)}:
+            raise OnnxcamError(f"refusing to overwrite the input {path} with an output of {image}; "
+                               "choose another --out folder")
         return path
+
+
+def _check_distinct_outputs(images, out):
+    """Two inputs with the same name stem would write the same files: refuse before anything is written."""
+    from onnxcam.errors import OnnxcamError
+
+    seen = {}
+    for image in images:
+        folder = os.path.realpath(out or os.path.dirname(image) or ".")
+        key = (folder, os.path.splitext(os.path.basename(image))[0])
+        if key in seen and os.path.realpath(seen[key]) != os.path.realpath(image):
+            raise OnnxcamError(f"{seen[key]} and {image} would write the same output files in {folder}; "
+                               "rename one, or run them with different --out folders")
+        seen.setdefault(key, image)
+
+
+def _read_labels(path) -> list:
+    from onnxcam.errors import OnnxcamError
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            return [line.rstrip("\n") for line in f]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise OnnxcamError(f"cannot read the labels file {path}: {exc}; it must be UTF-8 text, one name a line") from None
 
 
 def _parse_target(target, ex):
