@@ -15,7 +15,7 @@ import numpy as np
 
 from onnxcam import postprocess, preprocess
 from onnxcam.errors import ModelError, OnnxcamError, UnsupportedOpError
-from onnxcam.finite_diff import channel_derivatives
+from onnxcam.finite_diff import channel_derivatives, quantization_step
 from onnxcam.head import linear_head_weights
 from onnxcam.methods import ALIASES, ELEMENTWISE, METHODS, SAMPLES, LayerData, projection
 from onnxcam.model import inspect_model, load_model
@@ -73,6 +73,7 @@ class Explainer:
         self.missing_rule = None  # set when 'auto' fell back to finite differences: why
         self._sessions = {}
         self._head_weights = {}
+        self._quantization_steps = {}  # layer -> smallest useful finite-difference step in its (QDQ) head
 
     @property
     def provider(self) -> str:
@@ -260,8 +261,9 @@ class Explainer:
 
     def _finite_differences(self, layer, activations, targets, tensor, score):
         head, extra = self._head(layer, tensor)
+        floor = self._quantization_steps.get(layer, 0.0)
         return lambda pattern: channel_derivatives(head, layer, activations, pattern, targets, extra,
-                                                   score_of=lambda z, c: _score_of(z, c, score))
+                                                   score_of=lambda z, c: _score_of(z, c, score), min_step=floor)
 
     def _masked_scores(self, tensor, activations, targets, score) -> np.ndarray:
         """Score-CAM: [N, K] scores of the model on x * (min-max normalized, upsampled A_k)."""
@@ -301,7 +303,9 @@ class Explainer:
         """The session of the head cut off at `layer`, and the image feed if the head still needs it."""
         key = ("head", layer)
         if key not in self._sessions:
-            self._sessions[key] = make_session(cut_head(self.info, layer), self.providers)
+            model = cut_head(self.info, layer)
+            self._quantization_steps[layer] = 2 * quantization_step(model)
+            self._sessions[key] = make_session(model, self.providers)
         head = self._sessions[key]
         needs_image = self.info.input_name in {i.name for i in head.get_inputs()}
         return head, ({self.info.input_name: tensor} if needs_image else None)

@@ -10,6 +10,7 @@ as batched rows, never K*h*w runs.
 from __future__ import annotations
 
 import numpy as np
+from onnx import numpy_helper
 
 # Rows per head run: bounds memory at ROWS * K * h * w floats.
 ROWS = 64
@@ -18,13 +19,24 @@ ROWS = 64
 RELATIVE_STEP = 1e-2
 
 
+def quantization_step(model) -> float:
+    """The largest QuantizeLinear scale in a model (0 if none): steps below it see a staircase, not a slope."""
+    constants = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    constants.update((n.output[0], numpy_helper.to_array(a.t)) for n in model.graph.node
+                     if n.op_type == "Constant" for a in n.attribute if a.name == "value")
+    scales = [float(np.max(np.abs(constants[n.input[1]]))) for n in model.graph.node
+              if n.op_type == "QuantizeLinear" and n.input[1] in constants]
+    return max(scales, default=0.0)
+
+
 def channel_derivatives(head, layer: str, activations: np.ndarray, pattern: np.ndarray, classes: np.ndarray,
-                        extra_feeds: dict | None, score_of) -> np.ndarray:
+                        extra_feeds: dict | None, score_of, min_step: float = 0.0) -> np.ndarray:
     """[N, K]: d score_n / d eps along `pattern` restricted to each channel, by central differences.
 
     head: an ORT session of the cut-off head (input `layer`, output the logits).
     extra_feeds: other head inputs (the image, when the head still needs it), batch-first.
     score_of: (logits [rows, C], classes [rows]) -> scores [rows].
+    min_step: a floor for the step (quantized heads: above their quantization step).
     """
     n, k = activations.shape[:2]
     out = np.zeros((n, k), np.float64)
@@ -32,7 +44,7 @@ def channel_derivatives(head, layer: str, activations: np.ndarray, pattern: np.n
     dtype = activations.dtype
     for i in range(n):
         a = activations[i].astype(np.float32)
-        eps = RELATIVE_STEP * max(float(np.abs(a).mean()), 1e-6)
+        eps = max(RELATIVE_STEP * max(float(np.abs(a).mean()), 1e-6), min_step)
         feeds_i = {name: value[i:i + 1] for name, value in (extra_feeds or {}).items()}
         for start in range(0, k, ROWS // 2):
             channels = range(start, min(start + ROWS // 2, k))

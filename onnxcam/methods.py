@@ -57,6 +57,15 @@ class Method:
     input_gradient: str | None = None  # None, "plain" or "guided": the method uses dScore/dx
     terms: bool = True  # map gives per-channel terms [N, K, h, w], summed over k (or projected: eigen-smooth)
 
+    @property
+    def needs(self) -> str:
+        """What running it takes, in words (for `onnxcam methods`)."""
+        parts = [{CHANNEL: "channel gradient sums (finite differences can stand in)", ELEMENTWISE: "gradients",
+                  SAMPLES: "gradients of noisy copies"}.get(self.gradients, "")]
+        parts += ["the linear head" if self.needs_linear_head else "",
+                  f"{self.input_gradient} input gradients" if self.input_gradient else ""]
+        return ", ".join(p for p in parts if p) or "forward runs only"
+
 
 def weighted(weights: np.ndarray, activations: np.ndarray) -> np.ndarray:
     """[N, K] channel weights, [N, K, h, w] activations -> the weighted activations w_k A_k."""

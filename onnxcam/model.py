@@ -283,7 +283,7 @@ def inspect_model(
         raise ModelError(f"the logits tensor '{logits}' has shape {logits_shape}; expected [N, classes] with a known class count")
 
     nchw_input = {image_input.name} if layout == "NCHW" else set()
-    layers = _candidate_layers(graph, shapes, producers, logits, nchw_input)
+    layers = _candidate_layers(graph, shapes, producers, logits, nchw_input, _float_names(model))
     if not layers:
         raise ModelError(
             "no candidate target layer: no 4-D NCHW tensor with spatial size > 1 feeds the logits "
@@ -501,7 +501,14 @@ def _static_shapes(model) -> dict:
     return shapes
 
 
-def _candidate_layers(graph, shapes, producers, logits, nchw_input):
+def _float_names(model) -> set:
+    """Tensors of a floating type: only those carry activations worth explaining (not QDQ's uint8)."""
+    floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE}
+    return {vi.name for vi in list(model.graph.value_info) + list(model.graph.output)
+            if vi.type.tensor_type.elem_type in floats}
+
+
+def _candidate_layers(graph, shapes, producers, logits, nchw_input, floats):
     ancestors = _ancestors(logits, producers)
     nchw = set(nchw_input)
     layers = []
@@ -510,7 +517,7 @@ def _candidate_layers(graph, shapes, producers, logits, nchw_input):
             nchw.update(node.output)
         out = node.output[0] if node.output else ""
         shape = shapes.get(out)
-        if out in nchw and out in ancestors and shape and len(shape) == 4 and shape[2] and shape[3] and shape[2] * shape[3] > 1:
+        if out in nchw and out in floats and out in ancestors and shape and len(shape) == 4 and shape[2] and shape[3] and shape[2] * shape[3] > 1:
             layers.append(Layer(out, node.op_type, node.name, shape))
     return layers
 

@@ -92,18 +92,10 @@ QDQ_NO_GRADIENT = (
     "backward says the logits do not depend on the layer (an OnnxcamError, not an UnsupportedOpError naming "
     "QuantizeLinear, so 'auto' cannot fall back to finite differences)"
 )
-QDQ_INT_CANDIDATES = (
-    "onnxcam/model.py _NCHW_KEEPERS: QuantizeLinear outputs (uint8) are listed as candidate layers"
-)
-QDQ_FD_STEP = (
-    "onnxcam/finite_diff.py: RELATIVE_STEP (1e-2 * mean|A|) is below the QDQ head's quantization step, so the "
-    "differences are 0 or single-step jumps (an all-zero map for chelsea)"
-)
 # (test, model) -> reason: onnxcam bugs these tests found, strict so a fix is noticed
 KNOWN_BUGS = {
     ("logits", "resnet_qdq"): QDQ_NO_GRADIENT,
     ("batch", "resnet_qdq"): QDQ_NO_GRADIENT,
-    ("candidates", "resnet_qdq"): QDQ_INT_CANDIDATES,
 }
 
 
@@ -222,7 +214,6 @@ def test_cli_run_writes_a_map_of_the_input_size(name, tmp_path):
     assert 0 <= heat.min() and heat.max() <= 1
 
 
-@pytest.mark.xfail(reason=QDQ_FD_STEP, strict=True)
 def test_qdq_gradcam_tracks_the_float_model():
     """The QDQ ResNet quantizes the float one (logits correlate 0.995): its Grad-CAM, through the fd
     fallback, should look like the float model's analytic Grad-CAM."""

@@ -12,5 +12,5 @@ def command():
 
     width = max(map(len, METHODS))
     for m in METHODS.values():
-        needs = f"{m.gradients} gradients" if m.gradients else "linear head" if m.needs_linear_head else "forward only"
+        needs = m.needs
         click.echo(f"{m.name:{width}}  [{needs}]  {m.summary}")
