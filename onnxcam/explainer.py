@@ -9,7 +9,7 @@ layer (for finite differences and Ablation-CAM).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -44,6 +44,14 @@ class Explanation:
     # bool [N]: the map has no spread (all-zero gradients, or no positive evidence after ReLU): its range
     # fell below the 1e-7 normalization floor, so `maps` holds (finite) zeros rather than a picture
     flat: np.ndarray | None = None
+
+    def item(self, i: int) -> "Explanation":
+        """The explanation of image i alone (arrays keep their batch axis, of length 1)."""
+        def one(a):
+            return None if a is None else a[i:i + 1]
+
+        return replace(self, maps=one(self.maps), raw=one(self.raw), targets=one(self.targets),
+                       scores=one(self.scores), saliency=one(self.saliency), flat=one(self.flat))
 
 
 class Explainer:

@@ -160,3 +160,24 @@ def test_unit_and_input_level_methods(tmp_path):
     assert {"chelsea.guided-backprop.png", "chelsea.guided-backprop.saliency.png"} <= set(os.listdir(tmp_path))
     result = run("run", DEMO, CHELSEA, "--out", tmp_path, "--unit", "nonsense")
     assert result.exit_code == 1 and "--unit takes LAYER:K" in result.stderr
+
+
+def test_a_folder_in_batches_equals_images_one_by_one(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name, src in (("a.png", CHELSEA), ("b.png", os.path.join(ROOT, "examples", "coffee.png")), ("c.png", CHELSEA)):
+        shutil.copy(src, folder / name)
+    (folder / "broken.jpg").write_text("not a picture")
+    (folder / "notes.txt").write_text("ignored: not an image suffix")
+    result = run("run", DEMO, folder, "--out", tmp_path / "batched", "--batch-size", "2", "--npy")
+    assert result.exit_code == 1 and "1 of 4 images failed" in result.stderr and "broken.jpg" in result.stderr
+    single = run("run", DEMO, folder / "b.png", "--out", tmp_path / "single", "--npy")
+    assert single.exit_code == 0, single.output
+    batched = np.load(tmp_path / "batched" / "b.gradcam.npy")
+    assert np.abs(batched - np.load(tmp_path / "single" / "b.gradcam.npy")).max() < 1e-5
+    assert sorted(f for f in os.listdir(tmp_path / "batched") if f.endswith(".png")) == \
+        ["a.gradcam.png", "b.gradcam.png", "c.gradcam.png"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = run("run", DEMO, empty)
+    assert result.exit_code == 4 and "no images in the folder" in result.stderr

@@ -662,7 +662,7 @@ def test_ctrl_c_in_a_batch_leaves_complete_files_and_exits_130(tmp_path, tiny_pa
 
     monkeypatch.setattr(Explainer, "explain", explain)
     out = tmp_path / "out"
-    result = run("run", tiny_path, *images, "--out", out, "--npy", "--json")
+    result = run("run", tiny_path, *images, "--out", out, "--npy", "--json", "--batch-size", "1")
     assert_refused(result, 130, "interrupted (Ctrl-C) at image 2 of 3")
     assert sorted(os.listdir(out)) == ["img0.gradcam.json", "img0.gradcam.npy", "img0.gradcam.png"]
     _complete(out)

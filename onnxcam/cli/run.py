@@ -13,13 +13,14 @@ import click
 
 from onnxcam.cli.options import DEVICES, format_shape, model_args, model_options, one_line
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".pgm", ".ppm", ".npy")
 PRESET_NAMES = ("imagenet", "inception", "lite", "caffe", "unit", "raw")  # onnxcam.preprocess.PRESETS
 MAX_PIXELS = 100_000_000  # onnxcam.preprocess.DEFAULT_MAX_PIXELS (not imported: --help stays instant)
 
 
 @click.command("run")
 @click.argument("model", type=click.Path(dir_okay=False))
-@click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.argument("images", nargs=-1, required=True, type=click.Path())
 @click.option("-m", "--method", default="gradcam", show_default=True, help="CAM method ('onnxcam methods' lists them).")
 @click.option("--methods", metavar="A,B,...", help="Several methods: one side-by-side grid image per input.")
 @click.option("-l", "--layer", "layers", multiple=True, metavar="NAME",
@@ -54,14 +55,18 @@ MAX_PIXELS = 100_000_000  # onnxcam.preprocess.DEFAULT_MAX_PIXELS (not imported:
 @click.option("--top", default=5, show_default=True, type=click.IntRange(1, 100), help="How many predictions to print.")
 @click.option("--max-pixels", default=MAX_PIXELS, show_default=True, type=click.IntRange(1),
               help="Refuse images whose header declares more pixels (decompression bombs); raise it for huge images.")
+@click.option("-b", "--batch-size", default=16, show_default=True, type=click.IntRange(1, 1024),
+              help="Images per run: memory is bounded by one batch; outputs stream to disk batch by batch.")
 @model_options
 def command(model, images, method, methods, layers, target, labels, device, gradients, preset, out, **kwargs):
-    """Explain the model's decision on each IMAGE (a picture, or a .npy input tensor)."""
+    """Explain the model's decision on each IMAGE (a picture, a folder of them, or a .npy input tensor)."""
     from onnxcam import Explainer
     from onnxcam.errors import Interrupted, OnnxcamError, OutputError
     from onnxcam.explainer import method_named
 
     t0 = time.perf_counter()
+    images = _expand(images)
+    batch_size = kwargs.pop("batch_size")
     _check_distinct_outputs(images, out)
     ex = Explainer(model, layer=list(layers) or None, device=device, preprocess_preset=preset, gradients=gradients,
                    **model_args(kwargs))
@@ -86,20 +91,60 @@ def command(model, images, method, methods, layers, target, labels, device, grad
         why = f" ({ex.missing_rule})" if ex.missing_rule and source == "finite differences" else ""
         click.echo(f"method    {name}" + (f"  gradients {source}{why}" if source else ""))
     failures = []
-    for done, image in enumerate(images):
-        try:
-            job.run(image)
-        except OnnxcamError as error:
-            if len(images) == 1:
-                raise
-            failures.append((image, one_line(error)))
-            click.echo(f"\n{image}\n  failed    {one_line(error)}", err=True)
-        except KeyboardInterrupt:
-            raise Interrupted(f"interrupted (Ctrl-C) at image {done + 1} of {len(images)} ({image}); "
-                              "every file already written is complete (none is half-written)") from None
+    with _progress(len(images)) as bar:
+        for start in range(0, len(images), batch_size):
+            chunk = images[start:start + batch_size]
+            try:
+                failures += job.run(chunk)
+            except KeyboardInterrupt:
+                where = (f"at image {start + 1} of {len(images)} ({chunk[0]})" if len(chunk) == 1 else
+                         f"in images {start + 1}-{start + len(chunk)} of {len(images)}")
+                raise Interrupted(f"interrupted (Ctrl-C) {where}; every file already written is complete "
+                                  "(none is half-written)") from None
+            except OnnxcamError:
+                if len(images) == 1:
+                    raise
+                failures += job.run_each(chunk)
+            bar.update(len(chunk))
+    for image, error in failures:
+        if len(images) == 1:
+            raise error
+        click.echo(f"\n{image}\n  failed    {one_line(error)}", err=True)
     if failures:
-        summary = "; ".join(f"{one_line(path)}: {why}" for path, why in failures)
+        summary = "; ".join(f"{one_line(path)}: {one_line(why)}" for path, why in failures)
         raise click.ClickException(f"{len(failures)} of {len(images)} images failed: {summary}")
+
+
+def _progress(count: int):
+    """A progress bar on stderr for batches of several images, only when stderr is a terminal."""
+    import contextlib
+    import sys
+
+    if count > 1 and sys.stderr.isatty():
+        return click.progressbar(length=count, label="explaining", file=sys.stderr)
+    return contextlib.nullcontext(_NoBar())
+
+
+class _NoBar:
+    def update(self, _):
+        pass
+
+
+def _expand(paths) -> list:
+    """Image arguments with folders replaced by their image files (sorted, not recursive)."""
+    from onnxcam.errors import ImageError
+
+    out = []
+    for path in paths:
+        if not os.path.isdir(path):
+            out.append(path)
+            continue
+        found = sorted(os.path.join(path, f) for f in os.listdir(path)
+                       if f.lower().endswith(IMAGE_SUFFIXES) and os.path.isfile(os.path.join(path, f)))
+        if not found:
+            raise ImageError(f"no images in the folder {path} (looked for {', '.join(IMAGE_SUFFIXES)})")
+        out.extend(found)
+    return out
 
 
 class Job:
@@ -111,34 +156,64 @@ class Job:
         self.setup = 0.0
         self.inputs = set()  # real paths of every input of the run: no output may replace one
 
-    def run(self, image):
+    def run(self, images) -> list:
+        """Explain a batch of images in one run per (method, class); returns [(image, error)] for those that
+        could not be read. An error in the batched run itself propagates (the caller retries one by one)."""
         import numpy as np
 
-        from onnxcam.preprocess import load_image, load_tensor
+        from onnxcam.errors import OnnxcamError
 
         t0 = time.perf_counter()
-        if image.lower().endswith(".npy"):
-            x, rgb = load_tensor(image), None
-        else:
-            x = rgb = load_image(image, max_pixels=self.opts["max_pixels"])
+        loaded, failures = [], []
+        for image in images:
+            try:
+                loaded.append((image, *self._load(image)))
+            except OnnxcamError as error:
+                failures.append((image, error))
+        if not loaded:
+            return failures
+        x = np.concatenate([self.ex.prepare(x) for _, x, _ in loaded])
         explain = dict(score=self.opts["score"], unit=self.unit, aug_smooth=self.opts["aug_smooth"],
                        eigen_smooth=self.opts["eigen_smooth"], samples=self.opts["samples"],
                        noise=self.opts["noise"], seed=self.opts["seed"])
-        first = self.ex.explain(x, method=self.methods[0], target=self.target if isinstance(self.target, int) else None,
-                                **explain)
-        probs = _softmax(first.scores[0])
-        targets = [int(first.targets[0])]
-        if isinstance(self.target, str):  # top-K
-            targets = [int(c) for c in np.argsort(-first.scores[0])[:int(self.target[4:])]]
-        results = []
-        for method in self.methods:
-            for cls in targets:
-                reuse = method == self.methods[0] and cls == targets[0]
-                results.append(first if reuse else self.ex.explain(x, method=method, target=cls, **explain))
-        units = self.ex.units(x, target=targets[0], count=self.opts["unit_count"]) if self.opts["unit_count"] else None
-        if rgb is None:  # a tensor input has no picture: colour the maps alone
-            rgb = np.zeros((*first.maps.shape[1:], 3), np.uint8)
-        self._report(image, probs, results, units, rgb, time.perf_counter() - t0)
+        fixed = self.target if isinstance(self.target, int) else None
+        first = self.ex.explain(x, method=self.methods[0], target=fixed, **explain)
+        ranked = np.argsort(-first.scores, axis=1)
+        ks = int(self.target[4:]) if isinstance(self.target, str) else 1  # top-K: one map per class
+        targets = [first.targets] + [ranked[:, k] for k in range(1, ks)]
+        if ks > 1:
+            targets[0] = ranked[:, 0]
+        results = [first if (m == self.methods[0] and k == 0) else self.ex.explain(x, method=m, target=t, **explain)
+                   for m in self.methods for k, t in enumerate(targets)]
+        units = self.ex.units(x, target=first.targets, count=self.opts["unit_count"]) if self.opts["unit_count"] else None
+        seconds = (time.perf_counter() - t0) / len(loaded)
+        for i, (image, _, rgb) in enumerate(loaded):
+            if rgb is None:  # a tensor input has no picture: colour the maps alone
+                rgb = np.zeros((*first.maps.shape[1:], 3), np.uint8)
+            item_units = (units[0][i:i + 1], units[1][i:i + 1]) if units else None
+            self._report(image, _softmax(first.scores[i]), [r.item(i) for r in results], item_units, rgb, seconds)
+        return failures
+
+    def run_each(self, images) -> list:
+        """One image at a time, so one bad image (NaN, a flat model error) does not sink its batch."""
+        from onnxcam.errors import OnnxcamError
+
+        failures = []
+        for image in images:
+            try:
+                failures += self.run([image])
+            except OnnxcamError as error:
+                failures.append((image, error))
+        return failures
+
+    def _load(self, image):
+        """(model input or image, the RGB picture or None for a .npy tensor)."""
+        from onnxcam.preprocess import load_image, load_tensor
+
+        if image.lower().endswith(".npy"):
+            return load_tensor(image), None
+        rgb = load_image(image, max_pixels=self.opts["max_pixels"])
+        return rgb, rgb
 
     def _report(self, image, probs, results, units, rgb, seconds):
         import numpy as np
