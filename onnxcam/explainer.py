@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from onnxcam import postprocess, preprocess
+from onnxcam import cache, postprocess, preprocess
 from onnxcam.errors import ModelError, OnnxcamError, UnsupportedOpError
 from onnxcam.finite_diff import channel_derivatives, quantization_step
 from onnxcam.head import linear_head_weights
@@ -81,7 +81,12 @@ class Explainer:
         self.missing_rule = None  # set when 'auto' fell back to finite differences: why
         self._sessions = {}
         self._head_weights = {}
-        self._quantization_steps = {}  # layer -> smallest useful finite-difference step in its (QDQ) head
+        self._quantization_step = None  # the smallest useful finite-difference step (QDQ models), once known
+        # Sessions are cached on disk by the model file's content (cache.py); models given in memory are not.
+        self._cache_key = None
+        if isinstance(model, str) and cache.folder() is not None:
+            self._cache_key = {"model": cache.file_digest(model), "layers": self.layers, "input": input_name,
+                               "output": output_name, "size": list(input_size) if input_size else None}
 
     @property
     def provider(self) -> str:
@@ -269,7 +274,9 @@ class Explainer:
 
     def _finite_differences(self, layer, activations, targets, tensor, score):
         head, extra = self._head(layer, tensor)
-        floor = self._quantization_steps.get(layer, 0.0)
+        if self._quantization_step is None:
+            self._quantization_step = 2 * quantization_step(self.info.model)
+        floor = self._quantization_step
         return lambda pattern: channel_derivatives(head, layer, activations, pattern, targets, extra,
                                                    score_of=lambda z, c: _score_of(z, c, score), min_step=floor)
 
@@ -311,9 +318,7 @@ class Explainer:
         """The session of the head cut off at `layer`, and the image feed if the head still needs it."""
         key = ("head", layer)
         if key not in self._sessions:
-            model = cut_head(self.info, layer)
-            self._quantization_steps[layer] = 2 * quantization_step(model)
-            self._sessions[key] = make_session(model, self.providers)
+            self._sessions[key] = self._cached_session(key, lambda: cut_head(self.info, layer))
         head = self._sessions[key]
         needs_image = self.info.input_name in {i.name for i in head.get_inputs()}
         return head, ({self.info.input_name: tensor} if needs_image else None)
@@ -357,10 +362,20 @@ class Explainer:
     def _session(self, key):
         if key not in self._sessions:
             layer_gradients, input_gradient, score, unit = key
-            model = augment(self.info, self.layers, gradients=layer_gradients, input_gradient=input_gradient,
-                            score=score, unit=unit)
-            self._sessions[key] = make_session(model, self.providers)
+            self._sessions[key] = self._cached_session(key, lambda: augment(
+                self.info, self.layers, gradients=layer_gradients, input_gradient=input_gradient, score=score,
+                unit=unit))
         return self._sessions[key]
+
+    def _cached_session(self, key, build):
+        """The session for `key` from the disk cache, else from build() (surgery), saved for next time."""
+        path = None
+        if self._cache_key is not None:
+            path = cache.entry_path(self._cache_key["model"], {**self._cache_key, "session": key}, self.providers)
+            session = cache.load(path, self.providers)
+            if session is not None:
+                return session
+        return make_session(build(), self.providers, save_to=path)
 
     def _linear_head(self, layer: str) -> np.ndarray:
         if layer not in self._head_weights:

@@ -63,11 +63,19 @@ def providers_for(device: str) -> list:
     return [CPU]
 
 
-def make_session(model: onnx.ModelProto, providers: list) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+def make_session(model: onnx.ModelProto, providers: list, save_to: str | None = None) -> ort.InferenceSession:
+    """A session with every graph optimization; with save_to, ORT's optimized model also goes to the cache."""
+    from onnxcam import cache
+
+    options, tmp = cache.save_options(save_to) if save_to else (None, None)
+    if options is None:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     try:
-        return ort.InferenceSession(model.SerializeToString(), options, providers=providers)
+        session = ort.InferenceSession(model.SerializeToString(), options, providers=providers)
     except Exception as exc:
+        cache.discard(tmp)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"ONNX Runtime cannot load the model: {first}") from None
+    cache.commit(tmp, save_to)
+    return session

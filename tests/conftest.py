@@ -11,6 +11,14 @@ CAT_CLASSES = range(281, 294)  # ImageNet: tabby ... cheetah; 281-285 are domest
 CHELSEA_CAT_BOX = (60, 0, 420, 300)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def session_cache(tmp_path_factory):
+    """Sessions cache into a fresh folder per test run: never the user's ~/.cache, never stale."""
+    folder = tmp_path_factory.mktemp("onnxcam-cache")
+    os.environ["ONNXCAM_CACHE_DIR"] = str(folder)
+    yield folder
+
+
 @pytest.fixture(scope="session")
 def demo_explainer():
     from onnxcam import Explainer

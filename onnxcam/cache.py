@@ -1,0 +1,104 @@
+"""A cache of ready-to-load sessions, so a second run on the same model skips surgery and graph optimization.
+
+An entry is ONNX Runtime's own optimized form of an augmented model, saved by the
+session that built it and loaded later with optimizations off. The key hashes the
+model file's bytes with everything that shapes the augmented graph (layers, what is
+differentiated, input options) and with the onnxcam, ONNX Runtime and provider set
+that produced it, so a stale entry is never found. Entries are written to a temporary
+file and renamed into place: concurrent runs at worst build the same entry twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import tempfile
+
+import onnxruntime as ort
+
+ENV = "ONNXCAM_CACHE_DIR"  # a folder, or "off" to disable
+
+
+def folder() -> str | None:
+    """The cache folder: $ONNXCAM_CACHE_DIR, else $XDG_CACHE_HOME/onnxcam, else ~/.cache/onnxcam."""
+    chosen = os.environ.get(ENV)
+    if chosen == "off":
+        return None
+    if not chosen:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        chosen = os.path.join(base, "onnxcam")
+    return chosen
+
+
+def file_digest(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def entry_path(model_digest: str, parts: dict, providers: list) -> str | None:
+    """Where the session for this model and these choices lives (None when caching is off)."""
+    root = folder()
+    if root is None:
+        return None
+    from onnxcam import __version__
+
+    description = json.dumps({"model": model_digest, "parts": parts, "providers": providers, "cpu": _cpu(),
+                              "onnxcam": __version__, "onnxruntime": ort.__version__}, sort_keys=True, default=str)
+    return os.path.join(root, hashlib.sha256(description.encode()).hexdigest()[:32] + ".onnx")
+
+
+def _cpu() -> str:
+    """The CPU's feature flags: ORT's fully optimized graphs use blocked layouts sized for this CPU."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        return platform.machine() + platform.processor()
+
+
+def load(path: str, providers: list):
+    """The cached session, or None if there is none (or it cannot be loaded: it is then rebuilt)."""
+    if not os.path.isfile(path):
+        return None
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # optimized already
+    try:
+        return ort.InferenceSession(path, options, providers=providers)
+    except Exception:
+        return None
+
+
+def save_options(path: str) -> tuple:
+    """(session options that make ORT write its optimized model, the temporary file it writes to), or
+    (None, None) when the cache folder is not writable: caching is best effort."""
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".onnxcam-", suffix=".onnx")
+    except OSError:
+        return None, None
+    os.close(fd)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.optimized_model_filepath = tmp
+    return options, tmp
+
+
+def commit(tmp: str | None, path: str) -> None:
+    """Move a finished entry into place (an empty one is dropped)."""
+    if tmp and os.path.isfile(tmp) and os.path.getsize(tmp) > 0:
+        try:
+            os.replace(tmp, path)
+        except OSError:
+            discard(tmp)
+    else:
+        discard(tmp)
+
+
+def discard(tmp: str | None) -> None:
+    if tmp and os.path.exists(tmp):
+        os.unlink(tmp)
