@@ -117,11 +117,12 @@ def main():
             ours = medians[name.split(" ")[-1].strip("()")]
             print(f"  {name} / onnxcam: {medians[name] / ours:.2f}x")
     if args.slow:
-        x = image
         for m in SLOW:
             t0 = time.perf_counter()
-            ex.explain(x, method=m)
+            ex.explain(image, method=m)
             print(f"\n{m}, batch 1, once: {time.perf_counter() - t0:.2f} s")
+        if args.torch:
+            print(f"pytorch-grad-cam scorecam (batch size 32), batch 1, once: {torch_scorecam(args.model, image):.2f} s")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"\npeak memory (max RSS) {peak:.0f} MB")
 
@@ -129,15 +130,35 @@ def main():
 def torch_contenders(model_name: str, x: np.ndarray) -> dict:
     """pytorch-grad-cam's GradCAM on the torch twin, keyed 'pytorch-grad-cam (gradcam)'."""
     import torch
-    from pytorch_grad_cam import GradCAM  # noqa: F401 (needs the torchvision stub of make_parity_fixtures)
+    from make_parity_fixtures import _stub_torchvision
 
+    _stub_torchvision()  # pytorch-grad-cam imports torchvision, which does not import beside CPU torch
+    from pytorch_grad_cam import GradCAM, ScoreCAM
+
+    torch.set_num_threads(os.cpu_count())
     net, layer = torch_twin(model_name)
     if net is None:
         print("(no torch twin for this model: pytorch-grad-cam skipped)")
         return {}
-    cam = GradCAM(model=net, target_layers=[layer])
     tensor = torch.from_numpy(x)
-    return {"pytorch-grad-cam (gradcam)": lambda: cam(input_tensor=tensor, targets=None)}
+    gradcam = GradCAM(model=net, target_layers=[layer])
+    return {"pytorch-grad-cam (gradcam)": lambda: gradcam(input_tensor=tensor, targets=None)}
+
+
+def torch_scorecam(model_name: str, x: np.ndarray) -> float:
+    """Seconds for one pytorch-grad-cam Score-CAM of x (batch 1)."""
+    import torch
+    from make_parity_fixtures import _stub_torchvision
+
+    _stub_torchvision()
+    from pytorch_grad_cam import ScoreCAM
+
+    net, layer = torch_twin(model_name)
+    cam = ScoreCAM(model=net, target_layers=[layer])
+    cam.batch_size = 32
+    t0 = time.perf_counter()
+    cam(input_tensor=torch.from_numpy(x), targets=None)
+    return time.perf_counter() - t0
 
 
 if __name__ == "__main__":
