@@ -42,18 +42,6 @@ def write_bytes(path: str, data: bytes) -> None:
     write_files({path: data})
 
 
-def write_png(path: str, rgb: np.ndarray) -> None:
-    write_bytes(path, png_bytes(rgb))
-
-
-def write_npy(path: str, array: np.ndarray) -> None:
-    write_bytes(path, npy_bytes(array))
-
-
-def write_json(path: str, obj) -> None:
-    write_bytes(path, json_bytes(obj))
-
-
 def png_bytes(rgb: np.ndarray) -> bytes:
     ok, buf = cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]))
     if not ok:
