@@ -34,9 +34,9 @@ def main():
 
 
 def _register():
-    from onnxcam.cli import export, inspect, methods, run
+    from onnxcam.cli import eval, export, inspect, methods, run, sanity
 
-    for module in (run, inspect, export, methods):
+    for module in (run, inspect, export, methods, eval, sanity):
         main.add_command(module.command)
 
 
