@@ -16,9 +16,8 @@ import time
 
 import click
 
-from onnxcam.cli.options import DEVICES, format_shape, model_args, model_options
+from onnxcam.cli.options import explainer_options, format_shape, model_args, model_options
 
-PRESET_NAMES = ("imagenet", "inception", "lite", "caffe", "unit", "raw")  # onnxcam.preprocess.PRESETS
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".pbm", ".pgm", ".ppm",
                     ".pnm", ".pam")
 ROWS = 128  # perturbed inputs per ONNX Runtime run
@@ -57,10 +56,7 @@ COLUMNS = (  # (key, heading, format): the summary table, the CSV and the JSON, 
               help="CAM localization is correct at this IoU with a true box or more.")
 @click.option("-l", "--layer", "layers", multiple=True, metavar="NAME",
               help="Target layer (tensor or node name); repeat to average several. Default: the last conv-like layer.")
-@click.option("--preprocess", "preset", type=click.Choice(PRESET_NAMES),
-              help="Preprocessing preset. Default: the model's own (metadata), else imagenet.")
-@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
-@click.option("--gradients", type=click.Choice(("auto", "analytic", "fd")), default="auto", show_default=True)
+@explainer_options
 @model_options
 def command(model, images, methods, boxes, out, batch_size, steps, blur, tolerance, box_threshold, iou_threshold,
             layers, preset, device, gradients, **kwargs):

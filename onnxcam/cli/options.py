@@ -7,6 +7,23 @@ import click
 DEVICES = ("auto", "cpu", "cuda")  # mirrors onnxcam.runtime.DEVICES without importing onnxruntime
 
 
+PRESET_NAMES = ("imagenet", "inception", "lite", "caffe", "unit", "raw")  # onnxcam.preprocess.PRESETS
+
+
+def explainer_options(fn):
+    """How to run the explainer: preprocessing preset, device, and where gradients come from."""
+    for decorator in reversed((
+        click.option("--preprocess", "preset", type=click.Choice(PRESET_NAMES),
+                     help="Preprocessing preset. Default: the model's own (metadata), else imagenet."),
+        click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True),
+        click.option("--gradients", type=click.Choice(("auto", "analytic", "fd")), default="auto", show_default=True,
+                     help="analytic: backward rules; fd: central differences of the head (channel-weight methods); "
+                          "auto: analytic, else fd where a head op has no rule."),
+    )):
+        fn = decorator(fn)
+    return fn
+
+
 def model_options(fn):
     """How to read the model: which input, which output, which spatial size."""
     for decorator in reversed((

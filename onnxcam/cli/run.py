@@ -11,10 +11,9 @@ import time
 
 import click
 
-from onnxcam.cli.options import DEVICES, format_shape, model_args, model_options, one_line
+from onnxcam.cli.options import explainer_options, format_shape, model_args, model_options, one_line
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".pgm", ".ppm", ".npy")
-PRESET_NAMES = ("imagenet", "inception", "lite", "caffe", "unit", "raw")  # onnxcam.preprocess.PRESETS
 MAX_PIXELS = 100_000_000  # onnxcam.preprocess.DEFAULT_MAX_PIXELS (not imported: --help stays instant)
 
 
@@ -42,13 +41,7 @@ MAX_PIXELS = 100_000_000  # onnxcam.preprocess.DEFAULT_MAX_PIXELS (not imported:
 @click.option("--seed", default=0, show_default=True, help="Seed of the noise.")
 @click.option("--box-threshold", default=0.2, show_default=True, type=click.FloatRange(0, 1),
               help="Localization box: the largest region where the map is >= this fraction of its max.")
-@click.option("--preprocess", "preset", type=click.Choice(PRESET_NAMES),
-              help="Preprocessing preset. Default: the model's own (metadata), else imagenet.")
 @click.option("--labels", type=click.Path(exists=True, dir_okay=False), help="Class names, one per line.")
-@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
-@click.option("--gradients", type=click.Choice(("auto", "analytic", "fd")), default="auto", show_default=True,
-              help="analytic: backward rules; fd: central differences of the head (channel-weight methods); "
-                   "auto: analytic, else fd where a head op has no rule.")
 @click.option("-o", "--out", type=click.Path(file_okay=False), help="Output folder. Default: next to each image.")
 @click.option("--npy", is_flag=True, help="Also write each heatmap (float32, model input size) as .npy.")
 @click.option("--json", "as_json", is_flag=True, help="Also write a JSON summary.")
@@ -57,6 +50,7 @@ MAX_PIXELS = 100_000_000  # onnxcam.preprocess.DEFAULT_MAX_PIXELS (not imported:
               help="Refuse images whose header declares more pixels (decompression bombs); raise it for huge images.")
 @click.option("-b", "--batch-size", default=16, show_default=True, type=click.IntRange(1, 1024),
               help="Images per run: memory is bounded by one batch; outputs stream to disk batch by batch.")
+@explainer_options
 @model_options
 def command(model, images, method, methods, layers, target, labels, device, gradients, preset, out, **kwargs):
     """Explain the model's decision on each IMAGE (a picture, a folder of them, or a .npy input tensor)."""

@@ -14,9 +14,8 @@ import sys
 
 import click
 
-from onnxcam.cli.options import DEVICES, format_shape, model_args, model_options
+from onnxcam.cli.options import explainer_options, format_shape, model_args, model_options
 
-PRESET_NAMES = ("imagenet", "inception", "lite", "caffe", "unit", "raw")  # onnxcam.preprocess.PRESETS
 
 
 @click.command("sanity")
@@ -30,11 +29,8 @@ PRESET_NAMES = ("imagenet", "inception", "lite", "caffe", "unit", "raw")  # onnx
 @click.option("-t", "--target", type=int, metavar="CLASS", help="Class index to explain. Default: the top-1 class.")
 @click.option("-l", "--layer", "layers", multiple=True, metavar="NAME",
               help="Target layer (tensor or node name). Default: the last conv-like layer.")
-@click.option("--preprocess", "preset", type=click.Choice(PRESET_NAMES),
-              help="Preprocessing preset. Default: the model's own (metadata), else imagenet.")
-@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
-@click.option("--gradients", type=click.Choice(("auto", "analytic", "fd")), default="auto", show_default=True)
 @click.option("-o", "--out", type=click.Path(file_okay=False), help="Output folder. Default: next to the image.")
+@explainer_options
 @model_options
 def command(model, image, methods, steps, seed, target, layers, preset, device, gradients, out, **kwargs):
     """Check that each method's map depends on the model's weights (model randomization test)."""
