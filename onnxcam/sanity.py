@@ -31,16 +31,19 @@ PARAMETRIC = ("Conv", "ConvTranspose", "Gemm", "MatMul", "BatchNormalization", "
 STATISTICS = {"BatchNormalization": (3, 4)}  # running mean and variance: statistics, not weights
 STEPS = 10
 PASS_BELOW = 0.5  # a method depends on the model when the final correlation falls below this
+TOP_LAYER_WARN = 0.8  # ... but is hardly class-specific if re-initializing the logits layer leaves this much
 
 
 @dataclass
 class Step:
-    nodes: list  # names (or op types) of the nodes re-initialized at this step (not cumulative)
+    nodes: list  # names (or op type#index) of the nodes re-initialized at this step (not cumulative)
     initializers: list  # their initializers' names
+    ops: list  # the nodes' op types
 
     @property
     def label(self) -> str:
-        return self.nodes[0] if len(self.nodes) == 1 else f"{self.nodes[0]} .. {self.nodes[-1]} ({len(self.nodes)})"
+        """The node, or 'N layers down to <the last one>' (the one nearest the input)."""
+        return self.nodes[0] if len(self.nodes) == 1 else f"{len(self.nodes)} layers down to {self.nodes[-1]}"
 
 
 @dataclass
@@ -62,19 +65,31 @@ class SanityResult:
     def passed(self) -> bool:
         return self.final < PASS_BELOW
 
+    @property
+    def after_logits_layer(self) -> float | None:
+        """The correlation once only the logits layer (step 1) is re-initialized."""
+        value = self.correlations[1] if len(self.correlations) > 1 else None
+        return None if value is None or np.isnan(value) else float(value)
+
     def verdict(self) -> str:
         n = sum(len(s.nodes) for s in self.steps)
         if self.passed:
-            return (f"{self.method}: depends on the model: with all {n} layers re-initialized, the map's rank "
+            text = (f"{self.method}: depends on the model: with all {n} layers re-initialized, the map's rank "
                     f"correlation with the trained model's map falls to {self.final:.2f} (below {PASS_BELOW}: passes)")
-        return (f"{self.method}: does NOT depend much on the model: with all {n} layers re-initialized, the map's "
-                f"rank correlation with the trained model's map is still {self.final:.2f} (not below {PASS_BELOW}: "
-                "fails; the map shows the input more than what the model learned)")
+        else:
+            text = (f"{self.method}: does NOT depend much on the model: with all {n} layers re-initialized, the map's "
+                    f"rank correlation with the trained model's map is still {self.final:.2f} (not below "
+                    f"{PASS_BELOW}: fails; the map shows the input more than what the model learned)")
+        top = self.after_logits_layer
+        if top is not None and top >= TOP_LAYER_WARN and len(self.steps) > 1:
+            text += (f"; but re-initializing the logits layer ({self.steps[0].nodes[0]}) alone leaves it at {top:.2f}: "
+                     "the map hardly depends on what the top layer learned")
+        return text
 
 
 def parameter_groups(model: onnx.ModelProto) -> list:
-    """[(node name, [initializer names])] of the parametric nodes, logits end first; an initializer
-    shared by several nodes belongs to the one nearest the logits."""
+    """[(node name, op type, [initializer names])] of the parametric nodes, logits end first; an
+    initializer shared by several nodes belongs to the one nearest the logits."""
     floats = {t.name for t in model.graph.initializer
               if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
                                  onnx.TensorProto.BFLOAT16)}
@@ -86,7 +101,7 @@ def parameter_groups(model: onnx.ModelProto) -> list:
         names = [n for i, n in enumerate(node.input) if n in floats and n not in seen and i not in skip]
         if names:
             seen.update(names)
-            groups.append((node.name or f"{node.op_type}#{index}", names))
+            groups.append((node.name or f"{node.op_type}#{index}", node.op_type, names))
     return groups
 
 
@@ -100,10 +115,13 @@ def cascade(model: onnx.ModelProto, steps: int = STEPS) -> list:
         raise OnnxcamError("the randomization test needs at least 1 step")
     if len(groups) <= steps:
         blocks = [[g] for g in groups]
+    elif steps == 1:
+        blocks = [groups]
     else:
-        blocks = [[groups[0]]] + [list(b) for b in np.array_split(np.arange(1, len(groups)), steps - 1)]
-        blocks = [blocks[0]] + [[groups[i] for i in b] for b in blocks[1:]]
-    return [Step(nodes=[n for n, _ in b], initializers=[i for _, names in b for i in names]) for b in blocks]
+        rest = np.array_split(np.arange(1, len(groups)), steps - 1)  # contiguous, sizes differ by at most 1
+        blocks = [[groups[0]]] + [[groups[i] for i in chunk] for chunk in rest]
+    return [Step(nodes=[n for n, _, _ in b], initializers=[i for _, _, names in b for i in names],
+                 ops=[op for _, op, _ in b]) for b in blocks]
 
 
 def randomized(model: onnx.ModelProto, names, seed: int = 0) -> onnx.ModelProto:

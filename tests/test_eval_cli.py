@@ -134,9 +134,9 @@ def test_sanity_cli_on_the_shapes_model(images, tmp_path):
 def test_cascade_and_randomized_weights():
     proto = onnx.load(SHAPES)
     groups = sanity.parameter_groups(proto)
-    assert groups[0][0].endswith("Gemm") and len(groups) == 6  # the linear head, then 5 convolutions
+    assert [op for _, op, _ in groups] == ["Gemm"] + ["Conv"] * 5  # the linear head, then 5 convolutions
     plan = sanity.cascade(proto, 3)
-    assert [len(s.nodes) for s in plan] == [1, 3, 2]
+    assert [len(s.nodes) for s in plan] == [1, 3, 2] and plan[0].ops == ["Gemm"]
     assert sum(len(s.initializers) for s in plan) == 12  # weight and bias of each
     a = sanity.randomized(proto, plan[0].initializers, seed=5)
     b = sanity.randomized(proto, plan[0].initializers, seed=5)
@@ -149,3 +149,32 @@ def test_cascade_and_randomized_weights():
     weight = after[plan[0].initializers[0]]
     assert abs(weight.std() - before[plan[0].initializers[0]].std()) < 0.2 * before[plan[0].initializers[0]].std()
     assert a.SerializeToString() == b.SerializeToString()
+
+
+def test_read_boxes_matches_names_paths_and_single_boxes(tmp_path):
+    from onnxcam.cli.eval import expand_images, read_boxes
+
+    (tmp_path / "sub").mkdir()
+    for name in ("a.png", "b.jpg", "sub/c.png", "notes.txt"):
+        (tmp_path / name).write_bytes(b"x")
+    images = expand_images([str(tmp_path), str(tmp_path / "sub" / "c.png")])
+    assert [os.path.basename(p) for p in images] == ["a.png", "b.jpg", "c.png"]
+    (tmp_path / "boxes.json").write_text(json.dumps({"a.png": [1, 2, 3, 4], "sub/c.png": [[0, 0, 5, 5], [6, 6, 8, 9]],
+                                                     "b.jpg": []}))
+    found = read_boxes(str(tmp_path / "boxes.json"), images)
+    assert found == {images[0]: [(1, 2, 3, 4)], images[2]: [(0, 0, 5, 5), (6, 6, 8, 9)]}
+    coco = {"images": [{"id": 7, "file_name": "b.jpg"}], "annotations": [{"image_id": 7, "bbox": [10, 20, 5, 5]}]}
+    (tmp_path / "coco.json").write_text(json.dumps(coco))
+    assert read_boxes(str(tmp_path / "coco.json"), images) == {images[1]: [(10, 20, 15, 25)]}
+
+
+def test_sanity_tells_guided_backprop_apart_on_relu_layers(images, tmp_path):
+    """On a ReLU network guided backprop barely reacts to a re-initialized classifier (Adebayo et al.)."""
+    result = run("sanity", SHAPES, images / "shape_00000.png", "--method", "gradcam", "--method", "guided-backprop",
+                 "--steps", 2, "--out", tmp_path, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "shape_00000.sanity.json").read_text())["methods"]
+    assert report["gradcam"]["spearman"][1] < 0.5 < 0.8 < report["guided-backprop"]["spearman"][1]
+    assert "guided-backprop: depends on the model" in result.output
+    assert "the map hardly depends on what the top layer learned" in report["guided-backprop"]["verdict"]
+    assert "hardly" not in report["gradcam"]["verdict"]

@@ -82,7 +82,7 @@ def test_insertion_starts_blurred_and_ends_at_the_input():
 def test_box_mask_uses_pixel_centres():
     mask = metrics.box_mask([(1, 0, 3, 2)], (4, 5))
     assert mask.sum() == 4 and mask[0:2, 1:3].all()
-    half = metrics.box_mask([(0.6, 0.6, 2.4, 2.4)], (4, 4))  # centres 1.5 only... and 0.5 < 0.6: excluded
+    half = metrics.box_mask([(0.6, 0.6, 2.4, 2.4)], (4, 4))  # of the centres 0.5, 1.5, 2.5 only 1.5 is inside
     assert np.argwhere(half).tolist() == [[1, 1]]
 
 
@@ -95,12 +95,13 @@ def test_pointing_game_with_boxes_masks_and_tolerance():
     # distance from (30.5, 10.5) to the box (0, 0, 20, 20) is 10.5: a hit within 15 px, not within 10
     assert metrics.pointing_game(heat, [(0, 0, 20, 20)], tolerance=15)
     assert not metrics.pointing_game(heat, [(0, 0, 20, 20)], tolerance=10)
-    # a diagonal distance: box corner (20, 30), point (30.5, 10.5)? no: box below-left at (0, 20)-(24, 40)
+    # a diagonal distance: the box (0, 20, 24, 40) is below-left; its nearest corner (24, 20) is (6.5, 9.5) away
     assert metrics.point_in_boxes((30.5, 10.5), [(0, 20, 24, 40)], tolerance=np.hypot(6.5, 9.5) + 1e-9)
     assert not metrics.point_in_boxes((30.5, 10.5), [(0, 20, 24, 40)], tolerance=np.hypot(6.5, 9.5) - 1e-6)
     mask = np.zeros((40, 40), bool)
     mask[10, 36] = True  # centre (36.5, 10.5): 6 px away
-    assert metrics.pointing_game(heat, mask=mask, tolerance=6) and not metrics.pointing_game(heat, mask=mask, tolerance=5)
+    assert metrics.pointing_game(heat, mask=mask, tolerance=6)
+    assert not metrics.pointing_game(heat, mask=mask, tolerance=5)
     assert not metrics.pointing_game(heat, mask=np.zeros_like(mask))
 
 

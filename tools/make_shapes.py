@@ -157,32 +157,28 @@ def batch(seed: int, start: int, count: int, size: int = SIZE, clutter=None) -> 
 
 def kept_by_drop(model: str, samples: list) -> np.ndarray:
     """bool [n]: the model's probability of the true class is lower once the object is removed."""
-    from onnxcam import Explainer
-
-    ex = _explainer(model)
-    probs = _probabilities(ex, [s.image for s in samples] + [s.clean for s in samples])
+    probs = _probabilities(model, [s.image for s in samples] + [s.clean for s in samples])
     labels = np.array([s.label for s in samples])
     n = len(samples)
     return probs[np.arange(n), labels] > probs[n + np.arange(n), labels]
 
 
 @functools.cache
-def _explainer(model: str):
-    from onnxcam import Explainer
-
-    return Explainer(model, device="cpu")
-
-
-def _probabilities(ex, images: list) -> np.ndarray:
+def _model(path: str):
+    """(Explainer, an ONNX Runtime session that outputs the logits) for a model file."""
     import onnxruntime as ort
 
+    from onnxcam import Explainer
     from onnxcam.surgery import augment
 
-    if not hasattr(ex, "_shapes_session"):
-        ex._shapes_session = ort.InferenceSession(augment(ex.info, [], gradients=False).SerializeToString(),
-                                                  providers=["CPUExecutionProvider"])
-    x = ex.prepare(images)
-    z = ex._shapes_session.run([ex.info.logits_name], {ex.info.input_name: x})[0].astype(np.float64)
+    ex = Explainer(path, device="cpu")
+    model = augment(ex.info, [], gradients=False)
+    return ex, ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+def _probabilities(model: str, images: list) -> np.ndarray:
+    ex, session = _model(model)
+    z = session.run([ex.info.logits_name], {ex.info.input_name: ex.prepare(images)})[0].astype(np.float64)
     z = np.exp(z - z.max(axis=1, keepdims=True))
     return z / z.sum(axis=1, keepdims=True)
 

@@ -124,6 +124,11 @@ def export(net: nn.Module) -> onnx.ModelProto:
 
 
 def main():
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default=str(OUT), help=f"where to write the model (default: {OUT.relative_to(ROOT)})")
+    out = pathlib.Path(parser.parse_args().out).resolve()
     torch.manual_seed(SEED)
     np.random.seed(SEED)
     torch.set_num_threads(min(2, os.cpu_count() or 1))
@@ -153,15 +158,15 @@ def main():
             net.train()
 
     proto = export(net)
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(proto, str(OUT))
-    session = ort.InferenceSession(str(OUT), providers=["CPUExecutionProvider"])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(proto, str(out))
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     logits = np.concatenate([session.run(None, {"input": x_test[i:i + 256].numpy()})[0]
                              for i in range(0, TEST, 256)])
     with torch.no_grad():
         reference = torch.cat([net(x_test[i:i + 256]) for i in range(0, TEST, 256)]).numpy()
     onnx_accuracy = float((logits.argmax(1) == y_test.numpy()).mean())
-    print(f"wrote {OUT.relative_to(ROOT)} ({OUT.stat().st_size} bytes); ONNX Runtime vs torch max |diff| "
+    print(f"wrote {out} ({out.stat().st_size} bytes); ONNX Runtime vs torch max |diff| "
           f"{np.abs(logits - reference).max():.1e}; test accuracy (ONNX, {TEST} images, set {TEST_SEED}) "
           f"{onnx_accuracy:.1%}; {time.time() - t0:.0f} s in all")
 

@@ -142,8 +142,7 @@ def read_boxes(path: str, images: list) -> dict:
                 x, y, w, h = (float(v) for v in a["bbox"])
                 table[names[a["image_id"]]].append((x, y, x + w, y + h))
         elif isinstance(data, dict):
-            table = {k: [tuple(float(v) for v in b) for b in (v if v and isinstance(v[0], list) else [v] if v else [])]
-                     for k, v in data.items()}
+            table = {name: _box_list(value) for name, value in data.items()}
         else:
             raise ValueError("not a JSON object")
         for name, boxes in table.items():
@@ -162,6 +161,14 @@ def read_boxes(path: str, images: list) -> dict:
                 found[image] = by_key[key]
                 break
     return found
+
+
+def _box_list(value) -> list:
+    """[[x0, y0, x1, y1], ...] (or one box [x0, y0, x1, y1]) -> a list of float tuples."""
+    if not value:
+        return []
+    boxes = value if isinstance(value[0], (list, tuple)) else [value]
+    return [tuple(float(v) for v in b) for b in boxes]
 
 
 class Evaluation:

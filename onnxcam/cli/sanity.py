@@ -41,7 +41,7 @@ def command(model, image, methods, steps, seed, target, layers, preset, device, 
     from onnxcam.explainer import method_named
     from onnxcam.model import inspect_model, load_model
     from onnxcam.preprocess import load_image, load_tensor
-    from onnxcam.sanity import PARAMETRIC, cascade, randomization_test
+    from onnxcam.sanity import cascade, randomization_test
     from onnxcam.writer import json_bytes, png_bytes, write_files
 
     names = list(dict.fromkeys(method_named(m).name for m in methods))
@@ -57,8 +57,9 @@ def command(model, image, methods, steps, seed, target, layers, preset, device, 
     for name in layers or [None]:
         layer = info.resolve_layer(name)
         click.echo(f"layer     {layer.name}  {format_shape(layer.shape)}")
-    click.echo(f"steps     {len(plan)} cumulative re-initializations of {total} layers "
-               f"({'/'.join(PARAMETRIC)}), logits first, seed {seed}")
+    kinds = ", ".join(sorted({op for s in plan for op in s.ops}))
+    click.echo(f"steps     {len(plan)} cumulative re-initializations of {total} layers ({kinds}), "
+               f"logits first, seed {seed}")
 
     def progress(k, n):
         if sys.stderr.isatty():
@@ -69,11 +70,13 @@ def command(model, image, methods, steps, seed, target, layers, preset, device, 
     click.echo(f"class     {results[0].target}  {info.label(results[0].target)}")
     click.echo("")
     width = max(len(r.method) for r in results)
-    click.echo(f"{'step':>4}  {'re-initialized (cumulative)':44}" + "".join(f"  {r.method:>{width}}" for r in results))
     labels = ["none (the trained model)"] + [("" if k == 1 else "+ ") + s.label for k, s in enumerate(plan, 1)]
+    column = min(64, max(len("re-initialized (cumulative)"), *map(len, labels)))
+    heading = "".join(f"  {r.method:>{width}}" for r in results)
+    click.echo(f"{'step':>4}  {'re-initialized (cumulative)':{column}}{heading}")
     for k, label in enumerate(labels):
         cells = "".join(f"  {_fmt(r.correlations[k]):>{width}}" for r in results)
-        click.echo(f"{k:>4}  {_short(label, 44):44}{cells}")
+        click.echo(f"{k:>4}  {_short(label, column):{column}}{cells}")
     click.echo("")
     for r in results:
         for k, why in r.errors.items():
