@@ -26,33 +26,26 @@ MAP_OUTPUT = "onnxcam/map"
 MIN_OPSET = 11  # Resize with half_pixel coordinates
 
 
-def _reduce(b: Builder, op: str, x, axes, keepdims=1):
-    """ReduceX over axes, in the attribute or input form this opset wants."""
-    if (op == "ReduceSum" and b.opset >= 13) or b.opset >= 18:
-        return b.op(op, x, b.const(np.array(axes, np.int64)), keepdims=keepdims)
-    return b.op(op, x, axes=list(axes), keepdims=keepdims)
-
-
 def _channel_weighted(b, weights, a):
     return b.op("Mul", weights, a)
 
 
 def _gradcam(b, a, g, ctx):
-    return _channel_weighted(b, _reduce(b, "ReduceMean", g, [2, 3]), a)
+    return _channel_weighted(b, b.reduce("ReduceMean", g, [2, 3]), a)
 
 
 def _xgradcam(b, a, g, ctx):
-    total = b.op("Add", _reduce(b, "ReduceSum", a, [2, 3]), b.const(1e-7))
-    return _channel_weighted(b, b.op("Div", _reduce(b, "ReduceSum", b.op("Mul", g, a), [2, 3]), total), a)
+    total = b.op("Add", b.reduce("ReduceSum", a, [2, 3]), b.const(1e-7))
+    return _channel_weighted(b, b.op("Div", b.reduce("ReduceSum", b.op("Mul", g, a), [2, 3]), total), a)
 
 
 def _gradcampp(b, a, g, ctx):
     g2 = b.op("Mul", g, g)
     g3 = b.op("Mul", g2, g)
     denominator = b.op("Add", b.op("Add", b.op("Mul", g2, b.const(2.0)),
-                                   b.op("Mul", _reduce(b, "ReduceSum", a, [2, 3]), g3)), b.const(1e-6))
+                                   b.op("Mul", b.reduce("ReduceSum", a, [2, 3]), g3)), b.const(1e-6))
     alpha = b.op("Where", b.op("Equal", g, b.const(0.0)), b.const(0.0), b.op("Div", g2, denominator))
-    return _channel_weighted(b, _reduce(b, "ReduceSum", b.op("Mul", b.op("Relu", g), alpha), [2, 3]), a)
+    return _channel_weighted(b, b.reduce("ReduceSum", b.op("Mul", b.op("Relu", g), alpha), [2, 3]), a)
 
 
 def _layercam(b, a, g, ctx):
@@ -94,7 +87,7 @@ def export(info: ModelInfo, layers: list, method: str = "gradcam", class_input: 
         if heads:
             ctx["head"] = heads[i]
         terms = TERMS[method](b, b.fwd(tensors[layer]), tensors[grad_name(layer)], ctx)
-        layer_map = b.op("Relu", _reduce(b, "ReduceSum", terms, [1]))  # [N, 1, h, w]
+        layer_map = b.op("Relu", b.reduce("ReduceSum", terms, [1]))  # [N, 1, h, w]
         sizes = b.op("Concat", b.op("Slice", b.op("Shape", layer_map), b.const(np.array([0], np.int64)),
                                     b.const(np.array([2], np.int64))),
                      b.const(np.array([h, w], np.int64)), axis=0)
@@ -115,8 +108,8 @@ def export(info: ModelInfo, layers: list, method: str = "gradcam", class_input: 
 
 def _normalize(b, x):
     """Per-image min-max over [1, h, w], with pytorch-grad-cam's 1e-7."""
-    shifted = b.op("Sub", x, _reduce(b, "ReduceMin", x, [1, 2, 3]))
-    return b.op("Div", shifted, b.op("Add", _reduce(b, "ReduceMax", shifted, [1, 2, 3]), b.const(1e-7)))
+    shifted = b.op("Sub", x, b.reduce("ReduceMin", x, [1, 2, 3]))
+    return b.op("Div", shifted, b.op("Add", b.reduce("ReduceMax", shifted, [1, 2, 3]), b.const(1e-7)))
 
 
 def _describe(model: onnx.ModelProto, info: ModelInfo, layers: list, method: str, class_input: str) -> None:
