@@ -18,6 +18,8 @@ import tempfile
 
 import onnxruntime as ort
 
+from onnxcam.runtime import with_options
+
 ENV = "ONNXCAM_CACHE_DIR"  # a folder, or "off" to disable
 
 
@@ -68,7 +70,7 @@ def load(path: str, providers: list):
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # optimized already
     try:
-        return ort.InferenceSession(path, options, providers=providers)
+        return ort.InferenceSession(path, options, providers=with_options(providers))
     except Exception:
         return None
 

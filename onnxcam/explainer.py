@@ -3,7 +3,9 @@
 An Explainer inspects the model once, then builds (lazily, once each) the
 ONNX Runtime sessions its methods need: the augmented model with gradients,
 the model with only the target layers exposed, or the head cut off at a
-layer (for finite differences and Ablation-CAM).
+layer (for finite differences and Ablation-CAM). On CUDA, the gradient CAMs
+that export.py can write as ONNX are computed in the graph, so activations and
+gradients stay on the GPU and only the small layer maps come back.
 """
 
 from __future__ import annotations
@@ -19,12 +21,14 @@ from onnxcam.finite_diff import channel_derivatives, quantization_step
 from onnxcam.head import linear_head_weights
 from onnxcam.methods import ALIASES, ELEMENTWISE, METHODS, SAMPLES, LayerData, projection
 from onnxcam.model import inspect_model, load_model
-from onnxcam.runtime import make_session, providers_for
+from onnxcam.export import MIN_OPSET, TERMS, layer_map_name, maps_model
+from onnxcam.runtime import CUDA, make_session, providers_for
 from onnxcam.surgery import CLASS_INPUT, SCORES, TARGET_OUTPUT, augment, cut_head, grad_name
 
 GRADIENT_MODES = ("auto", "analytic", "fd")
 # Test-time augmentation of pytorch-grad-cam's aug_smooth: horizontal flip x input scaled by these.
 AUG_FACTORS = (0.9, 1.0, 1.1)
+MAPS = "maps"  # session key tag of the in-graph map models
 BATCH_ROWS = 32  # rows per run for Score-CAM's masked inputs and Ablation-CAM's ablated heads
 # A normalized map whose maximum stays below this had a spread under the 1e-7 normalization floor: flat.
 FLAT = 0.5
@@ -62,11 +66,12 @@ class Explainer:
     to follow `device` ("auto" uses CUDA when it really starts, else CPU).
     gradients: "analytic" (backward rules), "fd" (central differences of the head;
     channel-weight methods only) or "auto" (analytic, falling back to fd when a
-    head op has no rule; `missing_rule` then says which).
+    head op has no rule; `missing_rule` then says which). maps_in_graph: compute the maps of the gradient
+    methods in export.TERMS inside the ONNX graph (default: on CUDA, where it saves copying A and dScore/dA to the host).
     """
 
     def __init__(self, model, layer=None, providers=None, *, device="auto", input_name=None, output_name=None,
-                 input_size=None, preprocess_preset=None, gradients="auto"):
+                 input_size=None, preprocess_preset=None, gradients="auto", maps_in_graph=None):
         proto = load_model(model) if isinstance(model, str) else model
         self.info = inspect_model(proto, input_name=input_name, output_name=output_name, input_size=input_size)
         names = layer if isinstance(layer, (list, tuple)) else [layer]
@@ -78,6 +83,7 @@ class Explainer:
         if gradients not in GRADIENT_MODES:
             raise OnnxcamError(f"unknown gradients mode '{gradients}'; choose one of {', '.join(GRADIENT_MODES)}")
         self.gradients = gradients
+        self.maps_in_graph = (self.providers[0] == CUDA) if maps_in_graph is None else bool(maps_in_graph)
         self.missing_rule = None  # set when 'auto' fell back to finite differences: why
         self._sessions = {}
         self._head_weights = {}
@@ -188,9 +194,14 @@ class Explainer:
         return first
 
     def _explain(self, tensor, classes, m, *, score, unit, eigen_smooth, samples, noise, seed) -> Explanation:
-        analytic = (m.gradients is not None or m.input_gradient is not None) and self._analytic(m)
+        in_graph = (self.maps_in_graph and m.name in TERMS and m.gradients and not eigen_smooth and self.gradients != "fd"
+                    and self.info.opset >= MIN_OPSET)
+        maps_key = (MAPS, m.name, score, unit) if in_graph else None
+        analytic = (m.gradients is not None or m.input_gradient is not None) and self._analytic(m, maps_key)
         if unit and not analytic:
             raise OnnxcamError(f"explaining a unit needs a gradient method with backward rules, not {m.name}")
+        if in_graph and analytic:
+            return self._explain_in_graph(tensor, classes, m, maps_key)
         key = _session_key(analytic and m.map is not None and m.gradients is not None, m.input_gradient, score, unit)
         outputs = self._run(key, tensor, classes)
         scores = outputs[self.info.logits_name].reshape(len(tensor), -1).astype(np.float32)
@@ -220,6 +231,18 @@ class Explainer:
             gradients=self.gradient_source(m.name), saliency=None if saliency is None else np.float32(saliency),
         )
 
+    def _explain_in_graph(self, tensor, classes, m, key) -> Explanation:
+        """The maps of one run of the in-graph map model: only logits, targets and [N, h, w] maps come back."""
+        outputs = self._run(key, tensor, classes)
+        scores = outputs[self.info.logits_name].reshape(len(tensor), -1).astype(np.float32)
+        _check_finite(scores, "class scores")
+        raw = [outputs[layer_map_name(layer)][:, 0] for layer in self.layers]
+        for layer, layer_map in zip(self.layers, raw):
+            _check_finite(layer_map, f"the map at '{layer}'")
+        maps = postprocess.combine([postprocess.scale_to(r, self.info.size) for r in raw])
+        return Explanation(maps=maps, raw=raw[0], targets=outputs[TARGET_OUTPUT].astype(np.int64), scores=scores,
+                           method=m.name, layers=self.layers, gradients=self.gradient_source(m.name))
+
     def _layer_map(self, m, layer, outputs, noisy, tensor, targets, scores, score, eigen_smooth):
         """One layer's map at layer resolution, after ReLU."""
         a = outputs[layer].astype(np.float32)
@@ -243,8 +266,9 @@ class Explainer:
             terms = projection(terms) if eigen_smooth else terms.sum(axis=1)
         return np.maximum(terms, 0).astype(np.float32)
 
-    def _analytic(self, m) -> bool:
-        """Whether this method's gradients come from backward rules; else from finite differences."""
+    def _analytic(self, m, key=None) -> bool:
+        """Whether this method's gradients come from backward rules; else from finite differences.
+        key: the session that will run (default: the augmented model the method needs)."""
         needs_rules = m.gradients in (ELEMENTWISE, SAMPLES) or m.input_gradient is not None
         if self.gradients == "fd" or (self.gradients == "auto" and self.missing_rule is not None):
             if needs_rules:
@@ -252,7 +276,7 @@ class Explainer:
                 raise OnnxcamError(f"method '{m.name}' needs gradients from backward rules: {why}")
             return False
         try:
-            self._session(_session_key(m.gradients is not None, m.input_gradient, "logit", None))
+            self._session(key or _session_key(m.gradients is not None, m.input_gradient, "logit", None))
         except UnsupportedOpError as error:
             if self.gradients == "analytic" or needs_rules:
                 raise
@@ -349,7 +373,7 @@ class Explainer:
         """Run the session for `key` = (layer gradients, input gradient, score, unit) on tensor."""
         session = self._session(key)
         names = [o.name for o in session.get_outputs()]
-        with_class = key[0] or key[1]  # sessions with gradients take the class (an overridable initializer)
+        with_class = key[0] or key[1]  # sessions with gradients (and MAPS) take the class (an overridable initializer)
         batch = self.info.input_shape[0] or len(tensor)  # a fixed batch size runs in chunks of it
         chunks = []
         for start in range(0, len(tensor), batch):
@@ -361,11 +385,16 @@ class Explainer:
 
     def _session(self, key):
         if key not in self._sessions:
-            layer_gradients, input_gradient, score, unit = key
-            self._sessions[key] = self._cached_session(key, lambda: augment(
-                self.info, self.layers, gradients=layer_gradients, input_gradient=input_gradient, score=score,
-                unit=unit))
+            self._sessions[key] = self._cached_session(key, lambda: self._surgery(key))
         return self._sessions[key]
+
+    def _surgery(self, key):
+        if key[0] == MAPS:
+            _, method, score, unit = key
+            return maps_model(self.info, self.layers, method, score, unit)
+        layer_gradients, input_gradient, score, unit = key
+        return augment(self.info, self.layers, gradients=layer_gradients, input_gradient=input_gradient,
+                       score=score, unit=unit)
 
     def _cached_session(self, key, build):
         """The session for `key` from the disk cache, else from build() (surgery), saved for next time."""

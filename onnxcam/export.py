@@ -76,18 +76,11 @@ def export(info: ModelInfo, layers: list, method: str = "gradcam", class_input: 
         raise OnnxcamError(f"class_input is 'optional' or 'required', not '{class_input}'")
     if info.opset < MIN_OPSET:
         raise ModelError(f"export needs opset {MIN_OPSET} or newer (bilinear Resize); the model is opset {info.opset}")
-    heads = [linear_head_weights(info, layer) for layer in layers] if method == "cam" else None
     graph = augmented_graph(info, layers, gradients=True)
-    tensors = graph.tensors()
     b = Builder(graph, info.opset, prefix="onnxcam/map")
-    ctx = {"target": tensors[TARGET_OUTPUT]}
     h, w = info.size
     scaled = []
-    for i, layer in enumerate(layers):
-        if heads:
-            ctx["head"] = heads[i]
-        terms = TERMS[method](b, b.fwd(tensors[layer]), tensors[grad_name(layer)], ctx)
-        layer_map = b.op("Relu", b.reduce("ReduceSum", terms, [1]))  # [N, 1, h, w]
+    for layer_map in layer_maps(b, graph.tensors(), info, layers, method):
         sizes = b.op("Concat", b.op("Slice", b.op("Shape", layer_map), b.const(np.array([0], np.int64)),
                                     b.const(np.array([2], np.int64))),
                      b.const(np.array([h, w], np.int64)), axis=0)
@@ -99,11 +92,44 @@ def export(info: ModelInfo, layers: list, method: str = "gradcam", class_input: 
     out = gs.Variable(MAP_OUTPUT, dtype=np.float32, shape=["N", h, w])
     graph.nodes.append(gs.Node("Identity", b.name("Identity"), {}, [heat], [out]))
     original = {o.name for o in info.model.graph.output}
-    graph.outputs = [o for o in graph.outputs if o.name in original] + [out, tensors[TARGET_OUTPUT]]
+    graph.outputs = [o for o in graph.outputs if o.name in original] + [out, graph.tensors()[TARGET_OUTPUT]]
     exported = finish(graph, info, class_default=class_input == "optional")
     _describe(exported, info, layers, method, class_input)
     onnx.checker.check_model(exported)
     return exported
+
+
+def layer_map_name(layer: str) -> str:
+    return f"onnxcam/map/{layer}"
+
+
+def maps_model(info: ModelInfo, layers: list, method: str, score: str = "logit", unit=None) -> onnx.ModelProto:
+    """The augmented model with each layer's map before scaling (`layer_map_name`, [N, 1, h, w]) as an
+    output in place of A and dScore/dA, besides the logits and the target class: on a GPU the activations
+    and gradients then stay on the device and only maps of h x w floats come back (Explainer's in-graph path)."""
+    graph = augmented_graph(info, layers, gradients=True, score=score, unit=unit)
+    tensors = graph.tensors()
+    b = Builder(graph, info.opset, prefix="onnxcam/map")
+    outputs = [tensors[info.logits_name], tensors[TARGET_OUTPUT]]
+    for layer, layer_map in zip(layers, layer_maps(b, tensors, info, layers, method)):
+        out = gs.Variable(layer_map_name(layer), dtype=np.float32, shape=["N", 1, None, None])
+        graph.nodes.append(gs.Node("Identity", b.name("Identity"), {}, [layer_map], [out]))
+        outputs.append(out)
+    graph.outputs = outputs
+    return finish(graph, info)
+
+
+def layer_maps(b: Builder, tensors: dict, info: ModelInfo, layers: list, method: str) -> list:
+    """Per layer, the method's map at layer resolution after ReLU, [N, 1, h, w], as nodes appended to an
+    augmented graph (with gradients) whose tensors are `tensors`."""
+    ctx = {"target": tensors[TARGET_OUTPUT]}
+    maps = []
+    for layer in layers:
+        if method == "cam":
+            ctx["head"] = linear_head_weights(info, layer)
+        terms = TERMS[method](b, b.fwd(tensors[layer]), tensors[grad_name(layer)], ctx)
+        maps.append(b.op("Relu", b.reduce("ReduceSum", terms, [1])))
+    return maps
 
 
 def _normalize(b, x):

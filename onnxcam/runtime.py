@@ -18,6 +18,9 @@ from onnxcam.errors import ModelError, OnnxcamError
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 DEVICES = ("auto", "cpu", "cuda")
+# cuDNN's exhaustive algorithm search (ORT's default) benchmarks every new input shape; onnxcam's runs vary
+# in batch (the last chunk of a folder, Score-CAM's and the finite differences' rows), so use its heuristic.
+PROVIDER_OPTIONS = {CUDA: {"cudnn_conv_algo_search": "HEURISTIC"}}
 
 ort.set_default_logger_severity(3)  # errors only: ORT's warnings are not the user's business
 
@@ -63,6 +66,11 @@ def providers_for(device: str) -> list:
     return [CPU]
 
 
+def with_options(providers: list) -> list:
+    """Provider names as ORT takes them, with onnxcam's options where it has some."""
+    return [(p, PROVIDER_OPTIONS[p]) if isinstance(p, str) and p in PROVIDER_OPTIONS else p for p in providers]
+
+
 def make_session(model: onnx.ModelProto, providers: list, save_to: str | None = None) -> ort.InferenceSession:
     """A session with every graph optimization; with save_to, ORT's optimized model also goes to the cache."""
     from onnxcam import cache
@@ -72,7 +80,7 @@ def make_session(model: onnx.ModelProto, providers: list, save_to: str | None = 
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     try:
-        session = ort.InferenceSession(model.SerializeToString(), options, providers=providers)
+        session = ort.InferenceSession(model.SerializeToString(), options, providers=with_options(providers))
     except Exception as exc:
         cache.discard(tmp)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -114,3 +114,41 @@ def test_several_layers_are_averaged(demo_explainer):
     expected = np.mean(singles, axis=0)
     expected = (expected - expected.min()) / (1e-7 + expected.max() - expected.min())
     assert np.abs(both.maps[0] - expected).max() < 1e-5
+
+
+# -- maps computed inside the graph (the CUDA path; pytorch-grad-cam parity in test_parity.py) ----------
+
+
+def test_maps_in_graph_by_default_on_cuda_only():
+    from onnxcam.runtime import CPU, CUDA
+
+    assert Explainer(DEMO, providers=[CUDA, CPU]).maps_in_graph
+    assert not Explainer(DEMO, device="cpu").maps_in_graph
+
+
+def test_maps_in_graph_return_only_the_maps():
+    """Activations and gradients stay inside the run: the session's outputs are logits, targets, and
+    one h x w map per layer; the explanation still equals the host path's, also for a unit seed."""
+    from onnxcam.export import layer_map_name
+    from onnxcam.surgery import TARGET_OUTPUT
+
+    layers = ["/_blocks.15/_project_conv/Conv_output_0", None]
+    host = Explainer(DEMO, layer=layers, device="cpu")
+    device = Explainer(DEMO, layer=layers, device="cpu", maps_in_graph=True)
+    for kwargs in ({}, {"target": 281, "score": "probability"}, {"unit": (host.layers[1], 5)}):
+        a, b = host.explain([CHELSEA, COFFEE], "gradcam++", **kwargs), device.explain([CHELSEA, COFFEE], "gradcam++", **kwargs)
+        np.testing.assert_array_equal(a.targets, b.targets)
+        assert np.abs(a.maps - b.maps).max() < 1e-5
+        assert np.abs(a.raw - b.raw).max() <= 1e-5 * np.abs(a.raw).max()  # raw maps are not normalized
+    (session,) = [s for key, s in device._sessions.items() if key[0] == "maps"][:1]
+    outputs = {o.name for o in session.get_outputs()}
+    assert outputs == {device.info.logits_name, TARGET_OUTPUT} | {layer_map_name(lay) for lay in device.layers}
+
+
+def test_maps_in_graph_leave_finite_differences_and_eigen_smooth_to_the_host():
+    ex = Explainer(DEMO, device="cpu", maps_in_graph=True, gradients="fd")
+    res = ex.explain(CHELSEA, "gradcam")
+    assert res.gradients == "finite differences" and not any(key[0] == "maps" for key in ex._sessions)
+    ex = Explainer(DEMO, device="cpu", maps_in_graph=True)
+    ex.explain(CHELSEA, "gradcam", eigen_smooth=True)
+    assert not any(key[0] == "maps" for key in ex._sessions)

@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 
 from onnxcam import Explainer
+from onnxcam.export import MIN_OPSET, TERMS
 from onnxcam.model import inspect_model, load_model
 from onnxcam.runtime import make_session
 from onnxcam.surgery import CLASS_INPUT, augment, grad_name
@@ -88,9 +89,10 @@ def model_path(name: str) -> str:
 
 
 @functools.cache
-def explainer(name: str, layers: tuple) -> Explainer:
+def explainer(name: str, layers: tuple, maps_in_graph: bool = False) -> Explainer:
     """Analytic gradients only: a finite-difference fallback would not be the parity being tested."""
-    return Explainer(model_path(name), layer=list(layers), device="cpu", gradients="analytic")
+    return Explainer(model_path(name), layer=list(layers), device="cpu", gradients="analytic",
+                     maps_in_graph=maps_in_graph)
 
 
 def split(key: str) -> tuple:
@@ -99,11 +101,11 @@ def split(key: str) -> tuple:
     return method, variant
 
 
-def explain(name: str, key: str, **options):
+def explain(name: str, key: str, maps_in_graph: bool = False, **options):
     fx = fixture(name)
     method, variant = split(key)
     layers = tuple(fx["layers2"] if variant == "layers2" else fx["layers"])
-    return explainer(name, layers).explain(fx["input"], method=method, target=fx["targets"],
+    return explainer(name, layers, maps_in_graph).explain(fx["input"], method=method, target=fx["targets"],
                                            aug_smooth=variant == "aug_smooth",
                                            eigen_smooth=variant == "eigen_smooth", **options)
 
@@ -123,10 +125,10 @@ def relative_to_max(got: np.ndarray, ref: np.ndarray) -> np.ndarray:
     return np.abs(np.float64(got) - ref) / scale.reshape((n,) + (1,) * (ref.ndim - 1))
 
 
-def differences(name: str, kind: str, key: str) -> np.ndarray:
+def differences(name: str, kind: str, key: str, maps_in_graph: bool = False) -> np.ndarray:
     """onnxcam vs pytorch-grad-cam, element by element: abs difference of the maps, or of the input
     gradients relative to the reference's max abs value."""
-    res = explain(name, key)
+    res = explain(name, key, maps_in_graph)
     ref = reference(name, kind, key)
     np.testing.assert_array_equal(res.targets, fixture(name)["targets"])
     got = res.maps if kind == "map" else res.saliency
@@ -165,6 +167,19 @@ def test_matches_pytorch_grad_cam(name, kind, key):
     if (name, key) in LOOSER:
         bulk = np.quantile(d, 0.999)
         assert bulk <= TOLERANCE, f"{name} {key}: 99.9th percentile of the difference {bulk:.2e}"
+
+
+def in_graph_cases() -> list:
+    """The maps the CUDA path computes inside the graph (export.TERMS with gradients), where fixtures have them."""
+    return [pytest.param(name, key, id=f"{name}-{key}") for name in networks() for kind, key in keys(name)
+            if kind == "map" and split(key)[0] in TERMS and split(key)[0] != "cam"
+            and split(key)[1] in ("", "layers2", "aug_smooth") and inspect_model(load_model(model_path(name))).opset >= MIN_OPSET]
+
+
+@pytest.mark.parametrize("name,key", in_graph_cases())
+def test_maps_in_graph_match_pytorch_grad_cam(name, key):
+    d = differences(name, "map", key, maps_in_graph=True)
+    assert d.max() <= tolerance(name, key), f"{name} {key} (in-graph maps): differs from pytorch-grad-cam by {d.max():.2e}"
 
 
 def test_fixtures_present():
