@@ -574,6 +574,32 @@ def _layer_norm(b, node, g):
     return grads
 
 
+@vjp("LRN")
+def _lrn(b, node, g):
+    """y = x d^-beta, d = bias + alpha/size * S(x^2), S the sum over channels c - (size-1)//2 .. c + size//2:
+    dx = g d^-beta - 2 alpha beta/size * x * S^T(g y / d). S^T sums the mirrored window (for even sizes
+    the two extents differ, so they swap)."""
+    x, y = b.fwd(node.inputs[0]), b.fwd(node.outputs[0])
+    size = int(node.attrs["size"])
+    alpha, beta, bias = (node.attrs.get(k, v) for k, v in (("alpha", 1e-4), ("beta", 0.75), ("bias", 1.0)))
+    rank, channels = len(node.inputs[0].shape), _static_dim(node, node.inputs[0].shape, 1)
+    below, above = (size - 1) // 2, size // 2
+    square_sum = _channel_window_sum(b, b.op("Mul", x, x), rank, channels, below, above)
+    d = b.op("Add", b.op("Mul", square_sum, b.const(alpha / size)), b.const(bias))
+    back = _channel_window_sum(b, b.op("Div", b.op("Mul", g[0], y), d), rank, channels, above, below)
+    cross = b.op("Mul", b.op("Mul", x, back), b.const(2.0 * alpha * beta / size))
+    return [b.op("Sub", b.op("Mul", g[0], b.op("Pow", d, b.const(-beta))), cross)]
+
+
+def _channel_window_sum(b, t, rank, channels, below, above):
+    """s[:, c] = sum of t[:, c - below .. c + above] (channels outside count 0): a zero Pad on the channel
+    axis, one Slice per offset, one Sum. Exact float32 adds, valid at every opset."""
+    begins, ends = [0] * rank, [0] * rank
+    begins[1], ends[1] = below, above
+    padded = b.pad(t, begins, ends)
+    return b.op("Sum", *(b.slice(padded, [j], [j + channels], [1]) for j in range(below + above + 1)))
+
+
 # -- reductions with a selection -------------------------------------------------
 
 

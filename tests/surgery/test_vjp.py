@@ -72,15 +72,16 @@ def finite_difference_errors(head, a, g, classes, kinks, rng, eps=EPS):
     return errors
 
 
-def check_gradients(model, layers=("A",), kinks=(), seed=0, eps=EPS, batches=BATCHES):
-    """augment's dScore/dLayer vs finite differences at batch sizes 1 and 3; returns the worst relative error."""
+def check_gradients(model, layers=("A",), kinks=(), seed=0, eps=EPS, batches=BATCHES, runtime=session):
+    """augment's dScore/dLayer vs finite differences at batch sizes 1 and 3; returns the worst relative error.
+    `runtime` makes the sessions (model -> ORT session); it may rewrite the model first."""
     info = inspect_model(model)
     assert set(layers) <= {layer.name for layer in info.layers}, [layer.name for layer in info.layers]
-    original = session(model)
+    original = runtime(model)
     augmented_model = augment(info, list(layers))
     onnx.checker.check_model(augmented_model, full_check=True)  # every new node valid at the model's opset
-    augmented = session(augmented_model)
-    heads = {layer: session(cut_head(info, layer)) for layer in layers}
+    augmented = runtime(augmented_model)
+    heads = {layer: runtime(cut_head(info, layer)) for layer in layers}
     names = [o.name for o in augmented.get_outputs()]
     rng = np.random.default_rng(seed)
     worst = 0.0
@@ -596,6 +597,60 @@ ELEMENTWISE_CASES = [
     case("Mean-A,A^2", 7, lambda n: n.op("Mean", "A", n.op("Mul", "A", "A"))),
 ]
 
+LRN_VARIANTS = [  # (label, attributes, channels of a 1x1 conv before LRN (None: LRN on A's 4), scale of A)
+    ("size3-alpha1", dict(size=3, alpha=1.0), None, 1.0),
+    ("size5-alpha2-beta0.5-bias2", dict(size=5, alpha=2.0, beta=0.5, bias=2.0), None, 1.0),
+    ("size3-alpha3-beta0.9-9-channels", dict(size=3, alpha=3.0, beta=0.9), 9, 1.0),
+    ("size5-defaults-A-scale100", dict(size=5), 9, 100.0),  # default alpha 1e-4 matters only for large A (AlexNet)
+]
+LRN_EVEN_VARIANTS = [  # ORT runs odd sizes only: these run with LRN written out (test_lrn_even_size_...)
+    ("size2-alpha1.5-beta1-bias0.5", dict(size=2, alpha=1.5, beta=1.0, bias=0.5), None, 1.0),
+    ("size4-alpha3-beta0.9-9-channels", dict(size=4, alpha=3.0, beta=0.9), 9, 1.0),
+]
+
+
+def _lrn(attrs, channels):
+    """LRN on A, or on a 1x1 conv of A to more channels (windows that are clipped at both ends, and inner ones)."""
+
+    def body(n):
+        x = "A" if channels is None else _conv(channels, (1, 1), bias=False)(n)
+        return n.op("LRN", x, **attrs)
+
+    return body
+
+
+def _lrn_written_out(model):
+    """The model with each LRN node replaced by the spec's formula in standard ops, its output keeping its name:
+    y = x / (bias + alpha/size * square_sum)^beta, square_sum a 1x1 Conv of x^2 with the banded [C, C] matrix of
+    the spec's window c - floor((size-1)/2) .. c + ceil((size-1)/2) (built apart from the rule's Pad + Slice)."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    graph = onnx.shape_inference.infer_shapes(model).graph
+    shapes = {v.name: v.type.tensor_type.shape.dim for v in [*graph.input, *graph.value_info, *graph.output]}
+    nodes = []
+    for i, node in enumerate(model.graph.node):
+        if node.op_type != "LRN":
+            nodes.append(node)
+            continue
+        a = {attr.name: helper.get_attribute_value(attr) for attr in node.attribute}
+        size, alpha, beta, bias = a["size"], a.get("alpha", 1e-4), a.get("beta", 0.75), a.get("bias", 1.0)
+        k = np.arange(shapes[node.input[0]][1].dim_value)
+        band = (k[None] >= k[:, None] - np.floor((size - 1) / 2)) & (k[None] <= k[:, None] + np.ceil((size - 1) / 2))
+        x, y, p = node.input[0], node.output[0], f"lrn{i}_"
+        for name, value in (("band", band[:, :, None, None]), ("scale", alpha / size), ("bias", bias), ("beta", beta)):
+            model.graph.initializer.append(numpy_helper.from_array(np.asarray(value, np.float32), p + name))
+        nodes += [
+            helper.make_node("Mul", [x, x], [p + "square"]),
+            helper.make_node("Conv", [p + "square", p + "band"], [p + "sum"], kernel_shape=[1, 1]),
+            helper.make_node("Mul", [p + "sum", p + "scale"], [p + "scaled"]),
+            helper.make_node("Add", [p + "scaled", p + "bias"], [p + "d"]),
+            helper.make_node("Pow", [p + "d", p + "beta"], [p + "power"]),
+            helper.make_node("Div", [x, p + "power"], [y]),
+        ]
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return model
+
+
 NORMALIZATION_CASES = [
     *[case(f"Softmax-axis{a}", o, lambda n, a=a: softmax(n, "Softmax", "A", a)) for o in (13, 18) for a in (1, -1, 2)],
     case("Softmax-default-axis", 13, lambda n: softmax(n, "Softmax", "A", None)),
@@ -614,6 +669,7 @@ NORMALIZATION_CASES = [
     case("LayerNormalization-axis2", 18, lambda n: layer_norm(n, "A", axis=2)),
     case("LayerNormalization-scale-from-A", 17, lambda n: n.op("LayerNormalization", "A", n.op("Tanh", "A"))),
     case("LayerNorm-written-out-Pow-Sqrt", 13, lambda n: _layer_norm_decomposed(n, "A"), eps=1e-3),
+    *[case(f"LRN-{label}", o, _lrn(attrs, widen), a_scale=scale) for label, attrs, widen, scale in LRN_VARIANTS for o in (7, 13, 21)],
 ]
 
 
@@ -884,6 +940,26 @@ def test_negative_class_picks_the_top_class_in_the_graph():
     assert not np.allclose(run(other)[grad_name("A")], default[grad_name("A")])  # the class does matter
 
 
+@pytest.mark.parametrize("opset", [7, 13, 21])
+@pytest.mark.parametrize("label, attrs, widen, a_scale", [pytest.param(*v, id=v[0]) for v in LRN_EVEN_VARIANTS])
+def test_lrn_even_size_matches_finite_differences(opset, label, attrs, widen, a_scale):
+    """ONNX allows even LRN sizes (an asymmetric window: S^T swaps its extents), ORT's kernels do not
+    (size % 2 == 1). The rule's graph runs on ORT with the LRN node written out as the spec defines it."""
+    net = Net(opset, a_scale=a_scale)
+    model = classifier(net, _lrn(attrs, widen)(net))
+    check_gradients(model, runtime=lambda m: session(_lrn_written_out(m)))
+
+
+@pytest.mark.parametrize("size", [3, 5])
+def test_lrn_written_out_matches_onnxruntime(size):
+    """The written-out LRN above is ORT's LRN where ORT has one (odd sizes)."""
+    net = Net(13)
+    model = classifier(net, _lrn(dict(size=size, alpha=2.0, beta=0.6, bias=1.5), 9)(net))
+    x = np.random.default_rng(0).normal(size=(3, *IN_SHAPE)).astype(np.float32)
+    expected, written_out = (session(m).run(None, {"x": x})[0] for m in (model, _lrn_written_out(model)))
+    np.testing.assert_allclose(written_out, expected, rtol=1e-5, atol=1e-6)
+
+
 # -- selections with exact ties, sizes-driven Resize, refusals ---------------------------------
 
 
@@ -998,6 +1074,7 @@ HALF_CASES = [
         "Gelu-tanh-opset20", "Where-A>0.1,2A,Sigmoid(A)-opset16", "ReduceMax-axes2,3-keepdims-0-opset18",
         "Split-1,2,1-middle-unused-opset13", "Elu-default-opset7", "Mish-opset18", "ReduceL2-axes2,3-opset18",
         "GlobalMaxPool-opset13", "Expand-GAP(A)-to-1CHW-opset13", "Tile-1,2,1,3-opset13", "Sum-A,Tanh(A),c-opset13",
+        "LRN-size5-alpha2-beta0.5-bias2-opset13",
     }
 ]
 
