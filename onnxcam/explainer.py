@@ -85,6 +85,9 @@ class Explainer:
         self.gradients = gradients
         self.maps_in_graph = (self.providers[0] == CUDA) if maps_in_graph is None else bool(maps_in_graph)
         self.missing_rule = None  # set when 'auto' fell back to finite differences: why
+        # progress(what, done, total): called by the loops of many runs (Score-CAM's masked inputs,
+        # Ablation-CAM's ablated heads, finite differences, noisy samples), e.g. to drive a progress bar.
+        self.progress = None
         self._sessions = {}
         self._head_weights = {}
         self._quantization_step = None  # the smallest useful finite-difference step (QDQ models), once known
@@ -291,9 +294,10 @@ class Explainer:
         rng = np.random.default_rng(seed)
         spread = noise * (tensor.max(axis=(1, 2, 3), keepdims=True) - tensor.min(axis=(1, 2, 3), keepdims=True))
         runs = []
-        for _ in range(samples):
+        for i in range(samples):
             noisy = (tensor + rng.standard_normal(tensor.shape) * spread).astype(tensor.dtype)
             runs.append(self._run(key, noisy, targets))
+            self._report("noisy samples", i + 1, samples)
         return runs
 
     def _finite_differences(self, layer, activations, targets, tensor, score):
@@ -302,7 +306,9 @@ class Explainer:
             self._quantization_step = 2 * quantization_step(self.info.model)
         floor = self._quantization_step
         return lambda pattern: channel_derivatives(head, layer, activations, pattern, targets, extra,
-                                                   score_of=lambda z, c: _score_of(z, c, score), min_step=floor)
+                                                   score_of=lambda z, c: _score_of(z, c, score), min_step=floor,
+                                                   progress=lambda done, total: self._report(
+                                                       "finite differences", done, total))
 
     def _masked_scores(self, tensor, activations, targets, score) -> np.ndarray:
         """Score-CAM: [N, K] scores of the model on x * (min-max normalized, upsampled A_k)."""
@@ -317,6 +323,7 @@ class Explainer:
                 rows = tensor[i:i + 1] * (m[:, None] if self.info.layout == "NCHW" else m[:, :, :, None])
                 logits = self._run(_session_key(False, None), rows.astype(tensor.dtype), None)[self.info.logits_name]
                 out[i, start:start + len(m)] = _score_of(logits.reshape(len(m), -1), np.full(len(m), targets[i]), score)
+                self._report("masked inputs", i * k + start + len(m), n * k)
         return out
 
     def _ablated_scores(self, layer, activations, tensor, targets, score) -> np.ndarray:
@@ -336,7 +343,12 @@ class Explainer:
                 feeds.update({name: np.repeat(v[i:i + 1], len(channels), axis=0) for name, v in (extra or {}).items()})
                 logits = head.run([logits_name], feeds)[0].reshape(len(channels), -1)
                 out[i, channels] = _score_of(logits, np.full(len(channels), targets[i]), score)
+                self._report("ablated channels", i * k + channels[-1] + 1, n * k)
         return out
+
+    def _report(self, what: str, done: int, total: int) -> None:
+        if self.progress is not None:
+            self.progress(what, done, total)
 
     def _head(self, layer, tensor):
         """The session of the head cut off at `layer`, and the image feed if the head still needs it."""

@@ -30,13 +30,14 @@ def quantization_step(model) -> float:
 
 
 def channel_derivatives(head, layer: str, activations: np.ndarray, pattern: np.ndarray, classes: np.ndarray,
-                        extra_feeds: dict | None, score_of, min_step: float = 0.0) -> np.ndarray:
+                        extra_feeds: dict | None, score_of, min_step: float = 0.0, progress=None) -> np.ndarray:
     """[N, K]: d score_n / d eps along `pattern` restricted to each channel, by central differences.
 
     head: an ORT session of the cut-off head (input `layer`, output the logits).
     extra_feeds: other head inputs (the image, when the head still needs it), batch-first.
     score_of: (logits [rows, C], classes [rows]) -> scores [rows].
     min_step: a floor for the step (quantized heads: above their quantization step).
+    progress: None or (channels done, channels in all) -> None, after each head run.
     """
     n, k = activations.shape[:2]
     out = np.zeros((n, k), np.float64)
@@ -57,4 +58,6 @@ def channel_derivatives(head, layer: str, activations: np.ndarray, pattern: np.n
             logits = head.run([logits_name], feeds)[0].reshape(len(rows), -1)
             scores = score_of(logits, np.full(len(rows), classes[i])).astype(np.float64)
             out[i, start:start + len(channels)] = (scores[0::2] - scores[1::2]) / (2 * eps)
+            if progress is not None:
+                progress(i * k + start + len(channels), n * k)
     return out.astype(np.float32)

@@ -181,3 +181,40 @@ def test_a_folder_in_batches_equals_images_one_by_one(tmp_path):
     empty.mkdir()
     result = run("run", DEMO, empty)
     assert result.exit_code == 4 and "no images in the folder" in result.stderr
+
+
+def test_progress_names_the_many_run_loop_on_a_terminal(tmp_path, monkeypatch):
+    """On a terminal, even one image gets a bar once Score-CAM's masked-input runs start, and the bar
+    counts them up to all K channels; off a terminal (this runner's default) nothing is drawn."""
+    import onnxcam.cli.run as run_module
+
+    model = os.path.join(ROOT, "models", "zoo", "resnet.onnx")
+    quiet = run("run", model, CHELSEA, "-m", "scorecam", "-o", tmp_path / "a")
+    assert quiet.exit_code == 0, quiet.output
+    assert "masked inputs" not in quiet.stderr
+    monkeypatch.setattr(run_module, "_is_terminal", lambda stream: True)
+    shown = run("run", model, CHELSEA, "-m", "scorecam", "-o", tmp_path / "b")
+    assert shown.exit_code == 0, shown.output
+    from onnxcam.model import inspect_model, load_model
+
+    channels = inspect_model(load_model(model)).auto_layer.shape[1]
+    assert f"explaining [masked inputs {channels}/{channels}]" in shown.stderr
+
+
+def test_explainer_reports_each_many_run_loop():
+    from onnxcam import Explainer
+
+    ex = Explainer(os.path.join(ROOT, "models", "zoo", "resnet.onnx"), device="cpu")
+    calls = []
+    ex.progress = lambda what, done, total: calls.append((what, done, total))
+    ex.explain([CHELSEA, CHELSEA], "scorecam")
+    ex.explain(CHELSEA, "ablationcam")
+    ex.explain(CHELSEA, "smoothgrad", samples=3)
+    Explainer(ex.info.model, device="cpu", gradients="fd").explain(CHELSEA, "gradcam")  # no callback set: silent
+    ex.gradients = "fd"
+    ex.explain(CHELSEA, "xgradcam")
+    k = ex.info.auto_layer.shape[1]
+    for what, total in (("masked inputs", 2 * k), ("ablated channels", k), ("noisy samples", 3),
+                        ("finite differences", k)):
+        done = [d for w, d, t in calls if w == what]
+        assert done == sorted(done) and done[-1] == total and {t for w, _, t in calls if w == what} == {total}, what

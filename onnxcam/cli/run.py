@@ -85,7 +85,8 @@ def command(model, images, method, methods, layers, target, labels, device, grad
         why = f" ({ex.missing_rule})" if ex.missing_rule and source == "finite differences" else ""
         click.echo(f"method    {name}" + (f"  gradients {source}{why}" if source else ""))
     failures = []
-    with _progress(len(images)) as bar:
+    with _Progress(len(images)) as bar:
+        ex.progress = bar.report
         for start in range(0, len(images), batch_size):
             chunk = images[start:start + batch_size]
             try:
@@ -109,19 +110,51 @@ def command(model, images, method, methods, layers, target, labels, device, grad
         raise click.ClickException(f"{len(failures)} of {len(images)} images failed: {summary}")
 
 
-def _progress(count: int):
-    """A progress bar on stderr for batches of several images, only when stderr is a terminal."""
-    import contextlib
-    import sys
+class _Progress:
+    """click's progress bar on stderr (a terminal only) over the images, its label naming the many-run loop
+    under way inside a batch (Score-CAM's masked inputs, finite differences...). One image gets a bar only
+    when such a loop reports."""
 
-    if count > 1 and sys.stderr.isatty():
-        return click.progressbar(length=count, label="explaining", file=sys.stderr)
-    return contextlib.nullcontext(_NoBar())
+    LABEL = "explaining"
+
+    def __init__(self, count: int):
+        import sys
+
+        self.count, self.done, self.bar = count, 0, None
+        self.enabled = _is_terminal(sys.stderr)
+        if count > 1:
+            self._open()
+
+    def _open(self):
+        import sys
+
+        if self.enabled and self.bar is None:
+            self.bar = click.progressbar(length=self.count, label=self.LABEL, file=sys.stderr)
+            self.bar.__enter__()
+            self.bar.update(self.done)
+
+    def update(self, n: int):
+        self.done += n
+        if self.bar is not None:
+            self.bar.label = self.LABEL
+            self.bar.update(n)
+
+    def report(self, what: str, done: int, total: int):
+        self._open()
+        if self.bar is not None:
+            self.bar.label = f"{self.LABEL} [{what} {done}/{total}]"
+            self.bar.render_progress()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
 
 
-class _NoBar:
-    def update(self, _):
-        pass
+def _is_terminal(stream) -> bool:
+    return stream.isatty()
 
 
 def _expand(paths) -> list:
