@@ -123,6 +123,22 @@ def test_batch_goes_on_past_a_bad_image(tmp_path):
     assert "1 of 2 images failed" in result.stderr and "bad.png: not a readable image" in result.stderr
 
 
+def test_a_failed_write_fails_that_image_only(tmp_path):
+    """Outputs are written in the background while the next batch is explained: a write that fails
+    there (the overlay's path is taken by a folder) is reported for its image, and the rest go on."""
+    images = tmp_path / "in"
+    images.mkdir()
+    for name in ("a", "b", "c"):
+        shutil.copy(CHELSEA, images / f"{name}.png")
+    (tmp_path / "out" / "b.gradcam.png").mkdir(parents=True)
+    result = run("run", DEMO, images, "--out", tmp_path / "out", "-b", "1")
+    assert result.exit_code == 1, result.output
+    assert sorted(os.listdir(tmp_path / "out")) == ["a.gradcam.png", "b.gradcam.png", "c.gradcam.png"]
+    assert os.path.isdir(tmp_path / "out" / "b.gradcam.png")
+    assert "1 of 3 images failed" in result.stderr and "b.png: " in result.stderr
+    assert result.output.index("a.png") < result.output.index("c.png")  # reports keep their order
+
+
 def test_readme_example_runs_as_a_console_script(tmp_path):
     """The README's first example, through the installed entry point: no traceback, files written."""
     cmd = [sys.executable, "-m", "onnxcam", "run", "models/efficientnet_lite0.onnx", "examples/chelsea.png",

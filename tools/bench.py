@@ -3,6 +3,7 @@
     python tools/bench.py                               # demo model, CPU, batch 1 and 16
     python tools/bench.py --model resnet50 --batches 1  # full-width ResNet-50 (built by tools/resnet50.py)
     python tools/bench.py --device cuda --torch         # also pytorch-grad-cam on the same weights
+    python tools/bench.py --batches 1 --folder 256      # also `onnxcam run DIR` vs plain batched forward
 
 Prints medians of repeated runs in one process and ratios: method / plain forward, and
 pytorch-grad-cam / onnxcam. Calls are interleaved round by round so that drifts in machine
@@ -81,11 +82,17 @@ def main():
     parser.add_argument("--methods", default=",".join(FAST))
     parser.add_argument("--slow", action="store_true", help="also Ablation-CAM and Score-CAM (batch 1, once)")
     parser.add_argument("--torch", action="store_true", help="also pytorch-grad-cam (needs torch and grad-cam)")
+    parser.add_argument("--maps-in-graph", choices=("auto", "yes", "no"), default="auto",
+                        help="compute gradient CAMs inside the graph (default: on CUDA only)")
+    parser.add_argument("--folder", type=int, default=0, metavar="N",
+                        help="also time `onnxcam run DIR` (Grad-CAM, batch 16) on N images against decoding, "
+                             "preprocessing and a plain batched forward of the same images")
     args = parser.parse_args()
 
     path = model_path(args.model)
     t0 = time.perf_counter()
-    ex = Explainer(path, device=args.device)
+    in_graph = {"auto": None, "yes": True, "no": False}[args.maps_in_graph]
+    ex = Explainer(path, device=args.device, maps_in_graph=in_graph)
     inspect_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     model = augment(ex.info, ex.layers)
@@ -95,7 +102,8 @@ def main():
     session_s = time.perf_counter() - t0
     plain = make_session(ex.info.model, ex.providers)
     methods = args.methods.split(",")
-    print(f"model {os.path.basename(path)}  provider {ex.provider}  layer {ex.layers[0]}  cores {os.cpu_count()}")
+    print(f"model {os.path.basename(path)}  provider {ex.provider}  layer {ex.layers[0]}  cores {os.cpu_count()}  "
+          f"maps in graph {ex.maps_in_graph}")
     print(f"inspect {inspect_s:.2f} s   surgery {surgery_s:.2f} s   gradient session {session_s:.2f} s")
 
     image = ex.prepare(args.image)
@@ -122,7 +130,10 @@ def main():
             ex.explain(image, method=m)
             print(f"\n{m}, batch 1, once: {time.perf_counter() - t0:.2f} s")
         if args.torch:
-            print(f"pytorch-grad-cam scorecam (batch size 32), batch 1, once: {torch_scorecam(args.model, image):.2f} s")
+            for m in SLOW:
+                print(f"pytorch-grad-cam {m} (batch size 32), batch 1, once: {torch_slow(args.model, m, image):.2f} s")
+    if args.folder:
+        folder_throughput(path, args.image, args.folder, args.device)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"\npeak memory (max RSS) {peak:.0f} MB")
 
@@ -133,7 +144,7 @@ def torch_contenders(model_name: str, x: np.ndarray) -> dict:
     from make_parity_fixtures import _stub_torchvision
 
     _stub_torchvision()  # pytorch-grad-cam imports torchvision, which does not import beside CPU torch
-    from pytorch_grad_cam import GradCAM, ScoreCAM
+    from pytorch_grad_cam import GradCAM
 
     torch.set_num_threads(os.cpu_count())
     net, layer = torch_twin(model_name)
@@ -145,20 +156,72 @@ def torch_contenders(model_name: str, x: np.ndarray) -> dict:
     return {"pytorch-grad-cam (gradcam)": lambda: gradcam(input_tensor=tensor, targets=None)}
 
 
-def torch_scorecam(model_name: str, x: np.ndarray) -> float:
-    """Seconds for one pytorch-grad-cam Score-CAM of x (batch 1)."""
+def torch_slow(model_name: str, method: str, x: np.ndarray) -> float:
+    """Seconds for one pytorch-grad-cam Score-CAM or Ablation-CAM of x (batch 1), 32 rows per run as onnxcam."""
     import torch
     from make_parity_fixtures import _stub_torchvision
 
     _stub_torchvision()
-    from pytorch_grad_cam import ScoreCAM
+    from pytorch_grad_cam import AblationCAM, ScoreCAM
 
     net, layer = torch_twin(model_name)
-    cam = ScoreCAM(model=net, target_layers=[layer])
+    if net is None:
+        return float("nan")
+    cam = {"scorecam": ScoreCAM, "ablationcam": AblationCAM}[method](model=net, target_layers=[layer])
     cam.batch_size = 32
     t0 = time.perf_counter()
     cam(input_tensor=torch.from_numpy(x), targets=None)
     return time.perf_counter() - t0
+
+
+def folder_throughput(path: str, image: str, count: int, device: str) -> None:
+    """Images per second of `onnxcam run DIR -b 16` (Grad-CAM: decode, explain, overlay PNG written) against
+    decoding, preprocessing and a plain batched forward of the same files, both in this process with the
+    sessions already built (the CLI's own maps-in-graph default); and the wall time of the command in a fresh process (imports and setup included)."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    import cv2
+    from click.testing import CliRunner
+
+    from onnxcam.cli import main as cli
+    from onnxcam.preprocess import load_image
+
+    tmp = tempfile.mkdtemp(prefix="onnxcam-bench-")
+    try:
+        folder, out = os.path.join(tmp, "images"), os.path.join(tmp, "out")
+        os.makedirs(folder)
+        rgb = load_image(image)
+        for i in range(count):  # distinct files: shifted crops, alternately flipped
+            shifted = np.roll(rgb, (i * 7) % rgb.shape[0], axis=0)
+            cv2.imwrite(os.path.join(folder, f"{i:05d}.png"), cv2.cvtColor(shifted[:, ::-1] if i % 2 else shifted,
+                                                                           cv2.COLOR_RGB2BGR))
+        files = sorted(os.path.join(folder, f) for f in os.listdir(folder))
+        ex = Explainer(path, device=device)
+        plain = make_session(ex.info.model, ex.providers)
+
+        def forward_all():
+            for start in range(0, len(files), 16):
+                x = ex.prepare([load_image(f) for f in files[start:start + 16]])
+                plain.run(None, {ex.info.input_name: x})
+
+        args = ["run", path, folder, "-b", "16", "-o", out, "--device", device]
+        def run_all():
+            result = CliRunner().invoke(cli, args)
+            assert result.exit_code == 0, result.output
+
+        times = interleaved_medians({"forward": forward_all, "run": run_all}, 3, 1)  # warm-up fills the cache
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "onnxcam", *args], check=True, capture_output=True)
+        wall = time.perf_counter() - t0
+        print(f"\nfolder of {count} images, batch 16 (median of 3, in process)")
+        print(f"  decode + preprocess + plain forward  {count / times['forward']:7.1f} images/s")
+        print(f"  onnxcam run DIR (gradcam, overlays)  {count / times['run']:7.1f} images/s   "
+              f"{times['forward'] / times['run']:.0%} of the plain forward's throughput")
+        print(f"  onnxcam run DIR in a fresh process   {count / wall:7.1f} images/s   ({wall:.2f} s wall)")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

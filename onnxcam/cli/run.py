@@ -1,7 +1,9 @@
 """`onnxcam run MODEL IMAGE...`: predict, explain, and write overlays (and .npy / .json on request).
 
 Each image is fully explained in memory first and its files written after,
-atomically, so a failure leaves no partial output for that image.
+atomically, so a failure leaves no partial output for that image. A batch's
+pictures are drawn, encoded and written on a background thread while the next
+batch is explained.
 """
 
 from __future__ import annotations
@@ -85,8 +87,9 @@ def command(model, images, method, methods, layers, target, labels, device, grad
         why = f" ({ex.missing_rule})" if ex.missing_rule and source == "finite differences" else ""
         click.echo(f"method    {name}" + (f"  gradients {source}{why}" if source else ""))
     failures = []
-    with _Progress(len(images)) as bar:
+    with _Progress(len(images)) as bar, _Writer() as writer:
         ex.progress = bar.report
+        job.writer = writer
         for start in range(0, len(images), batch_size):
             chunk = images[start:start + batch_size]
             try:
@@ -101,6 +104,8 @@ def command(model, images, method, methods, layers, target, labels, device, grad
                     raise
                 failures += job.run_each(chunk)
             bar.update(len(chunk))
+        writer.wait()
+        failures += writer.failures
     for image, error in failures:
         if len(images) == 1:
             raise error
@@ -157,6 +162,35 @@ def _is_terminal(stream) -> bool:
     return stream.isatty()
 
 
+class _Writer:
+    """One batch's reports (overlays drawn, PNGs encoded, files written, lines printed) run on a background
+    thread while the caller explains the next batch, so encoding overlaps ONNX Runtime. At most one batch
+    waits, which bounds memory; reports keep their order. On Ctrl-C the batch under way is finished."""
+
+    def __init__(self):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.pool = ThreadPoolExecutor(max_workers=1)
+        self.pending = None
+        self.failures = []  # (image, error) of images whose outputs could not be written
+
+    def submit(self, report):
+        """Run report() -> [(image, error)] once the previous batch's report is done."""
+        self.wait()
+        self.pending = self.pool.submit(report)
+
+    def wait(self):
+        if self.pending is not None:
+            pending, self.pending = self.pending, None
+            self.failures += pending.result()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.pool.shutdown(wait=True)
+
+
 def _expand(paths) -> list:
     """Image arguments with folders replaced by their image files (sorted, not recursive)."""
     from onnxcam.errors import ImageError
@@ -182,6 +216,7 @@ class Job:
         self.opts = opts
         self.setup = 0.0
         self.inputs = set()  # real paths of every input of the run: no output may replace one
+        self.writer = None  # a _Writer to report in the background; None: report before returning
 
     def run(self, images) -> list:
         """Explain a batch of images in one run per (method, class); returns [(image, error)] for those that
@@ -214,11 +249,27 @@ class Job:
                    for m in self.methods for k, t in enumerate(targets)]
         units = self.ex.units(x, target=first.targets, count=self.opts["unit_count"]) if self.opts["unit_count"] else None
         seconds = (time.perf_counter() - t0) / len(loaded)
+        reports = []
         for i, (image, _, rgb) in enumerate(loaded):
             if rgb is None:  # a tensor input has no picture: colour the maps alone
                 rgb = np.zeros((*first.maps.shape[1:], 3), np.uint8)
             item_units = (units[0][i:i + 1], units[1][i:i + 1]) if units else None
-            self._report(image, _softmax(first.scores[i]), [r.item(i) for r in results], item_units, rgb, seconds)
+            reports.append((image, _softmax(first.scores[i]), [r.item(i) for r in results], item_units, rgb, seconds))
+        if self.writer is None:
+            return failures + self._report_all(reports)
+        self.writer.submit(lambda: self._report_all(reports))
+        return failures
+
+    def _report_all(self, reports) -> list:
+        """Report each image; returns [(image, error)] for those whose outputs could not be written."""
+        from onnxcam.errors import OnnxcamError
+
+        failures = []
+        for report in reports:
+            try:
+                self._report(*report)
+            except OnnxcamError as error:
+                failures.append((report[0], error))
         return failures
 
     def run_each(self, images) -> list:
