@@ -24,11 +24,13 @@ class ImageError(OnnxcamError):
 
 
 class UnsupportedOpError(ModelError):
-    """An op between the target layer and the class score has no backward rule."""
+    """An op between the target layer and the class score has no backward rule (or not for its shapes).
+    reason: the short form, for the line that says why gradients fall back to finite differences."""
 
-    def __init__(self, message: str, op: str, node: str):
+    def __init__(self, message: str, op: str, node: str, reason: str | None = None):
         super().__init__(message)
         self.op, self.node = op, node
+        self.reason = reason or f"no backward rule for {op} (node '{node}')"
 
 
 class OutputError(OnnxcamError):

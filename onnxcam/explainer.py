@@ -283,7 +283,7 @@ class Explainer:
         except UnsupportedOpError as error:
             if self.gradients == "analytic" or needs_rules:
                 raise
-            self.missing_rule = f"no backward rule for {error.op} (node '{error.node}')"
+            self.missing_rule = error.reason
             return False
         return True
 

@@ -19,16 +19,37 @@ from onnx import external_data_helper, helper
 
 from onnxcam.errors import ModelError
 
-# Ops whose 4-D output is NCHW with the same spatial meaning as their first
-# 4-D input (or, for Conv-like ops, by definition). Transpose and Reshape break
-# the chain: after them, axes 2 and 3 need not be spatial.
+# Ops whose 4-D output is NCHW by definition.
 _NCHW_SOURCES = {"Conv", "ConvTranspose", "MaxPool", "AveragePool", "LpPool", "QLinearConv", "ConvInteger"}
+# Ops whose output index along every axis means what their input's does (elementwise ops, normalizations,
+# padding, resampling...): they keep its layout, NCHW or permuted. Not Reshape: after it, axes 2 and 3 need
+# not be spatial. Transpose permutes the layout, MatMul keeps it only over channels (see `_output_layout`).
 _NCHW_KEEPERS = {
     "Relu", "Clip", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Sigmoid", "HardSigmoid", "HardSwish",
     "Tanh", "Softplus", "Gelu", "Erf", "Mish", "BatchNormalization", "InstanceNormalization", "Add", "Sub",
     "Mul", "Div", "Concat", "Identity", "Dropout", "Pad", "Resize", "Upsample", "Cast",
-    "DequantizeLinear", "QuantizeLinear", "LRN", "Max", "Min", "Sum", "Split",
+    "DequantizeLinear", "QuantizeLinear", "LRN", "Max", "Min", "Sum", "Split", "LayerNormalization",
+    "QLinearAdd", "QLinearMul", "QLinearLeakyRelu", "QLinearSigmoid", "QLinearConcat", "QLinearAveragePool",
 }
+_IDENTITY = (0, 1, 2, 3)
+# Quantized (QOperator) ops compute QuantizeLinear(float op(DequantizeLinear(x, scale, zero point), ...)):
+# op -> (the float op, positions of the (x, scale, zero point) inputs (None: triples after the output's
+# two), positions of the output's (scale, zero point)).
+_QLINEAR = {
+    "QLinearConv": ("Conv", ((0, 1, 2), (3, 4, 5)), (6, 7)),
+    "QLinearMatMul": ("MatMul", ((0, 1, 2), (3, 4, 5)), (6, 7)),
+    "QLinearAdd": ("Add", ((0, 1, 2), (3, 4, 5)), (6, 7)),
+    "QLinearMul": ("Mul", ((0, 1, 2), (3, 4, 5)), (6, 7)),
+    "QLinearLeakyRelu": ("LeakyRelu", ((0, 1, 2),), (3, 4)),
+    "QLinearSigmoid": ("Sigmoid", ((0, 1, 2),), (3, 4)),
+    "QLinearSoftmax": ("Softmax", ((0, 1, 2),), (3, 4)),
+    "QLinearAveragePool": ("AveragePool", ((0, 1, 2),), (3, 4)),
+    "QLinearGlobalAveragePool": ("GlobalAveragePool", ((0, 1, 2),), (3, 4)),
+    "QLinearConcat": ("Concat", None, (0, 1)),
+    "QGemm": ("Gemm", ((0, 1, 2), (3, 4, 5)), (7, 8)),
+}
+# Ops that pick some of their integer input's values: the output keeps the input's scale and zero point.
+_QUANTIZATION_KEEPERS = {"MaxPool"}
 # Ops that turn logits into probabilities: seed the class score at their input.
 _PROBABILITY_OPS = {"Softmax", "LogSoftmax", "Sigmoid"}
 _PASS_THROUGH = {"Identity", "Reshape", "Flatten", "Squeeze"}
@@ -265,10 +286,7 @@ def inspect_model(
     output = _pick_output(model.graph, output_name)
     _drop_other_inputs(model, image_input.name, output)
     layout, shape = _pin_input_shape(image_input, input_size)
-    try:
-        model = onnx.shape_inference.infer_shapes(model, strict_mode=False)
-    except Exception as exc:
-        raise ModelError(f"shape inference failed on this model: {exc}".splitlines()[0]) from None
+    model = _infer_shapes(model)
 
     graph = model.graph
     producers = {out: node for node in graph.node for out in node.output}
@@ -283,7 +301,12 @@ def inspect_model(
         raise ModelError(f"the logits tensor '{logits}' has shape {logits_shape}; expected [N, classes] with a known class count")
 
     nchw_input = {image_input.name} if layout == "NCHW" else set()
-    layers = _candidate_layers(graph, shapes, producers, logits, nchw_input, _float_names(model))
+    constants = _constants(graph)
+    quantized = _quantized(graph, constants) if opset >= 10 else {}  # QuantizeLinear comes with opset 10
+    layouts = _layouts(graph, shapes, nchw_input, constants)
+    layers = _candidate_layers(graph, shapes, producers, logits, layouts, _float_names(model), quantized)
+    names = {layer.name for layer in layers}
+    _add_float_twins(model, {t: params for t, params in quantized.items() if _twin(t) in names}, constants)
     if not layers:
         raise ModelError(
             "no candidate target layer: no 4-D NCHW tensor with spatial size > 1 feeds the logits "
@@ -304,6 +327,64 @@ def inspect_model(
         labels=labels.split("\n") if labels else None,
         preprocess=meta.get("onnxcam.preprocess"),
     )
+
+
+def _infer_shapes(model) -> onnx.ModelProto:
+    """ONNX shape inference, with data propagation so that Resize sizes and Reshape shapes computed from Shape
+    ops are known (without it where it fails: it is the less tried part), and through the quantized ops that
+    ONNX does not know, spelled in standard ops while shapes are inferred (`_standard_spelling`)."""
+    spelled = _standard_spelling(model)
+    for data_prop in (True, False):
+        try:
+            inferred = onnx.shape_inference.infer_shapes(spelled, strict_mode=False, data_prop=data_prop)
+            break
+        except Exception as exc:  # InferenceError, or an internal error of the propagation
+            error = exc
+    else:
+        raise ModelError(f"shape inference failed on this model: {error}".splitlines()[0])
+    if spelled is model:
+        return inferred
+    names = {o for n in model.graph.node for o in n.output}
+    kept = [vi for vi in inferred.graph.value_info if vi.name in names]  # not the spelling's own tensors
+    del inferred.graph.node[:], inferred.graph.value_info[:]
+    inferred.graph.node.extend(model.graph.node)
+    inferred.graph.value_info.extend(kept)
+    return inferred
+
+
+def _standard_spelling(model) -> onnx.ModelProto:
+    """The model with each quantized op of another domain (com.microsoft QLinearAdd...) replaced by
+    DequantizeLinear -> its float op -> QuantizeLinear, which ONNX shape inference knows; the model itself
+    if it has none. For shapes and types only: ONNX Runtime runs the model as it is."""
+    if not any(n.op_type in _QLINEAR and n.domain not in ("", "ai.onnx") for n in model.graph.node):
+        return model
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    spelled = onnx.ModelProto.FromString(model.SerializeToString())
+    nodes = []
+    for node in spelled.graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if node.op_type not in _QLINEAR or node.domain in ("", "ai.onnx") or attrs.get("channels_last"):
+            nodes.append(node)
+            continue
+        op, triples, (scale, zero_point) = _QLINEAR[node.op_type]
+        triples = triples or [(i, i + 1, i + 2) for i in range(2, len(node.input), 3)]
+        out = node.output[0]
+        floats = [f"{out}/float_input{k}" for k in range(len(triples))]
+        nodes += [helper.make_node("DequantizeLinear", _args(node, triple), [f]) for triple, f in zip(triples, floats)]
+        known = onnx.defs.get_schema(op, opset).attributes
+        quantized = bool(_args(node, [scale])[0])  # QGemm without an output scale gives floats
+        y = f"{out}/float" if quantized else out
+        nodes.append(helper.make_node(op, floats, [y], **{k: v for k, v in attrs.items() if k in known}))
+        if quantized:
+            nodes.append(helper.make_node("QuantizeLinear", [y, *_args(node, [scale, zero_point])], [out]))
+    del spelled.graph.node[:]
+    spelled.graph.node.extend(nodes)
+    return spelled
+
+
+def _args(node, positions) -> list:
+    """The node's inputs at these positions, "" for optional ones left out."""
+    return [node.input[i] if i < len(node.input) else "" for i in positions]
 
 
 def _check_nodes(model) -> None:
@@ -508,18 +589,104 @@ def _float_names(model) -> set:
             if vi.type.tensor_type.elem_type in floats}
 
 
-def _candidate_layers(graph, shapes, producers, logits, nchw_input, floats):
+def _candidate_layers(graph, shapes, producers, logits, layouts, floats, quantized):
+    """NCHW tensors with spatial size > 1 that feed the logits: float ones, and the float twins of quantized ones."""
     ancestors = _ancestors(logits, producers)
-    nchw = set(nchw_input)
     layers = []
     for node in graph.node:
-        if node.op_type in _NCHW_SOURCES or (node.op_type in _NCHW_KEEPERS and any(i in nchw for i in node.input)):
-            nchw.update(node.output)
         out = node.output[0] if node.output else ""
         shape = shapes.get(out)
-        if out in nchw and out in floats and out in ancestors and shape and len(shape) == 4 and shape[2] and shape[3] and shape[2] * shape[3] > 1:
+        if layouts.get(out) != _IDENTITY or out not in ancestors or not (shape[2] and shape[3] and shape[2] * shape[3] > 1):
+            continue
+        if out in floats:
             layers.append(Layer(out, node.op_type, node.name, shape))
+        elif out in quantized:
+            layers.append(Layer(_twin(out), node.op_type, node.name, shape))
     return layers
+
+
+def _layouts(graph, shapes, nchw_input, constants) -> dict:
+    """name -> p for the 4-D tensors whose axes are known NCHW axes: axis i is NCHW axis p[i], so a tensor is
+    NCHW when p is the identity (NCHW -> Transpose(0, 2, 3, 1) -> NHWC ops -> Transpose(0, 3, 1, 2) is)."""
+    layouts = dict.fromkeys(nchw_input, _IDENTITY)
+    for node in graph.node:
+        p = _output_layout(node, layouts, constants)
+        if p is not None:
+            layouts.update((out, p) for out in node.output if len(shapes.get(out, ())) == 4)
+    return layouts
+
+
+def _output_layout(node, layouts, constants):
+    if node.op_type in _NCHW_SOURCES:
+        return _IDENTITY
+    if any(a.name == "channels_last" and a.i for a in node.attribute):  # QLinear pools: reads its input as NHWC
+        return None
+    known = {layouts[i] for i in node.input if i in layouts}
+    if len(known) != 1:  # no input with a layout, or inputs that disagree
+        return None
+    p = known.pop()
+    if node.op_type == "Transpose":
+        perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), [3, 2, 1, 0])
+        return tuple(p[i] for i in perm)
+    if node.op_type == "MatMul":  # x @ W mixes x's last axis: a layout survives only where that axis is C
+        weight = constants.get(node.input[1])
+        return p if node.input[0] in layouts and p[3] == 1 and weight is not None and len(weight.dims) == 2 else None
+    return p if node.op_type in _NCHW_KEEPERS else None
+
+
+def _constants(graph) -> dict:
+    """name -> TensorProto of the initializers and Constant node outputs."""
+    constants = {t.name: t for t in graph.initializer}
+    constants.update((n.output[0], a.t) for n in graph.node if n.op_type == "Constant"
+                     for a in n.attribute if a.name == "value")
+    return constants
+
+
+def _quantized(graph, constants) -> dict:
+    """Integer tensor -> its (scale, zero point) names, for outputs of quantized ops whose scale and zero point
+    are constant scalars: the tensor's float value is DequantizeLinear(tensor, scale, zero point)."""
+    found = {}
+    for node in graph.node:
+        if node.op_type in _QLINEAR:
+            params = _args(node, _QLINEAR[node.op_type][2])
+            if all(name in constants and _elements(constants[name]) == 1 for name in params):
+                found[node.output[0]] = tuple(params)
+        elif node.op_type in _QUANTIZATION_KEEPERS and node.input[0] in found:
+            found[node.output[0]] = found[node.input[0]]
+    return found
+
+
+def _twin(name: str) -> str:
+    """The float twin of quantized tensor `name` (see `_add_float_twins`)."""
+    return f"{name}/dequantized"
+
+
+def _add_float_twins(model, quantized: dict, constants: dict) -> None:
+    """Give each quantized tensor t a float twin, DequantizeLinear(t, scale, zero point), and feed t's consumers
+    QuantizeLinear(twin, scale, zero point) instead: an exact round trip, so the logits do not change, and the
+    twin is a float target layer that the head reads (where finite differences can step)."""
+    if not quantized:
+        return
+    graph = model.graph
+    infos = {vi.name: vi for vi in [*graph.value_info, *graph.output] if vi.name in quantized}
+    nodes, twins = [], []
+    for node in graph.node:
+        node = onnx.NodeProto.FromString(node.SerializeToString())
+        node.input[:] = [f"{name}/requantized" if name in quantized else name for name in node.input]
+        nodes.append(node)
+        for out in (o for o in node.output if o in quantized):
+            scale, zero_point = quantized[out]
+            requantized = f"{out}/requantized"
+            nodes += [helper.make_node("DequantizeLinear", [out, scale, zero_point], [_twin(out)], name=_twin(out)),
+                      helper.make_node("QuantizeLinear", [_twin(out), scale, zero_point], [requantized], name=requantized)]
+            for name, elem in ((_twin(out), constants[scale].data_type), (requantized, None)):
+                twin = onnx.ValueInfoProto.FromString(infos[out].SerializeToString())
+                twin.name = name
+                twin.type.tensor_type.elem_type = elem or twin.type.tensor_type.elem_type
+                twins.append(twin)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    graph.value_info.extend(twins)
 
 
 def _ancestors(name, producers) -> set:

@@ -3,10 +3,11 @@
 The zoo (built by tools/build_zoo.py, committed as ONNX files, so no torch here) holds
 small random-weight classifiers with the op patterns of ResNet, VGG, SqueezeNet,
 MobileNetV2/V3, EfficientNet, DenseNet, GoogLeNet, ShuffleNetV2, RegNet, ConvNeXt, a
-Keras-style NHWC graph, a Caffe2-era opset-7 graph, a float16 model and a QDQ-quantized
-ResNet. For each model, at the automatic layer and at one mid-network layer:
+Keras-style NHWC graph, a Caffe2-era opset-7 graph, a float16 model and a ResNet quantized
+twice (QDQ and QOperator formats). For each model, at the automatic layer and at one mid-network layer:
 dScore/dA agrees with finite differences of the cut-off head (tests/gradcheck.py), the augmented model keeps the
-logits, a batch of 8 gives the maps of the 8 single images, and `onnxcam run` works.
+logits, a batch of 8 gives the maps of the 8 single images, and `onnxcam run` works. The quantized
+models have no analytic gradient (see QUANTIZED): they are tested through the finite-difference path.
 
 Ops that have no backward rule yet make a test xfail with the op's name (run with -rx to
 list them); known onnxcam bugs are strict xfails that name the bug, so fixing one turns its
@@ -62,8 +63,9 @@ LAYERS = {
     # block output feeding the next bottleneck (grouped conv) and its identity shortcut
     "regnet": ("/trunk_output/trunk_output.3/trunk_output.3.0/activation/Relu_output_0",
                "/trunk_output/trunk_output.2/trunk_output.2.0/activation/Relu_output_0"),
-    # block output: the head has LayerNorm, MatMul, Erf GELU, layer scale, Transposes
-    "convnext": ("/features/features.7/features.7.0/Add_output_0", "/features/features.5/features.5.0/Add_output_0"),
+    # stage-1 block output: both its inputs (the stem's LayerNorm2d, the block's Linear/GELU branch) come back
+    # from NHWC through Transposes; the head has every later block and the LayerNorm2d downsamplers
+    "convnext": ("/features/features.7/features.7.0/Add_output_0", "/features/features.1/features.1.0/Add_output_0"),
     # the head has a ReLU in NHWC between two Transposes, then ReduceMean, MatMul + Add, Softmax
     "keras_nhwc": ("/block3/block3.3/Relu_output_0", "/block1/block1.3/Relu_output_0"),
     # the head has ReLU, LRN, MaxPool, Reshape [0, -1], Gemm, Dropout (a conv output, not a ReLU one:
@@ -72,6 +74,9 @@ LAYERS = {
     "fp16": ("/features/features.11/features.11.2/Clip_output_0", "/features/features.5/Add_output_0"),
     "resnet_qdq": ("/layer4/layer4.0/relu_1/Relu_output_0_DequantizeLinear_Output",
                    "/layer3/layer3.0/relu_1/Relu_output_0_DequantizeLinear_Output"),
+    # uint8 block outputs (ReLU absorbed into QLinearAdd), explained through their float twins
+    "resnet_qoperator": ("/layer4/layer4.0/Add_output_0_quantized/dequantized",
+                         "/layer3/layer3.0/Add_output_0_quantized/dequantized"),
 }
 MODELS = list(LAYERS)
 
@@ -82,21 +87,17 @@ GRAD_RTOL = 1e-3
 FP16_GRAD_RTOL = 2e-2
 MAP_ATOL = 1e-5
 
-QDQ_GRADIENT = (
-    "QuantizeLinear/DequantizeLinear have no backward rule (a straight-through rule is missing), "
+# Quantized models: integer tensors (QuantizeLinear outputs, QLinear* ops) lie between every layer and the
+# logits, so no backward rule reaches the layers and Grad-CAM takes its channel weights from finite differences
+# ('auto' falls back to them); the tests run them that way.
+QUANTIZED = {"resnet_qdq", "resnet_qoperator"}
+QUANTIZED_GRADIENT = (
+    "no backward rule crosses quantized ops (QuantizeLinear, QLinear*: a straight-through rule is missing), "
     "and central differences of a quantized head are piecewise constant, so no small-step check applies; "
-    "test_qdq_gradcam_tracks_the_float_model checks QDQ through the fd fallback instead"
-)
-QDQ_NO_GRADIENT = (
-    "onnxcam/surgery/graph.py _float_descendants: the uint8 QuantizeLinear outputs cut the float path, so "
-    "backward says the logits do not depend on the layer (an OnnxcamError, not an UnsupportedOpError naming "
-    "QuantizeLinear, so 'auto' cannot fall back to finite differences)"
+    "test_quantized_gradcam_tracks_the_float_model checks them through the fd fallback instead"
 )
 # (test, model) -> reason: onnxcam bugs these tests found, strict so a fix is noticed
-KNOWN_BUGS = {
-    ("logits", "resnet_qdq"): QDQ_NO_GRADIENT,
-    ("batch", "resnet_qdq"): QDQ_NO_GRADIENT,
-}
+KNOWN_BUGS = {}
 
 
 def cases(test, ids):
@@ -110,8 +111,9 @@ def path(name):
 
 @functools.cache
 def explainer(name):
-    """Analytic gradients only: the 'auto' fallback to finite differences would hide a missing rule."""
-    return Explainer(path(name), device="cpu", gradients="analytic")
+    """Analytic gradients only (the 'auto' fallback to finite differences would hide a missing rule), except
+    for the quantized models, which have none to miss."""
+    return Explainer(path(name), device="cpu", gradients="auto" if name in QUANTIZED else "analytic")
 
 
 @contextlib.contextmanager
@@ -156,8 +158,8 @@ def test_layers_are_found(name):
 def test_gradient_matches_finite_differences(case):
     """dScore/dA from the appended ONNX nodes vs differences of the cut-off head, 3 directions."""
     name, where = case.rsplit("-", 1)
-    if name == "resnet_qdq":
-        pytest.xfail(QDQ_GRADIENT)
+    if name in QUANTIZED:
+        pytest.xfail(QUANTIZED_GRADIENT)
     ex = explainer(name)
     auto, mid = LAYERS[name]
     layer = mid if where == "mid" else auto
@@ -170,16 +172,20 @@ def test_gradient_matches_finite_differences(case):
 
 @pytest.mark.parametrize("name", cases("logits", MODELS))
 def test_augmented_model_keeps_the_outputs(name):
+    """The model as the file has it vs the augmented one (with A's gradient, or for quantized models A alone,
+    as their fd path runs it): inspect_model's edits (the quantized models' float twins) must not move them."""
     info = explainer(name).info
     x = explainer(name).prepare([CHELSEA, COFFEE])
     names = list(dict.fromkeys([info.output_name, info.logits_name]))
-    plain_model = onnx.ModelProto.FromString(info.model.SerializeToString())
+    plain_model = onnx.load(path(name))
     if info.logits_name not in [o.name for o in plain_model.graph.output]:  # expose the Softmax input
         plain_model.graph.output.append(helper.make_empty_tensor_value_info(info.logits_name))
     plain = session(plain_model).run(names, {info.input_name: x})
+    gradients = name not in QUANTIZED
     with rule_or_xfail():
-        aug = augment(info, [info.auto_layer.name])
-    got = session(aug).run(names, {info.input_name: x, CLASS_INPUT: np.array([-1, -1])})
+        aug = augment(info, [info.auto_layer.name], gradients=gradients)
+    feed = {info.input_name: x, **({CLASS_INPUT: np.array([-1, -1])} if gradients else {})}
+    got = session(aug).run(names, feed)
     for expected, actual in zip(plain, got):
         if name == "fp16":
             # exposing A as an output stops ONNX Runtime fusing the node that makes it; in float16 the
@@ -209,17 +215,19 @@ def test_batch_of_8_equals_single_images(name):
 def test_cli_run_writes_a_map_of_the_input_size(name, tmp_path):
     result = CliRunner().invoke(main, ["run", path(name), CHELSEA, "--npy", "--out", str(tmp_path), "--device", "cpu"])
     assert result.exit_code == 0, result.output
+    assert ("gradients finite differences" in result.output) == (name in QUANTIZED), result.output
     heat = np.load(tmp_path / "chelsea.gradcam.npy")
     assert heat.shape == explainer(name).info.size and heat.dtype == np.float32
     assert 0 <= heat.min() and heat.max() <= 1
 
 
-def test_qdq_gradcam_tracks_the_float_model():
-    """The QDQ ResNet quantizes the float one (logits correlate 0.995): its Grad-CAM, through the fd
+@pytest.mark.parametrize("name", sorted(QUANTIZED))
+def test_quantized_gradcam_tracks_the_float_model(name):
+    """The quantized ResNets quantize the float one (logits correlate 0.995): their Grad-CAM, through the fd
     fallback, should look like the float model's analytic Grad-CAM."""
     images = [CHELSEA, COFFEE]
     float_maps = explainer("resnet").explain(images).maps
-    qdq = Explainer(path("resnet_qdq"), device="cpu", gradients="fd").explain(images)
+    quantized = Explainer(path(name), device="cpu", gradients="fd").explain(images)
     for i in range(len(images)):
-        assert qdq.maps[i].std() > 0, f"image {i}: a flat map"
-        assert np.corrcoef(qdq.maps[i].ravel(), float_maps[i].ravel())[0, 1] > 0.9, f"image {i}"
+        assert quantized.maps[i].std() > 0, f"image {i}: a flat map"
+        assert np.corrcoef(quantized.maps[i].ravel(), float_maps[i].ravel())[0, 1] > 0.9, f"image {i}"

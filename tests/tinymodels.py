@@ -101,3 +101,31 @@ def session(model: onnx.ModelProto) -> ort.InferenceSession:
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def computed_resize(data_dependent: bool = False, opset: int = 13) -> onnx.ModelProto:
+    """x [N, 3, 8, 8] -> Conv -> Relu (R) -> Resize to computed sizes -> Relu -> GlobalAveragePool 'gap' -> logits.
+
+    The sizes are [N, 4] of Shape(R) (N dynamic) and [12, 12]: a constant that ONNX shape inference sees only with
+    data propagation, or, with data_dependent, 0 * max(x) + 12, which no inference sees (the Resize output's
+    height and width stay unknown).
+    """
+    net = Net(opset)
+    r = net.op("Relu", net.op("Conv", "x", net.randn(4, 3, 3, 3, scale=0.3), pads=[1, 1, 1, 1]))
+    head = net.op("Slice", net.op("Shape", r), net.ints([0]), net.ints([2]))
+    if data_dependent:
+        zero = net.op("Mul", net.op("ReduceMax", "x", keepdims=0), net.const(0.0))
+        tail = net.op("Cast", net.op("Add", zero, net.const([12.0, 12.0])), to=TensorProto.INT64)
+    else:
+        tail = net.ints([12, 12])
+    sizes = net.op("Concat", head, tail, axis=0)
+    u = net.op("Resize", r, "", "", sizes, mode="linear")
+    pooled = net.op("GlobalAveragePool", net.op("Relu", u), name="gap")
+    logits = net.op("MatMul", net.op("Flatten", pooled, axis=1), net.randn(4, CLASSES, scale=0.5))
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])
+    out = helper.make_tensor_value_info(logits, TensorProto.FLOAT, ["N", CLASSES])
+    graph = helper.make_graph(net.nodes, "computed_resize", [x], [out], net.initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = ir_version(opset)
+    onnx.checker.check_model(model, full_check=True)
+    return model

@@ -626,7 +626,11 @@ SPECS = [
     Spec("caffe2_opset7", Caffe2Net, 7, preset="caffe", patterns="IR 3, Conv, ReLU, LRN, MaxPool, Reshape [0,-1], Gemm (with C), Dropout, Softmax output"),
     Spec("fp16", MobileNetV2, 13, patterns="float16 weights, activations, input and output (mobilenetv2)"),
     Spec("resnet_qdq", ResNet, 17, patterns="resnet quantized QDQ: QuantizeLinear/DequantizeLinear, uint8 activations, int8 weights"),
+    Spec("resnet_qoperator", ResNet, 17, patterns="resnet quantized QOperator: QLinearConv, QLinearAdd, "
+         "QLinearGlobalAveragePool, QGemm (com.microsoft), uint8 activations, int8 weights"),
 ]
+# name -> the onnxruntime.quantization format it is quantized to (from resnet.onnx)
+QUANTIZED = {"resnet_qdq": "QDQ", "resnet_qoperator": "QOperator"}
 
 
 def output_name(spec: Spec) -> str:
@@ -715,7 +719,7 @@ def finish(proto: onnx.ModelProto, spec: Spec) -> onnx.ModelProto:
     """Shapes inferred, IR version ORT 1.31 can load, metadata, checked."""
     proto = onnx.shape_inference.infer_shapes(proto, strict_mode=True)
     # onnx 1.23 writes IR 14, which ONNX Runtime 1.31 cannot load; IR 3 is the caffe2 era's (opset 7)
-    proto.ir_version = 3 if spec.opset == 7 else max(8, helper.find_min_ir_version_for(list(proto.opset_import)))
+    proto.ir_version = 3 if spec.opset == 7 else max(8, helper.find_min_ir_version_for(list(proto.opset_import), ignore_unknown=True))
     proto.producer_name, proto.producer_version = "onnxcam tools/build_zoo.py", ""
     del proto.metadata_props[:]
     helper.set_model_props(proto, {"onnxcam.preprocess": spec.preset,
@@ -724,8 +728,8 @@ def finish(proto: onnx.ModelProto, spec: Spec) -> onnx.ModelProto:
     return proto
 
 
-def quantize_qdq(fp32_path: pathlib.Path, out_path: pathlib.Path, batches: list) -> onnx.ModelProto:
-    """ORT static quantization, QDQ format: uint8 activations, int8 per-tensor weights."""
+def quantize(fp32_path: pathlib.Path, out_path: pathlib.Path, batches: list, quant_format: str) -> onnx.ModelProto:
+    """ORT static quantization, QDQ or QOperator format: uint8 activations, int8 per-tensor weights."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -740,7 +744,7 @@ def quantize_qdq(fp32_path: pathlib.Path, out_path: pathlib.Path, batches: list)
     try:
         # ORT's graph optimizations fold BatchNormalization into Conv first, as ORT recommends
         quant_pre_process(str(fp32_path), str(folded), skip_symbolic_shape=True)
-        quantize_static(str(folded), str(tmp), Reader(), quant_format=QuantFormat.QDQ,
+        quantize_static(str(folded), str(tmp), Reader(), quant_format=QuantFormat[quant_format],
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=False)
         proto = onnx.load(str(tmp))
     finally:
@@ -762,7 +766,7 @@ def ort_run(proto: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
 
 
 def build(spec: Spec) -> tuple:
-    # seeded by the network class: fp16 has mobilenetv2's weights, resnet_qdq quantizes resnet's
+    # seeded by the network class: fp16 has mobilenetv2's weights, resnet_qdq and resnet_qoperator quantize resnet's
     seed = SEED + zlib.crc32(spec.make.__name__.encode()) % 1000
     torch.manual_seed(seed)
     batches = calibration_batches(spec, seed)
@@ -785,18 +789,18 @@ def build(spec: Spec) -> tuple:
             # float16 rounding between layers leave ~0.06 on logits of std 2, about 15 ulps)
             expected = copy.deepcopy(model).float()(probe.half().float()).numpy()
         proto = export(model, spec, probe.half(), out)
-    elif spec.name == "resnet_qdq":
-        proto = quantize_qdq(ZOO / "resnet.onnx", path, batches)
+    elif spec.name in QUANTIZED:
+        proto = quantize(ZOO / "resnet.onnx", path, batches, QUANTIZED[spec.name])
         del proto.graph.value_info[:]  # the quantizer's are the float model's: infer them afresh
     else:
         proto = export(model, spec, probe, out)
     proto = finish(proto, spec)
-    if spec.name == "resnet_qdq":  # the logits the quantized model really gives
+    if spec.name in QUANTIZED:  # the logits the quantized model really gives
         logits = ort_run(proto, torch.cat(batches).numpy())
     x = probe.numpy().astype(np.float16 if spec.name == "fp16" else np.float32)
     got = ort_run(proto, x).astype(np.float32)
     diff = float(np.abs(got - expected).max())
-    limit = {"fp16": 0.15, "resnet_qdq": 1.0}.get(spec.name, 1e-4)
+    limit = {"fp16": 0.15, **dict.fromkeys(QUANTIZED, 1.0)}.get(spec.name, 1e-4)
     assert got.shape == expected.shape and diff < limit, (spec.name, diff)
     path.write_bytes(proto.SerializeToString())
     ops = sorted({n.op_type for n in proto.graph.node})
@@ -812,13 +816,13 @@ def main(names: list) -> None:
         sys.exit(f"unknown model(s): {', '.join(sorted(unknown))}; known: {', '.join(s.name for s in SPECS)}")
     rows = []
     for spec in specs:
-        if spec.name == "resnet_qdq" and not (ZOO / "resnet.onnx").exists():
-            sys.exit("resnet_qdq quantizes models/zoo/resnet.onnx: build resnet first")
+        if spec.name in QUANTIZED and not (ZOO / "resnet.onnx").exists():
+            sys.exit(f"{spec.name} quantizes models/zoo/resnet.onnx: build resnet first")
         rows.append(build(spec))
         print(f"built {spec.name}", file=sys.stderr)
-    print(f"{'name':14} {'opset':>5} {'bytes':>9} {'nodes':>5} {'logits std':>10} {'ORT-torch':>9}  ops")
+    print(f"{'name':16} {'opset':>5} {'bytes':>9} {'nodes':>5} {'logits std':>10} {'ORT-torch':>9}  ops")
     for spec, proto, size, ops, std, diff in rows:
-        print(f"{spec.name:14} {spec.opset:>5} {size:>9,} {len(proto.graph.node):>5} {std:>10.3f} {diff:>9.1e}  {' '.join(ops)}")
+        print(f"{spec.name:16} {spec.opset:>5} {size:>9,} {len(proto.graph.node):>5} {std:>10.3f} {diff:>9.1e}  {' '.join(ops)}")
     total = sum(p.stat().st_size for p in ZOO.glob("*.onnx"))
     print(f"zoo total: {total:,} bytes in {len(list(ZOO.glob('*.onnx')))} files")
 

@@ -179,6 +179,7 @@ SKIPPED = {
                      "cannot take an IR-3 model (tests/test_zoo.py, IR3_CLASS_INPUT)",
     "fp16": "float16 model: pytorch-grad-cam runs the float32 twin, a different network numerically",
     "resnet_qdq": "quantized (QDQ) model: no float torch twin",
+    "resnet_qoperator": "quantized (QOperator) model: no float torch twin",
 }
 ZOO_IMAGES = ("chelsea", "coffee")
 DEMO_IMAGES = ("chelsea",)

@@ -115,7 +115,20 @@ def backward(b: Builder, wrt: list, score: gs.Tensor, seed: gs.Tensor) -> dict:
                 "channel-weight method such as gradcam.",
                 op=node.op, node=node.name,
             )
-        for inp, g in zip(node.inputs, rule(b, node, [grads.get(o.name) for o in node.outputs])):
+        try:
+            contributions = rule(b, node, [grads.get(o.name) for o in node.outputs])
+        except AssertionError:  # rules assert the static shapes they need: name the tensor whose shape is unknown
+            dynamic = next((t for t in [*node.inputs, *node.outputs] if t.name in on_path and not _static(t)), None)
+            if dynamic is None:
+                raise
+            raise UnsupportedOpError(
+                f"the backward rule for {node.op} (node '{node.name}') needs static shapes, but '{dynamic.name}' "
+                f"has shape {dynamic.shape}, known only at run time. Use --gradients fd with a channel-weight "
+                "method such as gradcam.",
+                op=node.op, node=node.name,
+                reason=f"the rule for {node.op} (node '{node.name}') needs the shape of '{dynamic.name}'",
+            ) from None
+        for inp, g in zip(node.inputs, contributions):
             if inp.name not in on_path:
                 continue
             if g is None:
@@ -170,6 +183,11 @@ def _unit_seed(b: Builder, tensors, unit):
     else:
         mask[0, channel] = 1
     return t, b.op("Add", b.op("Mul", b.fwd(t), b.const(0.0)), b.const(mask))  # the mask, with the batch dim
+
+
+def _static(t) -> bool:
+    """Whether a tensor's shape is known past the batch axis."""
+    return t.shape is not None and all(isinstance(d, int) for d in t.shape[1:])
 
 
 def _float_descendants(graph, starts) -> set:
