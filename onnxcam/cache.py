@@ -18,7 +18,7 @@ import tempfile
 
 import onnxruntime as ort
 
-from onnxcam.runtime import with_options
+from onnxcam.runtime import session_options, with_options
 
 ENV = "ONNXCAM_CACHE_DIR"  # a folder, or "off" to disable
 
@@ -67,8 +67,7 @@ def load(path: str, providers: list):
     """The cached session, or None if there is none (or it cannot be loaded: it is then rebuilt)."""
     if not os.path.isfile(path):
         return None
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # optimized already
+    options = session_options(ort.GraphOptimizationLevel.ORT_DISABLE_ALL)  # optimized already
     try:
         return ort.InferenceSession(path, options, providers=with_options(providers))
     except Exception:
@@ -84,8 +83,7 @@ def save_options(path: str) -> tuple:
     except OSError:
         return None, None
     os.close(fd)
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options = session_options()
     options.optimized_model_filepath = tmp
     return options, tmp
 

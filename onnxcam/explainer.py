@@ -3,9 +3,11 @@
 An Explainer inspects the model once, then builds (lazily, once each) the
 ONNX Runtime sessions its methods need: the augmented model with gradients,
 the model with only the target layers exposed, or the head cut off at a
-layer (for finite differences and Ablation-CAM). On CUDA, the gradient CAMs
-that export.py can write as ONNX are computed in the graph, so activations and
-gradients stay on the GPU and only the small layer maps come back.
+layer (for finite differences and Ablation-CAM). The gradient CAMs that
+export.py can write as ONNX are computed inside the graph, so activations and
+gradients never leave ONNX Runtime (on CUDA: the GPU) and only the small layer
+maps come back; on CPU that also saves the copies (gradcam++, demo, batch 16:
+1.05x the forward instead of 1.16x).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from onnxcam.head import linear_head_weights
 from onnxcam.methods import ALIASES, ELEMENTWISE, METHODS, SAMPLES, LayerData, projection
 from onnxcam.model import inspect_model, load_model
 from onnxcam.export import MIN_OPSET, TERMS, layer_map_name, maps_model
-from onnxcam.runtime import CUDA, make_session, providers_for
+from onnxcam.runtime import make_session, providers_for
 from onnxcam.surgery import CLASS_INPUT, SCORES, TARGET_OUTPUT, augment, cut_head, grad_name
 
 GRADIENT_MODES = ("auto", "analytic", "fd")
@@ -67,11 +69,11 @@ class Explainer:
     gradients: "analytic" (backward rules), "fd" (central differences of the head;
     channel-weight methods only) or "auto" (analytic, falling back to fd when a
     head op has no rule; `missing_rule` then says which). maps_in_graph: compute the maps of the gradient
-    methods in export.TERMS inside the ONNX graph (default: on CUDA, where it saves copying A and dScore/dA to the host).
+    methods in export.TERMS inside the ONNX graph (the default), or in NumPy from A and dScore/dA (False).
     """
 
     def __init__(self, model, layer=None, providers=None, *, device="auto", input_name=None, output_name=None,
-                 input_size=None, preprocess_preset=None, gradients="auto", maps_in_graph=None):
+                 input_size=None, preprocess_preset=None, gradients="auto", maps_in_graph=True):
         proto = load_model(model) if isinstance(model, str) else model
         self.info = inspect_model(proto, input_name=input_name, output_name=output_name, input_size=input_size)
         names = layer if isinstance(layer, (list, tuple)) else [layer]
@@ -83,7 +85,7 @@ class Explainer:
         if gradients not in GRADIENT_MODES:
             raise OnnxcamError(f"unknown gradients mode '{gradients}'; choose one of {', '.join(GRADIENT_MODES)}")
         self.gradients = gradients
-        self.maps_in_graph = (self.providers[0] == CUDA) if maps_in_graph is None else bool(maps_in_graph)
+        self.maps_in_graph = maps_in_graph
         self.missing_rule = None  # set when 'auto' fell back to finite differences: why
         # progress(what, done, total): called by the loops of many runs (Score-CAM's masked inputs,
         # Ablation-CAM's ablated heads, finite differences, noisy samples), e.g. to drive a progress bar.
@@ -120,9 +122,7 @@ class Explainer:
     def gradient_source(self, method: str) -> str | None:
         """"analytic" or "finite differences" for this method, None if it needs no gradient."""
         m = method_named(method)
-        if m.gradients is None and not m.input_gradient:
-            return None
-        return "analytic" if self._analytic(m) else "finite differences"
+        return _source(m, (m.gradients is not None or m.input_gradient is not None) and self._analytic(m))
 
     def explain(self, x, method: str = "gradcam", target=None, *, score: str = "logit", unit=None,
                 aug_smooth: bool = False, eigen_smooth: bool = False, samples: int = 25, noise: float = 0.15,
@@ -197,14 +197,15 @@ class Explainer:
         return first
 
     def _explain(self, tensor, classes, m, *, score, unit, eigen_smooth, samples, noise, seed) -> Explanation:
-        in_graph = (self.maps_in_graph and m.name in TERMS and m.gradients and not eigen_smooth and self.gradients != "fd"
-                    and self.info.opset >= MIN_OPSET)
-        maps_key = (MAPS, m.name, score, unit) if in_graph else None
-        analytic = (m.gradients is not None or m.input_gradient is not None) and self._analytic(m, maps_key)
+        maps_key = self._maps_key(m, score, unit, eigen_smooth)
+        needs = maps_key or _session_key(m.gradients is not None, m.input_gradient)
+        analytic = (m.gradients is not None or m.input_gradient is not None) and self._analytic(m, needs)
         if unit and not analytic:
             raise OnnxcamError(f"explaining a unit needs a gradient method with backward rules, not {m.name}")
-        if in_graph and analytic:
-            return self._explain_in_graph(tensor, classes, m, maps_key)
+        if maps_key and analytic:
+            res = self._explain_in_graph(tensor, classes, m, maps_key)
+            if res is not None:  # None: a map with NaN or Inf, which the NumPy path below traces to A or dScore/dA
+                return res
         key = _session_key(analytic and m.map is not None and m.gradients is not None, m.input_gradient, score, unit)
         outputs = self._run(key, tensor, classes)
         scores = outputs[self.info.logits_name].reshape(len(tensor), -1).astype(np.float32)
@@ -231,20 +232,27 @@ class Explainer:
                 maps = postprocess.normalize(np.abs(saliency).max(axis=1))
         return Explanation(
             maps=maps, raw=raw, targets=targets.astype(np.int64), scores=scores, method=m.name, layers=self.layers,
-            gradients=self.gradient_source(m.name), saliency=None if saliency is None else np.float32(saliency),
+            gradients=_source(m, analytic), saliency=None if saliency is None else np.float32(saliency),
         )
 
-    def _explain_in_graph(self, tensor, classes, m, key) -> Explanation:
+    def _explain_in_graph(self, tensor, classes, m, key) -> Explanation | None:
         """The maps of one run of the in-graph map model: only logits, targets and [N, h, w] maps come back."""
         outputs = self._run(key, tensor, classes)
         scores = outputs[self.info.logits_name].reshape(len(tensor), -1).astype(np.float32)
         _check_finite(scores, "class scores")
         raw = [outputs[layer_map_name(layer)][:, 0] for layer in self.layers]
-        for layer, layer_map in zip(self.layers, raw):
-            _check_finite(layer_map, f"the map at '{layer}'")
+        if not all(np.isfinite(r).all() for r in raw):
+            return None
         maps = postprocess.combine([postprocess.scale_to(r, self.info.size) for r in raw])
         return Explanation(maps=maps, raw=raw[0], targets=outputs[TARGET_OUTPUT].astype(np.int64), scores=scores,
-                           method=m.name, layers=self.layers, gradients=self.gradient_source(m.name))
+                           method=m.name, layers=self.layers, gradients="analytic")
+
+    def _maps_key(self, m, score="logit", unit=None, eigen_smooth=False):
+        """The session key of m's in-graph map model; None where m's maps are computed in NumPy."""
+        if (self.maps_in_graph and m.name in TERMS and m.gradients and not eigen_smooth and self.gradients != "fd"
+                and self.info.opset >= MIN_OPSET):
+            return (MAPS, m.name, score, unit)
+        return None
 
     def _layer_map(self, m, layer, outputs, noisy, tensor, targets, scores, score, eigen_smooth):
         """One layer's map at layer resolution, after ReLU."""
@@ -271,7 +279,7 @@ class Explainer:
 
     def _analytic(self, m, key=None) -> bool:
         """Whether this method's gradients come from backward rules; else from finite differences.
-        key: the session that will run (default: the augmented model the method needs)."""
+        key: the session that will run (default: the in-graph map model or the augmented model it needs)."""
         needs_rules = m.gradients in (ELEMENTWISE, SAMPLES) or m.input_gradient is not None
         if self.gradients == "fd" or (self.gradients == "auto" and self.missing_rule is not None):
             if needs_rules:
@@ -279,7 +287,7 @@ class Explainer:
                 raise OnnxcamError(f"method '{m.name}' needs gradients from backward rules: {why}")
             return False
         try:
-            self._session(key or _session_key(m.gradients is not None, m.input_gradient, "logit", None))
+            self._session(key or self._maps_key(m) or _session_key(m.gradients is not None, m.input_gradient))
         except UnsupportedOpError as error:
             if self.gradients == "analytic" or needs_rules:
                 raise
@@ -447,6 +455,13 @@ def _score_of(logits: np.ndarray, classes: np.ndarray, score: str) -> np.ndarray
         return np.float32(picked)
     m = z.max(axis=1)
     return np.float32(np.exp(picked - m) / np.exp(z - m[:, None]).sum(axis=1))
+
+
+def _source(m, analytic: bool) -> str | None:
+    """Where m's gradients came from, as gradient_source says it."""
+    if m.gradients is None and not m.input_gradient:
+        return None
+    return "analytic" if analytic else "finite differences"
 
 
 def _run_session(session, names, feed) -> list:

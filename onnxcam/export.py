@@ -100,7 +100,8 @@ def export(info: ModelInfo, layers: list, method: str = "gradcam", class_input: 
 
 
 def layer_map_name(layer: str) -> str:
-    return f"onnxcam/map/{layer}"
+    """Not under a Builder prefix ("onnxcam/map/relu_0" is also a name the Builder may make)."""
+    return f"onnxcam/layer_map/{layer}"
 
 
 def maps_model(info: ModelInfo, layers: list, method: str, score: str = "logit", unit=None) -> onnx.ModelProto:

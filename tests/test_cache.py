@@ -31,6 +31,7 @@ def test_second_run_skips_surgery_and_agrees(fresh_cache, monkeypatch):
         raise AssertionError("surgery ran although the session was cached")
 
     monkeypatch.setattr(onnxcam.explainer, "augment", no_surgery)
+    monkeypatch.setattr(onnxcam.explainer, "maps_model", no_surgery)
     second = Explainer(DEMO, device="cpu").explain(CHELSEA, method="gradcam")
     assert np.array_equal(first.maps, second.maps) and list(first.targets) == list(second.targets)
     with pytest.raises(AssertionError, match="surgery ran"):  # another layer is another entry

@@ -116,14 +116,7 @@ def test_several_layers_are_averaged(demo_explainer):
     assert np.abs(both.maps[0] - expected).max() < 1e-5
 
 
-# -- maps computed inside the graph (the CUDA path; pytorch-grad-cam parity in test_parity.py) ----------
-
-
-def test_maps_in_graph_by_default_on_cuda_only():
-    from onnxcam.runtime import CPU, CUDA
-
-    assert Explainer(DEMO, providers=[CUDA, CPU]).maps_in_graph
-    assert not Explainer(DEMO, device="cpu").maps_in_graph
+# -- maps computed inside the graph (the default; pytorch-grad-cam parity of both paths in test_parity.py) --
 
 
 def test_maps_in_graph_return_only_the_maps():
@@ -133,8 +126,8 @@ def test_maps_in_graph_return_only_the_maps():
     from onnxcam.surgery import TARGET_OUTPUT
 
     layers = ["/_blocks.15/_project_conv/Conv_output_0", None]
-    host = Explainer(DEMO, layer=layers, device="cpu")
-    device = Explainer(DEMO, layer=layers, device="cpu", maps_in_graph=True)
+    host = Explainer(DEMO, layer=layers, device="cpu", maps_in_graph=False)
+    device = Explainer(DEMO, layer=layers, device="cpu")
     for kwargs in ({}, {"target": 281, "score": "probability"}, {"unit": (host.layers[1], 5)}):
         a, b = host.explain([CHELSEA, COFFEE], "gradcam++", **kwargs), device.explain([CHELSEA, COFFEE], "gradcam++", **kwargs)
         np.testing.assert_array_equal(a.targets, b.targets)
@@ -146,9 +139,9 @@ def test_maps_in_graph_return_only_the_maps():
 
 
 def test_maps_in_graph_leave_finite_differences_and_eigen_smooth_to_the_host():
-    ex = Explainer(DEMO, device="cpu", maps_in_graph=True, gradients="fd")
+    ex = Explainer(DEMO, device="cpu", gradients="fd")
     res = ex.explain(CHELSEA, "gradcam")
     assert res.gradients == "finite differences" and not any(key[0] == "maps" for key in ex._sessions)
-    ex = Explainer(DEMO, device="cpu", maps_in_graph=True)
+    ex = Explainer(DEMO, device="cpu")
     ex.explain(CHELSEA, "gradcam", eigen_smooth=True)
     assert not any(key[0] == "maps" for key in ex._sessions)

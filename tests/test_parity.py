@@ -170,7 +170,8 @@ def test_matches_pytorch_grad_cam(name, kind, key):
 
 
 def in_graph_cases() -> list:
-    """The maps the CUDA path computes inside the graph (export.TERMS with gradients), where fixtures have them."""
+    """The maps computed inside the graph (export.TERMS with gradients; the Explainer's default, while the
+    other parity tests take the NumPy path from A and dScore/dA), where fixtures have them."""
     return [pytest.param(name, key, id=f"{name}-{key}") for name in networks() for kind, key in keys(name)
             if kind == "map" and split(key)[0] in TERMS and split(key)[0] != "cam"
             and split(key)[1] in ("", "layers2", "aug_smooth") and inspect_model(load_model(model_path(name))).opset >= MIN_OPSET]

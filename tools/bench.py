@@ -24,6 +24,9 @@ import time
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# torch's OpenMP threads spin-wait after each op by default, taking the cores from the ORT run timed next
+# (onnxcam's own sessions do not spin: onnxcam.runtime.session_options); set before torch loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 
 from onnxcam import Explainer  # noqa: E402
@@ -82,8 +85,8 @@ def main():
     parser.add_argument("--methods", default=",".join(FAST))
     parser.add_argument("--slow", action="store_true", help="also Ablation-CAM and Score-CAM (batch 1, once)")
     parser.add_argument("--torch", action="store_true", help="also pytorch-grad-cam (needs torch and grad-cam)")
-    parser.add_argument("--maps-in-graph", choices=("auto", "yes", "no"), default="auto",
-                        help="compute gradient CAMs inside the graph (default: on CUDA only)")
+    parser.add_argument("--maps-in-numpy", action="store_true",
+                        help="compute gradient CAMs in NumPy from A and dScore/dA, not inside the graph")
     parser.add_argument("--folder", type=int, default=0, metavar="N",
                         help="also time `onnxcam run DIR` (Grad-CAM, batch 16) on N images against decoding, "
                              "preprocessing and a plain batched forward of the same images")
@@ -91,8 +94,7 @@ def main():
 
     path = model_path(args.model)
     t0 = time.perf_counter()
-    in_graph = {"auto": None, "yes": True, "no": False}[args.maps_in_graph]
-    ex = Explainer(path, device=args.device, maps_in_graph=in_graph)
+    ex = Explainer(path, device=args.device, maps_in_graph=not args.maps_in_numpy)
     inspect_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     model = augment(ex.info, ex.layers)
@@ -177,7 +179,7 @@ def torch_slow(model_name: str, method: str, x: np.ndarray) -> float:
 def folder_throughput(path: str, image: str, count: int, device: str) -> None:
     """Images per second of `onnxcam run DIR -b 16` (Grad-CAM: decode, explain, overlay PNG written) against
     decoding, preprocessing and a plain batched forward of the same files, both in this process with the
-    sessions already built (the CLI's own maps-in-graph default); and the wall time of the command in a fresh process (imports and setup included)."""
+    sessions already built (maps in the graph); and the wall time of the command in a fresh process (imports and setup included)."""
     import shutil
     import subprocess
     import tempfile
