@@ -3,13 +3,15 @@
 An entry is ONNX Runtime's own optimized form of an augmented model, saved by the
 session that built it and loaded later with optimizations off. The key hashes the
 model file's bytes with everything that shapes the augmented graph (layers, what is
-differentiated, input options) and with the onnxcam, ONNX Runtime and provider set
-that produced it, so a stale entry is never found. Entries are written to a temporary
+differentiated, input options) and with the onnxcam source (not just its version: an
+edited checkout must not load graphs its old code built), ONNX Runtime and provider
+set that produced it, so a stale entry is never found. Entries are written to a temporary
 file and renamed into place: concurrent runs at worst build the same entry twice.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -47,11 +49,21 @@ def entry_path(model_digest: str, parts: dict, providers: list) -> str | None:
     root = folder()
     if root is None:
         return None
-    from onnxcam import __version__
-
     description = json.dumps({"model": model_digest, "parts": parts, "providers": providers, "cpu": _cpu(),
-                              "onnxcam": __version__, "onnxruntime": ort.__version__}, sort_keys=True, default=str)
+                              "onnxcam": _source_digest(), "onnxruntime": ort.__version__}, sort_keys=True, default=str)
     return os.path.join(root, hashlib.sha256(description.encode()).hexdigest()[:32] + ".onnx")
+
+
+@functools.cache
+def _source_digest() -> str:
+    """A hash of onnxcam's Python files (about 0.1 MB, read once a process)."""
+    root = os.path.dirname(os.path.abspath(__file__))
+    h = hashlib.sha256()
+    for folder_, _, files in sorted(os.walk(root)):
+        for name in sorted(f for f in files if f.endswith(".py")):
+            with open(os.path.join(folder_, name), "rb") as f:
+                h.update(name.encode() + b"\0" + f.read())
+    return h.hexdigest()
 
 
 def _cpu() -> str:

@@ -9,7 +9,7 @@ import pytest
 
 import onnxcam.explainer
 from conftest import CHELSEA, DEMO
-from onnxcam import Explainer
+from onnxcam import Explainer, cache
 
 
 @pytest.fixture
@@ -65,3 +65,11 @@ def test_a_changed_model_file_is_a_new_entry(fresh_cache, tmp_path):
     onnx.save(model, str(copy))
     Explainer(str(copy), device="cpu").explain(CHELSEA)
     assert len(_entries(fresh_cache)) == 2
+
+
+def test_edited_onnxcam_source_is_a_new_entry(fresh_cache, monkeypatch):
+    """A checkout whose surgery code changed must not load graphs the old code built (same version string)."""
+    before = cache.entry_path("model", {"layers": ["a"]}, ["CPUExecutionProvider"])
+    assert before == cache.entry_path("model", {"layers": ["a"]}, ["CPUExecutionProvider"])
+    monkeypatch.setattr(cache, "_source_digest", lambda: "edited")
+    assert cache.entry_path("model", {"layers": ["a"]}, ["CPUExecutionProvider"]) != before
