@@ -14,7 +14,7 @@ def overlay(rgb: np.ndarray, heatmap: np.ndarray, alpha: float = 0.5, box=None) 
     h, w = rgb.shape[:2]
     heat = cv2.resize(heatmap, (w, h))
     colored = cv2.applyColorMap(np.uint8(np.clip(heat, 0, 1) * 255), cv2.COLORMAP_JET)[..., ::-1]
-    out = np.uint8(np.clip(alpha * colored + (1 - alpha) * rgb, 0, 255))
+    out = cv2.addWeighted(np.ascontiguousarray(colored), alpha, np.ascontiguousarray(rgb, np.uint8), 1 - alpha, 0)
     if box is not None:
         cv2.rectangle(out, box[:2], box[2:], BOX_COLOUR, max(1, round(min(h, w) / 150)))
     return out

@@ -1,7 +1,8 @@
 """Atomic output files: a temporary file in the target folder, then a rename.
 
 A crash or Ctrl-C leaves either the old file or the new one, never half of one,
-and no temporary file behind. `write_files` stages every file of a set before
+and no temporary file behind (files are not fsynced: that guards against power
+loss, at a disk flush per file, which a folder of thousands cannot afford). `write_files` stages every file of a set before
 renaming any of them, so an error while writing (disk full, an encoder
 failing) leaves none of the set. A file that cannot be written is an
 `OutputError` naming the path and the cause.
@@ -69,8 +70,6 @@ def _stage(path: str, data: bytes) -> str:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
         os.chmod(tmp, _mode_for(path))  # mkstemp makes 0600 files; outputs get the usual permissions
     except BaseException as exc:
         os.unlink(tmp)
@@ -87,11 +86,20 @@ def _replace(tmp: str, path: str) -> None:
         raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
+def _read_umask() -> int:
+    """The process umask, read once at import: os.umask can only be read by setting it, which must not happen
+    while another thread (run's background writer, the session cache) creates files."""
+    umask = os.umask(0o22)
+    os.umask(umask)
+    return umask
+
+
+_UMASK = _read_umask()
+
+
 def _mode_for(path: str) -> int:
     """An existing file keeps its permissions; a new one gets 0666 less the umask, as open() would give."""
     try:
         return os.stat(path).st_mode & 0o7777
     except OSError:
-        umask = os.umask(0)
-        os.umask(umask)
-        return 0o666 & ~umask
+        return 0o666 & ~_UMASK

@@ -27,6 +27,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # torch's OpenMP threads spin-wait after each op by default, taking the cores from the ORT run timed next
 # (onnxcam's own sessions do not spin: onnxcam.runtime.session_options); set before torch loads.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("TQDM_DISABLE", "1")  # pytorch-grad-cam's Score-CAM / Ablation-CAM progress bars
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 
 from onnxcam import Explainer  # noqa: E402
@@ -177,9 +178,10 @@ def torch_slow(model_name: str, method: str, x: np.ndarray) -> float:
 
 
 def folder_throughput(path: str, image: str, count: int, device: str) -> None:
-    """Images per second of `onnxcam run DIR -b 16` (Grad-CAM: decode, explain, overlay PNG written) against
-    decoding, preprocessing and a plain batched forward of the same files, both in this process with the
-    sessions already built (maps in the graph); and the wall time of the command in a fresh process (imports and setup included)."""
+    """Images per second of `onnxcam run DIR -b 16` (Grad-CAM: decode, explain, write overlay PNGs, or JSON
+    boxes only with --no-png) against decoding, preprocessing and a plain batched forward of the same files,
+    in this process with the sessions built; and the command's wall time in a fresh process (imports and
+    setup included)."""
     import shutil
     import subprocess
     import tempfile
@@ -208,20 +210,24 @@ def folder_throughput(path: str, image: str, count: int, device: str) -> None:
                 x = ex.prepare([load_image(f) for f in files[start:start + 16]])
                 plain.run(None, {ex.info.input_name: x})
 
-        args = ["run", path, folder, "-b", "16", "-o", out, "--device", device]
-        def run_all():
+        base = ["run", path, folder, "-b", "16", "-o", out, "--device", device]
+        variants = {"overlays": base, "json only": base + ["--json", "--no-png"]}
+
+        def run_all(args):
             result = CliRunner().invoke(cli, args)
             assert result.exit_code == 0, result.output
 
-        times = interleaved_medians({"forward": forward_all, "run": run_all}, 3, 1)  # warm-up fills the cache
-        t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "onnxcam", *args], check=True, capture_output=True)
-        wall = time.perf_counter() - t0
+        fns = {"forward": forward_all, **{name: (lambda a=a: run_all(a)) for name, a in variants.items()}}
+        times = interleaved_medians(fns, 3, 1)  # the warm-up round fills the session cache
         print(f"\nfolder of {count} images, batch 16 (median of 3, in process)")
-        print(f"  decode + preprocess + plain forward  {count / times['forward']:7.1f} images/s")
-        print(f"  onnxcam run DIR (gradcam, overlays)  {count / times['run']:7.1f} images/s   "
-              f"{times['forward'] / times['run']:.0%} of the plain forward's throughput")
-        print(f"  onnxcam run DIR in a fresh process   {count / wall:7.1f} images/s   ({wall:.2f} s wall)")
+        print(f"  decode + preprocess + plain forward      {count / times['forward']:7.1f} images/s")
+        for name in variants:
+            print(f"  onnxcam run DIR (gradcam, {name:9})   {count / times[name]:7.1f} images/s   "
+                  f"{times['forward'] / times[name]:.0%} of the plain forward's throughput")
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "onnxcam", *base], check=True, capture_output=True)
+        wall = time.perf_counter() - t0
+        print(f"  onnxcam run DIR in a fresh process       {count / wall:7.1f} images/s   ({wall:.2f} s wall, overlays)")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
