@@ -21,7 +21,7 @@ from onnxcam import cache, postprocess, preprocess
 from onnxcam.errors import ModelError, OnnxcamError, UnsupportedOpError
 from onnxcam.finite_diff import channel_derivatives, quantization_step
 from onnxcam.head import linear_head_weights
-from onnxcam.methods import ALIASES, ELEMENTWISE, METHODS, SAMPLES, LayerData, projection
+from onnxcam.methods import ALIASES, ELEMENTWISE, METHODS, SAMPLES, LayerData, projection, softmax
 from onnxcam.model import inspect_model, load_model
 from onnxcam.export import MIN_OPSET, TERMS, layer_map_name, maps_model
 from onnxcam.runtime import make_session, providers_for
@@ -319,15 +319,15 @@ class Explainer:
                                                        "finite differences", done, total))
 
     def _masked_scores(self, tensor, activations, targets, score) -> np.ndarray:
-        """Score-CAM: [N, K] scores of the model on x * (min-max normalized, upsampled A_k)."""
-        masks = postprocess.upsample_align_corners(activations, self.info.size)
-        lo = masks.min(axis=(2, 3), keepdims=True)
-        masks = (masks - lo) / (masks.max(axis=(2, 3), keepdims=True) - lo + 1e-8)
-        n, k = masks.shape[:2]
+        """Score-CAM: [N, K] scores of the model on x * (min-max normalized, upsampled A_k). Masks are made
+        BATCH_ROWS channels at a time: all K at the input's size would take K * H * W floats per image."""
+        n, k = activations.shape[:2]
         out = np.zeros((n, k), np.float32)
         for i in range(n):
             for start in range(0, k, BATCH_ROWS):
-                m = masks[i, start:start + BATCH_ROWS]
+                m = postprocess.upsample_align_corners(activations[i:i + 1, start:start + BATCH_ROWS], self.info.size)[0]
+                lo = m.min(axis=(1, 2), keepdims=True)
+                m = (m - lo) / (m.max(axis=(1, 2), keepdims=True) - lo + 1e-8)
                 rows = tensor[i:i + 1] * (m[:, None] if self.info.layout == "NCHW" else m[:, :, :, None])
                 logits = self._run(_session_key(False, None), rows.astype(tensor.dtype), None)[self.info.logits_name]
                 out[i, start:start + len(m)] = _score_of(logits.reshape(len(m), -1), np.full(len(m), targets[i]), score)
@@ -449,12 +449,10 @@ def method_named(name: str):
 
 def _score_of(logits: np.ndarray, classes: np.ndarray, score: str) -> np.ndarray:
     """[rows] the explained score of each row: the class's logit or its softmax probability."""
-    z = logits.astype(np.float64)
-    picked = z[np.arange(len(z)), classes]
+    rows = np.arange(len(logits))
     if score == "logit":
-        return np.float32(picked)
-    m = z.max(axis=1)
-    return np.float32(np.exp(picked - m) / np.exp(z - m[:, None]).sum(axis=1))
+        return np.float32(logits[rows, classes])
+    return np.float32(softmax(logits, axis=1)[rows, classes])
 
 
 def _source(m, analytic: bool) -> str | None:

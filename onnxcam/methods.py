@@ -67,6 +67,13 @@ class Method:
         return ", ".join(p for p in parts if p) or "forward runs only"
 
 
+def softmax(z: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Softmax along `axis`, in float64 (scores, class probabilities, Score-CAM's channel weights)."""
+    z = np.asarray(z, np.float64)
+    e = np.exp(z - z.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
 def weighted(weights: np.ndarray, activations: np.ndarray) -> np.ndarray:
     """[N, K] channel weights, [N, K, h, w] activations -> the weighted activations w_k A_k."""
     return weights[:, :, None, None] * activations
@@ -142,9 +149,7 @@ def gradcam_elementwise(d: LayerData) -> np.ndarray:
 
 def scorecam(d: LayerData) -> np.ndarray:
     """Score-CAM (Wang 2020, arXiv 1910.01279): w = softmax_k score(x * norm(up(A_k)))."""
-    scores = np.float64(d.masked_scores(d.activations))
-    e = np.exp(scores - scores.max(axis=1, keepdims=True))
-    return weighted(np.float32(e / e.sum(axis=1, keepdims=True)), d.activations)
+    return weighted(np.float32(softmax(d.masked_scores(d.activations), axis=1)), d.activations)
 
 
 def ablationcam(d: LayerData) -> np.ndarray:

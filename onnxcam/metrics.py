@@ -38,13 +38,6 @@ STEPS = 32
 # -- faithfulness ---------------------------------------------------------------------------
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax of [N, C] logits, in float64."""
-    z = np.asarray(logits, np.float64)
-    z = np.exp(z - z.max(axis=-1, keepdims=True))
-    return z / z.sum(axis=-1, keepdims=True)
-
-
 def average_drop(y: np.ndarray, o: np.ndarray) -> float:
     """Average Drop % = 100/N * sum_i max(0, Y_i - O_i) / Y_i.
 

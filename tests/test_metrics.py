@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from onnxcam import metrics
+from onnxcam.methods import softmax
 
 
 def test_average_drop_and_increase_in_confidence():
@@ -16,7 +17,7 @@ def test_average_drop_and_increase_in_confidence():
 
 
 def test_softmax_and_masked_input():
-    p = metrics.softmax(np.array([[0.0, np.log(3.0)]]))
+    p = softmax(np.array([[0.0, np.log(3.0)]]))
     assert p == pytest.approx(np.array([[0.25, 0.75]]))
     x = np.arange(2 * 3 * 2 * 2, dtype=np.float32).reshape(2, 3, 2, 2)
     m = np.array([[[1, 0], [0.5, 0]], [[0, 0], [0, 2]]], np.float32)

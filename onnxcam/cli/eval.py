@@ -189,7 +189,7 @@ class Evaluation:
 
     def probabilities(self, x):
         """[M, C] softmax of the model's logits for a batch of input tensors (any M: fixed batches are padded)."""
-        from onnxcam.metrics import softmax
+        from onnxcam.methods import softmax
 
         np, info = self._np, self.ex.info
         fixed = info.input_shape[0]
@@ -205,6 +205,7 @@ class Evaluation:
 
     def add(self, paths: list, truth: dict, bar) -> None:
         from onnxcam import metrics
+        from onnxcam.methods import softmax
         from onnxcam.preprocess import load_image
 
         np, ex, opts = self._np, self.ex, self.options
@@ -218,7 +219,7 @@ class Evaluation:
             self.seconds[method] += time.perf_counter() - t0
             targets = res.targets
             heats = metrics.explanation_map(res.maps, res.saliency)
-            y = metrics.softmax(res.scores)[np.arange(len(x)), targets]
+            y = softmax(res.scores)[np.arange(len(x)), targets]
             o = self.probabilities(metrics.masked_input(x, heats, layout))[np.arange(len(x)), targets]
             for i, path in enumerate(paths):
                 heat, target = heats[i], int(targets[i])

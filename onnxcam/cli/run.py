@@ -229,6 +229,7 @@ class Job:
         import numpy as np
 
         from onnxcam.errors import OnnxcamError
+        from onnxcam.methods import softmax
 
         t0 = time.perf_counter()
         loaded, failures = [], []
@@ -259,7 +260,7 @@ class Job:
             if rgb is None:  # a tensor input has no picture: colour the maps alone
                 rgb = np.zeros((*first.maps.shape[1:], 3), np.uint8)
             item_units = (units[0][i:i + 1], units[1][i:i + 1]) if units else None
-            reports.append((image, _softmax(first.scores[i]), [r.item(i) for r in results], item_units, rgb, seconds))
+            reports.append((image, softmax(first.scores[i]), [r.item(i) for r in results], item_units, rgb, seconds))
         if self.writer is None:
             return failures + self._report_all(reports)
         self.writer.submit(lambda: self._report_all(reports))
@@ -437,9 +438,3 @@ def _resize(heat, size):
 
     return cv2.resize(heat, (size[1], size[0]))
 
-
-def _softmax(z):
-    import numpy as np
-
-    e = np.exp(z - z.max())
-    return e / e.sum()
