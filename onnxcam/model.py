@@ -332,8 +332,9 @@ def inspect_model(
 def _infer_shapes(model) -> onnx.ModelProto:
     """ONNX shape inference, with data propagation so that Resize sizes and Reshape shapes computed from Shape
     ops are known (without it where it fails: it is the less tried part), and through the quantized ops that
-    ONNX does not know, spelled in standard ops while shapes are inferred (`_standard_spelling`)."""
-    spelled = _standard_spelling(model)
+    ONNX does not know, spelled in standard ops while shapes are inferred (`_standard_spelling`). It runs on
+    the graph without its weights' data (`_skeleton`) and writes what it finds into `model`, which it returns."""
+    spelled = _standard_spelling(_skeleton(model))
     for data_prop in (True, False):
         try:
             inferred = onnx.shape_inference.infer_shapes(spelled, strict_mode=False, data_prop=data_prop)
@@ -342,14 +343,37 @@ def _infer_shapes(model) -> onnx.ModelProto:
             error = exc
     else:
         raise ModelError(f"shape inference failed on this model: {error}".splitlines()[0])
-    if spelled is model:
-        return inferred
     names = {o for n in model.graph.node for o in n.output}
-    kept = [vi for vi in inferred.graph.value_info if vi.name in names]  # not the spelling's own tensors
-    del inferred.graph.node[:], inferred.graph.value_info[:]
-    inferred.graph.node.extend(model.graph.node)
-    inferred.graph.value_info.extend(kept)
-    return inferred
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(vi for vi in inferred.graph.value_info if vi.name in names)  # not the spelling's
+    outputs = {o.name: o for o in inferred.graph.output}
+    for output in model.graph.output:
+        output.CopyFrom(outputs[output.name])
+    return model
+
+
+# Initializers with more elements than this are weights: shape inference needs only their type and shape
+# (smaller ones may be shapes or sizes that data propagation reads).
+SKELETON_ELEMENTS = 1024
+
+
+def _skeleton(model) -> onnx.ModelProto:
+    """The model with its large initializers turned into typed graph inputs: ONNX shape inference copies the
+    whole model into C++ and back, which for a 100 MB model costs more than the inference itself."""
+    graph = model.graph
+    skeleton = onnx.ModelProto(ir_version=max(model.ir_version, 4))
+    skeleton.opset_import.extend(model.opset_import)
+    skeleton.functions.extend(model.functions)
+    for field in ("node", "input", "output", "value_info", "sparse_initializer"):
+        getattr(skeleton.graph, field).extend(getattr(graph, field))
+    skeleton.graph.name = graph.name
+    declared = {i.name for i in graph.input}
+    for tensor in graph.initializer:
+        if _elements(tensor) <= SKELETON_ELEMENTS:
+            skeleton.graph.initializer.append(tensor)
+        elif tensor.name not in declared:
+            skeleton.graph.input.append(helper.make_tensor_value_info(tensor.name, tensor.data_type, tensor.dims))
+    return skeleton
 
 
 def _standard_spelling(model) -> onnx.ModelProto:
