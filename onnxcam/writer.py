@@ -43,10 +43,15 @@ def write_bytes(path: str, data: bytes) -> None:
     write_files({path: data})
 
 
-def png_bytes(rgb: np.ndarray) -> bytes:
-    ok, buf = cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]))
+# picture format -> OpenCV encoder parameters. PNG is lossless; JPEG (quality 95) encodes an overlay about
+# 10x faster (0.9 against 10 ms for 451 x 300 pixels), which shows in folder throughput.
+PICTURE_FORMATS = {"png": [], "jpg": [cv2.IMWRITE_JPEG_QUALITY, 95]}
+
+
+def picture_bytes(rgb: np.ndarray, fmt: str = "png") -> bytes:
+    ok, buf = cv2.imencode(f".{fmt}", np.ascontiguousarray(rgb[..., ::-1]), PICTURE_FORMATS[fmt])
     if not ok:
-        raise OutputError(f"OpenCV could not encode a {rgb.shape[1]}x{rgb.shape[0]} PNG")
+        raise OutputError(f"OpenCV could not encode a {rgb.shape[1]}x{rgb.shape[0]} {fmt.upper()} picture")
     return buf.tobytes()
 
 

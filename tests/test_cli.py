@@ -236,10 +236,10 @@ def test_explainer_reports_each_many_run_loop():
         assert done == sorted(done) and done[-1] == total and {t for w, _, t in calls if w == what} == {total}, what
 
 
-def test_no_png_writes_only_the_numbers(tmp_path):
-    """For large folders: no pictures drawn, the maps and boxes are those of a normal run."""
+def test_pictures_none_writes_only_the_numbers_and_jpg_overlays(tmp_path):
+    """For large folders: no pictures drawn (or JPEG ones), the maps and boxes are those of a normal run."""
     full = run("run", DEMO, CHELSEA, "--json", "--npy", "--out", tmp_path / "full")
-    lean = run("run", DEMO, CHELSEA, "--json", "--npy", "--no-png", "--out", tmp_path / "lean")
+    lean = run("run", DEMO, CHELSEA, "--json", "--npy", "--pictures", "none", "--out", tmp_path / "lean")
     assert full.exit_code == lean.exit_code == 0, lean.output
     assert sorted(os.listdir(tmp_path / "lean")) == ["chelsea.gradcam.json", "chelsea.gradcam.npy"]
     np.testing.assert_array_equal(np.load(tmp_path / "full" / "chelsea.gradcam.npy"),
@@ -247,6 +247,12 @@ def test_no_png_writes_only_the_numbers(tmp_path):
     boxes = [json.loads((tmp_path / d / "chelsea.gradcam.json").read_text())["explanations"][0]["box"]
              for d in ("full", "lean")]
     assert boxes[0] == boxes[1] is not None
-    refused = run("run", DEMO, CHELSEA, "--no-png", "--out", tmp_path / "none")
-    assert refused.exit_code == 2 and "--no-png leaves nothing to write" in refused.stderr
+    refused = run("run", DEMO, CHELSEA, "--pictures", "none", "--out", tmp_path / "none")
+    assert refused.exit_code == 2 and "--pictures none leaves nothing to write" in refused.stderr
     assert not (tmp_path / "none").exists()
+    jpg = run("run", DEMO, CHELSEA, "--pictures", "jpg", "--methods", "gradcam,guided-backprop", "--out", tmp_path / "jpg")
+    assert jpg.exit_code == 0, jpg.output
+    assert sorted(os.listdir(tmp_path / "jpg")) == ["chelsea.grid.jpg", "chelsea.guided-backprop.saliency.jpg"]
+    png = cv2.imread(str(tmp_path / "full" / "chelsea.gradcam.png"))
+    grid = cv2.imread(str(tmp_path / "jpg" / "chelsea.grid.jpg"))
+    assert grid is not None and grid.shape[0] == 224 + 22 and png.shape == (300, 451, 3)

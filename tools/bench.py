@@ -179,7 +179,7 @@ def torch_slow(model_name: str, method: str, x: np.ndarray) -> float:
 
 def folder_throughput(path: str, image: str, count: int, device: str) -> None:
     """Images per second of `onnxcam run DIR -b 16` (Grad-CAM: decode, explain, write overlay PNGs, or JSON
-    boxes only with --no-png) against decoding, preprocessing and a plain batched forward of the same files,
+    boxes only with --pictures none) against decoding, preprocessing and a plain batched forward of the same files,
     in this process with the sessions built; and the command's wall time in a fresh process (imports and
     setup included)."""
     import shutil
@@ -211,7 +211,8 @@ def folder_throughput(path: str, image: str, count: int, device: str) -> None:
                 plain.run(None, {ex.info.input_name: x})
 
         base = ["run", path, folder, "-b", "16", "-o", out, "--device", device]
-        variants = {"overlays": base, "json only": base + ["--json", "--no-png"]}
+        variants = {"png overlays": base, "jpg overlays": base + ["--pictures", "jpg"],
+                    "json only": base + ["--json", "--pictures", "none"]}
 
         def run_all(args):
             result = CliRunner().invoke(cli, args)
@@ -222,7 +223,7 @@ def folder_throughput(path: str, image: str, count: int, device: str) -> None:
         print(f"\nfolder of {count} images, batch 16 (median of 3, in process)")
         print(f"  decode + preprocess + plain forward      {count / times['forward']:7.1f} images/s")
         for name in variants:
-            print(f"  onnxcam run DIR (gradcam, {name:9})   {count / times[name]:7.1f} images/s   "
+            print(f"  onnxcam run DIR (gradcam, {name:12})   {count / times[name]:7.1f} images/s   "
                   f"{times['forward'] / times[name]:.0%} of the plain forward's throughput")
         t0 = time.perf_counter()
         subprocess.run([sys.executable, "-m", "onnxcam", *base], check=True, capture_output=True)

@@ -322,7 +322,7 @@ def write_outputs(out, model, ex, summary, evaluation, options, boxes) -> list:
     import io
 
     from onnxcam.errors import OutputError
-    from onnxcam.writer import json_bytes, png_bytes, write_files
+    from onnxcam.writer import json_bytes, picture_bytes, write_files
 
     try:
         os.makedirs(out, exist_ok=True)
@@ -343,7 +343,7 @@ def write_outputs(out, model, ex, summary, evaluation, options, boxes) -> list:
     paths = {os.path.join(out, name): data for name, data in (
         ("eval.json", json_bytes(report)),
         ("eval.csv", text.getvalue().encode()),
-        ("eval.curves.png", png_bytes(curves_image(summary, options["steps"]))),
+        ("eval.curves.png", picture_bytes(curves_image(summary, options["steps"]))),
     )}
     write_files(paths)
     return list(paths)

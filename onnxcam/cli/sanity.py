@@ -42,7 +42,7 @@ def command(model, image, methods, steps, seed, target, layers, preset, device, 
     from onnxcam.model import inspect_model, load_model
     from onnxcam.preprocess import load_image, load_tensor
     from onnxcam.sanity import cascade, randomization_test
-    from onnxcam.writer import json_bytes, png_bytes, write_files
+    from onnxcam.writer import json_bytes, picture_bytes, write_files
 
     names = list(dict.fromkeys(method_named(m).name for m in methods))
     proto = load_model(model)
@@ -91,8 +91,8 @@ def command(model, image, methods, steps, seed, target, layers, preset, device, 
         raise OutputError(f"cannot create the output folder {folder}: {exc.strerror or exc}") from None
     rgb = x if x.dtype == np.uint8 else np.zeros((*results[0].maps[0].shape, 3), np.uint8)
     files = {
-        os.path.join(folder, f"{stem}.sanity.png"): png_bytes(curves_image(results, len(plan))),
-        os.path.join(folder, f"{stem}.sanity.maps.png"): png_bytes(maps_image(results, rgb, render)),
+        os.path.join(folder, f"{stem}.sanity.png"): picture_bytes(curves_image(results, len(plan))),
+        os.path.join(folder, f"{stem}.sanity.maps.png"): picture_bytes(maps_image(results, rgb, render)),
         os.path.join(folder, f"{stem}.sanity.json"): json_bytes({
             "model": model, "image": image, "seed": seed, "class": results[0].target,
             "label": info.label(results[0].target), "pass_below": 0.5,
