@@ -49,7 +49,7 @@ PICTURE_FORMATS = {"png": [], "jpg": [cv2.IMWRITE_JPEG_QUALITY, 95]}
 
 
 def picture_bytes(rgb: np.ndarray, fmt: str = "png") -> bytes:
-    ok, buf = cv2.imencode(f".{fmt}", np.ascontiguousarray(rgb[..., ::-1]), PICTURE_FORMATS[fmt])
+    ok, buf = cv2.imencode(f".{fmt}", cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR), PICTURE_FORMATS[fmt])
     if not ok:
         raise OutputError(f"OpenCV could not encode a {rgb.shape[1]}x{rgb.shape[0]} {fmt.upper()} picture")
     return buf.tobytes()
