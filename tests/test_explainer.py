@@ -145,3 +145,12 @@ def test_maps_in_graph_leave_finite_differences_and_eigen_smooth_to_the_host():
     ex = Explainer(DEMO, device="cpu")
     ex.explain(CHELSEA, "gradcam", eigen_smooth=True)
     assert not any(key[0] == "maps" for key in ex._sessions)
+
+
+def test_cuda_sessions_choose_cudnn_algorithms_by_heuristic():
+    """Batch sizes vary (a folder's last chunk, Score-CAM's and finite differences' rows): cuDNN's default
+    exhaustive search would benchmark every new shape. CPU gets no options."""
+    from onnxcam.runtime import CPU, CUDA, with_options
+
+    assert with_options([CUDA, CPU]) == [(CUDA, {"cudnn_conv_algo_search": "HEURISTIC"}), CPU]
+    assert with_options([CPU]) == [CPU]
