@@ -19,11 +19,11 @@ import numpy as np
 
 from onnxcam import cache, postprocess, preprocess
 from onnxcam.errors import ModelError, OnnxcamError, UnsupportedOpError
+from onnxcam.export import MIN_OPSET, TERMS, layer_map_name, maps_model
 from onnxcam.finite_diff import channel_derivatives, quantization_step
 from onnxcam.head import linear_head_weights
 from onnxcam.methods import ALIASES, ELEMENTWISE, METHODS, SAMPLES, LayerData, projection, softmax
 from onnxcam.model import inspect_model, load_model
-from onnxcam.export import MIN_OPSET, TERMS, layer_map_name, maps_model
 from onnxcam.runtime import make_session, providers_for
 from onnxcam.surgery import CLASS_INPUT, SCORES, TARGET_OUTPUT, augment, cut_head, grad_name
 
@@ -390,10 +390,11 @@ class Explainer:
         return classes
 
     def _run(self, key, tensor, classes) -> dict:
-        """Run the session for `key` = (layer gradients, input gradient, score, unit) on tensor."""
+        """Run the session for `key` on tensor: (layer gradients, input gradient, score, unit) for an augmented
+        model, (MAPS, method, score, unit) for an in-graph map model."""
         session = self._session(key)
         names = [o.name for o in session.get_outputs()]
-        with_class = key[0] or key[1]  # sessions with gradients (and MAPS) take the class (an overridable initializer)
+        with_class = key[0] or key[1]  # sessions with gradients (MAPS ones too) take the class (an overridable initializer)
         batch = self.info.input_shape[0] or len(tensor)  # a fixed batch size runs in chunks of it
         chunks = []
         for start in range(0, len(tensor), batch):
