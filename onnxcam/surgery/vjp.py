@@ -247,8 +247,8 @@ def _conv(b, node, g):
     begin, end = _conv_pads(node, in_shape[2:], out_shape[2:], k, strides, dilations)
     group = node.attrs.get("group", 1)
     reach = [(k[i] - 1) * dilations[i] for i in range(spatial)]
-    if all(st == 1 for st in strides) and all(reach[i] >= max(begin[i], end[i]) for i in range(spatial)):
-        return [_conv_backward_as_conv(b, g[0], w, group, dilations, reach, begin, end), None, None]
+    if all(st == 1 for st in strides) and all(reach[i] >= begin[i] for i in range(spatial)):
+        return [_conv_backward_as_conv(b, g[0], w, group, dilations, reach, begin, in_shape, out_shape), None, None]
     output_padding = [
         in_shape[2 + i] + begin[i] + end[i] - ((out_shape[2 + i] - 1) * strides[i] + reach[i] + 1)
         for i in range(spatial)
@@ -261,19 +261,26 @@ def _conv(b, node, g):
     return [dx, None, None]
 
 
-def _conv_backward_as_conv(b, g, w, group, dilations, reach, begin, end):
-    """For stride 1, dX = Conv(g, W'), W' = W flipped in space with in and out channels swapped per group,
-    pads reach - pads: the same sum as ConvTranspose, but ONNX Runtime's Conv kernels are far faster on
-    depthwise and grouped convolutions (EfficientNet-lite0's input gradient: 3x)."""
+def _conv_backward_as_conv(b, g, w, group, dilations, reach, begin, in_shape, out_shape):
+    """For stride 1, dX = Conv(g, W'): W' is W flipped in space with in and out channels swapped per group,
+    the pads reach - begin before and whatever makes the input's size after (g cut short where it reaches
+    past what any dX entry reads). The same sums as ConvTranspose, but ONNX Runtime's Conv kernels are far
+    faster on depthwise and grouped convolutions (EfficientNet-lite0's input gradient: 3x). Strided convs
+    keep ConvTranspose: spreading g with zeros (Reshape, Pad) cost more than it saved."""
     m, c_per_group, *k = _static(w)
+    spatial = len(k)
     flipped = b.fwd(w)
-    for axis in range(2, 2 + len(k)):
+    for axis in range(2, 2 + spatial):
         flipped = _reverse(b, flipped, _static(w), axis)
     if c_per_group > 1 or m // group > 1:  # depthwise (1 and 1): W' is W flipped
         grouped = b.op("Reshape", flipped, b.const([group, m // group, c_per_group, *k], np.int64))
-        swapped = b.op("Transpose", grouped, perm=[0, 2, 1] + list(range(3, 3 + len(k))))
+        swapped = b.op("Transpose", grouped, perm=[0, 2, 1] + list(range(3, 3 + spatial)))
         flipped = b.op("Reshape", swapped, b.const([group * c_per_group, m // group, *k], np.int64))
-    pads = [reach[i] - begin[i] for i in range(len(k))] + [reach[i] - end[i] for i in range(len(k))]
+    out_size, in_size = out_shape[2:], in_shape[2:]
+    used = [min(out_size[i], in_size[i] + begin[i]) for i in range(spatial)]  # dX reads g up to in + begin - 1
+    if used != list(out_size):
+        g = b.slice(g, [0] * spatial, used, list(range(2, 2 + spatial)))
+    pads = [reach[i] - begin[i] for i in range(spatial)] + [in_size[i] - used[i] + begin[i] for i in range(spatial)]
     return b.op("Conv", g, flipped, group=group, dilations=dilations, kernel_shape=k, pads=pads)
 
 

@@ -355,6 +355,10 @@ CONV_VARIANTS = [
     ("SAME_LOWER-k2-stride2", _conv(5, (2, 2), auto_pad="SAME_LOWER", strides=[2, 2])),  # ORT: no dilation with SAME
     ("VALID-k3", _conv(5, (3, 3), auto_pad="VALID")),
     ("VALID-k3-stride2", _conv(5, (3, 3), auto_pad="VALID", strides=[2, 2])),
+    ("1x1-stride2", _conv(5, (1, 1), strides=[2, 2])),  # odd rows: the spread gradient is cut short
+    ("depthwise-stride2-pad1", _conv(C, (3, 3), group=C, strides=[2, 2], pads=[1, 1, 1, 1])),
+    ("k2-pads2", _conv(5, (2, 2), pads=[2, 2, 2, 2])),  # pads beyond the kernel's reach: ConvTranspose
+    ("pads-0,0,3,3", _conv(5, (3, 3), pads=[0, 0, 3, 3])),  # end pads beyond the reach: g is cut short
 ]
 
 
