@@ -12,6 +12,8 @@ from __future__ import annotations
 import numpy as np
 from onnx import numpy_helper
 
+from onnxcam.model import constants
+
 # Rows per head run: bounds memory at ROWS * K * h * w floats.
 ROWS = 64
 # Step, relative to the layer's mean |activation|: small enough to stay on one
@@ -21,11 +23,9 @@ RELATIVE_STEP = 1e-2
 
 def quantization_step(model) -> float:
     """The largest QuantizeLinear scale in a model (0 if none): steps below it see a staircase, not a slope."""
-    constants = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    constants.update((n.output[0], numpy_helper.to_array(a.t)) for n in model.graph.node
-                     if n.op_type == "Constant" for a in n.attribute if a.name == "value")
-    scales = [float(np.max(np.abs(constants[n.input[1]]))) for n in model.graph.node
-              if n.op_type == "QuantizeLinear" and n.input[1] in constants]
+    tensors = constants(model.graph)
+    scales = [float(np.max(np.abs(numpy_helper.to_array(tensors[n.input[1]])))) for n in model.graph.node
+              if n.op_type == "QuantizeLinear" and n.input[1] in tensors]
     return max(scales, default=0.0)
 
 

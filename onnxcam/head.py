@@ -10,7 +10,7 @@ import numpy as np
 from onnx import numpy_helper
 
 from onnxcam.errors import ModelError
-from onnxcam.model import ModelInfo
+from onnxcam.model import ModelInfo, constants
 
 _NO_OPS = {"Identity", "Dropout", "Flatten", "Reshape", "Squeeze"}
 
@@ -22,10 +22,7 @@ def linear_head_weights(info: ModelInfo, layer: str) -> np.ndarray:
     for node in graph.node:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
-    constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-    constants.update(
-        (n.output[0], numpy_helper.to_array(a.t)) for n in graph.node if n.op_type == "Constant" for a in n.attribute if a.name == "value"
-    )
+    tensors = constants(graph)
 
     def single_next(name):
         nodes = consumers.get(name, [])
@@ -37,20 +34,20 @@ def linear_head_weights(info: ModelInfo, layer: str) -> np.ndarray:
     node = single_next(layer)
     while node is not None and node.op_type in _NO_OPS:
         node = single_next(node.output[0])
-    if node is None or not _is_global_average(node, constants):
+    if node is None or not _is_global_average(node, tensors):
         fail(f"'{layer}' is not followed only by global average pooling")
     node = single_next(node.output[0])
     while node is not None and node.op_type in _NO_OPS:
         node = single_next(node.output[0])
-    if node is None or node.op_type not in ("Gemm", "MatMul") or node.input[1] not in constants:
+    if node is None or node.op_type not in ("Gemm", "MatMul") or node.input[1] not in tensors:
         fail("the pooled features do not go straight into a Gemm/MatMul with constant weights")
     scores = node.output[0]
     bias = single_next(scores)
-    if bias is not None and bias.op_type == "Add" and any(i in constants for i in bias.input):
+    if bias is not None and bias.op_type == "Add" and any(i in tensors for i in bias.input):
         scores = bias.output[0]
     if scores != info.logits_name:
         fail("its linear layer does not produce the logits directly")
-    w = constants[node.input[1]].astype(np.float32)
+    w = numpy_helper.to_array(tensors[node.input[1]]).astype(np.float32)
     attrs = {a.name: a for a in node.attribute}
     transposed = node.op_type == "Gemm" and attrs.get("transB") is not None and attrs["transB"].i == 1
     w = w if transposed else w.T
@@ -61,11 +58,11 @@ def linear_head_weights(info: ModelInfo, layer: str) -> np.ndarray:
     return w
 
 
-def _is_global_average(node, constants) -> bool:
+def _is_global_average(node, tensors) -> bool:
     if node.op_type == "GlobalAveragePool":
         return True
     if node.op_type != "ReduceMean":
         return False
     axes = [a.ints for a in node.attribute if a.name == "axes"]
-    axes = list(axes[0]) if axes else (constants[node.input[1]].tolist() if len(node.input) > 1 else [])
+    axes = list(axes[0]) if axes else (numpy_helper.to_array(tensors[node.input[1]]).tolist() if len(node.input) > 1 else [])
     return sorted(a % 4 for a in axes) == [2, 3]

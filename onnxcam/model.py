@@ -301,12 +301,12 @@ def inspect_model(
         raise ModelError(f"the logits tensor '{logits}' has shape {logits_shape}; expected [N, classes] with a known class count")
 
     nchw_input = {image_input.name} if layout == "NCHW" else set()
-    constants = _constants(graph)
-    quantized = _quantized(graph, constants) if opset >= 10 else {}  # QuantizeLinear comes with opset 10
-    layouts = _layouts(graph, shapes, nchw_input, constants)
+    tensors = constants(graph)
+    quantized = _quantized(graph, tensors) if opset >= 10 else {}  # QuantizeLinear comes with opset 10
+    layouts = _layouts(graph, shapes, nchw_input, tensors)
     layers = _candidate_layers(graph, shapes, producers, logits, layouts, _float_names(model), quantized)
     names = {layer.name for layer in layers}
-    _add_float_twins(model, {t: params for t, params in quantized.items() if _twin(t) in names}, constants)
+    _add_float_twins(model, {t: params for t, params in quantized.items() if _twin(t) in names}, tensors)
     if not layers:
         raise ModelError(
             "no candidate target layer: no 4-D NCHW tensor with spatial size > 1 feeds the logits "
@@ -629,18 +629,18 @@ def _candidate_layers(graph, shapes, producers, logits, layouts, floats, quantiz
     return layers
 
 
-def _layouts(graph, shapes, nchw_input, constants) -> dict:
+def _layouts(graph, shapes, nchw_input, tensors) -> dict:
     """name -> p for the 4-D tensors whose axes are known NCHW axes: axis i is NCHW axis p[i], so a tensor is
     NCHW when p is the identity (NCHW -> Transpose(0, 2, 3, 1) -> NHWC ops -> Transpose(0, 3, 1, 2) is)."""
     layouts = dict.fromkeys(nchw_input, _IDENTITY)
     for node in graph.node:
-        p = _output_layout(node, layouts, constants)
+        p = _output_layout(node, layouts, tensors)
         if p is not None:
             layouts.update((out, p) for out in node.output if len(shapes.get(out, ())) == 4)
     return layouts
 
 
-def _output_layout(node, layouts, constants):
+def _output_layout(node, layouts, tensors):
     if node.op_type in _NCHW_SOURCES:
         return _IDENTITY
     if any(a.name == "channels_last" and a.i for a in node.attribute):  # QLinear pools: reads its input as NHWC
@@ -653,27 +653,28 @@ def _output_layout(node, layouts, constants):
         perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), [3, 2, 1, 0])
         return tuple(p[i] for i in perm)
     if node.op_type == "MatMul":  # x @ W mixes x's last axis: a layout survives only where that axis is C
-        weight = constants.get(node.input[1])
+        weight = tensors.get(node.input[1])
         return p if node.input[0] in layouts and p[3] == 1 and weight is not None and len(weight.dims) == 2 else None
     return p if node.op_type in _NCHW_KEEPERS else None
 
 
-def _constants(graph) -> dict:
-    """name -> TensorProto of the initializers and Constant node outputs."""
-    constants = {t.name: t for t in graph.initializer}
-    constants.update((n.output[0], a.t) for n in graph.node if n.op_type == "Constant"
-                     for a in n.attribute if a.name == "value")
-    return constants
+def constants(graph) -> dict:
+    """name -> TensorProto of the initializers and Constant node outputs (not decoded: callers convert the
+    few they read with numpy_helper.to_array)."""
+    tensors = {t.name: t for t in graph.initializer}
+    tensors.update((n.output[0], a.t) for n in graph.node if n.op_type == "Constant"
+                   for a in n.attribute if a.name == "value")
+    return tensors
 
 
-def _quantized(graph, constants) -> dict:
+def _quantized(graph, tensors) -> dict:
     """Integer tensor -> its (scale, zero point) names, for outputs of quantized ops whose scale and zero point
     are constant scalars: the tensor's float value is DequantizeLinear(tensor, scale, zero point)."""
     found = {}
     for node in graph.node:
         if node.op_type in _QLINEAR:
             params = _args(node, _QLINEAR[node.op_type][2])
-            if all(name in constants and _elements(constants[name]) == 1 for name in params):
+            if all(name in tensors and _elements(tensors[name]) == 1 for name in params):
                 found[node.output[0]] = tuple(params)
         elif node.op_type in _QUANTIZATION_KEEPERS and node.input[0] in found:
             found[node.output[0]] = found[node.input[0]]
@@ -685,7 +686,7 @@ def _twin(name: str) -> str:
     return f"{name}/dequantized"
 
 
-def _add_float_twins(model, quantized: dict, constants: dict) -> None:
+def _add_float_twins(model, quantized: dict, tensors: dict) -> None:
     """Give each quantized tensor t a float twin, DequantizeLinear(t, scale, zero point), and feed t's consumers
     QuantizeLinear(twin, scale, zero point) instead: an exact round trip, so the logits do not change, and the
     twin is a float target layer that the head reads (where finite differences can step)."""
@@ -703,7 +704,7 @@ def _add_float_twins(model, quantized: dict, constants: dict) -> None:
             requantized = f"{out}/requantized"
             nodes += [helper.make_node("DequantizeLinear", [out, scale, zero_point], [_twin(out)], name=_twin(out)),
                       helper.make_node("QuantizeLinear", [_twin(out), scale, zero_point], [requantized], name=requantized)]
-            for name, elem in ((_twin(out), constants[scale].data_type), (requantized, None)):
+            for name, elem in ((_twin(out), tensors[scale].data_type), (requantized, None)):
                 twin = onnx.ValueInfoProto.FromString(infos[out].SerializeToString())
                 twin.name = name
                 twin.type.tensor_type.elem_type = elem or twin.type.tensor_type.elem_type
