@@ -168,7 +168,7 @@ def _is_terminal(stream) -> bool:
 
 
 class _Writer:
-    """One batch's reports (overlays drawn, PNGs encoded, files written, lines printed) run on a background
+    """One batch's reports (overlays drawn, pictures encoded, files written, lines printed) run on a background
     thread while the caller explains the next batch, so encoding overlaps ONNX Runtime. At most one batch
     waits, which bounds memory; reports keep their order. On Ctrl-C the batch under way is finished."""
 
@@ -324,8 +324,9 @@ class Job:
             tag = f"{res.method}.c{cls}" if several and len(self.methods) == 1 else res.method
             heat = res.maps[0]
             flat = bool(res.flat[0])
-            found = None if flat else postprocess.box(_resize(heat, (h, w)), opts["box_threshold"])
-            picture = render.overlay(rgb, heat, box=found) if pictures else None
+            heat_on_image = _resize(heat, (h, w))  # for the box and the overlay alike
+            found = None if flat else postprocess.box(heat_on_image, opts["box_threshold"])
+            picture = render.overlay(rgb, heat_on_image, box=found) if pictures else None
             entry = {"method": res.method, "target": {"class": cls, "label": ex.info.label(cls)},
                      "gradients": res.gradients, "box": list(found) if found else None, "flat": flat}
             if flat:
