@@ -202,13 +202,13 @@ def test_a_folder_in_batches_equals_images_one_by_one(tmp_path):
 def test_progress_names_the_many_run_loop_on_a_terminal(tmp_path, monkeypatch):
     """On a terminal, even one image gets a bar once Score-CAM's masked-input runs start, and the bar
     counts them up to all K channels; off a terminal (this runner's default) nothing is drawn."""
-    import onnxcam.cli.run as run_module
+    import onnxcam.cli.options as options_module
 
     model = os.path.join(ROOT, "models", "zoo", "resnet.onnx")
     quiet = run("run", model, CHELSEA, "-m", "scorecam", "-o", tmp_path / "a")
     assert quiet.exit_code == 0, quiet.output
     assert "masked inputs" not in quiet.stderr
-    monkeypatch.setattr(run_module, "_is_terminal", lambda stream: True)
+    monkeypatch.setattr(options_module, "_is_terminal", lambda stream: True)
     shown = run("run", model, CHELSEA, "-m", "scorecam", "-o", tmp_path / "b")
     assert shown.exit_code == 0, shown.output
     from onnxcam.model import inspect_model, load_model

@@ -11,12 +11,11 @@ curves) into --out.
 from __future__ import annotations
 
 import os
-import sys
 import time
 
 import click
 
-from onnxcam.cli.options import explainer_options, format_shape, model_args, model_options
+from onnxcam.cli.options import Progress, explainer_options, format_shape, model_args, model_options
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".pbm", ".pgm", ".ppm",
                     ".pnm", ".pam")
@@ -82,7 +81,7 @@ def command(model, images, methods, boxes, out, batch_size, steps, blur, toleran
     click.echo(f"images    {len(paths)}" + (f" ({len(truth)} with boxes from {boxes})" if boxes else ""))
     options = dict(steps=steps, blur=blur, tolerance=tolerance, box_threshold=box_threshold, iou=iou_threshold)
     evaluation = Evaluation(ex, names, options)
-    with _progress(len(paths) * len(names)) as bar:
+    with Progress(len(paths) * len(names), eager=True) as bar:
         for start in range(0, len(paths), batch_size):
             chunk = paths[start:start + batch_size]
             evaluation.add(chunk, truth, bar)
@@ -349,19 +348,3 @@ def write_outputs(out, model, ex, summary, evaluation, options, boxes) -> list:
     return list(paths)
 
 
-class _NoBar:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def update(self, n):
-        pass
-
-
-def _progress(length: int):
-    """click's progress bar on stderr when stderr is a terminal; otherwise nothing."""
-    if sys.stderr.isatty():
-        return click.progressbar(length=length, label="explaining", file=sys.stderr)
-    return _NoBar()

@@ -1,6 +1,8 @@
-"""Options shared by several commands."""
+"""Options and helpers shared by several commands (options, shape and message formatting, the progress bar)."""
 
 from __future__ import annotations
+
+import sys
 
 import click
 
@@ -53,3 +55,46 @@ def format_shape(dims) -> str:
 def one_line(text) -> str:
     """A message as one line, whatever it quotes (a tensor name or a path may hold a newline)."""
     return str(text).replace("\r", "\\r").replace("\n", "\\n")
+
+
+class Progress:
+    """click's progress bar on stderr (a terminal only) over `count` items, its label naming the many-run loop
+    under way inside a batch (Score-CAM's masked inputs, finite differences...). A single item gets a bar
+    only when such a loop reports, unless `eager`."""
+
+    LABEL = "explaining"
+
+    def __init__(self, count: int, eager: bool = False):
+        self.count, self.done, self.bar = count, 0, None
+        self.enabled = _is_terminal(sys.stderr)
+        if count > 1 or eager:
+            self._open()
+
+    def _open(self):
+        if self.enabled and self.bar is None:
+            self.bar = click.progressbar(length=self.count, label=self.LABEL, file=sys.stderr)
+            self.bar.__enter__()
+            self.bar.update(self.done)
+
+    def update(self, n: int):
+        self.done += n
+        if self.bar is not None:
+            self.bar.label = self.LABEL
+            self.bar.update(n)
+
+    def report(self, what: str, done: int, total: int):
+        self._open()
+        if self.bar is not None:
+            self.bar.label = f"{self.LABEL} [{what} {done}/{total}]"
+            self.bar.render_progress()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+
+
+def _is_terminal(stream) -> bool:
+    return stream.isatty()

@@ -13,7 +13,7 @@ import time
 
 import click
 
-from onnxcam.cli.options import explainer_options, format_shape, model_args, model_options, one_line
+from onnxcam.cli.options import Progress, explainer_options, format_shape, model_args, model_options, one_line
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".pgm", ".ppm", ".npy")
 MAX_PIXELS = 100_000_000  # onnxcam.preprocess.DEFAULT_MAX_PIXELS (not imported: --help stays instant)
@@ -92,7 +92,7 @@ def command(model, images, method, methods, layers, target, labels, device, grad
         why = f" ({ex.missing_rule})" if ex.missing_rule and source == "finite differences" else ""
         click.echo(f"method    {name}" + (f"  gradients {source}{why}" if source else ""))
     failures = []
-    with _Progress(len(images)) as bar, _Writer() as writer:
+    with Progress(len(images)) as bar, _Writer() as writer:
         ex.progress = bar.report
         job.writer = writer
         for start in range(0, len(images), batch_size):
@@ -118,53 +118,6 @@ def command(model, images, method, methods, layers, target, labels, device, grad
     if failures:
         summary = "; ".join(f"{one_line(path)}: {one_line(why)}" for path, why in failures)
         raise click.ClickException(f"{len(failures)} of {len(images)} images failed: {summary}")
-
-
-class _Progress:
-    """click's progress bar on stderr (a terminal only) over the images, its label naming the many-run loop
-    under way inside a batch (Score-CAM's masked inputs, finite differences...). One image gets a bar only
-    when such a loop reports."""
-
-    LABEL = "explaining"
-
-    def __init__(self, count: int):
-        import sys
-
-        self.count, self.done, self.bar = count, 0, None
-        self.enabled = _is_terminal(sys.stderr)
-        if count > 1:
-            self._open()
-
-    def _open(self):
-        import sys
-
-        if self.enabled and self.bar is None:
-            self.bar = click.progressbar(length=self.count, label=self.LABEL, file=sys.stderr)
-            self.bar.__enter__()
-            self.bar.update(self.done)
-
-    def update(self, n: int):
-        self.done += n
-        if self.bar is not None:
-            self.bar.label = self.LABEL
-            self.bar.update(n)
-
-    def report(self, what: str, done: int, total: int):
-        self._open()
-        if self.bar is not None:
-            self.bar.label = f"{self.LABEL} [{what} {done}/{total}]"
-            self.bar.render_progress()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        if self.bar is not None:
-            self.bar.__exit__(*exc)
-
-
-def _is_terminal(stream) -> bool:
-    return stream.isatty()
 
 
 class _Writer:
