@@ -20,7 +20,7 @@ import tempfile
 
 import onnxruntime as ort
 
-from onnxcam.runtime import session_options, with_options
+from onnxcam.runtime import make_session, session_options, with_options
 
 ENV = "ONNXCAM_CACHE_DIR"  # a folder, or "off" to disable
 
@@ -73,6 +73,25 @@ def _cpu() -> str:
             return next((line for line in f if line.startswith("flags")), "")
     except OSError:
         return platform.machine() + platform.processor()
+
+
+def cached_session(key: dict | None, providers: list, build) -> ort.InferenceSession:
+    """The session for `key` (everything that shapes the graph, the model's digest included) from the cache,
+    else a new session of build() (an onnx.ModelProto), whose optimized form is saved for next time. key None
+    (a model given in memory) or caching off: always built."""
+    path = entry_path(key["model"], key, providers) if key is not None else None
+    session = load(path, providers) if path else None
+    if session is not None:
+        return session
+    model = build()
+    options, tmp = save_options(path) if path else (None, None)
+    try:
+        session = make_session(model, providers, options)
+    except BaseException:
+        discard(tmp)
+        raise
+    commit(tmp, path)
+    return session
 
 
 def load(path: str, providers: list):

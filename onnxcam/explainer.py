@@ -24,7 +24,7 @@ from onnxcam.finite_diff import channel_derivatives, quantization_step
 from onnxcam.head import linear_head_weights
 from onnxcam.methods import ALIASES, ELEMENTWISE, METHODS, SAMPLES, LayerData, projection, softmax
 from onnxcam.model import inspect_model, load_model
-from onnxcam.runtime import make_session, providers_for
+from onnxcam.runtime import providers_for
 from onnxcam.surgery import CLASS_INPUT, SCORES, TARGET_OUTPUT, augment, cut_head, grad_name
 
 GRADIENT_MODES = ("auto", "analytic", "fd")
@@ -80,6 +80,8 @@ class Explainer:
         self.layers = list(dict.fromkeys(self.info.resolve_layer(n).name for n in names))
         self.providers = list(providers) if providers else providers_for(device)
         self.preset = preprocess_preset or self.info.preprocess or preprocess.DEFAULT_PRESET
+        # where the preset came from: "option", "model" (its metadata) or "assumed" (nothing recorded)
+        self.preset_source = "option" if preprocess_preset else "model" if self.info.preprocess else "assumed"
         if self.preset not in preprocess.PRESETS:
             raise OnnxcamError(f"unknown preprocessing preset '{self.preset}'; choose one of {', '.join(preprocess.PRESETS)}")
         if gradients not in GRADIENT_MODES:
@@ -118,6 +120,11 @@ class Explainer:
         images = [preprocess.load_image(i) if isinstance(i, str) else _check_rgb(i) for i in items]
         channels = info.input_shape[1 if info.layout == "NCHW" else 3]
         return preprocess.to_tensor(images, info.size, info.layout, channels, self.preset, info.input_dtype)
+
+    def logits(self, x) -> np.ndarray:
+        """[M, C] logits of the plain model for x (anything `prepare` takes), for any number of rows M."""
+        tensor = self.prepare(x)
+        return self._run(_session_key(False, None), tensor, None)[self.info.logits_name].reshape(len(tensor), -1)
 
     def gradient_source(self, method: str) -> str | None:
         """"analytic" or "finite differences" for this method, None if it needs no gradient."""
@@ -419,13 +426,8 @@ class Explainer:
 
     def _cached_session(self, key, build):
         """The session for `key` from the disk cache, else from build() (surgery), saved for next time."""
-        path = None
-        if self._cache_key is not None:
-            path = cache.entry_path(self._cache_key["model"], {**self._cache_key, "session": key}, self.providers)
-            session = cache.load(path, self.providers)
-            if session is not None:
-                return session
-        return make_session(build(), self.providers, save_to=path)
+        full = None if self._cache_key is None else {**self._cache_key, "session": key}
+        return cache.cached_session(full, self.providers, build)
 
     def _linear_head(self, layer: str) -> np.ndarray:
         if layer not in self._head_weights:

@@ -82,18 +82,12 @@ def with_options(providers: list) -> list:
     return [(p, PROVIDER_OPTIONS[p]) if isinstance(p, str) and p in PROVIDER_OPTIONS else p for p in providers]
 
 
-def make_session(model: onnx.ModelProto, providers: list, save_to: str | None = None) -> ort.InferenceSession:
-    """A session with every graph optimization; with save_to, ORT's optimized model also goes to the cache."""
-    from onnxcam import cache
-
-    options, tmp = cache.save_options(save_to) if save_to else (None, None)
-    if options is None:
-        options = session_options()
+def make_session(model: onnx.ModelProto, providers: list, options: ort.SessionOptions | None = None) -> ort.InferenceSession:
+    """A session with every graph optimization (or the given options); a model ONNX Runtime rejects is a
+    one-line ModelError."""
     try:
-        session = ort.InferenceSession(model.SerializeToString(), options, providers=with_options(providers))
+        return ort.InferenceSession(model.SerializeToString(), options or session_options(),
+                                    providers=with_options(providers))
     except Exception as exc:
-        cache.discard(tmp)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"ONNX Runtime cannot load the model: {first}") from None
-    cache.commit(tmp, save_to)
-    return session

@@ -272,7 +272,7 @@ def test_huge_intermediate_tensor_is_refused_before_onnx_runtime(tmp_path, image
         raise AssertionError("an ORT session was built for a model that should have been refused")
 
     monkeypatch.setattr(onnxcam.runtime, "make_session", no_session)
-    monkeypatch.setattr("onnxcam.explainer.make_session", no_session)
+    monkeypatch.setattr("onnxcam.cache.make_session", no_session)
     path = save(hf.with_huge_constant(hf.tiny()), tmp_path / "m.onnx")
     refused_writes_nothing(tmp_path, ["run", path, image], 3, "tensor 'huge' (output of ConstantOfShape")
 
