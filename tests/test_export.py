@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from conftest import CHELSEA, COFFEE, DEMO, ROOT
 from onnxcam import Explainer
 from onnxcam.cli import main
-from onnxcam.export import MAP_OUTPUT, TERMS, export
+from onnxcam.export import MAP_OUTPUT, METHODS, export
 from onnxcam.surgery import CLASS_INPUT, TARGET_OUTPUT
 
 NODE_DIR = os.path.join(ROOT, "tests", "node")
@@ -31,7 +31,7 @@ def two_images(demo_explainer):
     return demo_explainer.prepare([CHELSEA, COFFEE])
 
 
-@pytest.mark.parametrize("method", sorted(TERMS))
+@pytest.mark.parametrize("method", sorted(METHODS))
 def test_exported_map_equals_the_python_map(demo_explainer, two_images, method):
     model = export(demo_explainer.info, demo_explainer.layers, method)
     onnx.checker.check_model(model, full_check=True)
