@@ -17,11 +17,11 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from onnxcam import cache, postprocess, preprocess
+from onnxcam import cache, heads, postprocess, preprocess
 from onnxcam.errors import ModelError, OnnxcamError
 from onnxcam.finite_diff import channel_derivatives, quantization_step
 from onnxcam.linear_head import linear_head_weights
-from onnxcam.methods import ELEMENTWISE, METHODS, SAMPLES, LayerData, method_named, projection, softmax
+from onnxcam.methods import ELEMENTWISE, METHODS, SAMPLES, LayerData, method_named, projection
 from onnxcam.model import inspect_model, load_model
 from onnxcam.runtime import providers_for
 from onnxcam.sessions import SessionSpec, Sessions
@@ -102,6 +102,8 @@ class Explainer:
             raise OnnxcamError(f"unknown gradients mode '{gradients}'; choose one of {', '.join(GRADIENT_MODES)}")
         self.gradients = gradients
         self.maps_in_graph = maps_in_graph
+        self.head = heads.kind_of(self.info)
+        self.num_classes = heads.class_count(self.head, self.info.num_classes)  # classes that can be explained
         self.missing_rule = None  # set when 'auto' fell back to finite differences: why
         # progress(what, done, total): called by the loops of many runs (Score-CAM's masked inputs,
         # Ablation-CAM's ablated heads, finite differences, noisy samples), e.g. to drive a progress bar.
@@ -318,7 +320,7 @@ class Explainer:
             directional=self._finite_differences(layer, a, targets, tensor, score) if grads is None else None,
             masked_scores=lambda acts: self._masked_scores(tensor, acts, targets, score),
             ablated_scores=lambda: self._ablated_scores(layer, a, tensor, targets, score),
-            scores=_score_of(scores, targets, score),
+            scores=self._score_of(scores, targets, score),
         )
         terms = m.map(data)
         if m.terms:
@@ -346,7 +348,7 @@ class Explainer:
             self._quantization_step = 2 * quantization_step(self.info.model)
         floor = self._quantization_step
         return lambda pattern: channel_derivatives(run_head, layer, activations, pattern, targets, extra,
-                                                   score_of=lambda z, c: _score_of(z, c, score), min_step=floor,
+                                                   score_of=lambda z, c: self._score_of(z, c, score), min_step=floor,
                                                    progress=lambda done, total: self._report(
                                                        "finite differences", done, total))
 
@@ -363,7 +365,7 @@ class Explainer:
                 m = (m - lo) / (m.max(axis=(1, 2), keepdims=True) - lo + 1e-8)
                 rows = tensor[i:i + 1] * (m[:, None] if self.info.layout == "NCHW" else m[:, :, :, None])
                 logits = self.sessions.run_model(forward, rows.astype(tensor.dtype))[self.info.logits_name]
-                out[i, start:start + len(m)] = _score_of(logits.reshape(len(m), -1), np.full(len(m), targets[i]), score)
+                out[i, start:start + len(m)] = self._score_of(logits.reshape(len(m), -1), np.full(len(m), targets[i]), score)
                 self._report("masked inputs", i * k + start + len(m), n * k)
         return out
 
@@ -383,7 +385,7 @@ class Explainer:
                 feeds = {layer: rows.astype(dtype)}
                 feeds.update({name: np.repeat(v[i:i + 1], len(channels), axis=0) for name, v in (extra or {}).items()})
                 logits = run_head(feeds).reshape(len(channels), -1)
-                out[i, channels] = _score_of(logits, np.full(len(channels), targets[i]), score)
+                out[i, channels] = self._score_of(logits, np.full(len(channels), targets[i]), score)
                 self._report("ablated channels", i * k + channels[-1] + 1, n * k)
         return out
 
@@ -407,7 +409,10 @@ class Explainer:
         """The class each row explains: chosen in the graph where the session takes a class, else here."""
         if spec.takes_class:
             return outputs[TARGET_OUTPUT]
-        return np.where(classes < 0, scores.argmax(axis=1), classes)
+        return np.where(classes < 0, heads.top1(scores, self.head), classes)
+
+    def _score_of(self, logits, classes, score) -> np.ndarray:
+        return heads.class_score(logits, classes, score, self.head)
 
     def _nchw(self, x):
         return x if self.info.layout == "NCHW" else x.transpose(0, 3, 1, 2)
@@ -421,23 +426,15 @@ class Explainer:
             classes = np.repeat(classes, n)
         if len(classes) != n:
             raise OnnxcamError(f"got {len(classes)} targets for {n} images; give one target or one per image")
-        bad = [int(c) for c in classes if not 0 <= c < self.info.num_classes]
+        bad = [int(c) for c in classes if not 0 <= c < self.num_classes]
         if bad:
-            raise OnnxcamError(f"target class {bad[0]} is out of range; the model has {self.info.num_classes} classes")
+            raise OnnxcamError(f"target class {bad[0]} is out of range; the model has {self.num_classes} classes")
         return classes
 
     def _linear_head(self, layer: str) -> np.ndarray:
         if layer not in self._head_weights:
             self._head_weights[layer] = linear_head_weights(self.info, layer)
         return self._head_weights[layer]
-
-
-def _score_of(logits: np.ndarray, classes: np.ndarray, score: str) -> np.ndarray:
-    """[rows] the explained score of each row: the class's logit or its softmax probability."""
-    rows = np.arange(len(logits))
-    if score == "logit":
-        return np.float32(logits[rows, classes])
-    return np.float32(softmax(logits, axis=1)[rows, classes])
 
 
 def _source(m, analytic: bool) -> str | None:

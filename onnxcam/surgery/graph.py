@@ -13,6 +13,7 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx import numpy_helper
 
+from onnxcam import heads
 from onnxcam.errors import ModelError
 from onnxcam.model import ModelInfo
 from onnxcam.surgery.backward import backward
@@ -57,7 +58,7 @@ def augmented_graph(info: ModelInfo, layers: list, gradients: bool = True, input
         cls = gs.Variable(CLASS_INPUT, dtype=np.int64, shape=["N"])
         graph.inputs.append(cls)
         b = Builder(graph, info.opset)
-        target, seed = _class_seed(b, logits, info.num_classes, cls, score)
+        target, seed = _class_seed(b, logits, heads.kind_of(info), info.num_classes, cls, score)
         outputs.append(_named(b, target, TARGET_OUTPUT, np.int64, ["N"]))
         seeded = logits
         if unit is not None:
@@ -100,22 +101,37 @@ def cut_head(info: ModelInfo, layer: str) -> onnx.ModelProto:
     return _export(graph, info)
 
 
-def _class_seed(b: Builder, logits, num_classes: int, cls, score: str):
-    """Pick each row's class (negative = argmax, in the graph); dScore/dlogits for that class's logit or
-    probability (softmax: dp_c/dz = p_c (onehot_c - p))."""
+def _class_seed(b: Builder, logits, head: str, num_classes: int, cls, score: str):
+    """Pick each row's class (negative = the top-1, in the graph); dScore/dlogits for that class's score as
+    heads.class_score defines it: softmax heads: the logit or dp_c/dz = p_c (onehot_c - p); multi-label: the
+    logit or p_c (1 - p_c) on c; binary (one logit z): class 1 is z, class 0 is -z, probabilities their sigmoid."""
     flat = logits if len(logits.shape) == 2 else b.op("Flatten", logits, axis=1)
-    top = b.op("ArgMax", flat, axis=1, keepdims=0)
-    # target = cls < 0 ? top : cls, in ops valid from opset 7 (Where and integer Less need opset 9)
     dtype = onnx.helper.np_dtype_to_tensor_dtype(b.dtype)
+    z = b.fwd(flat)
+    if head == "binary":
+        top = b.op("Cast", b.op("Greater", z, b.const(0.0)), to=onnx.TensorProto.INT64)
+        top = b.op("Reshape", top, b.const([-1], np.int64))
+    else:
+        top = b.op("ArgMax", flat, axis=1, keepdims=0)
+    # target = cls < 0 ? top : cls, in ops valid from opset 7 (Where and integer Less need opset 9)
     negative = b.op("Cast", b.op("Less", b.op("Cast", cls, to=dtype), b.const(0.0)), to=onnx.TensorProto.INT64)
     target = b.op("Add", cls, b.op("Mul", b.op("Sub", top, cls), negative))
     column = b.op("Reshape", target, b.const([-1, 1], np.int64))
-    hot = b.op("Equal", column, b.const(np.arange(num_classes, dtype=np.int64)[None]))
-    seed = b.op("Cast", hot, to=onnx.helper.np_dtype_to_tensor_dtype(b.dtype))
-    if score == "probability":
-        p = b.op("Softmax", b.fwd(flat), axis=1)
-        p_target = b.reduce_sum(b.op("Mul", p, seed), [1], keepdims=True)
-        seed = b.op("Mul", p_target, b.op("Sub", seed, p))
+    if head == "binary":
+        seed = b.op("Sub", b.op("Mul", b.op("Cast", column, to=dtype), b.const(2.0)), b.const(1.0))  # +1 or -1
+        if score == "probability":
+            p = b.op("Sigmoid", b.op("Mul", z, seed))  # the explained class's probability
+            seed = b.op("Mul", seed, b.op("Mul", p, b.op("Sub", b.const(1.0), p)))
+    else:
+        hot = b.op("Equal", column, b.const(np.arange(num_classes, dtype=np.int64)[None]))
+        seed = b.op("Cast", hot, to=dtype)
+        if score == "probability" and head == "multilabel":
+            p = b.op("Sigmoid", z)
+            seed = b.op("Mul", seed, b.op("Mul", p, b.op("Sub", b.const(1.0), p)))
+        elif score == "probability":
+            p = b.op("Softmax", z, axis=1)
+            p_target = b.reduce_sum(b.op("Mul", p, seed), [1], keepdims=True)
+            seed = b.op("Mul", p_target, b.op("Sub", seed, p))
     if len(logits.shape) != 2:
         seed = b.reshape_like(seed, logits)
     return target, seed
