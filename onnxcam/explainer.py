@@ -150,14 +150,15 @@ class Explainer:
 
     def explain(self, x, method: str = "gradcam", target=None, *, score: str = "logit", unit=None,
                 aug_smooth: bool = False, eigen_smooth: bool = False, samples: int = 25, noise: float = 0.15,
-                seed: int = 0) -> Explanation:
+                seed: int = 0, scorecam_channels: int | None = None) -> Explanation:
         """Explain x for `target` (class index, one per image, or None for the top-1 class).
 
         score: "logit" or "probability" of the class. unit: (tensor, channel[, i, j]) explains that
         feature map or neuron instead of a class. aug_smooth: average over flips and input scalings;
         eigen_smooth: first principal component of the weighted activations instead of their sum.
         samples, noise, seed: noisy copies for smoothgrad and smoothgradcam++ (noise as a fraction of
-        the input's range, as in SmoothGrad).
+        the input's range, as in SmoothGrad). scorecam_channels: Score-CAM scores only this many channels,
+        those of largest activation mass (an approximation; None: all, the method as published).
         """
         m = method_named(method)
         if score not in SCORES:
@@ -171,7 +172,10 @@ class Explainer:
         plan = self._plan(m, score, unit, eigen_smooth)
         if unit and not plan.analytic:
             raise OnnxcamError(f"explaining a unit needs a gradient method with backward rules, not {m.name}")
-        options = dict(score=score, unit=unit, eigen_smooth=eigen_smooth, samples=samples, noise=noise, seed=seed)
+        if scorecam_channels is not None and scorecam_channels < 1:
+            raise OnnxcamError(f"scorecam_channels must be at least 1, not {scorecam_channels}")
+        options = dict(score=score, unit=unit, eigen_smooth=eigen_smooth, samples=samples, noise=noise, seed=seed,
+                       channels=scorecam_channels)
         t1 = time.perf_counter()
         if aug_smooth:
             res = self._augmented(tensor, classes, m, plan, options)
@@ -258,7 +262,8 @@ class Explainer:
         first.maps = np.mean(np.float32([maps for _, maps in results]), axis=0)
         return first
 
-    def _explain(self, tensor, classes, m, plan, *, score, unit, eigen_smooth, samples, noise, seed) -> Explanation:
+    def _explain(self, tensor, classes, m, plan, *, score, unit, eigen_smooth, samples, noise, seed,
+                 channels) -> Explanation:
         if plan.in_graph:
             res = self._explain_in_graph(tensor, classes, m, plan.spec)
             if res is not None:  # None: a map with NaN or Inf, which the NumPy path below traces to A or dScore/dA
@@ -275,7 +280,8 @@ class Explainer:
         if m.map is not None:
             scaled = []
             for layer in self.layers:
-                layer_map = self._layer_map(m, layer, outputs, noisy, tensor, targets, scores, score, eigen_smooth)
+                layer_map = self._layer_map(m, layer, outputs, noisy, tensor, targets, scores, score, eigen_smooth,
+                                            channels)
                 raw = layer_map if raw is None else raw
                 scaled.append(postprocess.scale_to(layer_map, self.info.size))
             maps = postprocess.combine(scaled)
@@ -305,7 +311,7 @@ class Explainer:
         return Explanation(maps=maps, raw=raw[0], targets=outputs[TARGET_OUTPUT].astype(np.int64), scores=scores,
                            method=m.name, layers=self.layers, gradients="analytic")
 
-    def _layer_map(self, m, layer, outputs, noisy, tensor, targets, scores, score, eigen_smooth):
+    def _layer_map(self, m, layer, outputs, noisy, tensor, targets, scores, score, eigen_smooth, channels):
         """One layer's map at layer resolution, after ReLU."""
         a = outputs[layer].astype(np.float32)
         _check_finite(a, f"activations at '{layer}'")
@@ -321,6 +327,7 @@ class Explainer:
             masked_scores=lambda acts: self._masked_scores(tensor, acts, targets, score),
             ablated_scores=lambda: self._ablated_scores(layer, a, tensor, targets, score),
             scores=self._score_of(scores, targets, score),
+            channels=channels,
         )
         terms = m.map(data)
         if m.terms:
