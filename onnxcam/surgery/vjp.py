@@ -66,8 +66,8 @@ def unsupported(node, why: str) -> UnsupportedOpError:
     """A rule that is missing, or exists but not for this form of the op. The message says why; how to go on
     depends on the command, so callers add their own hint (`UnsupportedOpError.reason` is the short form)."""
     reason = f"no backward rule for {node.op} (node '{node.name}'){' ' + why if why else ''}"
-    return UnsupportedOpError(f"{reason}; it lies between the target layer and the class score", op=node.op,
-                              node=node.name, reason=reason)
+    where = "" if why else "; it lies between the target layer and the class score"
+    return UnsupportedOpError(reason + where, op=node.op, node=node.name, reason=reason)
 
 
 def _optional_input(node, i):
