@@ -465,7 +465,12 @@ def _mish(b, node, x, y):
 
 @elementwise("Gelu")
 def _gelu(b, node, x, y):
-    if _str_attr(node, "approximate", "none") == "tanh":
+    return gelu_slope(b, x, tanh=_str_attr(node, "approximate", "none") == "tanh")
+
+
+def gelu_slope(b, x, tanh: bool):
+    """dGelu/dx, exact (erf) or of the tanh approximation."""
+    if tanh:
         # y = x (1 + tanh(u)) / 2, u = c (x + 0.044715 x^3): dy/dx = (1 + t) / 2 + x (1 - t^2) u' / 2
         c = math.sqrt(2.0 / math.pi)
         x2 = b.op("Mul", x, x)
@@ -1094,3 +1099,6 @@ def _interpolation_matrix(b, node, rank, axis, size_in, size_out, scales):
         out = b.op("Resize", eye, empty, b.const(np.zeros(0)) if b.opset < 13 else empty,
                    b.const(sizes, np.int64), **attrs)
     return b.op("Reshape", out, b.const([size_in, size_out], np.int64))
+
+
+from onnxcam.surgery import vjp_tokens  # noqa: E402,F401  (registers the transformer ops' rules)
