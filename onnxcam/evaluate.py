@@ -115,7 +115,7 @@ class Evaluation:
         self.ex, self.methods, self.options = ex, methods, options
         self.rows = {m: [] for m in methods}  # per-image dicts
         self.curves = {m: {"deletion": [], "insertion": []} for m in methods}
-        self.seconds = {m: 0.0 for m in methods}
+        self.seconds = dict.fromkeys(methods, 0.0)
 
     def probabilities(self, x: np.ndarray) -> np.ndarray:
         """[M, C] class probabilities of the model for M input tensors."""

@@ -104,7 +104,7 @@ def read_labels(path: str) -> list:
         with open(path, encoding="utf-8") as f:
             return [line.rstrip("\n") for line in f]
     except (OSError, UnicodeDecodeError) as exc:
-        raise OnnxcamError(f"cannot read the labels file {path}: {exc}; it must be UTF-8 text, one name a line") from None
+        raise OnnxcamError(f"cannot read the labels file {path}: {exc}; it must be UTF-8, one name a line") from None
 
 
 def is_tensor_file(path: str) -> bool:

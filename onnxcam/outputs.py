@@ -135,10 +135,10 @@ class Run:
         """The image's predictions, boxes, pictures, maps and JSON record, named and encoded."""
         ex, opts = self.ex, self.opts
         label = ex.info.label
-        logits = item.explanations[0].scores[0]
-        report = Report(item.image, [{"class": int(c), "label": label(int(c)), "probability": float(item.probabilities[c]),
-                                      "logit": float(logits[c])} for c in np.argsort(-item.probabilities)[:opts.top]],
-                        [], None)
+        logits, probabilities = item.explanations[0].scores[0], item.probabilities
+        best = [int(c) for c in np.argsort(-probabilities)[:opts.top]]
+        report = Report(item.image, [{"class": c, "label": label(c), "probability": float(probabilities[c]),
+                                      "logit": float(logits[c])} for c in best], [], None)
         one_method, pictures, fmt = len(self.methods) == 1, opts.pictures != "none", opts.pictures
         files, tiles, captions = {}, [], []
         h, w = item.rgb.shape[:2]

@@ -131,6 +131,7 @@ def test_sanity_cli_on_the_shapes_model(images, tmp_path):
     assert len(report["steps"]) == 3 and report["steps"][0]["nodes"][0].endswith("Gemm")
     again = run("sanity", SHAPES, image, "--method", "gradcam", "--steps", 3, "--seed", 1, "--out", tmp_path / "again",
                 "--device", "cpu")
+    assert again.exit_code == 0, again.output
     assert json.loads((tmp_path / "again" / "shape_00000.sanity.json").read_text())["methods"] == report["methods"]
 
 

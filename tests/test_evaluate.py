@@ -88,4 +88,5 @@ def test_evaluation_against_plain_onnx_runtime(tmp_path):
         assert row["localization"] == metrics.localization_hit(heat, scaled, 0.3, 0.2)
     summary = evaluation.summary()["gradcam"]
     assert summary["images"] == 3 and summary["images_with_boxes"] == 2
-    assert summary["average_drop"] == pytest.approx(metrics.average_drop([r["y"] for r in rows], [r["o"] for r in rows]))
+    y, o = [r["y"] for r in rows], [r["o"] for r in rows]
+    assert summary["average_drop"] == pytest.approx(metrics.average_drop(y, o))

@@ -22,7 +22,8 @@ def _loaded_after(code: str) -> list:
 
 def test_import_onnxcam_and_the_help_load_no_heavy_module():
     assert _loaded_after("import onnxcam, onnxcam.names") == []
-    help_of = "from onnxcam.cli import main\ntry:\n    main([{}'--help'], prog_name='onnxcam')\nexcept SystemExit:\n    pass"
+    help_of = ("from onnxcam.cli import main\n"
+               "try:\n    main([{}'--help'], prog_name='onnxcam')\nexcept SystemExit:\n    pass")
     assert _loaded_after(help_of.format("")) == []
     for command in ("run", "eval", "sanity", "export", "inspect", "methods"):
         assert _loaded_after(help_of.format(f"'{command}', ")) == [], command

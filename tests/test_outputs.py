@@ -68,7 +68,8 @@ def test_output_names_and_guards(tmp_path):
     with pytest.raises(OnnxcamError, match="would write the same output files"):
         outputs.check_distinct_outputs(["a/cat.png", "b/cat.jpg"], "out")
     written = outputs.write({str(tmp_path / "new" / "deep" / "f.txt"): b"data"}, [str(image)])
-    assert written == [str(tmp_path / "new" / "deep" / "f.txt")] and (tmp_path / "new/deep/f.txt").read_bytes() == b"data"
+    assert written == [str(tmp_path / "new" / "deep" / "f.txt")]
+    assert (tmp_path / "new" / "deep" / "f.txt").read_bytes() == b"data"
 
 
 def test_the_record_lists_exactly_the_files_written(tmp_path):

@@ -14,7 +14,7 @@ from onnxcam.errors import OnnxcamError
 
 @click.command("export")
 @click.argument("model", type=click.Path(dir_okay=False))
-@click.option("-o", "--out", "out", required=True, type=click.Path(dir_okay=False), help="The explained model to write.")
+@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="The explained model to write.")
 @method_option(names.EXPORTABLE_METHODS)
 @layer_option
 @click.option("--class-input", type=click.Choice(names.CLASS_INPUT_MODES), default="optional", show_default=True,

@@ -24,8 +24,10 @@ def command(model, show_all, model_args):
         click.echo(f"output      {out.name}  {_shape(_dims(out))}")
     note = "" if info.logits_name == info.output_name else "  (before the output's softmax)"
     click.echo(f"logits      {info.logits_name}  {info.num_classes} classes{note}")
-    click.echo(f"preprocess  {info.preprocess or f'not recorded (run uses --preprocess, default {names.DEFAULT_PRESET})'}")
-    click.echo(f"labels      {'%d names in the model' % len(info.labels) if info.labels else 'none (run takes --labels FILE)'}")
+    unknown = f"not recorded (run uses --preprocess, default {names.DEFAULT_PRESET})"
+    click.echo(f"preprocess  {info.preprocess or unknown}")
+    names_in_model = f"{len(info.labels)} names in the model" if info.labels else None
+    click.echo(f"labels      {names_in_model or 'none (run takes --labels FILE)'}")
     shown = info.layers if show_all else info.layers[-10:]
     hidden = len(info.layers) - len(shown)
     click.echo(f"\ncandidate layers ({len(info.layers)}{', last 10 shown; --all lists them all' if hidden else ''}):")

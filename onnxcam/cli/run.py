@@ -11,18 +11,18 @@ import click
 
 import onnxcam
 from onnxcam import names
-from onnxcam.cli.options import (Progress, banner, explainer_options, layer_option, method_option, one_line,
-                                 target_option)
+from onnxcam.cli import options
+from onnxcam.cli.options import Progress, banner, one_line
 from onnxcam.errors import Interrupted, OnnxcamError
 
 
 @click.command("run")
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.argument("images", nargs=-1, required=True, type=click.Path())
-@method_option()
+@options.method_option()
 @click.option("--methods", "grid", metavar="A,B,...", help="Several methods: one side-by-side grid image per input.")
-@layer_option
-@target_option()
+@options.layer_option
+@options.target_option()
 @click.option("--score", type=click.Choice(names.SCORES), default="logit", show_default=True,
               help="Explain the class's logit or its softmax probability.")
 @click.option("--unit", metavar="LAYER:K[:I:J]",
@@ -50,11 +50,11 @@ from onnxcam.errors import Interrupted, OnnxcamError
               help="Refuse images whose header declares more pixels (decompression bombs); raise it for huge images.")
 @click.option("-b", "--batch-size", default=16, show_default=True, type=click.IntRange(1, 1024),
               help="Images per run: memory is bounded by one batch; outputs stream to disk batch by batch.")
-@explainer_options
-def command(model, images, methods, grid, layers, target, labels, unit, batch_size, explainer_args, **options):
+@options.explainer_options
+def command(model, images, methods, grid, layers, target, labels, unit, batch_size, explainer_args, **run_options):
     """Explain the model's decision on each IMAGE (a picture, a folder of them, or a .npy input tensor)."""
     started = time.perf_counter()
-    opts = onnxcam.outputs.RunOptions(unit=names.parse_unit(unit), **options)
+    opts = onnxcam.outputs.RunOptions(unit=names.parse_unit(unit), **run_options)
     if opts.pictures == "none" and not (opts.npy or opts.as_json):
         raise click.UsageError("--pictures none leaves nothing to write; add --npy and/or --json")
     paths = onnxcam.outputs.input_paths(images)
