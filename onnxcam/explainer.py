@@ -51,7 +51,7 @@ class Explanation:
     # fell below the 1e-7 normalization floor, so `maps` holds (finite) zeros rather than a picture
     flat: np.ndarray | None = None
 
-    def item(self, i: int) -> "Explanation":
+    def item(self, i: int) -> Explanation:
         """The explanation of image i alone (arrays keep their batch axis, of length 1)."""
         def one(a):
             return None if a is None else a[i:i + 1]

@@ -19,8 +19,8 @@ from onnxcam.errors import ModelError, OnnxcamError
 from onnxcam.head import linear_head_weights
 from onnxcam.model import ModelInfo
 from onnxcam.surgery import CLASS_INPUT, TARGET_OUTPUT, grad_name
-from onnxcam.surgery.graph import augmented_graph, finish
 from onnxcam.surgery.builder import Builder
+from onnxcam.surgery.graph import augmented_graph, finish
 
 MAP_OUTPUT = "onnxcam/map"
 MIN_OPSET = 11  # Resize with half_pixel coordinates

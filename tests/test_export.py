@@ -12,7 +12,6 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import CHELSEA, COFFEE, DEMO, ROOT
-from onnxcam import Explainer
 from onnxcam.cli import main
 from onnxcam.export import MAP_OUTPUT, TERMS, export
 from onnxcam.surgery import CLASS_INPUT, TARGET_OUTPUT

@@ -7,7 +7,7 @@ from click.testing import CliRunner
 from onnx import numpy_helper
 
 from conftest import CHELSEA, DEMO
-from onnxcam import Explainer, OnnxcamError, UnsupportedOpError
+from onnxcam import Explainer, UnsupportedOpError
 from onnxcam.cli import main
 from tinymodels import Net, classifier
 

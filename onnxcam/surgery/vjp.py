@@ -987,7 +987,7 @@ def _average_pool(b, node, g):
         taps = (np.arange(out_shape[2 + i]) * strides[i] - begin[i])[:, None] + np.arange(k[i]) * dilations[i]
         valid = np.multiply.outer(valid, ((taps >= 0) & (taps < in_shape[2 + i])).sum(axis=1))
     ones = b.const(np.ones([1, 1] + in_shape[2:]))
-    attrs = {key: v for key, v in node.attrs.items()}
+    attrs = dict(node.attrs)
     reciprocal = b.op("Div", b.op("AveragePool", ones, **attrs), b.const(np.maximum(valid, 1.0)))
     full = [(out_shape[2 + i] - 1) * strides[i] + (k[i] - 1) * dilations[i] + 1 for i in range(n)]
     end = [max(0, full[i] - begin[i] - in_shape[2 + i]) for i in range(n)]
