@@ -134,7 +134,7 @@ def inspect_model(
     _check_inferred_types(model, producers, logits)
     # Tensors whose values reach the logits: candidates, and what the backward rules go through.
     feeding = data_ancestors(logits, producers)
-    unknown = unknown_shapes(model, feeding & set(producers))
+    unknown = unknown_shapes(model, [o for n in graph.node for o in n.output if o in feeding])
     if unknown:
         learn_shapes(model, unknown, image_input.name, shape)
         shapes = static_shapes(model)

@@ -9,6 +9,8 @@ model's value_info, where layout tracking, candidate layers and the backward rul
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -133,7 +135,7 @@ def unknown_shapes(model, names) -> list:
     with no size (a first axis that is the symbolic batch is known)."""
     infos = {vi.name: vi for vi in [*model.graph.value_info, *model.graph.output, *model.graph.input]}
     unknown = []
-    for name in sorted(names):
+    for name in names:
         tensor_type = infos[name].type.tensor_type if name in infos else None
         if tensor_type is None or not tensor_type.HasField("shape"):
             unknown.append(name)
@@ -174,18 +176,28 @@ def learn_shapes(model, names: list, image: str, shape: tuple) -> None:
         del graph.output[len(graph.output) - len(extra_outputs):]
     zeros = np.zeros(feed_shape, helper.tensor_dtype_to_np_dtype(elem))
     try:
-        session = ort.InferenceSession(serialized, session_options(ort.GraphOptimizationLevel.ORT_ENABLE_BASIC),
-                                       providers=[CPU])
+        options = session_options(ort.GraphOptimizationLevel.ORT_ENABLE_BASIC)
+        options.log_severity_level = 4  # the failure is reported below, once
+        session = ort.InferenceSession(serialized, options, providers=[CPU])
         got = session.run(fetched, {image: zeros})
     except Exception as exc:  # ORT's Fail / InvalidArgument / RuntimeException..., or an allocation failure
-        lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
         raise ModelError(
             f"the shapes of {len(names)} tensors (for example '{names[0]}') are known only by running the model, "
-            f"and ONNX Runtime cannot run it on zeros of shape {list(feed_shape)}: {' '.join(lines)[:400]}") from None
+            f"and ONNX Runtime cannot run it on zeros of shape {list(feed_shape)}: {_ort_reason(exc)}") from None
     untyped = fetched[len(typed):]
     for name, value in zip(typed + untyped, got):
         dims = tuple(int(d) for d in value) if name in typed else value.shape
         _write_shape(model, infos.get(name), name, dims, None if name in typed else value.dtype, shape[0] is None)
+
+
+def _ort_reason(exc: Exception) -> str:
+    """ONNX Runtime's message on one line, without its status-code prefix and source-file assertions."""
+    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
+    text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", text)
+    text = re.sub(r"Non-zero status code returned while running (\w+) node\. Name:'([^']*)' Status Message: ",
+                  r"\1 node '\2': ", text)
+    text = re.sub(r"\S+\.(?:h|cc|cpp):\d+ .*? was false\. ", "", text)
+    return text[:500]
 
 
 def _write_shape(model, info, name: str, dims: tuple, dtype, dynamic_batch: bool) -> None:
