@@ -24,6 +24,8 @@ from typing import Callable
 
 import numpy as np
 
+from onnxcam.errors import OnnxcamError
+
 CHANNEL = "channel"  # needs only grad_dot: finite differences can stand in
 ELEMENTWISE = "elementwise"  # needs G itself: a backward rule for every head op
 SAMPLES = "samples"  # needs G at several noisy copies of the input
@@ -197,3 +199,11 @@ METHODS = {
     )
 }
 ALIASES = {"gradcampp": "gradcam++", "smoothgradcampp": "smoothgradcam++"}
+
+
+def method_named(name: str) -> Method:
+    """The Method for a name or alias, or a user error listing the choices."""
+    name = ALIASES.get(name, name)
+    if name not in METHODS:
+        raise OnnxcamError(f"unknown method '{name}'; choose one of {', '.join(METHODS)}")
+    return METHODS[name]
