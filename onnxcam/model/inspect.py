@@ -16,8 +16,8 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from onnxcam import heads
 from onnxcam.errors import ModelError
-from onnxcam.model import heads
 from onnxcam.model.graph import ancestors, constants, data_ancestors
 from onnxcam.model.layout import IDENTITY, layouts
 from onnxcam.model.load import check_nodes
@@ -53,22 +53,12 @@ class ModelInfo:
     num_classes: int  # entries of the logits per image (1 for a single-logit head)
     opset: int
     layers: list = field(default_factory=list)
-    labels: list | None = None  # one name per outcome (see `outcomes`)
+    labels: list | None = None  # one name per class (a single-logit head has two: negative, positive)
     preprocess: str | None = None  # a preprocess.PRESETS name the metadata determines
-    head: str = heads.SOFTMAX  # see onnxcam.model.heads
+    head: str = "softmax"  # what the scores mean: one of heads.KINDS (see `_head_kind`)
     labels_source: str | None = None  # where `labels` came from, e.g. "metadata 'names'"
     preprocess_source: str | None = None  # where `preprocess` came from
     notes: list = field(default_factory=list)  # metadata seen but not used, and why
-
-    @property
-    def outcomes(self) -> int:
-        """The outcomes the scores tell apart: the classes, or for a single-logit head its two (0 negative,
-        1 positive)."""
-        return heads.outcomes(self.head, self.num_classes)
-
-    def probabilities(self, scores: np.ndarray) -> np.ndarray:
-        """[N, outcomes] probabilities of [N, num_classes] logits, as this head defines them."""
-        return heads.probabilities(scores, self.head)
 
     @property
     def size(self) -> tuple:
@@ -157,9 +147,9 @@ def inspect_model(
             "no candidate target layer: no 4-D NCHW tensor with spatial size > 1 feeds the logits "
             f"'{logits}' (ops in the model: {', '.join(sorted({n.op_type for n in graph.node}))})"
         )
-    head = heads.head_kind(num_classes, probability.op_type if probability is not None else None)
+    head = _head_kind(num_classes, probability)
     meta = metadata(model)
-    labels, labels_source, notes = labels_from_metadata(meta, heads.outcomes(head, num_classes))
+    labels, labels_source, notes = labels_from_metadata(meta, heads.class_count(head, num_classes))
     preset, preset_source = preset_from_metadata(meta)
     return ModelInfo(
         model=model,
@@ -284,6 +274,14 @@ def _pick_output(graph, name):
     if len(names) > 1:
         raise ModelError(f"the model has {len(names)} outputs ({', '.join(names)}); choose the scores with --output NAME")
     return names[0]
+
+
+def _head_kind(num_classes: int, probability) -> str:
+    """"binary" for a single logit (its package applies the sigmoid), "multilabel" for a Sigmoid over several
+    logits (independent yes/no per class), else "softmax" (exclusive classes)."""
+    if num_classes == 1:
+        return "binary"
+    return "multilabel" if probability is not None and probability.op_type == "Sigmoid" else "softmax"
 
 
 def _probability_node(output, producers):
