@@ -14,7 +14,7 @@ import re
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnx import helper
+from onnx import helper, numpy_helper
 
 from onnxcam.errors import ModelError
 from onnxcam.model.graph import args
@@ -163,22 +163,18 @@ def learn_shapes(model, names: list, image: str, shape: tuple) -> None:
     infos = {vi.name: vi for vi in [*graph.value_info, *graph.output]}
     typed = [n for n in names if n in infos and infos[n].type.tensor_type.elem_type]
     fetched = [f"onnxcam/probe/shape{k}" for k in range(len(typed))] + [n for n in names if n not in typed]
-    extra_nodes = [helper.make_node("Shape", [n], [out], name=out) for n, out in zip(typed, fetched)]
     extra_outputs = [helper.make_tensor_value_info(out, onnx.TensorProto.INT64, None) for out in fetched[:len(typed)]]
     extra_outputs += [onnx.ValueInfoProto(name=n) for n in fetched[len(typed):]]
+    probe, weights = _weightless(model)
+    probe.graph.node.extend(helper.make_node("Shape", [n], [out], name=out) for n, out in zip(typed, fetched))
+    probe.graph.output.extend(extra_outputs)
     elem = next(i for i in graph.input if i.name == image).type.tensor_type.elem_type
-    graph.node.extend(extra_nodes)
-    graph.output.extend(extra_outputs)
-    try:
-        serialized = model.SerializeToString()
-    finally:
-        del graph.node[len(graph.node) - len(extra_nodes):]
-        del graph.output[len(graph.output) - len(extra_outputs):]
     zeros = np.zeros(feed_shape, helper.tensor_dtype_to_np_dtype(elem))
     try:
         options = session_options(ort.GraphOptimizationLevel.ORT_ENABLE_BASIC)
         options.log_severity_level = 4  # the failure is reported below, once
-        session = ort.InferenceSession(serialized, options, providers=[CPU])
+        options.add_external_initializers(list(weights), list(weights.values()))
+        session = ort.InferenceSession(probe.SerializeToString(), options, providers=[CPU])
         got = session.run(fetched, {image: zeros})
     except Exception as exc:  # ORT's Fail / InvalidArgument / RuntimeException..., or an allocation failure
         raise ModelError(
@@ -188,6 +184,34 @@ def learn_shapes(model, names: list, image: str, shape: tuple) -> None:
     for name, value in zip(typed + untyped, got):
         dims = tuple(int(d) for d in value) if name in typed else value.shape
         _write_shape(model, infos.get(name), name, dims, None if name in typed else value.dtype, shape[0] is None)
+
+
+# Element types whose initializers ONNX Runtime can take from NumPy arrays (numpy_helper.to_array's dtype).
+_NUMPY_TYPES = {getattr(onnx.TensorProto, t) for t in (
+    "FLOAT", "DOUBLE", "FLOAT16", "INT8", "UINT8", "INT16", "UINT16", "INT32", "UINT32", "INT64", "UINT64", "BOOL")}
+
+
+def _weightless(model) -> tuple:
+    """(a copy of `model` whose large initializers are stubs, {name: OrtValue} of their data) for
+    SessionOptions.add_external_initializers: protobuf serialization of 100 MB of weights costs more than the
+    probe's run, and ONNX Runtime then parses them again."""
+    graph = model.graph
+    copy = onnx.ModelProto(ir_version=model.ir_version)
+    copy.opset_import.extend(model.opset_import)
+    copy.functions.extend(model.functions)
+    for field_ in ("node", "input", "output", "value_info", "sparse_initializer"):
+        getattr(copy.graph, field_).extend(getattr(graph, field_))
+    copy.graph.name = graph.name
+    weights = {}
+    for tensor in graph.initializer:
+        if elements(tensor) <= SKELETON_ELEMENTS or tensor.data_type not in _NUMPY_TYPES:
+            copy.graph.initializer.append(tensor)
+            continue
+        weights[tensor.name] = ort.OrtValue.ortvalue_from_numpy(numpy_helper.to_array(tensor))
+        stub = copy.graph.initializer.add(name=tensor.name, data_type=tensor.data_type, dims=tensor.dims)
+        stub.data_location = onnx.TensorProto.EXTERNAL
+        stub.external_data.add(key="location", value="onnxcam-in-memory")  # never read: ORT takes `weights`
+    return copy, weights
 
 
 def _ort_reason(exc: Exception) -> str:
