@@ -232,3 +232,22 @@ def test_a_failing_probe_is_one_line():
         inspect_model(_model(net, ("N", 3, 6, 8), logits))
     message = str(raised.value)
     assert "\n" not in message and "known only by running the model" in message and "reshape" in message.lower()
+
+
+def test_ops_onnx_does_not_know_get_type_and_shape_from_the_run():
+    """com.microsoft Gelu (as ONNX Runtime's optimizers write it): ONNX infers nothing after it; the run does."""
+    net = Net(opset=13)
+    a = _conv_relu(net, "x", 3, 4)
+    gelu = net.op("Gelu", a)
+    net.nodes[-1].domain = "com.microsoft"
+    logits, w = _linear_head(net, net.op("Flatten", net.op("GlobalAveragePool", gelu), axis=1), 4)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 6, 8])
+    graph = helper.make_graph(net.nodes, "fused", [x], [helper.make_tensor_value_info(logits, TensorProto.FLOAT, None)],
+                              net.initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid("com.microsoft", 1)])
+    model.ir_version = 8
+    info = inspect_model(model)
+    assert info.num_classes == CLASSES and info.auto_layer.name == gelu and info.auto_layer.shape == (None, 4, 6, 8)
+    xs = np.random.default_rng(6).normal(size=(2, 3, 6, 8)).astype(np.float32)
+    got, _ = _gradients(info, a, xs, [0, 1])
+    np.testing.assert_allclose(got, session(model).run(None, {"x": xs})[0], rtol=1e-5, atol=1e-5)
