@@ -62,7 +62,7 @@ def labels_from_metadata(meta: dict, count: int) -> tuple:
         if names is None:
             notes.append(f"metadata '{key}' is not a list of class names; not used")
         elif len(names) != count:
-            notes.append(f"metadata '{key}' holds {len(names)} names but the model has {count} outcomes; not used")
+            notes.append(f"metadata '{key}' holds {len(names)} names but the model has {count} classes; not used")
         else:
             return names, f"metadata '{key}'", notes
     return None, None, notes

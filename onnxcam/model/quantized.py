@@ -12,7 +12,6 @@ from onnx import helper
 from onnxcam.model.graph import args
 from onnxcam.model.load import elements
 
-
 # Quantized (QOperator) ops compute QuantizeLinear(float op(DequantizeLinear(x, scale, zero point), ...)):
 # op -> (the float op, positions of the (x, scale, zero point) inputs (None: triples after the output's
 # two), positions of the output's (scale, zero point)).

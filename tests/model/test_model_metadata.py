@@ -9,11 +9,11 @@ import json
 import numpy as np
 import pytest
 from onnx import helper
+from tinymodels import CLASSES, Net, classifier
 
 from onnxcam import preprocess
 from onnxcam.errors import OnnxcamError
 from onnxcam.model import inspect_model, read_labels
-from tinymodels import CLASSES, Net, classifier
 
 NAMES = [f"name {k}" for k in range(CLASSES)]
 
@@ -58,7 +58,7 @@ def test_unsafe_or_malformed_names_are_not_used(value, tmp_path):
 def test_names_of_another_count_are_not_used():
     info = inspect_model(_with_metadata(names=str(dict(enumerate(NAMES[:3])))))
     assert info.labels is None
-    assert info.notes == [f"metadata 'names' holds 3 names but the model has {CLASSES} outcomes; not used"]
+    assert info.notes == [f"metadata 'names' holds 3 names but the model has {CLASSES} classes; not used"]
 
 
 PIXEL = np.array([[[10, 128, 250]]], np.uint8)  # one RGB pixel

@@ -6,11 +6,11 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from tinymodels import Net, session
 
 from onnxcam.errors import ModelError
 from onnxcam.model import inspect_model
 from onnxcam.surgery import CLASS_INPUT, augment, grad_name
-from tinymodels import Net, session
 
 CLASSES = 5
 
@@ -127,7 +127,7 @@ def test_channel_shuffle_keeps_later_layers_candidates(data_dependent):
 
 
 def test_gradient_through_a_channel_shuffle_matches_finite_differences():
-    model, a, merged, c, w = shuffle_classifier()
+    model, a, *_ = shuffle_classifier()
     info = inspect_model(model)
     x = np.random.default_rng(2).normal(size=(2, 3, 10, 12)).astype(np.float32)
     classes = np.array([1, 3])
@@ -240,7 +240,7 @@ def test_ops_onnx_does_not_know_get_type_and_shape_from_the_run():
     a = _conv_relu(net, "x", 3, 4)
     gelu = net.op("Gelu", a)
     net.nodes[-1].domain = "com.microsoft"
-    logits, w = _linear_head(net, net.op("Flatten", net.op("GlobalAveragePool", gelu), axis=1), 4)
+    logits, _ = _linear_head(net, net.op("Flatten", net.op("GlobalAveragePool", gelu), axis=1), 4)
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 6, 8])
     graph = helper.make_graph(net.nodes, "fused", [x], [helper.make_tensor_value_info(logits, TensorProto.FLOAT, None)],
                               net.initializers)
