@@ -133,18 +133,15 @@ def check_tensor_sizes(shapes: dict, producers: dict) -> None:
 def unknown_shapes(model, names) -> list:
     """The tensors among `names` whose shape static inference left open: no shape, or an axis after the first
     with no size (a first axis that is the symbolic batch is known)."""
-    infos = {vi.name: vi for vi in [*model.graph.value_info, *model.graph.output, *model.graph.input]}
-    unknown = []
-    for name in names:
-        tensor_type = infos[name].type.tensor_type if name in infos else None
-        if tensor_type is None or not tensor_type.HasField("shape"):
-            unknown.append(name)
+    known = set()
+    for vi in [*model.graph.value_info, *model.graph.output, *model.graph.input]:
+        tensor_type = vi.type.tensor_type
+        if not tensor_type.HasField("shape"):
             continue
-        dims = tensor_type.shape.dim
-        if any(not d.HasField("dim_value") for d in dims[1:]) or (
-                dims and not dims[0].HasField("dim_value") and dims[0].dim_param != BATCH):
-            unknown.append(name)
-    return unknown
+        dims = [(d.dim_value if d.HasField("dim_value") else None, d.dim_param) for d in tensor_type.shape.dim]
+        if all(value is not None for value, _ in dims[1:]) and (not dims or dims[0][0] is not None or dims[0][1] == BATCH):
+            known.add(vi.name)
+    return [name for name in names if name not in known]
 
 
 def learn_shapes(model, names: list, image: str, shape: tuple) -> None:
@@ -171,7 +168,7 @@ def learn_shapes(model, names: list, image: str, shape: tuple) -> None:
     elem = next(i for i in graph.input if i.name == image).type.tensor_type.elem_type
     zeros = np.zeros(feed_shape, helper.tensor_dtype_to_np_dtype(elem))
     try:
-        options = session_options(ort.GraphOptimizationLevel.ORT_ENABLE_BASIC)
+        options = session_options(ort.GraphOptimizationLevel.ORT_DISABLE_ALL)  # one run: building costs more
         options.log_severity_level = 4  # the failure is reported below, once
         options.add_external_initializers(list(weights), list(weights.values()))
         session = ort.InferenceSession(probe.SerializeToString(), options, providers=[CPU])
@@ -232,19 +229,17 @@ def _write_shape(model, info, name: str, dims: tuple, dtype, dynamic_batch: bool
     tensor_type = info.type.tensor_type
     if dtype is not None and not tensor_type.elem_type:
         tensor_type.elem_type = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
-    old = list(tensor_type.shape.dim) if tensor_type.HasField("shape") else []
-    old = [onnx.TensorShapeProto.Dimension.FromString(d.SerializeToString()) for d in old] if len(old) == len(dims) else []
+    old = tensor_type.shape.dim if tensor_type.HasField("shape") else []
+    before = [(d.dim_value if d.HasField("dim_value") else None, d.dim_param) for d in old]
+    if len(before) != len(dims):
+        before = [(None, "")] * len(dims)
     tensor_type.ClearField("shape")
     tensor_type.shape.SetInParent()
-    for axis, size in enumerate(dims):
+    for axis, (size, (value, param)) in enumerate(zip(dims, before)):
         dim = tensor_type.shape.dim.add()
-        before = old[axis] if old else None
-        if before is not None and before.HasField("dim_value"):
-            dim.dim_value = before.dim_value
-        elif before is not None and before.dim_param == BATCH:
+        if value is not None:
+            dim.dim_value = value
+        elif param == BATCH or (axis == 0 and dynamic_batch and size == 1):
             dim.dim_param = BATCH
-        elif axis == 0 and dynamic_batch:
-            if size == 1:
-                dim.dim_param = BATCH
-        else:
+        elif not (axis == 0 and dynamic_batch):
             dim.dim_value = size
