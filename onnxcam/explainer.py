@@ -17,9 +17,8 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from onnxcam import cache, heads, postprocess, preprocess
+from onnxcam import cache, finite_diff, heads, postprocess, preprocess
 from onnxcam.errors import ModelError, OnnxcamError
-from onnxcam.finite_diff import channel_derivatives, quantization_step
 from onnxcam.linear_head import linear_head_weights
 from onnxcam.methods import ELEMENTWISE, METHODS, SAMPLES, LayerData, method_named, projection
 from onnxcam.model import inspect_model, load_model
@@ -36,6 +35,8 @@ AUG_FACTORS = (0.9, 1.0, 1.1)
 BATCH_ROWS = 32  # rows per run for Score-CAM's masked inputs and Ablation-CAM's ablated heads
 # A normalized map whose maximum stays below this had a spread under the 1e-7 normalization floor: flat.
 FLAT = 0.5
+# Finite differences that would take longer than this per image are refused in "auto" mode (not silently run).
+FD_LIMIT_S = 60.0
 # How to go on when a backward rule is missing, in the words of the commands that explain (run, eval, sanity).
 RULE_HINT = ("pick a later layer ('onnxcam inspect' lists them), or take the channel weights from finite "
              "differences (--gradients fd, gradients='fd') with a method such as gradcam")
@@ -105,6 +106,7 @@ class Explainer:
         self.head = heads.kind_of(self.info)
         self.num_classes = heads.class_count(self.head, self.info.num_classes)  # classes that can be explained
         self.missing_rule = None  # set when 'auto' fell back to finite differences: why
+        self.fd_seconds = None  # estimated seconds per image of the finite differences, once they are planned
         # progress(what, done, total): called by the loops of many runs (Score-CAM's masked inputs,
         # Ablation-CAM's ablated heads, finite differences, noisy samples), e.g. to drive a progress bar.
         self.progress = None
@@ -150,14 +152,15 @@ class Explainer:
 
     def explain(self, x, method: str = "gradcam", target=None, *, score: str = "logit", unit=None,
                 aug_smooth: bool = False, eigen_smooth: bool = False, samples: int = 25, noise: float = 0.15,
-                seed: int = 0) -> Explanation:
+                seed: int = 0, scorecam_channels: int | None = None) -> Explanation:
         """Explain x for `target` (class index, one per image, or None for the top-1 class).
 
         score: "logit" or "probability" of the class. unit: (tensor, channel[, i, j]) explains that
         feature map or neuron instead of a class. aug_smooth: average over flips and input scalings;
         eigen_smooth: first principal component of the weighted activations instead of their sum.
         samples, noise, seed: noisy copies for smoothgrad and smoothgradcam++ (noise as a fraction of
-        the input's range, as in SmoothGrad).
+        the input's range, as in SmoothGrad). scorecam_channels: Score-CAM scores only this many channels,
+        those of largest activation mass (an approximation; None: all, the method as published).
         """
         m = method_named(method)
         if score not in SCORES:
@@ -171,7 +174,10 @@ class Explainer:
         plan = self._plan(m, score, unit, eigen_smooth)
         if unit and not plan.analytic:
             raise OnnxcamError(f"explaining a unit needs a gradient method with backward rules, not {m.name}")
-        options = dict(score=score, unit=unit, eigen_smooth=eigen_smooth, samples=samples, noise=noise, seed=seed)
+        if scorecam_channels is not None and scorecam_channels < 1:
+            raise OnnxcamError(f"scorecam_channels must be at least 1, not {scorecam_channels}")
+        options = dict(score=score, unit=unit, eigen_smooth=eigen_smooth, samples=samples, noise=noise, seed=seed,
+                       channels=scorecam_channels)
         t1 = time.perf_counter()
         if aug_smooth:
             res = self._augmented(tensor, classes, m, plan, options)
@@ -234,6 +240,8 @@ class Explainer:
             if needs_rules:
                 why = self.missing_rule or "--gradients fd gives channel sums only"
                 raise OnnxcamError(f"method '{m.name}' needs gradients from backward rules: {why}")
+            if self.fd_seconds is None:
+                self._estimate_finite_differences()
             return False
         error = self.sessions.buildable(spec)
         if error is None:
@@ -241,7 +249,27 @@ class Explainer:
         if self.gradients == "analytic" or needs_rules:
             raise error.with_hint(RULE_HINT)
         self.missing_rule = error.reason
+        self._estimate_finite_differences()
         return False
+
+    def _estimate_finite_differences(self) -> None:
+        """Time one run of each layer's head to tell what the finite differences will cost (`fd_seconds`), and
+        refuse in "auto" mode when they would take more than FD_LIMIT_S an image: never minutes in silence."""
+        info, seconds = self.info, 0.0
+        for layer in self.layers:
+            spec, shape = SessionSpec.head(layer), next(lay.shape for lay in info.layers if lay.name == layer)
+            rows = min(finite_diff.ROWS, 2 * shape[1])  # a central difference per channel, ROWS rows a run
+            feeds = {layer: np.zeros((rows, *shape[1:]), self.sessions.input_dtype(spec, layer))}
+            if self.sessions.takes(spec, info.input_name):
+                feeds[info.input_name] = np.zeros((rows, *info.input_shape[1:]), info.input_dtype)
+            t0 = time.perf_counter()
+            self.sessions.run(spec, feeds, [info.logits_name])
+            seconds += (time.perf_counter() - t0) * -(-2 * shape[1] // rows)
+        self.fd_seconds = seconds
+        if self.gradients == "auto" and seconds > FD_LIMIT_S:
+            raise OnnxcamError(
+                f"{self.missing_rule}, and finite differences instead would take about {seconds / 60:.0f} min an "
+                f"image; {RULE_HINT.split(', or ')[0]}, or ask for them with --gradients fd (gradients='fd')")
 
     # -- explaining ----------------------------------------------------------------------------------------
 
@@ -258,7 +286,8 @@ class Explainer:
         first.maps = np.mean(np.float32([maps for _, maps in results]), axis=0)
         return first
 
-    def _explain(self, tensor, classes, m, plan, *, score, unit, eigen_smooth, samples, noise, seed) -> Explanation:
+    def _explain(self, tensor, classes, m, plan, *, score, unit, eigen_smooth, samples, noise, seed,
+                 channels) -> Explanation:
         if plan.in_graph:
             res = self._explain_in_graph(tensor, classes, m, plan.spec)
             if res is not None:  # None: a map with NaN or Inf, which the NumPy path below traces to A or dScore/dA
@@ -275,7 +304,8 @@ class Explainer:
         if m.map is not None:
             scaled = []
             for layer in self.layers:
-                layer_map = self._layer_map(m, layer, outputs, noisy, tensor, targets, scores, score, eigen_smooth)
+                layer_map = self._layer_map(m, layer, outputs, noisy, tensor, targets, scores, score, eigen_smooth,
+                                            channels)
                 raw = layer_map if raw is None else raw
                 scaled.append(postprocess.scale_to(layer_map, self.info.size))
             maps = postprocess.combine(scaled)
@@ -305,7 +335,7 @@ class Explainer:
         return Explanation(maps=maps, raw=raw[0], targets=outputs[TARGET_OUTPUT].astype(np.int64), scores=scores,
                            method=m.name, layers=self.layers, gradients="analytic")
 
-    def _layer_map(self, m, layer, outputs, noisy, tensor, targets, scores, score, eigen_smooth):
+    def _layer_map(self, m, layer, outputs, noisy, tensor, targets, scores, score, eigen_smooth, channels):
         """One layer's map at layer resolution, after ReLU."""
         a = outputs[layer].astype(np.float32)
         _check_finite(a, f"activations at '{layer}'")
@@ -321,6 +351,7 @@ class Explainer:
             masked_scores=lambda acts: self._masked_scores(tensor, acts, targets, score),
             ablated_scores=lambda: self._ablated_scores(layer, a, tensor, targets, score),
             scores=self._score_of(scores, targets, score),
+            channels=channels,
         )
         terms = m.map(data)
         if m.terms:
@@ -345,9 +376,9 @@ class Explainer:
     def _finite_differences(self, layer, activations, targets, tensor, score):
         run_head, extra = self._head(layer, tensor)
         if self._quantization_step is None:
-            self._quantization_step = 2 * quantization_step(self.info.model)
+            self._quantization_step = 2 * finite_diff.quantization_step(self.info.model)
         floor = self._quantization_step
-        return lambda pattern: channel_derivatives(run_head, layer, activations, pattern, targets, extra,
+        return lambda pattern: finite_diff.channel_derivatives(run_head, layer, activations, pattern, targets, extra,
                                                    score_of=lambda z, c: self._score_of(z, c, score), min_step=floor,
                                                    progress=lambda done, total: self._report(
                                                        "finite differences", done, total))

@@ -87,3 +87,14 @@ def test_cli_runs_more_images_than_the_batch_and_a_many_row_npy(pinned, tmp_path
     result = CliRunner().invoke(main, ["run", path, str(tmp_path / "rows.npy"), "--out", str(tmp_path / "b"),
                                        "--npy", "--device", "cpu"])
     assert result.exit_code == 0, result.output
+
+
+def test_onnx_runtime_errors_keep_their_telling_line():
+    """A session fed a batch its model refuses: the message keeps ORT's "index: 0 Got: 1 Expected: 2" line."""
+    from onnxcam.errors import ModelError
+    from onnxcam.sessions import _run_session
+
+    session = ort.InferenceSession(_pinned(2).SerializeToString(), providers=["CPUExecutionProvider"])
+    with pytest.raises(ModelError, match=r"index: 0 Got: 1 Expected: 2") as caught:
+        _run_session(session, ["logits"], {"input": np.zeros((1, 3, 96, 96), np.float32)})
+    assert "\n" not in str(caught.value) and "Please fix" not in str(caught.value)

@@ -109,3 +109,13 @@ def test_node_client_gets_the_same_map(tmp_path, demo_explainer, two_images):
     reply, heat = run_node("required", ["282,-1"])  # -1: top-1
     assert reply == {"dims": [2, 224, 224], "target": [282, 967]}
     assert np.abs(heat - demo_explainer.explain(two_images, target=[282, 967]).maps).max() <= 1e-4
+
+
+def test_export_hint_names_only_what_export_has(tmp_path):
+    """A quantized model has no backward rule through its integers: export says to choose another layer,
+    never to use an option (--gradients) that export does not have."""
+    result = CliRunner().invoke(main, ["export", os.path.join(ROOT, "models", "zoo", "resnet_qdq.onnx"),
+                                       "-o", str(tmp_path / "q.onnx")])
+    assert result.exit_code == 3, result.output
+    assert "no backward rule for" in result.stderr and "--layer" in result.stderr
+    assert "--gradients" not in result.stderr and not (tmp_path / "q.onnx").exists()

@@ -45,7 +45,7 @@ def backward(b: Builder, wrt: list, score: gs.Tensor, seed: gs.Tensor) -> dict:
     if missing:
         cut = _integer_cut(b.graph, on_path, score)
         if cut is not None:  # e.g. QuantizeLinear: the float path goes through integers
-            raise unsupported(cut, "(it turns the path from the target layer to the class score into integers)")
+            raise unsupported(cut, "on the way from the target layer to the class score: it turns the path into integers")
         raise OnnxcamError(f"'{score.name}' does not depend on {', '.join(missing)}: no gradient reaches it")
     return {t.name: grads[t.name] for t in wrt}
 

@@ -66,8 +66,8 @@ def unsupported(node, why: str) -> UnsupportedOpError:
     """A rule that is missing, or exists but not for this form of the op. The message says why; how to go on
     depends on the command, so callers add their own hint (`UnsupportedOpError.reason` is the short form)."""
     reason = f"no backward rule for {node.op} (node '{node.name}'){' ' + why if why else ''}"
-    return UnsupportedOpError(f"{reason}; it lies between the target layer and the class score", op=node.op,
-                              node=node.name, reason=reason)
+    where = "" if why else "; it lies between the target layer and the class score"
+    return UnsupportedOpError(reason + where, op=node.op, node=node.name, reason=reason)
 
 
 def _optional_input(node, i):
@@ -465,7 +465,12 @@ def _mish(b, node, x, y):
 
 @elementwise("Gelu")
 def _gelu(b, node, x, y):
-    if _str_attr(node, "approximate", "none") == "tanh":
+    return gelu_slope(b, x, tanh=_str_attr(node, "approximate", "none") == "tanh")
+
+
+def gelu_slope(b, x, tanh: bool):
+    """dGelu/dx, exact (erf) or of the tanh approximation."""
+    if tanh:
         # y = x (1 + tanh(u)) / 2, u = c (x + 0.044715 x^3): dy/dx = (1 + t) / 2 + x (1 - t^2) u' / 2
         c = math.sqrt(2.0 / math.pi)
         x2 = b.op("Mul", x, x)
@@ -1094,3 +1099,6 @@ def _interpolation_matrix(b, node, rank, axis, size_in, size_out, scales):
         out = b.op("Resize", eye, empty, b.const(np.zeros(0)) if b.opset < 13 else empty,
                    b.const(sizes, np.int64), **attrs)
     return b.op("Reshape", out, b.const([size_in, size_out], np.int64))
+
+
+from onnxcam.surgery import vjp_tokens  # noqa: E402,F401  (registers the transformer ops' rules)
