@@ -158,8 +158,10 @@ def learn_shapes(model, names: list, image: str, shape: tuple) -> None:
             f"and its input {list(feed_shape)} is too large to run it for that; give a smaller --input-size")
     graph = model.graph
     infos = {vi.name: vi for vi in [*graph.value_info, *graph.output]}
-    typed = [n for n in names if n in infos and infos[n].type.tensor_type.elem_type]
-    fetched = [f"onnxcam/probe/shape{k}" for k in range(len(typed))] + [n for n in names if n not in typed]
+    is_typed = {n: bool(n in infos and infos[n].type.tensor_type.elem_type) for n in names}
+    typed = [n for n in names if is_typed[n]]
+    untyped = [n for n in names if not is_typed[n]]  # ops ONNX does not know: fetch the tensor, for its dtype
+    fetched = [f"onnxcam/probe/shape{k}" for k in range(len(typed))] + untyped
     extra_outputs = [helper.make_tensor_value_info(out, onnx.TensorProto.INT64, None) for out in fetched[:len(typed)]]
     extra_outputs += [onnx.ValueInfoProto(name=n) for n in fetched[len(typed):]]
     probe, weights = _weightless(model)
@@ -177,10 +179,10 @@ def learn_shapes(model, names: list, image: str, shape: tuple) -> None:
         raise ModelError(
             f"the shapes of {len(names)} tensors (for example '{names[0]}') are known only by running the model, "
             f"and ONNX Runtime cannot run it on zeros of shape {list(feed_shape)}: {_ort_reason(exc)}") from None
-    untyped = fetched[len(typed):]
-    for name, value in zip(typed + untyped, got):
-        dims = tuple(int(d) for d in value) if name in typed else value.shape
-        _write_shape(model, infos.get(name), name, dims, None if name in typed else value.dtype, shape[0] is None)
+    for k, (name, value) in enumerate(zip(typed + untyped, got)):
+        shape_only = k < len(typed)
+        dims = tuple(int(d) for d in value) if shape_only else value.shape
+        _write_shape(model, infos.get(name), name, dims, None if shape_only else value.dtype, shape[0] is None)
 
 
 # Element types whose initializers ONNX Runtime can take from NumPy arrays (numpy_helper.to_array's dtype).
