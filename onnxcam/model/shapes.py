@@ -132,14 +132,11 @@ def check_tensor_sizes(shapes: dict, producers: dict) -> None:
 
 def unknown_shapes(model, names) -> list:
     """The tensors among `names` whose shape static inference left open: no shape, or an axis after the first
-    with no size (a first axis that is the symbolic batch is known)."""
+    with no size (the first, the batch, may stay symbolic)."""
     known = set()
     for vi in [*model.graph.value_info, *model.graph.output, *model.graph.input]:
         tensor_type = vi.type.tensor_type
-        if not tensor_type.HasField("shape"):
-            continue
-        dims = [(d.dim_value if d.HasField("dim_value") else None, d.dim_param) for d in tensor_type.shape.dim]
-        if all(value is not None for value, _ in dims[1:]) and (not dims or dims[0][0] is not None or dims[0][1] == BATCH):
+        if tensor_type.HasField("shape") and all(d.HasField("dim_value") for d in tensor_type.shape.dim[1:]):
             known.add(vi.name)
     return [name for name in names if name not in known]
 

@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from tinymodels import Net, session
+from tinymodels import Net, computed_resize, session
 
 from onnxcam.errors import ModelError
 from onnxcam.model import inspect_model
@@ -251,3 +251,23 @@ def test_ops_onnx_does_not_know_get_type_and_shape_from_the_run():
     xs = np.random.default_rng(6).normal(size=(2, 3, 6, 8)).astype(np.float32)
     got, _ = _gradients(info, a, xs, [0, 1])
     np.testing.assert_allclose(got, session(model).run(None, {"x": xs})[0], rtol=1e-5, atol=1e-5)
+
+
+def test_no_probe_where_static_inference_knows_every_shape(monkeypatch):
+    import onnxcam.model.inspect as inspect_module
+
+    def refuse(*args):
+        raise AssertionError("probed")
+
+    monkeypatch.setattr(inspect_module, "learn_shapes", refuse)
+    info = inspect_model(computed_resize())  # sizes from Shape ops: data propagation knows them
+    assert info.auto_layer.shape == (None, 4, 12, 12)
+
+
+def test_no_probe_of_a_too_large_input(monkeypatch):
+    import onnxcam.model.shapes as shapes_module
+
+    monkeypatch.setattr(shapes_module, "PROBE_MAX_INPUT_ELEMENTS", 3 * 48 * 192 - 1)
+    model, *_ = paddle_classifier()
+    with pytest.raises(ModelError, match=r"its input \[1, 3, 48, 192\] is too large to run it for that; give a smaller"):
+        inspect_model(model, input_size=(48, 192))
