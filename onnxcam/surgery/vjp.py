@@ -1099,6 +1099,3 @@ def _interpolation_matrix(b, node, rank, axis, size_in, size_out, scales):
         out = b.op("Resize", eye, empty, b.const(np.zeros(0)) if b.opset < 13 else empty,
                    b.const(sizes, np.int64), **attrs)
     return b.op("Reshape", out, b.const([size_in, size_out], np.int64))
-
-
-from onnxcam.surgery import vjp_tokens  # noqa: E402,F401  (registers the transformer ops' rules)
