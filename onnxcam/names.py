@@ -3,7 +3,8 @@ a user's words (a method name, a class, a unit) into them.
 
 Standard library only, so the command line can declare its options without importing ONNX, ONNX Runtime or
 OpenCV (`onnxcam --help` stays instant). The library modules that own each concept keep their own tables
-(`methods.METHODS`, `preprocess.PRESETS`, ...); tests/test_names.py checks that they agree with these.
+(`methods.METHODS`, `preprocess.PRESETS`, `surgery.maps.FORMULAS`); tests/test_names.py checks that they agree
+with these. Plain words (devices, gradient modes, scores, the exported model's tensor names) live only here.
 """
 
 from __future__ import annotations
@@ -14,12 +15,12 @@ from dataclasses import dataclass
 
 from onnxcam.errors import OnnxcamError
 
-DEVICES = ("auto", "cpu", "cuda")  # runtime.DEVICES
+DEVICES = ("auto", "cpu", "cuda")  # --device; runtime.providers_for
 PRESETS = ("imagenet", "inception", "lite", "caffe", "unit", "raw")  # preprocess.PRESETS
-DEFAULT_PRESET = "imagenet"  # preprocess.DEFAULT_PRESET: when neither --preprocess nor the model says
+DEFAULT_PRESET = "imagenet"  # when neither --preprocess nor the model says
 GRADIENT_MODES = ("auto", "analytic", "fd")  # Explainer(gradients=...)
 SCORES = ("logit", "probability")  # what the map explains: the class's logit or its softmax probability
-DEFAULT_MAX_PIXELS = 100_000_000  # preprocess.DEFAULT_MAX_PIXELS
+DEFAULT_MAX_PIXELS = 100_000_000  # preprocess.load_image refuses larger images unless told
 
 # methods.METHODS, in its order, and its aliases
 METHODS = ("cam", "gradcam", "gradcam++", "smoothgradcam++", "xgradcam", "layercam", "hirescam",
