@@ -15,14 +15,14 @@ import pytest
 
 import node_packages
 from conftest import CHELSEA, COFFEE, DEMO, ROOT
-from onnxcam.export import TERMS
+from onnxcam.export import METHODS as EXPORTABLE
 from onnxcam.preprocess import load_image
 from onnxcam.render import overlay
 
 EXAMPLE = os.path.join(ROOT, "examples", "cpp")
 HEADERS = (1, 21)  # examples/cpp/third_party/onnxruntime: a library at least this new is needed
 SHAPE = (2, 3, 224, 224)
-METHODS = sorted(TERMS)
+METHODS = sorted(EXPORTABLE)
 
 
 @pytest.fixture(scope="module")

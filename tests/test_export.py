@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 import node_packages
-from conftest import CHELSEA, COFFEE, DEMO
+from conftest import CHELSEA, COFFEE, DEMO, ROOT
 from onnxcam import Explainer
 from onnxcam.cli import main
 from onnxcam.export import MAP_OUTPUT, METHODS, export

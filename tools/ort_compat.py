@@ -29,15 +29,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from onnxcam import Explainer  # noqa: E402
-from onnxcam.export import TERMS, export, ort_format  # noqa: E402
+from onnxcam.export import METHODS, export, ort_format  # noqa: E402
 
 IMAGES = [os.path.join(ROOT, "examples", name) for name in ("chelsea.png", "coffee.png")]
-MODELS = {  # name -> (file, methods): opsets 17, 21 (IR 10), 18, 11 and 13 with float16 weights
-    "demo": ("models/efficientnet_lite0.onnx", sorted(TERMS)),
+MODELS = {  # name -> (file, methods): opsets 17, 21 (IR 10), 18, 11, 13 with float16 weights, and 7 (IR 3)
+    "demo": ("models/efficientnet_lite0.onnx", sorted(METHODS)),
     "demo@21": ("models/efficientnet_lite0.onnx", ["gradcam"]),  # converted to opset 21, IR 10 (from 1.18 on)
     "convnext": ("models/zoo/convnext.onnx", ["gradcam"]),
     "squeezenet": ("models/zoo/squeezenet.onnx", ["gradcam"]),
     "fp16": ("models/zoo/fp16.onnx", ["gradcam"]),
+    "caffe2": ("models/zoo/caffe2_opset7.onnx", ["gradcam"]),
 }
 DEFAULT_VERSIONS = "1.16.3,1.18.1,1.20.1,1.22.1,newest"
 
