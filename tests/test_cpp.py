@@ -15,6 +15,7 @@ import pytest
 
 import node_packages
 from conftest import CHELSEA, COFFEE, DEMO, ROOT
+from onnxcam import Explainer
 from onnxcam.export import METHODS as EXPORTABLE
 from onnxcam.preprocess import load_image
 from onnxcam.render import overlay
@@ -22,6 +23,7 @@ from onnxcam.render import overlay
 EXAMPLE = os.path.join(ROOT, "examples", "cpp")
 HEADERS = (1, 21)  # examples/cpp/third_party/onnxruntime: a library at least this new is needed
 SHAPE = (2, 3, 224, 224)
+NHWC = os.path.join(ROOT, "models", "zoo", "keras_nhwc.onnx")  # [N, 96, 96, 3], the inception preset
 METHODS = sorted(EXPORTABLE)
 
 
@@ -92,14 +94,15 @@ def program(tmp_path_factory, say):
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    """The demo exported by `python -m onnxcam export` for every method, plus a --class-input required one
-    and an ORT format one; all at once (a few seconds each)."""
+    """The demo exported by `python -m onnxcam export` for every method, plus a --class-input required one,
+    an ORT format one and an NHWC zoo model; all at once (a few seconds each)."""
     folder = tmp_path_factory.mktemp("exported")
-    jobs = {m: ["--method", m] for m in METHODS}
-    jobs["required"] = ["--method", "gradcam", "--class-input", "required"]
-    jobs["ort"] = ["--method", "layercam", "--format", "ort"]
-    paths = {name: str(folder / f"demo.{name}.{'ort' if name == 'ort' else 'onnx'}") for name in jobs}
-    running = {name: subprocess.Popen([sys.executable, "-m", "onnxcam", "export", DEMO, "-o", paths[name]] + args,
+    jobs = {m: [DEMO, "--method", m] for m in METHODS}
+    jobs["required"] = [DEMO, "--method", "gradcam", "--class-input", "required"]
+    jobs["ort"] = [DEMO, "--method", "layercam", "--format", "ort"]
+    jobs["nhwc"] = [NHWC, "--method", "gradcam++"]
+    paths = {name: str(folder / f"{name}.{'ort' if name == 'ort' else 'onnx'}") for name in jobs}
+    running = {name: subprocess.Popen([sys.executable, "-m", "onnxcam", "export", "-o", paths[name]] + args,
                                       cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
                for name, args in jobs.items()}
     for name, job in running.items():
@@ -117,12 +120,12 @@ def batch(tmp_path_factory, demo_explainer):
     return x, str(path)
 
 
-def _run(program, args, out):
+def _run(program, args, out, size=224):
     """Run `explain`; its maps [N, H, W] and the classes it printed."""
     done = subprocess.run([program] + args + ["--out", str(out)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     classes = [int(line.split()[3]) for line in done.stdout.splitlines() if line.startswith("image ")]
-    maps = np.fromfile(f"{out}.f32", "<f4").reshape(len(classes), 224, 224)
+    maps = np.fromfile(f"{out}.f32", "<f4").reshape(len(classes), size, size)
     return maps, classes
 
 
@@ -173,6 +176,16 @@ def test_cpp_reads_images_and_draws_overlays(program, models, demo_explainer, tm
         assert picture.shape == rgb.shape
         off = np.abs(picture.astype(int) - expected)
         assert off.max() <= 4 and (off > 0).mean() < 1e-3  # a resized map value may round to the next level
+
+
+def test_cpp_reads_images_for_an_nhwc_model(program, models, tmp_path, say):
+    if not program[1]:
+        pytest.skip("examples/cpp was built without OpenCV (no opencv2/imgcodecs.hpp): no image input")
+    maps, classes = _run(program[0], [models["nhwc"], CHELSEA, COFFEE], tmp_path / "m", size=96)
+    ref = Explainer(NHWC, device="cpu").explain([CHELSEA, COFFEE], method="gradcam++")
+    diff = float(np.abs(maps - ref.maps).max())
+    say(f"gradcam++ from the images, NHWC model, inception preset: max |C++ - Python| = {diff:.1e}")
+    assert classes == [int(t) for t in ref.targets] and diff <= 1e-3
 
 
 def test_cpp_errors_are_one_line_and_write_nothing(program, models, batch, tmp_path):

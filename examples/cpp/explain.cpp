@@ -273,14 +273,15 @@ Batch read_images(const std::vector<std::string>& paths, const ExportInfo& info,
       const cv::Vec3f* row = pixels.ptr<cv::Vec3f>(y);
       for (int x = 0; x < pixels.cols; ++x) {
         const size_t at = static_cast<size_t>(y) * static_cast<size_t>(w) + static_cast<size_t>(x);
-        const cv::Vec3f& bgr_px = row[x];
-        for (int k = 0; k < 3 && c == 3; ++k) {  // k: the model's channel
-          const float v = (p.bgr ? bgr_px[k] : bgr_px[2 - k]);
-          dest[nhwc ? at * 3 + static_cast<size_t>(k) : static_cast<size_t>(k) * plane + at] = (v - p.mean[k]) / p.std[k];
-        }
-        if (c == 1) {  // gray: the mean of the channels, normalized by the mean of mean and std
-          const float v = (bgr_px[0] + bgr_px[1] + bgr_px[2]) / 3.0f;
+        const cv::Vec3f& px = row[x];  // B, G, R
+        if (c == 1) {  // gray: the mean of the channels, normalized by the means of mean and std
+          const float v = (px[0] + px[1] + px[2]) / 3.0f;
           dest[at] = (v - (p.mean[0] + p.mean[1] + p.mean[2]) / 3.0f) / ((p.std[0] + p.std[1] + p.std[2]) / 3.0f);
+          continue;
+        }
+        for (size_t k = 0; k < 3; ++k) {  // k: the model's channel, R G B (or B G R for a BGR preset)
+          const float v = p.bgr ? px[static_cast<int>(k)] : px[static_cast<int>(2 - k)];
+          dest[nhwc ? at * 3 + k : k * plane + at] = (v - p.mean[k]) / p.std[k];
         }
       }
     }
