@@ -4,10 +4,10 @@ what the model itself outputs (plain ONNX Runtime) where it ends in its own Soft
 import numpy as np
 import pytest
 from onnx import TensorProto, helper
-from tinymodels import IN_SHAPE, Net, session
 
 from onnxcam import heads
 from onnxcam.model import inspect_model
+from tinymodels import IN_SHAPE, Net, session
 
 
 def _head_model(classes: int, tail: str | None):

@@ -9,11 +9,11 @@ import json
 import numpy as np
 import pytest
 from onnx import helper
-from tinymodels import CLASSES, Net, classifier
 
 from onnxcam import preprocess
 from onnxcam.errors import OnnxcamError
 from onnxcam.model import inspect_model, read_labels
+from tinymodels import CLASSES, Net, classifier
 
 NAMES = [f"name {k}" for k in range(CLASSES)]
 

@@ -6,11 +6,11 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from tinymodels import Net, computed_resize, session
 
 from onnxcam.errors import ModelError
 from onnxcam.model import inspect_model
 from onnxcam.surgery import CLASS_INPUT, augment, grad_name
+from tinymodels import Net, computed_resize, session
 
 CLASSES = 5
 
