@@ -47,6 +47,8 @@ class Layer:
 
 @dataclass
 class ModelInfo:
+    """What explaining a classifier needs to know about it, found once by `inspect_model`."""
+
     model: onnx.ModelProto  # shape-inferred (shapes learned by running where needed), spatial size pinned
     input_name: str
     input_shape: tuple  # batch entry is None when dynamic

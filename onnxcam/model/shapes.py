@@ -65,8 +65,8 @@ def skeleton(model) -> onnx.ModelProto:
     skeleton = onnx.ModelProto(ir_version=max(model.ir_version, 4))
     skeleton.opset_import.extend(model.opset_import)
     skeleton.functions.extend(model.functions)
-    for field in ("node", "input", "output", "value_info", "sparse_initializer"):
-        getattr(skeleton.graph, field).extend(getattr(graph, field))
+    for part in ("node", "input", "output", "value_info", "sparse_initializer"):
+        getattr(skeleton.graph, part).extend(getattr(graph, part))
     skeleton.graph.name = graph.name
     declared = {i.name for i in graph.input}
     for tensor in graph.initializer:
@@ -199,8 +199,8 @@ def _weightless(model) -> tuple:
     copy = onnx.ModelProto(ir_version=model.ir_version)
     copy.opset_import.extend(model.opset_import)
     copy.functions.extend(model.functions)
-    for field_ in ("node", "input", "output", "value_info", "sparse_initializer"):
-        getattr(copy.graph, field_).extend(getattr(graph, field_))
+    for part in ("node", "input", "output", "value_info", "sparse_initializer"):
+        getattr(copy.graph, part).extend(getattr(graph, part))
     copy.graph.name = graph.name
     weights = {}
     for tensor in graph.initializer:
