@@ -60,3 +60,25 @@ def test_export_of_a_transformer(name):
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     heat = session.run([MAP_OUTPUT], {"input": fx["input"], "onnxcam/class": fx["targets"]})[0]
     assert np.abs(heat - fx["GradCAM"]).max() <= 1e-3
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_rollouts_equal_the_torch_reference(name):
+    """Attention rollout and gradient-weighted rollout, from the Softmax outputs of the ONNX graph, against the
+    same formulas in torch on timm's own attention probabilities (tools/make_transformer_fixtures.py)."""
+    path, fx = _load(name)
+    ex = Explainer(path, device="cpu")
+    assert len(ex.info.attention) == 2  # one Softmax [N, heads, T, T] per block
+    for method, key in (("attention-rollout", "rollout"), ("gradient-rollout", "gradient_rollout")):
+        res = ex.explain(fx["input"], method, target=fx["targets"])
+        want = np.maximum(fx[key], 0)
+        assert np.abs(res.raw - want).max() <= 1e-4 * np.abs(want).max(), (name, method)
+        np.testing.assert_array_equal(res.targets, fx["targets"])
+
+
+def test_rollout_needs_a_transformer():
+    from conftest import DEMO
+    from onnxcam import OnnxcamError
+
+    with pytest.raises(OnnxcamError, match="needs a vision transformer's attention"):
+        Explainer(DEMO, device="cpu").explain(np.zeros((1, 3, 224, 224), np.float32), "attention-rollout")

@@ -1,6 +1,8 @@
 """Vision-transformer parity fixtures: narrow timm models with seeded weights, exported to ONNX, and
 pytorch-grad-cam 1.5.7's maps on them with its documented `reshape_transform` (drop the prefix tokens, lay the
-rest on the patch grid row-major) at `blocks[-1].norm1`, the layer its tutorials use.
+rest on the patch grid row-major) at `blocks[-1].norm1`, the layer its tutorials use; and attention rollout
+(Abnar & Zuidema 2020) and gradient-weighted rollout (Chefer et al. 2021) written here in torch, from the
+attention probabilities that timm's own blocks compute (hooked at `attn_drop`).
 
     pip install torch==2.13.0 timm grad-cam==1.5.7   (torchvision imported through the shim below)
     python tools/make_transformer_fixtures.py          # tests/fixtures/transformers/*.onnx and *.npz
@@ -78,6 +80,39 @@ def reshape_transform(prefix: int):
     return transform
 
 
+def rollouts(model, x: torch.Tensor, targets, prefix: int) -> tuple:
+    """(rollout, gradient-weighted rollout) [N, h, w]: the class token's row of the relevance over the grid
+    tokens (the mean of the grid tokens' rows without a class token)."""
+    probabilities = []
+
+    def keep(module, args, output):
+        output.retain_grad()
+        probabilities.append(output)
+
+    hooks = []
+    for block in model.blocks:
+        block.attn.fused_attn = False  # the explicit softmax(q k^T) path, whose probabilities the hook sees
+        hooks.append(block.attn.attn_drop.register_forward_hook(keep))
+    logits = model(x)
+    logits[torch.arange(len(x)), torch.as_tensor(targets)].sum().backward()
+    for hook in hooks:
+        hook.remove()
+    n, t = x.shape[0], probabilities[0].shape[-1]
+    eye = torch.eye(t, dtype=torch.float64).expand(n, t, t)
+    plain, weighted = eye, eye
+    for a in probabilities:
+        a64, g64 = a.detach().double(), a.grad.double()
+        plain = ((a64.mean(dim=1) + torch.eye(t, dtype=torch.float64)) / 2) @ plain
+        weighted = weighted + (g64 * a64).clamp(min=0).mean(dim=1) @ weighted
+    grid = SIZE // PATCH
+
+    def row(r):
+        r = r[:, 0] if prefix else r[:, prefix:].mean(dim=1)
+        return r[:, prefix:].reshape(n, grid, grid).numpy().astype(np.float32)
+
+    return row(plain), row(weighted)
+
+
 def inputs() -> np.ndarray:
     """Two photos from examples/, resized and standardized (the tests feed this tensor as is)."""
     import cv2
@@ -106,6 +141,7 @@ def main() -> None:
                                        reshape_transform=reshape_transform(prefix))
             fixtures[method] = cam(input_tensor=torch.from_numpy(x),
                                    targets=[ClassifierOutputTarget(int(t)) for t in targets]).astype(np.float32)
+        fixtures["rollout"], fixtures["gradient_rollout"] = rollouts(build(name), torch.from_numpy(x), targets, prefix)
         np.savez_compressed(os.path.join(OUT, f"{name}.npz"), **fixtures)
         print(f"{name}: {os.path.getsize(path)} bytes, logits range {np.ptp(logits):.2f}, targets {targets.tolist()}")
 

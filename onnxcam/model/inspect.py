@@ -24,7 +24,7 @@ from onnxcam.model.load import check_nodes
 from onnxcam.model.metadata import labels_from_metadata, metadata, preset_from_metadata
 from onnxcam.model.quantized import add_float_twins, quantized_tensors, twin
 from onnxcam.model.shapes import check_tensor_sizes, infer_shapes, learn_shapes, static_shapes, unknown_shapes
-from onnxcam.model.tokens import TokenGrid, add_grid_twins, grid_name, token_layers
+from onnxcam.model.tokens import TokenGrid, add_grid_twins, attention_maps, grid_name, token_layers
 
 # Ops that turn logits into probabilities: seed the class score at their input.
 _PROBABILITY_OPS = {"Softmax", "LogSoftmax", "Sigmoid"}
@@ -64,6 +64,7 @@ class ModelInfo:
     labels_source: str | None = None  # where `labels` came from, e.g. "metadata 'names'"
     preprocess_source: str | None = None  # where `preprocess` came from
     notes: list = field(default_factory=list)  # metadata seen but not used, and why
+    attention: list = field(default_factory=list)  # a transformer's attention probabilities [N, heads, T, T]
 
     @property
     def size(self) -> tuple:
@@ -175,6 +176,7 @@ def inspect_model(
         labels_source=labels_source,
         preprocess_source=preset_source,
         notes=notes,
+        attention=attention_maps(graph, shapes, layers[-1].tokens, feeding) if layers[-1].tokens else [],
     )
 
 

@@ -142,7 +142,7 @@ def unknown_shapes(model, names) -> list:
 
 
 def learn_shapes(model, names: list, image: str, shape: tuple) -> None:
-    """Run `model` once on zeros of the image input's `shape` (batch None: one image) and write the shapes that
+    """Run `model` on zeros of the image input's `shape` (batch None: one image, then two) and write the shapes that
     tensors `names` took into its value_info (or graph outputs). Shape(t) of each is what comes back, not t.
 
     The batch stays symbolic: with a dynamic batch the model runs on one image and on two, and an axis whose size

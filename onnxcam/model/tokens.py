@@ -188,6 +188,18 @@ def _prefix_only(node, grid, tensors) -> bool:
     return False
 
 
+def attention_maps(graph, shapes: dict, grid: TokenGrid, feeding: set) -> list:
+    """The attention probabilities of every block, in order: Softmax outputs [N, heads, T, T] over the tokens of
+    `grid` that reach the logits (what attention rollout multiplies)."""
+    found = []
+    for node in graph.node:
+        shape = shapes.get(node.output[0]) if node.output else None
+        if (node.op_type == "Softmax" and node.output[0] in feeding and shape is not None and len(shape) == 4
+                and shape[0] is None and shape[2] == shape[3] == grid.tokens):
+            found.append(node.output[0])
+    return found
+
+
 def add_grid_twins(model, layers: dict, opset: int) -> None:
     """Give each token layer its NCHW grid twin (see the module's docstring); its consumers read the round trip."""
     if not layers:
