@@ -34,9 +34,9 @@ def main():
 
 
 def _register():
-    from onnxcam.cli import eval, export, inspect, methods, run, sanity
+    from onnxcam.cli import eval, export, inspect, methods, report, run, sanity
 
-    for module in (run, inspect, export, methods, eval, sanity):
+    for module in (run, inspect, export, methods, eval, sanity, report):
         main.add_command(module.command)
 
 

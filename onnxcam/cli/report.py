@@ -1,0 +1,28 @@
+"""`onnxcam report OUT_DIR`: report.html over an output folder of `run --json`, `eval` and `sanity`."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command("report")
+@click.argument("folder", type=click.Path(exists=True, file_okay=False))
+def command(folder):
+    """Write FOLDER/report.html: every image's overlay, predictions and box, with filters, sorting and a detail
+    view, and eval's and sanity's tables and curves; one self-contained file that fetches nothing."""
+    from onnxcam.report import write_report
+
+    echo_written(write_report(folder))
+
+
+def echo_written(written) -> None:
+    """The line every command that writes a report prints."""
+    def count(n, what):
+        return f"{n} {what}{'s' * (n != 1)}"
+
+    parts = [count(written.images, "image")] if written.images or not (written.evaluation or written.sanity) else []
+    parts += [f"{written.problems} with problems"] if written.problems else []
+    parts += ["eval"] if written.evaluation else []
+    parts += [count(written.sanity, "sanity check")] if written.sanity else []
+    parts += [count(written.notices, "notice")] if written.notices else []
+    click.echo(f"wrote     {written.path} ({', '.join(parts)})")
