@@ -141,13 +141,13 @@ def run_item(folder: str, name: str, record: dict, files: set) -> dict:
     outputs = [os.path.basename(o) for o in _list(record.get("outputs"), "outputs", problems) if isinstance(o, str)]
     missing = [o for o in outputs if o not in files]
     problems += [f"missing file: {o}" for o in missing]
-    present = [o for o in outputs if o in files]
     explanations = []
     for e in _list(record.get("explanations"), "explanations", problems):
-        explanations.append(_explanation(folder, stem, e, present, problems))
+        explanations.append(_explanation(folder, stem, e, outputs, files, problems))
     if not explanations:
         problems.append("no explanations")
-    grid = next((o for o in present if o.startswith(f"{stem}.grid.") and o.endswith(PICTURE_EXTENSIONS)), None)
+    # pictures the record lists are shown even when missing: the page then says "picture missing" in their place
+    grid = next((o for o in outputs if o.startswith(f"{stem}.grid.") and o.endswith(PICTURE_EXTENSIONS)), None)
     first = next((e["picture"] for e in explanations if e["picture"]), None)
     used = {grid} | {e["picture"] for e in explanations}
     timings = record.get("timings_s") if isinstance(record.get("timings_s"), dict) else {}
@@ -160,7 +160,7 @@ def run_item(folder: str, name: str, record: dict, files: set) -> dict:
         else [], model=_text(record.get("model")), provider=_text(record.get("provider")),
         preprocess=_text(record.get("preprocess")), score=_text(record.get("score")),
         timings={k: v for k, v in ((k, _number(v)) for k, v in timings.items() if isinstance(k, str)) if v is not None},
-        pictures=[o for o in present if o.endswith(PICTURE_EXTENSIONS) and o not in used],
+        pictures=[o for o in outputs if o.endswith(PICTURE_EXTENSIONS) and o not in used],
         units=[{"channel": _int(u.get("channel")), "contribution": _number(u.get("contribution"))}
                for u in record.get("units") or [] if isinstance(u, dict)] if isinstance(record.get("units"), list)
         else [],
@@ -168,7 +168,7 @@ def run_item(folder: str, name: str, record: dict, files: set) -> dict:
     )
 
 
-def _explanation(folder, stem, e, present, problems) -> dict:
+def _explanation(folder, stem, e, outputs, files, problems) -> dict:
     if not isinstance(e, dict):
         problems.append("an explanation that is not an object")
         return {"method": "?", "class": None, "label": None, "box": None, "flat": False, "gradients": None,
@@ -177,8 +177,8 @@ def _explanation(folder, stem, e, present, problems) -> dict:
     target = e.get("target") if isinstance(e.get("target"), dict) else {}
     cls = _int(target.get("class"))
     tags = [f"{method}.c{cls}", method] if cls is not None else [method]
-    picture = next((f"{stem}.{t}{x}" for t in tags for x in PICTURE_EXTENSIONS if f"{stem}.{t}{x}" in present), None)
-    npy = next((f"{stem}.{t}.npy" for t in tags if f"{stem}.{t}.npy" in present), None)
+    picture = next((f"{stem}.{t}{x}" for t in tags for x in PICTURE_EXTENSIONS if f"{stem}.{t}{x}" in outputs), None)
+    npy = next((f"{stem}.{t}.npy" for t in tags if f"{stem}.{t}.npy" in outputs and f"{stem}.{t}.npy" in files), None)
     box = e.get("box")
     box = [int(v) for v in box] if isinstance(box, list) and len(box) == 4 and all(
         _int(v) is not None for v in box) else None
