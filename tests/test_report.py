@@ -267,3 +267,4 @@ def test_explanation_html(demo_explainer):
     assert "gradcam overlay for" in page and f"layer {res.layers[0]}" in page
     bare = explanation_html(res)
     assert f"gradcam map for class {res.targets[0]}" in bare
+    assert res._repr_html_() == bare
