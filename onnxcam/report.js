@@ -213,11 +213,14 @@
     return el("figure", {}, canvas, el("figcaption", {}, `${e.method} map alone (class ${e.class}${e.label ? " " + e.label : ""})`));
   }
 
+  const NUMBER = /^[-+]?[\d.]+(e[-+]?\d+)?( ms| s|%)?$/;  // right-aligned cells
+
   function table(headings, rows, caption) {
     return el("div", { class: "scroll" }, el("table", {},
       caption ? el("caption", {}, caption) : null,
       el("thead", {}, el("tr", {}, ...headings.map((h) => el("th", { scope: "col" }, h)))),
-      el("tbody", {}, ...rows.map((r) => el("tr", {}, ...r.map((c, k) => k === 0 ? el("th", { scope: "row" }, c) : el("td", {}, c)))))));
+      el("tbody", {}, ...rows.map((r) => el("tr", {}, ...r.map((c, k) => el(k === 0 ? "th" : "td",
+        { scope: k === 0 ? "row" : null, class: NUMBER.test(c) ? "n" : null }, c)))))));
   }
 
   function facts(pairs) {

@@ -330,6 +330,8 @@ def _toc(found) -> str:
     links += [("evaluation", "Evaluation")] if found.evaluation else []
     links += [("sanity", "Sanity")] if found.sanity else []
     links += [("notices", "Notices")] if found.notices else []
+    if len(links) < 2:
+        return ""
     return ("<nav aria-label=\"Sections\"><ul class=\"toc\">"
             + "".join(f"<li><a href=\"#{i}\">{t}</a></li>" for i, t in links) + "</ul></nav>")
 
@@ -397,9 +399,9 @@ def _eval_section(evaluation) -> str:
     summary = evaluation["summary"]
     keys = [k for k in EVAL_HEADINGS if any(k in s for s in summary.values())]
     keys += list(dict.fromkeys(k for s in summary.values() for k in s if k not in EVAL_HEADINGS))
-    head = "".join(f"<th scope=\"col\">{_h(EVAL_HEADINGS.get(k, k))}</th>" for k in keys)
+    head = "".join(f"<th scope=\"col\" class=\"n\">{_h(EVAL_HEADINGS.get(k, k))}</th>" for k in keys)
     body = "".join(
-        f"<tr><th scope=\"row\">{_h(m)}</th>" + "".join(f"<td>{_cell(s.get(k))}</td>" for k in keys) + "</tr>"
+        f"<tr><th scope=\"row\">{_h(m)}</th>" + "".join(f"<td class=\"n\">{_cell(s.get(k))}</td>" for k in keys) + "</tr>"
         for m, s in summary.items())
     data = evaluation["data"]
     meta = " · ".join(_h(f"{k} {data[k]}") for k in ("model", "provider", "preprocess") if _text(data.get(k)))
@@ -429,15 +431,16 @@ def _sanity_section(runs) -> str:
         steps = max([len(m["spearman"]) for m in r["methods"].values()] + [0])
         target = f" · class {r['class']} {r['label'] or ''}" if r["class"] is not None else ""
         out.append(f"<article><h3>{_h(r['image'])}{_h(target)}</h3><ul>"
-                   + "".join(f"<li class=\"{'pass' if m['passed'] else 'problem'}\">{_h(n)}: {_h(m['verdict'])}</li>"
+                   + "".join(f"<li class=\"{'pass' if m['passed'] else 'problem'}\">"
+                             f"{_h(m['verdict'] or n + (': passes' if m['passed'] else ': fails'))}</li>"
                              for n, m in r["methods"].items()) + "</ul>")
-        head = "".join(f"<th scope=\"col\">{_h(m)}</th>" for m in methods)
+        head = "".join(f"<th scope=\"col\" class=\"n\">{_h(m)}</th>" for m in methods)
         rows = []
         for k in range(steps):
             nodes = r["steps"][k - 1] if 0 < k <= len(r["steps"]) else None
-            what = "trained model" if k == 0 else f"+ {nodes} layers" if nodes is not None else ""
-            cells = "".join(f"<td>{_corr(r['methods'][m]['spearman'], k)}</td>" for m in methods)
-            rows.append(f"<tr><th scope=\"row\">{k}</th><td>{_h(what)}</td>{cells}</tr>")
+            what = "trained model" if k == 0 else f"+ {nodes} layer{'s' * (nodes != 1)}" if nodes is not None else ""
+            cells = "".join(f"<td class=\"n\">{_corr(r['methods'][m]['spearman'], k)}</td>" for m in methods)
+            rows.append(f"<tr><th scope=\"row\" class=\"n\">{k}</th><td>{_h(what)}</td>{cells}</tr>")
         out.append(f"<div class=\"scroll\"><table><caption>Spearman rank correlation with the trained model's map, "
                    f"re-initializing from the logits down</caption><thead><tr><th scope=\"col\">step</th>"
                    f"<th scope=\"col\">re-initialized</th>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"

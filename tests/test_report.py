@@ -214,9 +214,10 @@ def test_eval_and_sanity_sections(tmp_path):
     written = write_report(folder)
     assert written.evaluation and written.sanity == 1
     text, data = page_data(folder)
-    assert "<th scope=\"row\">grad&lt;cam&gt;</th><td>2</td><td>0</td><td>&ndash;</td><td>25.96</td>" in text
+    assert ("<th scope=\"row\">grad&lt;cam&gt;</th><td class=\"n\">2</td><td class=\"n\">0</td>"
+            "<td class=\"n\">&ndash;</td><td class=\"n\">25.96</td>") in text
     assert "eval.curves.png is missing" in text and "model m&lt;1&gt;.onnx" in text
-    assert "<td>0.250</td>" in text and 'src="x%3Cy%3E.sanity.png"' in text and "x.sanity.maps" not in text
+    assert "<td class=\"n\">0.250</td>" in text and 'src="x%3Cy%3E.sanity.png"' in text and "x.sanity.maps" not in text
     item = next(i for i in data["items"] if i["name"] == "img00000.png")
     assert item["eval"] == {"gradcam": {"y": 0.78, "o": 0.48, "deletion_auc": 0.4168, "insertion_auc": 0.6256}}
 
