@@ -1,6 +1,6 @@
 /* onnxcam report.html: the image gallery (filters, sorting, pages of cards) and the detail view.
    Text from the records only ever enters the page through textContent and setAttribute, never as markup;
-   file names become relative URLs through encodeURIComponent. */
+   file names arrive with their relative URLs (it.urls), percent-encoded from the file system's bytes. */
 "use strict";
 (function () {
   const $ = (id) => document.getElementById(id);
@@ -138,15 +138,15 @@
       (e && e.box ? `, box ${e.box.join(", ")}` : "");
   }
 
-  function picture(name, alt, cls, lazy) {
-    return el("img", { src: encodeURIComponent(name), alt, class: cls, loading: lazy ? "lazy" : null, decoding: "async", "data-file": name });
+  function picture(it, name, alt, cls, lazy) {
+    return el("img", { src: it.urls[name], alt, class: cls, loading: lazy ? "lazy" : null, decoding: "async", "data-file": name });
   }
 
   function card(it, pos) {
     const pred = it.predictions[0];
     const failed = it.problems.length > 0;
     const thumb = el("span", { class: "thumb" },
-      it.picture ? picture(it.picture, describe(it), null, true)
+      it.picture ? picture(it, it.picture, describe(it), null, true)
         : el("span", { class: "placeholder" + (failed ? " problem" : "") }, failed ? "record unusable" : "no picture written"));
     const badges = el("span", { class: "badges" },
       it.flat ? el("span", { class: "badge flat" }, "flat map") : null,
@@ -238,11 +238,11 @@
     const body = [];
     if (it.problems.length) body.push(el("ul", { class: "problem", "aria-label": "problems" }, ...it.problems.map((p) => el("li", {}, p))));
     const pictures = el("div", { class: "pictures" });
-    const main = it.picture ? picture(it.picture, describe(it), "full", false) : null;
+    const main = it.picture ? picture(it, it.picture, describe(it), "full", false) : null;
     if (main) pictures.append(el("figure", {}, main, el("figcaption", {}, it.explanations.length > 1 && !it.explanations[0].picture
       ? "the methods side by side" : "overlay (the box in green)")));
     for (const e of it.explanations) {
-      const own = e.picture && e.picture !== it.picture ? picture(e.picture, `${e.method} overlay of ${it.name}, class ${e.class} ${e.label || ""}`, "full", false) : null;
+      const own = e.picture && e.picture !== it.picture ? picture(it, e.picture, `${e.method} overlay of ${it.name}, class ${e.class} ${e.label || ""}`, "full", false) : null;
       if (own) pictures.append(el("figure", {}, own, el("figcaption", {}, `${e.method}: class ${e.class} ${e.label || ""}`)));
       if (e.map) pictures.append(mapFigure(it, e, own || main));
     }
@@ -275,7 +275,7 @@
     }
     if (it.pictures.length) {
       body.push(el("h3", {}, "Other pictures"), el("div", { class: "pictures" },
-        ...it.pictures.map((p) => el("figure", {}, picture(p, p, "full", true), el("figcaption", {}, p)))));
+        ...it.pictures.map((p) => el("figure", {}, picture(it, p, p, "full", true), el("figcaption", {}, p)))));
     }
     $("detail-body").replaceChildren(...body);
     $("detail-body").scrollTop = 0;

@@ -15,6 +15,7 @@ import html
 import json
 import math
 import os
+import re
 import urllib.parse
 from dataclasses import dataclass, field
 
@@ -119,7 +120,7 @@ def _item(**fields) -> dict:
     item = {"name": "", "image": None, "json": "", "picture": None, "predictions": [], "confidence": None,
             "top": None, "explanations": [], "methods": [], "flat": False, "layers": [], "model": None,
             "provider": None, "preprocess": None, "score": None, "timings": {}, "pictures": [], "units": [],
-            "eval": None, "problems": []}
+            "eval": None, "problems": [], "urls": {}}
     item.update(fields)
     return item
 
@@ -150,6 +151,7 @@ def run_item(folder: str, name: str, record: dict, files: set) -> dict:
     grid = next((o for o in outputs if o.startswith(f"{stem}.grid.") and o.endswith(PICTURE_EXTENSIONS)), None)
     first = next((e["picture"] for e in explanations if e["picture"]), None)
     used = {grid} | {e["picture"] for e in explanations}
+    others = [o for o in outputs if o.endswith(PICTURE_EXTENSIONS) and o not in used]
     timings = record.get("timings_s") if isinstance(record.get("timings_s"), dict) else {}
     return _item(
         name=os.path.basename(image) if image else name, image=image, json=name, picture=grid or first,
@@ -160,7 +162,7 @@ def run_item(folder: str, name: str, record: dict, files: set) -> dict:
         else [], model=_text(record.get("model")), provider=_text(record.get("provider")),
         preprocess=_text(record.get("preprocess")), score=_text(record.get("score")),
         timings={k: v for k, v in ((k, _number(v)) for k, v in timings.items() if isinstance(k, str)) if v is not None},
-        pictures=[o for o in outputs if o.endswith(PICTURE_EXTENSIONS) and o not in used],
+        pictures=others, urls={n: url(n) for n in [grid, first, *others] + [e["picture"] for e in explanations] if n},
         units=[{"channel": _int(u.get("channel")), "contribution": _number(u.get("contribution"))}
                for u in record.get("units") or [] if isinstance(u, dict)] if isinstance(record.get("units"), list)
         else [],
@@ -311,18 +313,39 @@ def page(found: Folder) -> str:
 
 
 def script_json(data) -> str:
-    """JSON that can sit inside <script>: no '<', '>' or '&' (so no '</script>' or '<!--'), ASCII only."""
+    """JSON that can sit inside <script>: no '<', '>' or '&' (so no '</script>' or '<!--'), ASCII only, and
+    no lone surrogate (a file name's byte that is not UTF-8) for the browser to choke on: U+FFFD instead."""
     text = json.dumps(data, ensure_ascii=True, separators=(",", ":"), allow_nan=False)
+    if "\\ud" in text:
+        text = json.dumps(_well_formed(data), ensure_ascii=True, separators=(",", ":"), allow_nan=False)
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+SURROGATE = re.compile("[\ud800-\udfff]")  # in a Python str, any of these stands alone
+
+
+def _well_formed(data):
+    if isinstance(data, str):
+        return SURROGATE.sub("\ufffd", data)
+    if isinstance(data, dict):
+        return {_well_formed(k): _well_formed(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_well_formed(v) for v in data]
+    return data
 
 
 def _h(text) -> str:
     return html.escape(str(text), quote=True)
 
 
+def url(name: str) -> str:
+    """A file of the folder as a relative URL: its name's bytes percent-encoded ('#', '?', '%' and spaces are
+    file name characters; so are bytes that are not UTF-8, which os.listdir hands over as surrogates)."""
+    return urllib.parse.quote(os.fsencode(name))
+
+
 def _src(name: str) -> str:
-    """A file of the folder as a relative URL (quoted: '#', '?', '%' and spaces are file name characters)."""
-    return _h(urllib.parse.quote(name))
+    return _h(url(name))
 
 
 def _toc(found) -> str:

@@ -20,6 +20,8 @@ CLASSES = [(285, "Egyptian cat"), (207, "golden retriever"), (967, "espresso"), 
 METHODS = ["gradcam", "layercam"]
 # names a file system allows that HTML, JSON-in-script and URLs must escape
 HOSTILE_NAMES = ['quo"te\'s <b>&amp; é<script>.png', "100% #1?.png", "日本語 ü.png"]
+UNDECODABLE = os.fsdecode(b"bad \xff.png")  # not UTF-8: os.listdir hands it over with a surrogate
+SHOWN_UNDECODABLE = "bad \ufffd.png"  # how the page names it
 
 
 def write_records(folder, count, *, npy_every=0, side=(48, 64)):
@@ -68,13 +70,14 @@ def add_hostile(folder):
     """Names to escape, a corrupt record, a record whose picture is gone, a foreign JSON and one with bad fields;
     returns {name: what is wrong or None}."""
     expected = {}
-    for k, name in enumerate(HOSTILE_NAMES):
+    for k, name in enumerate(HOSTILE_NAMES + [UNDECODABLE]):
         stem = os.path.splitext(name)[0]
-        cv2.imwrite(os.path.join(folder, f"{stem}.gradcam.png"), np.full((30, 40, 3), 60 * k, np.uint8))
+        with open(os.path.join(folder, f"{stem}.gradcam.png"), "wb") as f:
+            f.write(cv2.imencode(".png", np.full((30, 40, 3), 60 * k, np.uint8))[1].tobytes())
         record = run_record(name, *CLASSES[3], 0.5, "gradcam", False,
                             [os.path.join(folder, f"{stem}.gradcam.png"), os.path.join(folder, f"{stem}.gradcam.json")])
         with open(os.path.join(folder, f"{stem}.gradcam.json"), "w", encoding="utf-8") as f:
-            json.dump(record, f, ensure_ascii=False)
+            json.dump(record, f)  # as run writes it: \u escapes, a surrogate for the byte that is not UTF-8
         expected[name] = None
     with open(os.path.join(folder, "broken.gradcam.json"), "w") as f:
         f.write('{"image": "broken.png", "predictions": [{"cla')
@@ -172,9 +175,11 @@ def test_hostile_names_are_escaped_and_round_trip(tmp_path):
     assert (written.images, written.problems, written.notices) == (3 + len(expected), 3, 1)
     text, data = page_data(folder)
     by_name = {i["name"]: i for i in data["items"]}
-    for name in HOSTILE_NAMES:
+    for name in HOSTILE_NAMES + [SHOWN_UNDECODABLE]:
         assert by_name[name]["problems"] == [] and by_name[name]["top"] == f"7 {CLASSES[3][1]}"
         assert by_name[name]["picture"] == f"{os.path.splitext(name)[0]}.gradcam.png"
+    assert by_name["100% #1?.png"]["urls"] == {"100% #1?.gradcam.png": "100%25%20%231%3F.gradcam.png"}
+    assert by_name[SHOWN_UNDECODABLE]["urls"] == {"bad \ufffd.gradcam.png": "bad%20%FF.gradcam.png"}
     assert "<b>" not in text and "<!--" not in text and "&amp;amp;" not in text
 
 

@@ -10,7 +10,7 @@ import time
 import cv2
 import numpy as np
 import pytest
-from test_report import CLASSES, HOSTILE_NAMES, add_hostile, write_records
+from test_report import CLASSES, HOSTILE_NAMES, SHOWN_UNDECODABLE, UNDECODABLE, add_hostile, write_records
 
 from onnxcam.report import write_report
 
@@ -94,8 +94,14 @@ def test_opens_with_every_record_and_escaped_names(browser, folder):
         assert card.get_attribute("data-name") == name
         assert card.find_element("class name", "name").text == name  # shown as text, not markup
         assert card.find_element("class name", "pred").text == f"{CLASSES[3][1]} · 50.0%"
+    type_into(browser, "q", "bad ")
+    card, = browser.find_elements("css selector", "#cards .card")
+    assert card.get_attribute("data-name") == SHOWN_UNDECODABLE
+    size = browser.execute_script("const i = arguments[0].querySelector('img'); i.loading = 'eager';"
+                                  "return i.decode().then(() => [i.naturalWidth, i.naturalHeight])", card)
+    assert size == [40, 30]  # the picture whose name is not UTF-8 loads too
     options = [o.text for o in browser.find_elements("css selector", "#cls option")]
-    assert f"7 {CLASSES[3][1]} ({RECORDS // 4 + len(HOSTILE_NAMES)})" in options
+    assert f"7 {CLASSES[3][1]} ({RECORDS // 4 + len(HOSTILE_NAMES) + 1})" in options
     errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE" and "Failed to load resource" not in
               e["message"]]
     assert errors == []
@@ -123,7 +129,7 @@ def test_filters(browser, folder):
     type_into(browser, "cmin", "50")
     type_into(browser, "cmax", "80")
     in_range = [r for r in records if 0.5 - 1e-9 <= r["confidence"] <= 0.8 + 1e-9]
-    assert matching(browser) == len(in_range) + len(HOSTILE_NAMES) + 1  # the hostile ones at 50%, gone.png at 70%
+    assert matching(browser) == len(in_range) + len(HOSTILE_NAMES) + 2  # the hostile ones at 50%, gone.png at 70%
     type_into(browser, "cmin", "0")
     type_into(browser, "cmax", "100")
     type_into(browser, "q", "IMG0001")
@@ -136,7 +142,8 @@ def test_sort_by_confidence(browser, folder):
     choose(browser, "sort", "confidence")
     browser.find_element("id", "dir").click()
     assert browser.find_element("id", "dir").get_attribute("aria-pressed") == "true"
-    rated = [(r["confidence"], r["name"]) for r in records] + [(0.5, n) for n in HOSTILE_NAMES] + [(0.7, "gone.png")]
+    rated = [(r["confidence"], r["name"]) for r in records] + [(0.5, n) for n in HOSTILE_NAMES + [SHOWN_UNDECODABLE]]
+    rated += [(0.7, "gone.png")]
     expected = [name for _, name in sorted(rated, key=lambda t: (-t[0], t[1].lower()))]
     expected += sorted(n for n, why in broken.items() if why and n != "gone.png")  # no confidence: last
     assert names_shown(browser) == expected[:60]
@@ -197,7 +204,8 @@ def test_keyboard(browser, folder):
     assert browser.switch_to.active_element.get_attribute("data-pos") == "60"
     assert browser.find_element("id", "pageinfo").text.startswith("page 2 of")
     browser.switch_to.active_element.send_keys(Keys.ENTER)
-    in_order = sorted([r["name"] for r in records] + list(broken), key=str.lower)
+    in_order = sorted([r["name"] for r in records] + [n.replace(UNDECODABLE, SHOWN_UNDECODABLE) for n in broken],
+                      key=str.lower)
     assert browser.find_element("id", "detail-title").text == in_order[60]
     assert browser.find_element("id", "detail").get_attribute("open") is not None
 
