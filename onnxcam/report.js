@@ -16,8 +16,8 @@
     const img = event.target;
     if (!(img instanceof HTMLImageElement) || img.dataset.failed) return;
     img.dataset.failed = "1";
-    const note = el("span", { class: "placeholder problem" }, "picture missing: " + (img.dataset.file || img.getAttribute("src")));
-    img.replaceWith(note);
+    const name = img.dataset.file || img.getAttribute("src");
+    img.replaceWith(el("span", { class: "placeholder problem" }, "picture missing: " + name));
   }, true);
 
   if (!$("cards")) { ready(); return; }
@@ -42,7 +42,7 @@
   }
 
   function pct(p) { return p === null || p === undefined ? "–" : (p * 100).toFixed(1) + "%"; }
-  function seconds(s) { return s === null || s === undefined ? "–" : s < 1 ? (s * 1000).toFixed(1) + " ms" : s.toFixed(2) + " s"; }
+  function seconds(s) { return s < 1 ? (s * 1000).toFixed(1) + " ms" : s.toFixed(2) + " s"; }
   function imageTime(it) { return it.timings && typeof it.timings.image === "number" ? it.timings.image : null; }
   function byText(a, b) { return a < b ? -1 : a > b ? 1 : 0; }
 
@@ -132,25 +132,29 @@
 
   function describe(it) {
     const e = it.explanations[0];
-    const what = it.explanations.length > 1 && it.picture && !e.picture ? "methods side by side" : `${e ? e.method : ""} overlay`;
+    const what = isGrid(it) ? "methods side by side" : `${e ? e.method : ""} overlay`;
     const pred = it.predictions[0];
     return `${what} of ${it.name}` + (pred ? `: predicted ${pred.label} ${pct(pred.probability)}` : "") +
       (e && e.box ? `, box ${e.box.join(", ")}` : "");
   }
 
+  function isGrid(it) { return it.explanations.length > 1 && it.picture && !it.explanations[0].picture; }
+
   function picture(it, name, alt, cls, lazy) {
-    return el("img", { src: it.urls[name], alt, class: cls, loading: lazy ? "lazy" : null, decoding: "async", "data-file": name });
+    const attrs = { src: it.urls[name], alt, class: cls, loading: lazy ? "lazy" : null, decoding: "async" };
+    return el("img", { ...attrs, "data-file": name });
   }
 
   function card(it, pos) {
     const pred = it.predictions[0];
     const failed = it.problems.length > 0;
-    const thumb = el("span", { class: "thumb" },
-      it.picture ? picture(it, it.picture, describe(it), null, true)
-        : el("span", { class: "placeholder" + (failed ? " problem" : "") }, failed ? "record unusable" : "no picture written"));
+    const none = failed ? el("span", { class: "placeholder problem" }, "record unusable")
+      : el("span", { class: "placeholder" }, "no picture written");
+    const thumb = el("span", { class: "thumb" }, it.picture ? picture(it, it.picture, describe(it), null, true) : none);
+    const problems = `problem${it.problems.length > 1 ? "s" : ""}: ${it.problems.length}`;
     const badges = el("span", { class: "badges" },
       it.flat ? el("span", { class: "badge flat" }, "flat map") : null,
-      failed ? el("span", { class: "badge failed" }, `problem${it.problems.length > 1 ? "s" : ""}: ${it.problems.length}`) : null);
+      failed ? el("span", { class: "badge failed" }, problems) : null);
     const button = el("button", { type: "button", class: "card", "data-pos": pos, "data-name": it.name },
       thumb, el("span", { class: "name" }, it.name),
       el("span", { class: "pred" }, pred ? `${pred.label} · ${pct(pred.probability)}` : "no prediction"),
@@ -190,7 +194,8 @@
 
   // The map alone, at the image's aspect ratio (known once its overlay has loaded), with the box.
   function mapFigure(it, e, overlay) {
-    const label = `${e.method} map alone of ${it.name}, class ${e.class} ${e.label || ""}` + (e.box ? `, box ${e.box.join(", ")}` : "");
+    const label = `${e.method} map alone of ${it.name}, class ${e.class} ${e.label || ""}` +
+      (e.box ? `, box ${e.box.join(", ")}` : "");
     const canvas = el("canvas", { class: "map", role: "img", "aria-label": label });
     const small = jetCanvas(e.map);
     const draw = () => {
@@ -205,12 +210,14 @@
       if (e.box && overlay && overlay.naturalWidth) {
         ctx.strokeStyle = "#00ff00";
         ctx.lineWidth = 3;
-        ctx.strokeRect(e.box[0] * scale, e.box[1] * scale, (e.box[2] - e.box[0] + 1) * scale, (e.box[3] - e.box[1] + 1) * scale);
+        const [x0, y0, x1, y1] = e.box;
+        ctx.strokeRect(x0 * scale, y0 * scale, (x1 - x0 + 1) * scale, (y1 - y0 + 1) * scale);
       }
     };
     draw();
     if (overlay) overlay.addEventListener("load", draw);
-    return el("figure", {}, canvas, el("figcaption", {}, `${e.method} map alone (class ${e.class}${e.label ? " " + e.label : ""})`));
+    const caption = `${e.method} map alone (class ${e.class}${e.label ? " " + e.label : ""})`;
+    return el("figure", {}, canvas, el("figcaption", {}, caption));
   }
 
   const NUMBER = /^[-+]?[\d.]+(e[-+]?\d+)?( ms| s|%)?$/;  // right-aligned cells
@@ -225,7 +232,9 @@
 
   function facts(pairs) {
     const dl = el("dl", { class: "facts" });
-    for (const [k, v] of pairs) if (v !== null && v !== undefined && v !== "") dl.append(el("dt", {}, k), el("dd", {}, String(v)));
+    for (const [k, v] of pairs) {
+      if (v !== null && v !== undefined && v !== "") dl.append(el("dt", {}, k), el("dd", {}, String(v)));
+    }
     return dl;
   }
 
@@ -236,15 +245,23 @@
     $("d-prev").disabled = current <= 0;
     $("d-next").disabled = current >= view.length - 1;
     const body = [];
-    if (it.problems.length) body.push(el("ul", { class: "problem", "aria-label": "problems" }, ...it.problems.map((p) => el("li", {}, p))));
+    if (it.problems.length) {
+      body.push(el("ul", { class: "problem", "aria-label": "problems" }, ...it.problems.map((p) => el("li", {}, p))));
+    }
     const pictures = el("div", { class: "pictures" });
     const main = it.picture ? picture(it, it.picture, describe(it), "full", false) : null;
-    if (main) pictures.append(el("figure", {}, main, el("figcaption", {}, it.explanations.length > 1 && !it.explanations[0].picture
-      ? "the methods side by side" : "overlay (the box in green)")));
+    if (main) {
+      const caption = isGrid(it) ? "the methods side by side" : "overlay (the box in green)";
+      pictures.append(el("figure", {}, main, el("figcaption", {}, caption)));
+    }
     for (const e of it.explanations) {
-      const own = e.picture && e.picture !== it.picture ? picture(it, e.picture, `${e.method} overlay of ${it.name}, class ${e.class} ${e.label || ""}`, "full", false) : null;
-      if (own) pictures.append(el("figure", {}, own, el("figcaption", {}, `${e.method}: class ${e.class} ${e.label || ""}`)));
-      if (e.map) pictures.append(mapFigure(it, e, own || main));
+      const what = `${e.method}: class ${e.class} ${e.label || ""}`;
+      const own = e.picture && e.picture !== it.picture
+        ? picture(it, e.picture, `${e.method} overlay of ${it.name}, class ${e.class} ${e.label || ""}`, "full", false)
+        : null;
+      if (own) pictures.append(el("figure", {}, own, el("figcaption", {}, what)));
+      // the map takes its overlay's aspect ratio: not a grid's, which holds several pictures side by side
+      if (e.map) pictures.append(mapFigure(it, e, own || (e.picture ? main : null)));
     }
     if (!it.explanations.some((e) => e.map) && it.explanations.length) {
       pictures.append(el("p", { class: "placeholder" }, "The map alone is shown when the run saved it (--npy)."));
@@ -252,8 +269,8 @@
     body.push(pictures);
     const left = [];
     if (it.predictions.length) {
-      left.push(el("h3", {}, "Top predictions"),
-        table(["class", "label", "probability"], it.predictions.map((p) => [String(p.class), p.label, pct(p.probability)])));
+      const rows = it.predictions.map((p) => [String(p.class), p.label, pct(p.probability)]);
+      left.push(el("h3", {}, "Top predictions"), table(["class", "label", "probability"], rows));
     }
     if (it.explanations.length) {
       left.push(el("h3", {}, "Explanations"), table(["method", "class", "box (x0, y0, x1, y1)", "gradients", "flat"],
@@ -266,12 +283,15 @@
       ["time per image", it.timings.image !== undefined ? seconds(it.timings.image) : null],
       ["setup", it.timings.setup !== undefined ? seconds(it.timings.setup) : null],
       ["record", it.json]])];
-    if (it.units.length) right.push(facts([["top units", it.units.map((u) => `${u.channel} (${u.contribution})`).join(", ")]]));
+    if (it.units.length) {
+      right.push(facts([["top units", it.units.map((u) => `${u.channel} (${u.contribution})`).join(", ")]]));
+    }
     body.push(el("div", { class: "columns" }, el("div", {}, ...left), el("div", {}, ...right)));
     if (it.eval) {
       const keys = [...new Set(Object.values(it.eval).flatMap((r) => Object.keys(r)))];
-      body.push(el("h3", {}, "Evaluation of this image"), table(["method", ...keys],
-        Object.entries(it.eval).map(([m, r]) => [m, ...keys.map((k) => r[k] === undefined ? "–" : (+r[k].toFixed(4)).toString())])));
+      const rows = Object.entries(it.eval).map(([m, r]) =>
+        [m, ...keys.map((k) => r[k] === undefined ? "–" : String(+r[k].toFixed(4)))]);
+      body.push(el("h3", {}, "Evaluation of this image"), table(["method", ...keys], rows));
     }
     if (it.pictures.length) {
       body.push(el("h3", {}, "Other pictures"), el("div", { class: "pictures" },
@@ -320,7 +340,9 @@
     const k = all.indexOf(button);
     const columns = all.filter((c) => c.offsetTop === all[0].offsetTop).length || 1;
     const pos = parseInt(button.dataset.pos, 10);
-    const moves = { ArrowRight: 1, ArrowLeft: -1, ArrowDown: columns, ArrowUp: -columns, PageDown: pageSize(), PageUp: -pageSize() };
+    const moves = {
+      ArrowRight: 1, ArrowLeft: -1, ArrowDown: columns, ArrowUp: -columns, PageDown: pageSize(), PageUp: -pageSize(),
+    };
     let target = null;
     if (event.key in moves) target = pos + moves[event.key];
     else if (event.key === "Home") target = pos - k;

@@ -423,9 +423,9 @@ def _eval_section(evaluation) -> str:
     keys = [k for k in EVAL_HEADINGS if any(k in s for s in summary.values())]
     keys += list(dict.fromkeys(k for s in summary.values() for k in s if k not in EVAL_HEADINGS))
     head = "".join(f"<th scope=\"col\" class=\"n\">{_h(EVAL_HEADINGS.get(k, k))}</th>" for k in keys)
-    body = "".join(
-        f"<tr><th scope=\"row\">{_h(m)}</th>" + "".join(f"<td class=\"n\">{_cell(s.get(k))}</td>" for k in keys) + "</tr>"
-        for m, s in summary.items())
+    body = "".join(f"<tr><th scope=\"row\">{_h(m)}</th>"
+                   + "".join(f"<td class=\"n\">{_cell(s.get(k))}</td>" for k in keys) + "</tr>"
+                   for m, s in summary.items())
     data = evaluation["data"]
     meta = " · ".join(_h(f"{k} {data[k]}") for k in ("model", "provider", "preprocess") if _text(data.get(k)))
     curves = (f"<figure><img src=\"{_src(evaluation['curves'])}\" alt=\"Mean deletion and insertion curves of each "

@@ -150,7 +150,20 @@ def test_report_of_a_real_run(tmp_path):
         heat = np.load(os.path.join(out, f"{stem}.gradcam.npy"))
         # the embedded map is the saved one, smaller: its peak sits where the saved map's does
         peak = np.unravel_index(np.argmax(embedded), embedded.shape)
-        assert heat[tuple(int((p + 0.5) * s / MAP_SIDE) for p, s in zip(peak, heat.shape))] > 0.9
+        assert heat[tuple(int((p + 0.5) * s / MAP_SIDE) for p, s in zip(peak, heat.shape, strict=True))] > 0.9
+
+
+def test_report_of_a_method_grid(tmp_path):
+    out = str(tmp_path)
+    result = CliRunner().invoke(main, ["run", DEMO, CHELSEA, "--methods", "gradcam,layercam", "--npy", "--json",
+                                       "--out", out])
+    assert result.exit_code == 0, result.output
+    write_report(out)
+    item, = page_data(out)[1]["items"]
+    assert item["picture"] == "chelsea.grid.png" and item["methods"] == ["gradcam", "layercam"]
+    assert [e["picture"] for e in item["explanations"]] == [None, None]  # one picture holds both
+    assert all(len(base64.b64decode(e["map"])) == MAP_SIDE ** 2 for e in item["explanations"])
+    assert item["urls"] == {"chelsea.grid.png": "chelsea.grid.png"} and item["problems"] == []
 
 
 def test_embedded_map_is_the_saved_map_averaged(tmp_path):

@@ -233,7 +233,7 @@ def test_screenshot_structure(browser, folder, scheme):
     assert background > 200 if scheme == "light" else background < 60
     widths = [c[2] - c[0] for c, _ in cards]
     assert max(widths) - min(widths) <= 1 and len({c[1] for c, _ in cards}) >= 2  # a grid of equal cards
-    for (card, thumb), (after, _) in zip(cards, cards[1:]):
+    for (card, thumb), (after, _) in zip(cards[:-1], cards[1:], strict=True):
         assert card[0] < thumb[0] < thumb[2] < card[2] and card[1] < thumb[1] < thumb[3] < card[3]
         picture = gray[thumb[1] + 4:thumb[3] - 4, thumb[0] + 4:thumb[2] - 4]
         assert picture.std() > 20  # a picture is drawn there (the synthetic overlays are gradients)
