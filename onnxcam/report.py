@@ -483,16 +483,17 @@ def _corr(values, k) -> str:
 
 # -- notebooks --------------------------------------------------------------------------------------------------
 
-def explanation_html(res, images=None, labels=None) -> str:
+def explanation_html(res, images=None, labels=None, head=None) -> str:
     """An Explanation as HTML for Jupyter: per image, the map (over `images`, RGB uint8 arrays, when given),
-    the class explained and the top-5 predictions (named by `labels` when given). Pictures are embedded."""
-    from onnxcam import render
-    from onnxcam.methods import softmax
+    the class explained and the top-5 predictions (named by `labels`, with the probabilities of the `head`
+    kind, Explainer.head; by default softmax, or binary for one logit). Pictures are embedded."""
+    from onnxcam import heads, render
 
     def name(c):
         return f"{c} {labels[c]}" if labels is not None and 0 <= c < len(labels) else f"class {c}"
 
-    probs = softmax(res.scores.reshape(len(res.scores), -1))
+    scores = res.scores.reshape(len(res.scores), -1)
+    probs = heads.probabilities(scores, head or ("binary" if scores.shape[1] == 1 else "softmax"))
     cells = []
     for i in range(min(len(res.maps), NOTEBOOK_IMAGES)):
         heat = res.maps[i]

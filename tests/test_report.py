@@ -287,3 +287,14 @@ def test_explanation_html(demo_explainer):
     bare = explanation_html(res)
     assert f"gradcam map for class {res.targets[0]}" in bare
     assert res._repr_html_() == bare
+
+
+def test_explanation_html_of_a_binary_head():
+    """One logit z: class 1 at sigmoid(z), class 0 at 1 - sigmoid(z)."""
+    from onnxcam.explainer import Explanation
+
+    res = Explanation(maps=np.zeros((1, 8, 8), np.float32), raw=None, targets=np.array([1]),
+                      scores=np.array([[np.log(3.0)]]), method="gradcam", layers=["a<b"])
+    page = explanation_html(res, labels=["cat", "dog"])
+    first = page.index("<td style=\"text-align:right\">75.0%</td><td>1 dog</td>")
+    assert first < page.index("<td style=\"text-align:right\">25.0%</td><td>0 cat</td>") and "layer a&lt;b" in page
