@@ -5,6 +5,7 @@
 (function () {
   const $ = (id) => document.getElementById(id);
   const items = JSON.parse($("data").textContent).items;
+  let maps = null;  // the embedded maps (base64, MAP_SIDE^2 bytes each), parsed when a detail view first needs one
 
   function ready() {
     document.documentElement.dataset.ready = "1";
@@ -197,7 +198,8 @@
     const label = `${e.method} map alone of ${it.name}, class ${e.class} ${e.label || ""}` +
       (e.box ? `, box ${e.box.join(", ")}` : "");
     const canvas = el("canvas", { class: "map", role: "img", "aria-label": label });
-    const small = jetCanvas(e.map);
+    maps = maps || JSON.parse($("maps").textContent);
+    const small = jetCanvas(maps[e.map]);
     const draw = () => {
       const w = (overlay && overlay.naturalWidth) || small.width;
       const h = (overlay && overlay.naturalHeight) || small.height;
@@ -261,9 +263,9 @@
         : null;
       if (own) pictures.append(el("figure", {}, own, el("figcaption", {}, what)));
       // the map takes its overlay's aspect ratio: not a grid's, which holds several pictures side by side
-      if (e.map) pictures.append(mapFigure(it, e, own || (e.picture ? main : null)));
+      if (e.map !== null) pictures.append(mapFigure(it, e, own || (e.picture ? main : null)));
     }
-    if (!it.explanations.some((e) => e.map) && it.explanations.length) {
+    if (!it.explanations.some((e) => e.map !== null) && it.explanations.length) {
       pictures.append(el("p", { class: "placeholder" }, "The map alone is shown when the run saved it (--npy)."));
     }
     body.push(pictures);

@@ -286,7 +286,17 @@ def _add_sanity(found, name, data, error, files):
 def page(found: Folder) -> str:
     """The whole report as one HTML string."""
     title = f"onnxcam report: {os.path.basename(os.path.abspath(found.path))}"
-    data = {"items": found.items}
+    # The maps (most of the page's bytes) sit in a block of their own that the page parses on the first detail
+    # view, not before its first paint; an explanation holds its map's index there.
+    maps, items = [], []
+    for item in found.items:
+        explanations = []
+        for e in item["explanations"]:
+            if e["map"] is not None:
+                maps.append(e["map"])
+                e = {**e, "map": len(maps) - 1}
+            explanations.append(e)
+        items.append({**item, "explanations": explanations})
     models = sorted({i["model"] for i in found.items if i["model"]})
     summary = f"{len(found.items)} image{'s' * (len(found.items) != 1)}"
     if models:
@@ -306,7 +316,8 @@ def page(found: Folder) -> str:
         f"<header><h1>{_h(title)}</h1><p class=\"meta\">{_h(summary)}</p>{_toc(found)}</header>\n<main>\n",
         _notices(found), _gallery(found), _eval_section(found.evaluation), _sanity_section(found.sanity),
         "</main>\n", DETAIL,
-        f"<script type=\"application/json\" id=\"data\">{script_json(data)}</script>\n",
+        f"<script type=\"application/json\" id=\"data\">{script_json({'items': items})}</script>\n",
+        f"<script type=\"application/json\" id=\"maps\">{script_json(maps)}</script>\n",
         f"<script>\n{js}</script>\n</body>\n</html>\n",
     ]
     return "".join(parts)

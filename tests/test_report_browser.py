@@ -247,7 +247,7 @@ def test_screenshot_structure(browser, folder, scheme):
 def test_thousands_of_images_load_fast(browser, tmp_path):
     """A report over 2,000 records: printed timings (not asserted tightly: the machine is shared)."""
     path = str(tmp_path)
-    write_records(path, 2000, npy_every=4)
+    write_records(path, 2000, npy_every=1)  # every image with its map: the largest page
     t0 = time.perf_counter()
     write_report(path)
     written = time.perf_counter() - t0
