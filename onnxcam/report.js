@@ -5,7 +5,7 @@
 (function () {
   const $ = (id) => document.getElementById(id);
   const items = JSON.parse($("data").textContent).items;
-  let maps = null;  // the embedded maps (base64, MAP_SIDE^2 bytes each), parsed when a detail view first needs one
+  let maps = null;  // the embedded maps (gray PNGs, base64), parsed when a detail view first needs one
 
   function ready() {
     document.documentElement.dataset.ready = "1";
@@ -174,33 +174,39 @@
 
   // -- the detail view ------------------------------------------------------------------------------------------
 
+  // A map (a gray PNG) coloured with OpenCV's JET colormap, as on the overlays: a promise of a small canvas.
   function jetCanvas(b64) {
-    const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
-    const side = Math.round(Math.sqrt(bytes.length));
-    const small = document.createElement("canvas");
-    small.width = small.height = side;
-    const ctx = small.getContext("2d");
-    const pixels = ctx.createImageData(side, side);
-    const clamp = (v) => Math.max(0, Math.min(1, v)) * 255;
-    for (let k = 0; k < side * side; k++) {  // OpenCV's JET colormap, as on the overlays
-      const x = bytes[k] / 255;
-      pixels.data[4 * k] = clamp(1.5 - Math.abs(4 * x - 3));
-      pixels.data[4 * k + 1] = clamp(1.5 - Math.abs(4 * x - 2));
-      pixels.data[4 * k + 2] = clamp(1.5 - Math.abs(4 * x - 1));
-      pixels.data[4 * k + 3] = 255;
-    }
-    ctx.putImageData(pixels, 0, 0);
-    return small;
+    const gray = new Image();
+    gray.src = "data:image/png;base64," + b64;
+    return gray.decode().then(() => {
+      const small = document.createElement("canvas");
+      small.width = gray.naturalWidth;
+      small.height = gray.naturalHeight;
+      const ctx = small.getContext("2d");
+      ctx.drawImage(gray, 0, 0);
+      const pixels = ctx.getImageData(0, 0, small.width, small.height);
+      const d = pixels.data;
+      const clamp = (v) => Math.max(0, Math.min(1, v)) * 255;
+      for (let k = 0; k < d.length; k += 4) {
+        const x = d[k] / 255;
+        d[k] = clamp(1.5 - Math.abs(4 * x - 3));
+        d[k + 1] = clamp(1.5 - Math.abs(4 * x - 2));
+        d[k + 2] = clamp(1.5 - Math.abs(4 * x - 1));
+        d[k + 3] = 255;
+      }
+      ctx.putImageData(pixels, 0, 0);
+      return small;
+    });
   }
 
   // The map alone, at the image's aspect ratio (known once its overlay has loaded), with the box.
   function mapFigure(it, e, overlay) {
     const label = `${e.method} map alone of ${it.name}, class ${e.class} ${e.label || ""}` +
       (e.box ? `, box ${e.box.join(", ")}` : "");
-    const canvas = el("canvas", { class: "map", role: "img", "aria-label": label });
+    const canvas = el("canvas", { class: "map", role: "img", "aria-label": label, width: 448, height: 448 });
     maps = maps || JSON.parse($("maps").textContent);
-    const small = jetCanvas(maps[e.map]);
-    const draw = () => {
+    const coloured = jetCanvas(maps[e.map]);
+    const draw = (small) => {
       const w = (overlay && overlay.naturalWidth) || small.width;
       const h = (overlay && overlay.naturalHeight) || small.height;
       const scale = 448 / Math.max(w, h);
@@ -215,9 +221,10 @@
         const [x0, y0, x1, y1] = e.box;
         ctx.strokeRect(x0 * scale, y0 * scale, (x1 - x0 + 1) * scale, (y1 - y0 + 1) * scale);
       }
+      canvas.dataset.drawn = overlay && !overlay.naturalWidth ? "map" : "map and box";
     };
-    draw();
-    if (overlay) overlay.addEventListener("load", draw);
+    coloured.then(draw);
+    if (overlay) overlay.addEventListener("load", () => coloured.then(draw));
     const caption = `${e.method} map alone (class ${e.class}${e.label ? " " + e.label : ""})`;
     return el("figure", {}, canvas, el("figcaption", {}, caption));
   }

@@ -29,7 +29,7 @@ REPORT_NAME = "report.html"
 ASSETS = os.path.dirname(os.path.abspath(__file__))
 MAX_JSON_BYTES = 16 << 20  # a run record is a few kB: anything larger is not one, and is not read
 MAX_NPY_BYTES = 64 << 20
-MAP_SIDE = 48  # embedded maps: MAP_SIDE^2 bytes each; run's maps are bilinear upsamplings of a coarse layer
+MAP_SIDE = 64  # embedded maps: gray PNGs of about 1 kB (run's maps are smooth upsamplings of a coarse layer)
 PICTURE_EXTENSIONS = (".png", ".jpg")
 NOTEBOOK_IMAGES = 16  # a notebook cell shows this many images of a batch, and says how many it left out
 
@@ -195,7 +195,7 @@ def _explanation(folder, stem, e, outputs, files, problems) -> dict:
 
 
 def embedded_map(path: str) -> str:
-    """A saved map (.npy, 2-D, in [0, 1]) as MAP_SIDE x MAP_SIDE uint8, base64: the page colours it."""
+    """A saved map (.npy, 2-D, in [0, 1]) as a MAP_SIDE x MAP_SIDE gray PNG, base64: the page colours it."""
     if os.path.getsize(path) > MAX_NPY_BYTES:
         raise ValueError(f"larger than {MAX_NPY_BYTES >> 20} MB: not a map")
     try:
@@ -205,7 +205,9 @@ def embedded_map(path: str) -> str:
     if heat.ndim != 2 or heat.dtype.kind != "f" or not heat.size or not np.isfinite(heat).all():
         raise ValueError(f"not a finite 2-D float map (shape {list(heat.shape)}, {heat.dtype})")
     small = cv2.resize(np.float32(heat), (MAP_SIDE, MAP_SIDE), interpolation=cv2.INTER_AREA)
-    return base64.b64encode(np.uint8(np.clip(small, 0, 1) * 255 + 0.5).tobytes()).decode("ascii")
+    ok, png = cv2.imencode(".png", np.uint8(np.clip(small, 0, 1) * 255 + 0.5), [cv2.IMWRITE_PNG_COMPRESSION, 3])
+    assert ok, "OpenCV encodes any small uint8 array as PNG"
+    return base64.b64encode(png.tobytes()).decode("ascii")
 
 
 def _class_name(p) -> str:

@@ -153,6 +153,7 @@ def test_sort_by_confidence(browser, folder):
 
 def test_detail_view(browser, folder):
     from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
 
     path, records, _ = folder
     open_report(browser, path)
@@ -169,6 +170,8 @@ def test_detail_view(browser, folder):
     rows = browser.find_elements("css selector", "#detail-body table")[0].find_elements("css selector", "tbody tr")
     assert [r.text.split()[0] for r in rows] == [str(records[0]["class"]), "900", "901", "902", "903"]
     # the map alone: the synthetic map grows with x * y: JET blue at the top left, red at the bottom right
+    WebDriverWait(browser, 10).until(lambda d: d.execute_script(
+        "return document.querySelector('#detail-body canvas.map').dataset.drawn === 'map and box'"))
     corners = browser.execute_script(
         "const c = document.querySelector('#detail-body canvas.map'); const g = c.getContext('2d');"
         "return [[...g.getImageData(2, 2, 1, 1).data], [...g.getImageData(c.width - 3, c.height - 3, 1, 1).data],"
