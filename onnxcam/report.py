@@ -32,6 +32,7 @@ MAX_NPY_BYTES = 64 << 20
 MAP_SIDE = 64  # embedded maps: gray PNGs of about 1 kB (run's maps are smooth upsamplings of a coarse layer)
 PICTURE_EXTENSIONS = (".png", ".jpg")
 NOTEBOOK_IMAGES = 16  # a notebook cell shows this many images of a batch, and says how many it left out
+RUN_KEYS = {"predictions", "explanations"}  # a JSON object with either is a run record (perhaps a broken one)
 
 
 @dataclass
@@ -47,6 +48,8 @@ class Folder:
 
 @dataclass(frozen=True)
 class Written:
+    """What write_report wrote: the page's path and what it shows."""
+
     path: str
     images: int
     problems: int  # cards with a problem (a corrupt record, a missing picture...)
@@ -94,9 +97,6 @@ def scan(folder: str) -> Folder:
     return found
 
 
-RUN_KEYS = {"predictions", "explanations"}
-
-
 def _read_json(path):
     """(data, None) or (None, why it cannot be read)."""
     try:
@@ -140,8 +140,7 @@ def run_item(folder: str, name: str, record: dict, files: set) -> dict:
     if not predictions:
         problems.append("no predictions")
     outputs = [os.path.basename(o) for o in _list(record.get("outputs"), "outputs", problems) if isinstance(o, str)]
-    missing = [o for o in outputs if o not in files]
-    problems += [f"missing file: {o}" for o in missing]
+    problems += [f"missing file: {o}" for o in outputs if o not in files and not o.endswith(".json")]
     explanations = []
     for e in _list(record.get("explanations"), "explanations", problems):
         explanations.append(_explanation(folder, stem, e, outputs, files, problems))
@@ -153,19 +152,20 @@ def run_item(folder: str, name: str, record: dict, files: set) -> dict:
     used = {grid} | {e["picture"] for e in explanations}
     others = [o for o in outputs if o.endswith(PICTURE_EXTENSIONS) and o not in used]
     timings = record.get("timings_s") if isinstance(record.get("timings_s"), dict) else {}
+    units = record.get("units") if isinstance(record.get("units"), list) else []
+    layers = record.get("layers") if isinstance(record.get("layers"), list) else []
     return _item(
         name=os.path.basename(image) if image else name, image=image, json=name, picture=grid or first,
         predictions=predictions[:5], confidence=predictions[0]["probability"] if predictions else None,
         top=_class_name(predictions[0]) if predictions else None, explanations=explanations,
         methods=list(dict.fromkeys(e["method"] for e in explanations)), flat=any(e["flat"] for e in explanations),
-        layers=[t for t in record.get("layers") or [] if isinstance(t, str)] if isinstance(record.get("layers"), list)
-        else [], model=_text(record.get("model")), provider=_text(record.get("provider")),
+        layers=[t for t in layers if isinstance(t, str)],
+        model=_text(record.get("model")), provider=_text(record.get("provider")),
         preprocess=_text(record.get("preprocess")), score=_text(record.get("score")),
-        timings={k: v for k, v in ((k, _number(v)) for k, v in timings.items() if isinstance(k, str)) if v is not None},
-        pictures=others, urls={n: url(n) for n in [grid, first, *others] + [e["picture"] for e in explanations] if n},
+        timings={k: _number(v) for k, v in timings.items() if _number(v) is not None},
         units=[{"channel": _int(u.get("channel")), "contribution": _number(u.get("contribution"))}
-               for u in record.get("units") or [] if isinstance(u, dict)] if isinstance(record.get("units"), list)
-        else [],
+               for u in units if isinstance(u, dict)],
+        pictures=others, urls={n: url(n) for n in [grid, first, *others] + [e["picture"] for e in explanations] if n},
         problems=[f"{name}: {p}" for p in dict.fromkeys(problems)],
     )
 
