@@ -10,8 +10,8 @@ import cv2
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import CHELSEA, COFFEE, DEMO
 
+from conftest import CHELSEA, COFFEE, DEMO
 from onnxcam.cli import main
 from onnxcam.errors import OnnxcamError
 from onnxcam.report import MAP_SIDE, REPORT_NAME, explanation_html, write_report

@@ -10,9 +10,9 @@ import time
 import cv2
 import numpy as np
 import pytest
-from test_report import CLASSES, HOSTILE_NAMES, SHOWN_UNDECODABLE, UNDECODABLE, add_hostile, write_records
 
 from onnxcam.report import write_report
+from test_report import CLASSES, HOSTILE_NAMES, SHOWN_UNDECODABLE, UNDECODABLE, add_hostile, write_records
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
