@@ -304,3 +304,16 @@ def test_explanation_html_of_a_binary_head():
     page = explanation_html(res, labels=["cat", "dog"])
     first = page.index("<td style=\"text-align:right\">75.0%</td><td>1 dog</td>")
     assert first < page.index("<td style=\"text-align:right\">25.0%</td><td>0 cat</td>") and "layer a&lt;b" in page
+
+
+def test_explanation_html_of_a_large_batch():
+    """A notebook cell shows the first NOTEBOOK_IMAGES images and says how many it left out."""
+    from onnxcam.explainer import Explanation
+    from onnxcam.report import NOTEBOOK_IMAGES
+
+    n = NOTEBOOK_IMAGES + 4
+    res = Explanation(maps=np.zeros((n, 8, 8), np.float32), raw=None, targets=np.zeros(n, np.int64),
+                      scores=np.zeros((n, 3)), method="cam", layers=["x"], flat=np.ones(n, bool))
+    page = res._repr_html_()
+    assert page.count("<img ") == NOTEBOOK_IMAGES and "· 4 more images not shown" in page
+    assert page.count("cam: class 0 (flat map)") == NOTEBOOK_IMAGES
