@@ -17,25 +17,26 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from onnxcam import cache, heads, postprocess, preprocess
+from onnxcam import cache, finite_diff, heads, postprocess, preprocess
 from onnxcam.errors import ModelError, OnnxcamError
-from onnxcam.finite_diff import channel_derivatives, quantization_step
 from onnxcam.linear_head import linear_head_weights
 from onnxcam.methods import ELEMENTWISE, METHODS, SAMPLES, LayerData, method_named, projection
 from onnxcam.model import inspect_model, load_model
+from onnxcam.names import DEFAULT_PRESET, GRADIENT_MODES
 from onnxcam.runtime import providers_for
-from onnxcam.sessions import SessionSpec, Sessions
+from onnxcam.sessions import Sessions, SessionSpec
 from onnxcam.surgery import SCORES, TARGET_OUTPUT, grad_name
 from onnxcam.surgery.maps import FORMULAS, layer_map_name
 
 __all__ = ["Explainer", "Explanation", "method_named"]
 
-GRADIENT_MODES = ("auto", "analytic", "fd")
 # Test-time augmentation of pytorch-grad-cam's aug_smooth: horizontal flip x input scaled by these.
 AUG_FACTORS = (0.9, 1.0, 1.1)
 BATCH_ROWS = 32  # rows per run for Score-CAM's masked inputs and Ablation-CAM's ablated heads
 # A normalized map whose maximum stays below this had a spread under the 1e-7 normalization floor: flat.
 FLAT = 0.5
+# Finite differences that would take longer than this per image are refused in "auto" mode (not silently run).
+FD_LIMIT_S = 60.0
 # How to go on when a backward rule is missing, in the words of the commands that explain (run, eval, sanity).
 RULE_HINT = ("pick a later layer ('onnxcam inspect' lists them), or take the channel weights from finite "
              "differences (--gradients fd, gradients='fd') with a method such as gradcam")
@@ -56,7 +57,7 @@ class Explanation:
     # fell below the 1e-7 normalization floor, so `maps` holds (finite) zeros rather than a picture
     flat: np.ndarray | None = None
 
-    def item(self, i: int) -> "Explanation":
+    def item(self, i: int) -> Explanation:
         """The explanation of image i alone (arrays keep their batch axis, of length 1)."""
         def one(a):
             return None if a is None else a[i:i + 1]
@@ -99,7 +100,7 @@ class Explainer:
         names = layer if isinstance(layer, (list, tuple)) else [layer]
         self.layers = list(dict.fromkeys(self.info.resolve_layer(n).name for n in names))
         self.providers = list(providers) if providers else providers_for(device)
-        self.preset = preprocess_preset or self.info.preprocess or preprocess.DEFAULT_PRESET
+        self.preset = preprocess_preset or self.info.preprocess or DEFAULT_PRESET
         # where the preset came from: "option", "model" (its metadata) or "assumed" (nothing recorded)
         self.preset_source = "option" if preprocess_preset else "model" if self.info.preprocess else "assumed"
         if self.preset not in preprocess.PRESETS:
@@ -111,6 +112,7 @@ class Explainer:
         self.head = heads.kind_of(self.info)
         self.num_classes = heads.class_count(self.head, self.info.num_classes)  # classes that can be explained
         self.missing_rule = None  # set when 'auto' fell back to finite differences: why
+        self.fd_seconds = None  # estimated seconds per image of the finite differences, once they are planned
         # progress(what, done, total): called by the loops of many runs (Score-CAM's masked inputs,
         # Ablation-CAM's ablated heads, finite differences, noisy samples), e.g. to drive a progress bar.
         self.progress = None
@@ -244,6 +246,8 @@ class Explainer:
             if needs_rules:
                 why = self.missing_rule or "--gradients fd gives channel sums only"
                 raise OnnxcamError(f"method '{m.name}' needs gradients from backward rules: {why}")
+            if self.fd_seconds is None:
+                self._estimate_finite_differences()
             return False
         error = self.sessions.buildable(spec)
         if error is None:
@@ -251,7 +255,27 @@ class Explainer:
         if self.gradients == "analytic" or needs_rules:
             raise error.with_hint(RULE_HINT)
         self.missing_rule = error.reason
+        self._estimate_finite_differences()
         return False
+
+    def _estimate_finite_differences(self) -> None:
+        """Time one run of each layer's head to tell what the finite differences will cost (`fd_seconds`), and
+        refuse in "auto" mode when they would take more than FD_LIMIT_S an image: never minutes in silence."""
+        info, seconds = self.info, 0.0
+        for layer in self.layers:
+            spec, shape = SessionSpec.head(layer), next(lay.shape for lay in info.layers if lay.name == layer)
+            rows = min(finite_diff.ROWS, 2 * shape[1])  # a central difference per channel, ROWS rows a run
+            feeds = {layer: np.zeros((rows, *shape[1:]), self.sessions.input_dtype(spec, layer))}
+            if self.sessions.takes(spec, info.input_name):
+                feeds[info.input_name] = np.zeros((rows, *info.input_shape[1:]), info.input_dtype)
+            t0 = time.perf_counter()
+            self.sessions.run(spec, feeds, [info.logits_name])
+            seconds += (time.perf_counter() - t0) * -(-2 * shape[1] // rows)
+        self.fd_seconds = seconds
+        if self.gradients == "auto" and seconds > FD_LIMIT_S:
+            raise OnnxcamError(
+                f"{self.missing_rule}, and finite differences instead would take about {seconds / 60:.0f} min an "
+                f"image; {RULE_HINT.split(', or ')[0]}, or ask for them with --gradients fd (gradients='fd')")
 
     # -- explaining ----------------------------------------------------------------------------------------
 
@@ -358,9 +382,9 @@ class Explainer:
     def _finite_differences(self, layer, activations, targets, tensor, score):
         run_head, extra = self._head(layer, tensor)
         if self._quantization_step is None:
-            self._quantization_step = 2 * quantization_step(self.info.model)
+            self._quantization_step = 2 * finite_diff.quantization_step(self.info.model)
         floor = self._quantization_step
-        return lambda pattern: channel_derivatives(run_head, layer, activations, pattern, targets, extra,
+        return lambda pattern: finite_diff.channel_derivatives(run_head, layer, activations, pattern, targets, extra,
                                                    score_of=lambda z, c: self._score_of(z, c, score), min_step=floor,
                                                    progress=lambda done, total: self._report(
                                                        "finite differences", done, total))

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import click
 
+import onnxcam
+
 
 @click.command("report")
 @click.argument("folder", type=click.Path(exists=True, file_okay=False))
 def command(folder):
     """Write FOLDER/report.html: every image's overlay, predictions and box, with filters, sorting and a detail
     view, and eval's and sanity's tables and curves; one self-contained file that fetches nothing."""
-    from onnxcam.report import write_report
-
-    echo_written(write_report(folder))
+    echo_written(onnxcam.report.write_report(folder))
 
 
 def echo_written(written) -> None:

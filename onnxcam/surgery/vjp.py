@@ -465,7 +465,12 @@ def _mish(b, node, x, y):
 
 @elementwise("Gelu")
 def _gelu(b, node, x, y):
-    if _str_attr(node, "approximate", "none") == "tanh":
+    return gelu_slope(b, x, tanh=_str_attr(node, "approximate", "none") == "tanh")
+
+
+def gelu_slope(b, x, tanh: bool):
+    """dGelu/dx, exact (erf) or of the tanh approximation."""
+    if tanh:
         # y = x (1 + tanh(u)) / 2, u = c (x + 0.044715 x^3): dy/dx = (1 + t) / 2 + x (1 - t^2) u' / 2
         c = math.sqrt(2.0 / math.pi)
         x2 = b.op("Mul", x, x)
@@ -1006,7 +1011,7 @@ def _average_pool(b, node, g):
         taps = (np.arange(out_shape[2 + i]) * strides[i] - begin[i])[:, None] + np.arange(k[i]) * dilations[i]
         valid = np.multiply.outer(valid, ((taps >= 0) & (taps < in_shape[2 + i])).sum(axis=1))
     ones = b.const(np.ones([1, 1] + in_shape[2:]))
-    attrs = {key: v for key, v in node.attrs.items()}
+    attrs = dict(node.attrs)
     reciprocal = b.op("Div", b.op("AveragePool", ones, **attrs), b.const(np.maximum(valid, 1.0)))
     full = [(out_shape[2 + i] - 1) * strides[i] + (k[i] - 1) * dilations[i] + 1 for i in range(n)]
     end = [max(0, full[i] - begin[i] - in_shape[2 + i]) for i in range(n)]
