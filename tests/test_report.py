@@ -159,6 +159,24 @@ def test_report_of_a_real_run(tmp_path):
         assert heat[tuple(int((p + 0.5) * s / MAP_SIDE) for p, s in zip(peak, heat.shape, strict=True))] > 0.9
 
 
+def test_run_eval_and_sanity_write_the_report(tmp_path):
+    """--report: the same page over each command's output folder; run's implies --json."""
+    out = str(tmp_path)
+    result = CliRunner().invoke(main, ["run", DEMO, CHELSEA, COFFEE, "--out", out, "--report"])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip().endswith(f"wrote     {os.path.join(out, REPORT_NAME)} (2 images)")
+    assert os.path.isfile(os.path.join(out, "chelsea.gradcam.json"))
+    result = CliRunner().invoke(main, ["eval", DEMO, CHELSEA, "--steps", "4", "--out", out, "--report"])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip().endswith(f"{REPORT_NAME} (2 images, eval)")
+    result = CliRunner().invoke(main, ["sanity", DEMO, CHELSEA, "--steps", "2", "--out", out, "--report"])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip().endswith(f"{REPORT_NAME} (2 images, eval, 1 sanity check)")
+    text, data = page_data(out)
+    assert 'id="evaluation"' in text and 'id="sanity"' in text and 'src="chelsea.sanity.png"' in text
+    assert next(i for i in data["items"] if i["name"] == "chelsea.png")["eval"]["gradcam"]["y"] > 0
+
+
 def test_report_of_a_method_grid(tmp_path):
     out = str(tmp_path)
     result = CliRunner().invoke(main, ["run", DEMO, CHELSEA, "--methods", "gradcam,layercam", "--npy", "--json",

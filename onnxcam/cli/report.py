@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 
 import onnxcam
+
+# run, eval and sanity: the same page over their output folder once they are done
+report_option = click.option("--report", is_flag=True,
+                             help="Also write report.html over the output folder (as `onnxcam report` does).")
 
 
 @click.command("report")
@@ -13,6 +19,12 @@ def command(folder):
     """Write FOLDER/report.html: every image's overlay, predictions and box, with filters, sorting and a detail
     view, and eval's and sanity's tables and curves; one self-contained file that fetches nothing."""
     echo_written(onnxcam.report.write_report(folder))
+
+
+def write_reports(files) -> None:
+    """report.html in the folder of each file written (run without --out writes next to each image)."""
+    for folder in dict.fromkeys(os.path.dirname(f) or "." for f in files):
+        echo_written(onnxcam.report.write_report(folder))
 
 
 def echo_written(written) -> None:
