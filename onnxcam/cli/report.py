@@ -14,11 +14,11 @@ report_option = click.option("--report", is_flag=True,
 
 
 @click.command("report")
-@click.argument("folder", type=click.Path(exists=True, file_okay=False))
-def command(folder):
-    """Write FOLDER/report.html: every image's overlay, predictions and box, with filters, sorting and a detail
+@click.argument("out_dir", type=click.Path(exists=True, file_okay=False))
+def command(out_dir):
+    """Write OUT_DIR/report.html (OUT_DIR: an output folder of run --json, eval or sanity): every image's overlay, predictions and box, with filters, sorting and a detail
     view, and eval's and sanity's tables and curves; one self-contained file that fetches nothing."""
-    echo_written(onnxcam.report.write_report(folder))
+    echo_written(onnxcam.report.write_report(out_dir))
 
 
 def write_reports(files) -> None:
