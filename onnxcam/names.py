@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from onnxcam.errors import OnnxcamError
 
 DEVICES = ("auto", "cpu", "cuda")  # --device; runtime.providers_for
-PRESETS = ("imagenet", "inception", "lite", "caffe", "unit", "raw")  # preprocess.PRESETS
+PRESETS = ("imagenet", "inception", "lite", "caffe", "unit", "raw", "bgr")  # preprocess.PRESETS
 DEFAULT_PRESET = "imagenet"  # when neither --preprocess nor the model says
 GRADIENT_MODES = ("auto", "analytic", "fd")  # Explainer(gradients=...)
 SCORES = ("logit", "probability")  # what the map explains: the class's logit or its softmax probability
