@@ -99,15 +99,6 @@ def parse_unit(text: str | None):
     raise OnnxcamError(f"--unit takes LAYER:K or LAYER:K:I:J, got '{text}'")
 
 
-def read_labels(path: str) -> list:
-    """Class names from a UTF-8 text file, one a line."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            return [line.rstrip("\n") for line in f]
-    except (OSError, UnicodeDecodeError) as exc:
-        raise OnnxcamError(f"cannot read the labels file {path}: {exc}; it must be UTF-8, one name a line") from None
-
-
 def is_tensor_file(path: str) -> bool:
     """Whether an input path is a ready input tensor (.npy) rather than a picture."""
     return os.path.splitext(path)[1].lower() == TENSOR_SUFFIX
