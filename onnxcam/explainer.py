@@ -65,6 +65,12 @@ class Explanation:
         return replace(self, maps=one(self.maps), raw=one(self.raw), targets=one(self.targets),
                        scores=one(self.scores), saliency=one(self.saliency), flat=one(self.flat))
 
+    def _repr_html_(self) -> str:
+        """Jupyter shows the maps and each image's top-5 classes (onnxcam.report.explanation_html)."""
+        from onnxcam.report import explanation_html
+
+        return explanation_html(self)
+
 
 @dataclass(frozen=True)
 class Plan:
