@@ -23,7 +23,14 @@ from onnxcam.model.layout import IDENTITY, layouts
 from onnxcam.model.load import check_nodes
 from onnxcam.model.metadata import labels_from_metadata, metadata, preset_from_metadata
 from onnxcam.model.quantized import add_float_twins, quantized_tensors, twin
-from onnxcam.model.shapes import check_tensor_sizes, infer_shapes, learn_shapes, static_shapes, unknown_shapes
+from onnxcam.model.shapes import (
+    check_tensor_sizes,
+    fold_shape_operands,
+    infer_shapes,
+    learn_shapes,
+    static_shapes,
+    unknown_shapes,
+)
 from onnxcam.model.tokens import TokenGrid, add_grid_twins, attention_maps, grid_name, token_layers
 
 # Ops that turn logits into probabilities: seed the class score at their input.
@@ -136,6 +143,7 @@ def inspect_model(
         learn_shapes(model, unknown, image_input.name, shape)
         shapes = static_shapes(model)
         check_tensor_sizes(shapes, producers)
+    fold_shape_operands(model, feeding, image_input.name, shape)
     logits_shape = shapes.get(logits)
     num_classes = logits_shape[1] if logits_shape and len(logits_shape) >= 2 else None
     if (not isinstance(num_classes, int) or num_classes < 1
