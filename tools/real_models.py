@@ -465,12 +465,14 @@ def _onnxcam(args: list, timeout: int = 900) -> tuple:
 
 
 def peak_in_box(map_npy: str, image_shape: tuple, box: tuple) -> bool:
-    """The map's maximum (map at the model's input size, the image resized straight to it) mapped back
-    to image pixels, inside box."""
-    m = np.load(map_npy)
+    """The map's peak (the map at the model's input size, the image resized straight to it) mapped back
+    to image pixels, inside box. A peak that is a line or a plateau (a layer one row high gives a map
+    constant down each column) counts at its median location."""
+    m = np.load(map_npy).astype(np.float32)
     m = m.reshape(m.shape[-2:]) if m.ndim > 2 else m
-    i, j = np.unravel_index(int(np.argmax(m)), m.shape)
-    y, x = (i + 0.5) * image_shape[0] / m.shape[0], (j + 0.5) * image_shape[1] / m.shape[1]
+    rows, cols = np.nonzero(m >= m.max() - 1e-6)
+    y = (np.median(rows) + 0.5) * image_shape[0] / m.shape[0]
+    x = (np.median(cols) + 0.5) * image_shape[1] / m.shape[1]
     return box[0] <= x <= box[2] and box[1] <= y <= box[3]
 
 
