@@ -670,6 +670,8 @@ def failures(rows: list) -> str:
                 msg = "" if g.get("ort_ok") else "explained model on ONNX Runtime: " + g.get("ort_error", "")
             elif g["top1"] != r["package"]:
                 msg = f"top-1 {g['top1']} {g.get('label') or ''}, the package says {r['package']} {r['package_label']}"
+            elif kind == "on_image" and not g["peak_in_box"]:
+                msg = f"the map's peak lies outside the object box {r['box']}"
             else:
                 msg = ""
             where = kind if kind == "export" else f"{kind} {r['image']}"
