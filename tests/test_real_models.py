@@ -142,3 +142,28 @@ def test_export_runs_on_onnx_runtime_with_the_package_top1(suite, images, name, 
     x = case.tensor(images[case.images[-1]][0])
     check = rm.check_export(out, x, case.rule(path, x))
     assert check["ort_ok"], check["ort_error"]
+
+
+@pytest.mark.xfail(strict=True, reason="#13: a JSON list given to --labels is read line by line")
+def test_labels_from_a_json_list(tmp_path):
+    with open(rm.IMAGENET_LABELS) as f:
+        names = f.read().splitlines()
+    labels = tmp_path / "imagenet.json"
+    labels.write_text(json.dumps(names, indent=1))
+    result = CliRunner().invoke(main, ["run", rm.SQUEEZENET, rm.CHELSEA, "--preprocess", "raw", "--labels", labels,
+                                       "--json", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    with open(tmp_path / "chelsea.gradcam.json") as f:
+        top = json.load(f)["predictions"][0]
+    assert (top["class"], top["label"]) == (285, names[285])
+
+
+@pytest.mark.xfail(strict=True, reason="#13: 10 labels for 1000 classes are taken silently")
+def test_labels_that_do_not_fit_are_an_error_naming_both_counts(tmp_path):
+    with open(rm.IMAGENET_LABELS) as f:
+        labels = tmp_path / "ten.txt"
+        labels.write_text("".join(f.readlines()[:10]))
+    result = CliRunner().invoke(main, ["run", rm.SQUEEZENET, rm.CHELSEA, "--preprocess", "raw", "--labels", labels,
+                                       "--out", str(tmp_path)])
+    assert result.exit_code != 0
+    assert "10" in result.output and "1000" in result.output
