@@ -22,14 +22,14 @@ from onnxcam.errors import ModelError, OnnxcamError
 from onnxcam.linear_head import linear_head_weights
 from onnxcam.methods import ELEMENTWISE, METHODS, SAMPLES, LayerData, method_named, projection
 from onnxcam.model import inspect_model, load_model
+from onnxcam.names import DEFAULT_PRESET, GRADIENT_MODES
 from onnxcam.runtime import providers_for
-from onnxcam.sessions import SessionSpec, Sessions
+from onnxcam.sessions import Sessions, SessionSpec
 from onnxcam.surgery import SCORES, TARGET_OUTPUT, grad_name
 from onnxcam.surgery.maps import FORMULAS, layer_map_name
 
 __all__ = ["Explainer", "Explanation", "method_named"]
 
-GRADIENT_MODES = ("auto", "analytic", "fd")
 # Test-time augmentation of pytorch-grad-cam's aug_smooth: horizontal flip x input scaled by these.
 AUG_FACTORS = (0.9, 1.0, 1.1)
 BATCH_ROWS = 32  # rows per run for Score-CAM's masked inputs and Ablation-CAM's ablated heads
@@ -57,7 +57,7 @@ class Explanation:
     # fell below the 1e-7 normalization floor, so `maps` holds (finite) zeros rather than a picture
     flat: np.ndarray | None = None
 
-    def item(self, i: int) -> "Explanation":
+    def item(self, i: int) -> Explanation:
         """The explanation of image i alone (arrays keep their batch axis, of length 1)."""
         def one(a):
             return None if a is None else a[i:i + 1]
@@ -94,7 +94,7 @@ class Explainer:
         names = layer if isinstance(layer, (list, tuple)) else [layer]
         self.layers = list(dict.fromkeys(self.info.resolve_layer(n).name for n in names))
         self.providers = list(providers) if providers else providers_for(device)
-        self.preset = preprocess_preset or self.info.preprocess or preprocess.DEFAULT_PRESET
+        self.preset = preprocess_preset or self.info.preprocess or DEFAULT_PRESET
         # where the preset came from: "option", "model" (its metadata) or "assumed" (nothing recorded)
         self.preset_source = "option" if preprocess_preset else "model" if self.info.preprocess else "assumed"
         if self.preset not in preprocess.PRESETS:

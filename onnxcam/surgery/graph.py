@@ -16,12 +16,9 @@ from onnx import numpy_helper
 from onnxcam import heads
 from onnxcam.errors import ModelError
 from onnxcam.model import ModelInfo
+from onnxcam.names import CLASS_INPUT, SCORES, TARGET_OUTPUT
 from onnxcam.surgery.backward import backward
 from onnxcam.surgery.builder import Builder
-
-SCORES = ("logit", "probability")
-CLASS_INPUT = "onnxcam/class"
-TARGET_OUTPUT = "onnxcam/target"
 
 
 def grad_name(layer: str) -> str:
