@@ -23,8 +23,8 @@ import cv2
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import ROOT
 
+from conftest import ROOT
 from onnxcam.cli import main
 
 sys.path.insert(0, os.path.join(ROOT, "tools"))
