@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from onnxcam.errors import OnnxcamError
 
 DEVICES = ("auto", "cpu", "cuda")  # --device; runtime.providers_for
-PRESETS = ("imagenet", "inception", "lite", "caffe", "unit", "raw")  # preprocess.PRESETS
+PRESETS = ("imagenet", "inception", "lite", "caffe", "unit", "raw", "bgr")  # preprocess.PRESETS
 DEFAULT_PRESET = "imagenet"  # when neither --preprocess nor the model says
 GRADIENT_MODES = ("auto", "analytic", "fd")  # Explainer(gradients=...)
 SCORES = ("logit", "probability")  # what the map explains: the class's logit or its softmax probability
@@ -97,15 +97,6 @@ def parse_unit(text: str | None):
         if len(parts) > count and all(re.fullmatch("[0-9]+", p) for p in parts[-count:]):
             return (":".join(parts[:-count]), *map(int, parts[-count:]))
     raise OnnxcamError(f"--unit takes LAYER:K or LAYER:K:I:J, got '{text}'")
-
-
-def read_labels(path: str) -> list:
-    """Class names from a UTF-8 text file, one a line."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            return [line.rstrip("\n") for line in f]
-    except (OSError, UnicodeDecodeError) as exc:
-        raise OnnxcamError(f"cannot read the labels file {path}: {exc}; it must be UTF-8, one name a line") from None
 
 
 def is_tensor_file(path: str) -> bool:

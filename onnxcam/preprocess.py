@@ -35,6 +35,7 @@ PRESETS = {
     "caffe": Preset((103.939, 116.779, 123.68), (1.0,) * 3, True, "Caffe/Keras-ResNet: BGR, minus ImageNet mean"),
     "unit": Preset((0.0,) * 3, (255.0,) * 3, False, "RGB, x / 255 (0..1)"),
     "raw": Preset((0.0,) * 3, (1.0,) * 3, False, "RGB, 0..255 as is"),
+    "bgr": Preset((0.0,) * 3, (1.0,) * 3, True, "BGR, 0..255 as is (Windows ML Bgr8, NominalRange_0_255)"),
 }
 
 
