@@ -386,19 +386,19 @@ def cases(work: str, committed_only: bool = False) -> list:
                                       [ppocr_cls_tensor(p) for p in _image_paths(work, text)]), text,
              ppocr_cls_tensor, argmax_rule, cls_opts, ["0", "180"], True),
         Case("squeezenet_winml", "Windows ML samples SqueezeNet_fp16 (onnx-caffe2, opset 7, float16)", sq, photos,
-             sq_tensor, argmax_rule, ["--preprocess", "raw", "--labels", IMAGENET_LABELS], None, True),
+             sq_tensor, argmax_rule, ["--preprocess", "bgr", "--labels", IMAGENET_LABELS], None, True),
         Case("squeezenet_meta", "derived: squeezenet_winml declaring Bgr8 / 0..255 in ONNX image metadata",
              lambda: derive_image_metadata(sq, os.path.join(d, "squeezenet_meta.onnx")), photos, sq_tensor,
              argmax_rule, ["--labels", IMAGENET_LABELS], None, True),
         Case("squeezenet_extdata", "derived: squeezenet_winml saved with external data",
              lambda: derive_external_data(sq, os.path.join(d, "squeezenet_ext", "squeezenet_ext.onnx")), photos,
-             sq_tensor, argmax_rule, ["--preprocess", "raw", "--labels", IMAGENET_LABELS], None, True),
+             sq_tensor, argmax_rule, ["--preprocess", "bgr", "--labels", IMAGENET_LABELS], None, True),
         Case("squeezenet_qop", "derived: squeezenet_winml float32 twin, QOperator int8 (calibrated on the photos)",
              lambda: derive_qoperator(derive_float32(sq, os.path.join(d, "squeezenet_fp32.onnx")),
                                       os.path.join(d, "squeezenet_qop.onnx"),
                                       [winml_bgr8_tensor(p, np.float32) for p in _image_paths(work, photos)]),
              photos, lambda p: winml_bgr8_tensor(p, np.float32), argmax_rule,
-             ["--preprocess", "raw", "--labels", IMAGENET_LABELS], None, True),
+             ["--preprocess", "bgr", "--labels", IMAGENET_LABELS], None, True),
     ]
     if committed_only:
         return out
@@ -610,7 +610,7 @@ def extra_checks(work: str, images: dict, by_name: dict) -> list:
         labels = os.path.join(folder, "ten.txt")
         with open(labels, "w") as f:
             f.write("".join(read_lines(IMAGENET_LABELS)[:10]))
-        rc, _, err = _onnxcam(["run", model("squeezenet_winml"), CHELSEA, "--labels", labels, "--preprocess", "raw",
+        rc, _, err = _onnxcam(["run", model("squeezenet_winml"), CHELSEA, "--labels", labels, "--preprocess", "bgr",
                                "--out", folder])
         got = err if rc else "exit 0"
         checks.append(("--labels with 10 names for 1000 classes", "run squeezenet_winml chelsea --labels ten.txt",
