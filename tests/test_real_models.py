@@ -180,8 +180,6 @@ def test_npy_with_several_rows_reports_every_row(tmp_path):
     assert all(names[c] in result.output for c in want), result.output
 
 
-@pytest.mark.xfail(strict=True, reason="--input-size that contradicts the model's fixed 224x224 input is taken "
-                                       "silently (the model is run at 112x112)")
 def test_input_size_against_a_fixed_input_is_refused(tmp_path):
     result = CliRunner().invoke(main, ["run", rm.SQUEEZENET, rm.CHELSEA, "--input-size", "112", "112",
                                        "--preprocess", "bgr", "--out", str(tmp_path)])

@@ -259,6 +259,10 @@ def _pin_input_shape(value_info, input_size):
     channel_axis, spatial_axes = (1, (2, 3)) if layout == "NCHW" else (3, (1, 2))
     if not isinstance(raw[channel_axis], int) or raw[channel_axis] <= 0:
         raise ModelError(f"input '{value_info.name}' has shape {raw}: its channel count is not fixed")
+    fixed = [raw[a] for a in spatial_axes if isinstance(raw[a], int) and raw[a] > 0]
+    if input_size is not None and len(fixed) == 2 and tuple(fixed) != tuple(input_size):
+        raise ModelError(f"input '{value_info.name}' has the fixed spatial size {fixed[0]}x{fixed[1]}; --input-size "
+                         f"{input_size[0]} {input_size[1]} applies only to models whose size is dynamic")
     for axis, size in zip(spatial_axes, input_size or (None, None)):
         if size is not None:
             dims[axis].Clear()
