@@ -18,7 +18,7 @@ from onnx import helper
 
 from onnxcam import heads
 from onnxcam.errors import ModelError
-from onnxcam.model.graph import ancestors, constants, data_ancestors
+from onnxcam.model.graph import ancestors, constants, data_ancestors, inline_constant_branches
 from onnxcam.model.layout import IDENTITY, layouts
 from onnxcam.model.load import check_nodes
 from onnxcam.model.metadata import labels_from_metadata, metadata, preset_from_metadata
@@ -123,6 +123,7 @@ def inspect_model(
         raise ModelError(f"the model uses opset {opset}; onnxcam (and ONNX Runtime) need opset 7 or newer")
     check_nodes(model)
     model = onnx.ModelProto.FromString(model.SerializeToString())  # we edit shapes: work on a copy
+    inline_constant_branches(model)
     image_input = _pick_input(model, input_name)
     output = _pick_output(model.graph, output_name)
     _drop_other_inputs(model, image_input.name, output)

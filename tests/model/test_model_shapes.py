@@ -330,3 +330,42 @@ def test_rule_operands_computed_from_shapes_are_folded():
     augment(info, ["A"])  # the Slice rule reads its starts
     info = inspect_model(model(data_dependent=True))
     assert not next(n for n in info.model.graph.node if n.op_type == "Slice").input[1].endswith("/folded")
+
+
+def test_an_if_on_a_constant_is_inlined():
+    """Keras exports put every BatchNormalization in an If on the constant learning phase: the taken branch's
+    ops join the graph, so the layers after it are candidates again; the logits stay those ONNX Runtime gives."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnxcam.model import inspect_model
+
+    rng = np.random.default_rng(0)
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    then_branch = helper.make_graph([helper.make_node("Relu", ["A"], ["y_then"])], "then", [],
+                                    [helper.make_tensor_value_info("y_then", TensorProto.FLOAT, None)])
+    else_branch = helper.make_graph([helper.make_node("Mul", ["A", "scale"], ["scaled"]),
+                                     helper.make_node("Sigmoid", ["scaled"], ["y_else"])], "else", [],
+                                    [helper.make_tensor_value_info("y_else", TensorProto.FLOAT, None)],
+                                    [numpy_helper.from_array(np.float32(0.7), "scale")])
+    nodes = [helper.make_node("Conv", ["x", "w"], ["A"], pads=[1, 1, 1, 1]),
+             helper.make_node("If", ["phase"], ["y"], then_branch=then_branch, else_branch=else_branch),
+             helper.make_node("Conv", ["y", "w2"], ["B"]),
+             helper.make_node("GlobalAveragePool", ["B"], ["g"]),
+             helper.make_node("Flatten", ["g"], ["f"]),
+             helper.make_node("MatMul", ["f", "fc"], ["logits"])]
+    inits = [numpy_helper.from_array(rng.normal(size=(4, 3, 3, 3)).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.normal(size=(4, 4, 1, 1)).astype(np.float32), "w2"),
+             numpy_helper.from_array(np.array(False), "phase"),
+             numpy_helper.from_array(rng.normal(size=(4, 5)).astype(np.float32), "fc")]
+    graph = helper.make_graph(nodes, "keras", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 6])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 5])], inits, value_info=[y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    info = inspect_model(model)
+    assert "If" not in {n.op_type for n in info.model.graph.node}
+    assert info.auto_layer.name == "B" and "y" in {layer.name for layer in info.layers}
+    x = rng.normal(size=(2, 3, 8, 6)).astype(np.float32)
+    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    got = ort.InferenceSession(info.model.SerializeToString(), providers=["CPUExecutionProvider"]).run(["logits"], {"x": x})[0]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
