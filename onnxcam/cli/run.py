@@ -51,6 +51,7 @@ from onnxcam.errors import Interrupted, OnnxcamError
               help="Refuse images whose header declares more pixels (decompression bombs); raise it for huge images.")
 @click.option("-b", "--batch-size", default=16, show_default=True, type=click.IntRange(1, 1024),
               help="Images per run: memory is bounded by one batch; outputs stream to disk batch by batch.")
+@options.scorecam_option
 @report_option
 @options.explainer_options
 def command(model, images, methods, grid, layers, target, labels, unit, batch_size, report, explainer_args,
