@@ -24,7 +24,7 @@ from onnxcam.finite_diff import channel_derivatives, quantization_step
 from onnxcam.head import linear_head_weights
 from onnxcam.methods import ALIASES, ELEMENTWISE, METHODS, SAMPLES, LayerData, projection, softmax
 from onnxcam.model import inspect_model, load_model
-from onnxcam.runtime import providers_for
+from onnxcam.runtime import ort_message, providers_for
 from onnxcam.surgery import CLASS_INPUT, SCORES, TARGET_OUTPUT, augment, cut_head, grad_name
 
 GRADIENT_MODES = ("auto", "analytic", "fd")
@@ -95,10 +95,10 @@ class Explainer:
         self._sessions = {}
         self._head_weights = {}
         self._quantization_step = None  # the smallest useful finite-difference step (QDQ models), once known
-        # Sessions are cached on disk by the model file's content (cache.py); models given in memory are not.
+        # Sessions are cached on disk by the loaded model's content (cache.py); models given in memory are not.
         self._cache_key = None
         if isinstance(model, str) and cache.folder() is not None:
-            self._cache_key = {"model": cache.file_digest(model), "layers": self.layers, "input": input_name,
+            self._cache_key = {"model": cache.model_digest(proto), "layers": self.layers, "input": input_name,
                                "output": output_name, "size": list(input_size) if input_size else None}
 
     @property
@@ -472,8 +472,7 @@ def _run_session(session, names, feed) -> list:
     except Exception as exc:
         if not type(exc).__module__.startswith("onnxruntime"):
             raise
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ModelError(f"ONNX Runtime failed to run the model: {first}") from None
+        raise ModelError(f"ONNX Runtime failed to run the model: {ort_message(exc)}") from None
 
 
 def _check_rgb(image) -> np.ndarray:
