@@ -29,9 +29,6 @@ import tempfile
 import threading
 import time
 
-import cv2
-import numpy as np
-
 from onnxcam.errors import OutputError
 
 TEMP_PREFIX = ".onnxcam-"
@@ -125,12 +122,16 @@ def write_bytes(path: str, data: bytes, protected=()) -> None:
 
 # picture format -> OpenCV encoder parameters. PNG is lossless; JPEG (quality 95) encodes an overlay about
 # 10x faster (0.9 against 10 ms for 451 x 300 pixels), which shows in folder throughput.
-PICTURE_FORMATS = {"png": [], "jpg": [cv2.IMWRITE_JPEG_QUALITY, 95]}
+# (OpenCV and NumPy are imported on first use: the CLI imports this module for every command, --help too.)
+PICTURE_FORMATS = {"png": {}, "jpg": {"IMWRITE_JPEG_QUALITY": 95}}
 MAX_SIDE = {"jpg": 65500}  # libjpeg's limit on either side
 
 
 def picture_bytes(rgb: np.ndarray, fmt: str = "png") -> bytes:
     """The picture encoded (OpenCV's own log silenced: a failure is one OutputError, not a screenful)."""
+    import cv2
+    import numpy as np
+
     from onnxcam.preprocess import quiet_opencv
 
     h, w = rgb.shape[:2]
@@ -139,8 +140,8 @@ def picture_bytes(rgb: np.ndarray, fmt: str = "png") -> bytes:
                           "use --pictures png")
     with quiet_opencv():
         try:
-            ok, buf = cv2.imencode(f".{fmt}", cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR),
-                                   PICTURE_FORMATS[fmt])
+            params = [v for name, value in PICTURE_FORMATS[fmt].items() for v in (getattr(cv2, name), value)]
+            ok, buf = cv2.imencode(f".{fmt}", cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR), params)
         except cv2.error:
             ok = False
     if not ok:
@@ -149,6 +150,8 @@ def picture_bytes(rgb: np.ndarray, fmt: str = "png") -> bytes:
 
 
 def npy_bytes(array: np.ndarray) -> bytes:
+    import numpy as np
+
     buf = io.BytesIO()
     np.save(buf, array)
     return buf.getvalue()
