@@ -27,15 +27,28 @@ def command(model, out, method, layers, class_input, **kwargs):
     from onnxcam.export import MAP_OUTPUT, export
     from onnxcam.model import inspect_model, load_model
     from onnxcam.surgery import TARGET_OUTPUT
-    from onnxcam.writer import write_bytes
+    from onnxcam.writer import check_target, write_bytes
 
     if os.path.abspath(out) == os.path.abspath(model):
         raise OnnxcamError(f"refusing to overwrite the input model {model}; choose another -o path")
     info = inspect_model(load_model(model), **model_args(kwargs))
+    protected = [model] + _external_files(model)
+    check_target(out, protected)  # before the work: never the model, its data, a device node
     names = list(dict.fromkeys(info.resolve_layer(n).name for n in (layers or [None])))
     exported = export(info, names, method, class_input)
-    write_bytes(out, exported.SerializeToString())
+    write_bytes(out, exported.SerializeToString(), protected)
     h, w = info.size
     click.echo(f"wrote     {out}  ({os.path.getsize(out) / 1e6:.1f} MB, opset {info.opset}, IR {exported.ir_version})")
     click.echo(f"method    {method} at {', '.join(names)}")
     click.echo(f"outputs   {', '.join(o.name for o in info.model.graph.output)}, {MAP_OUTPUT} [N, {h}, {w}], {TARGET_OUTPUT} [N]")
+
+
+def _external_files(model: str) -> list:
+    """The external data files the model at `model` names (load_model has checked they are inside its folder)."""
+    import onnx
+    from onnx import external_data_helper as ext
+
+    proto = onnx.load(model, load_external_data=False)
+    folder = os.path.dirname(os.path.abspath(model))
+    return sorted({os.path.join(folder, ext.ExternalDataInfo(t).location)
+                   for t in ext._get_all_tensors(proto) if ext.uses_external_data(t)})
