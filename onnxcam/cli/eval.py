@@ -20,6 +20,7 @@ from onnxcam.cli.options import Progress, explainer_options, format_shape, model
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".pbm", ".pgm", ".ppm",
                     ".pnm", ".pam")
 ROWS = 128  # perturbed inputs per ONNX Runtime run
+OUTPUTS = ("eval.json", "eval.csv", "eval.curves.png")  # written into --out
 COLUMNS = (  # (key, heading, format): the summary table, the CSV and the JSON, in this order
     ("localization", "loc. acc", "{:.1f}%"),
     ("pointing_game", "pointing", "{:.1f}%"),
@@ -64,8 +65,12 @@ def command(model, images, methods, boxes, out, batch_size, steps, blur, toleran
     from onnxcam import Explainer
     from onnxcam.errors import OnnxcamError
     from onnxcam.explainer import method_named
+    from onnxcam.writer import check_target
 
     paths = expand_images(images)
+    inputs = [model, *([boxes] if boxes else []), *paths]
+    for name in OUTPUTS:  # before the work: the report never replaces an input (the boxes file, an image)
+        check_target(os.path.join(out, name), inputs)
     names = list(dict.fromkeys(method_named(m).name for m in methods))
     truth = read_boxes(boxes, paths) if boxes else {}
     if boxes and not truth:
@@ -93,7 +98,7 @@ def command(model, images, methods, boxes, out, batch_size, steps, blur, toleran
                "energy: map sum inside the boxes".format(box_threshold, iou_threshold, tolerance) if truth else
                "  (no --boxes: no localization metrics)")
     click.echo("  avg drop, deletion: lower is better; incr conf, insertion and the localization metrics: higher")
-    written = write_outputs(out, model, ex, summary, evaluation, options, boxes)
+    written = write_outputs(out, model, ex, summary, evaluation, options, boxes, inputs)
     click.echo("wrote     " + ", ".join(written))
 
 
@@ -127,11 +132,12 @@ def read_boxes(path: str, images: list) -> dict:
     import json
 
     from onnxcam.errors import OnnxcamError
+    from onnxcam.metrics import check_box
 
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:  # RecursionError: nested too deep
         raise OnnxcamError(f"cannot read the boxes file {path}: {exc}") from None
     try:
         if isinstance(data, dict) and "annotations" in data and "images" in data:
@@ -146,8 +152,10 @@ def read_boxes(path: str, images: list) -> dict:
             raise ValueError("not a JSON object")
         for name, boxes in table.items():
             for b in boxes:
-                if len(b) != 4 or not (b[2] > b[0] and b[3] > b[1]):
-                    raise ValueError(f"'{name}' has a box {list(b)} that is not [x0, y0, x1, y1] with x1 > x0, y1 > y0")
+                try:
+                    check_box(b)
+                except ValueError as exc:
+                    raise ValueError(f"'{name}': {exc}") from None
     except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise OnnxcamError(f"{path} is neither {{\"image.png\": [[x0, y0, x1, y1], ...]}} nor COCO-style "
                            f"(images, annotations with bbox [x, y, w, h]): {exc}") from None
@@ -316,7 +324,7 @@ def curves_image(summary: dict, steps: int):
     return chart.side_by_side(panels)
 
 
-def write_outputs(out, model, ex, summary, evaluation, options, boxes) -> list:
+def write_outputs(out, model, ex, summary, evaluation, options, boxes, inputs=()) -> list:
     import csv
     import io
 
@@ -339,12 +347,9 @@ def write_outputs(out, model, ex, summary, evaluation, options, boxes) -> list:
         "boxes": boxes, "options": options, "summary": summary,
         "images": {m: rows for m, rows in evaluation.rows.items()},
     }
-    paths = {os.path.join(out, name): data for name, data in (
-        ("eval.json", json_bytes(report)),
-        ("eval.csv", text.getvalue().encode()),
-        ("eval.curves.png", picture_bytes(curves_image(summary, options["steps"]))),
-    )}
-    write_files(paths)
+    paths = {os.path.join(out, name): data for name, data in zip(OUTPUTS, (
+        json_bytes(report), text.getvalue().encode(), picture_bytes(curves_image(summary, options["steps"]))))}
+    write_files(paths, inputs)
     return list(paths)
 
 
