@@ -40,7 +40,7 @@ COLUMNS = (  # (key, heading, format): the summary table, the CSV and the JSON, 
 @click.option("--boxes", type=click.Path(exists=True, dir_okay=False),
               help='Ground truth in image pixels: {"image.png": [[x0, y0, x1, y1], ...]} or a COCO-style '
                    "file (images, annotations with bbox [x, y, w, h]).")
-@click.option("-o", "--out", type=click.Path(file_okay=False), default=".", show_default=True,
+@click.option("-o", "--out", type=click.Path(), default=".", show_default=True,
               help="Folder for eval.json, eval.csv and eval.curves.png.")
 @click.option("-b", "--batch-size", default=16, show_default=True, type=click.IntRange(1, 4096),
               help="Images explained per run.")

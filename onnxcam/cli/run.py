@@ -9,6 +9,7 @@ batch is explained.
 from __future__ import annotations
 
 import os
+import re
 import time
 
 import click
@@ -40,11 +41,11 @@ MAX_PIXELS = 100_000_000  # onnxcam.preprocess.DEFAULT_MAX_PIXELS (not imported:
               help="Noisy copies for smoothgrad and smoothgradcam++.")
 @click.option("--noise", default=0.15, show_default=True, type=click.FloatRange(0, 10),
               help="Noise std as a fraction of the input's range (smoothgrad, smoothgradcam++).")
-@click.option("--seed", default=0, show_default=True, help="Seed of the noise.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**63 - 1), help="Seed of the noise.")
 @click.option("--box-threshold", default=0.2, show_default=True, type=click.FloatRange(0, 1),
               help="Localization box: the largest region where the map is >= this fraction of its max.")
 @click.option("--labels", type=click.Path(exists=True, dir_okay=False), help="Class names, one per line.")
-@click.option("-o", "--out", type=click.Path(file_okay=False), help="Output folder. Default: next to each image.")
+@click.option("-o", "--out", type=click.Path(), help="Output folder. Default: next to each image.")
 @click.option("--npy", is_flag=True, help="Also write each heatmap (float32, model input size) as .npy.")
 @click.option("--json", "as_json", is_flag=True, help="Also write a JSON summary.")
 @click.option("--pictures", type=click.Choice(("png", "jpg", "none")), default="png", show_default=True,
@@ -366,9 +367,11 @@ def _parse_target(target, ex):
 
     if target is None:
         return None
-    if target.startswith("top-") and target[4:].isdigit() and int(target[4:]) >= 1:
+    if re.fullmatch(r"top-[0-9]+", target) and int(target[4:]) >= 1:  # ASCII digits only: int('²') fails
         return f"top-{min(int(target[4:]), ex.info.num_classes)}"
-    if target.lstrip("-").isdigit():
+    if re.fullmatch(r"-?[0-9]+", target):
+        if not 0 <= int(target) < ex.info.num_classes:
+            raise OnnxcamError(f"target class {target} is out of range; the model has {ex.info.num_classes} classes")
         return int(target)
     names = ex.info.labels or []
     if target not in names:
@@ -384,7 +387,7 @@ def _parse_unit(text):
         return None
     parts = text.split(":")
     for count in (3, 1):
-        if len(parts) > count and all(p.isdigit() for p in parts[-count:]):
+        if len(parts) > count and all(re.fullmatch(r"[0-9]{1,9}", p) for p in parts[-count:]):
             return (":".join(parts[:-count]), *map(int, parts[-count:]))
     raise OnnxcamError(f"--unit takes LAYER:K or LAYER:K:I:J, got '{text}'")
 

@@ -25,11 +25,11 @@ from onnxcam.cli.options import explainer_options, format_shape, model_args, mod
               help="CAM method; repeat to test several on the same randomized models.")
 @click.option("--steps", default=10, show_default=True, type=click.IntRange(1, 1000),
               help="Cumulative re-initialization steps (the logits layer alone, then blocks down to the input).")
-@click.option("--seed", default=0, show_default=True, help="Seed of the random weights.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**63 - 1), help="Seed of the random weights.")
 @click.option("-t", "--target", type=int, metavar="CLASS", help="Class index to explain. Default: the top-1 class.")
 @click.option("-l", "--layer", "layers", multiple=True, metavar="NAME",
               help="Target layer (tensor or node name). Default: the last conv-like layer.")
-@click.option("-o", "--out", type=click.Path(file_okay=False), help="Output folder. Default: next to the image.")
+@click.option("-o", "--out", type=click.Path(), help="Output folder. Default: next to the image.")
 @explainer_options
 @model_options
 def command(model, image, methods, steps, seed, target, layers, preset, device, gradients, out, **kwargs):
