@@ -537,7 +537,6 @@ def _one_line_or_success(result):
     assert result.stderr.strip().splitlines()[-1].startswith("Error: "), result.stderr
 
 
-@owner("cli")
 @SMALL
 @given(target=st.text(min_size=1, max_size=6).filter(lambda t: not t.startswith("-")))
 @example(target="²")
@@ -547,13 +546,11 @@ def test_any_target_text_is_a_class_or_one_line(tmp_path, image, tiny_path, targ
     _one_line_or_success(run("run", tiny_path, image, "--target", target, "--out", tmp_path / "out"))
 
 
-@owner("cli")
 @pytest.mark.parametrize("target", ["99999999999999999999", "-99999999999999999999"])
 def test_a_huge_target_is_one_line(tmp_path, image, tiny_path, target):
     _one_line_or_success(run("run", tiny_path, image, f"--target={target}", "--out", tmp_path / "out"))
 
 
-@owner("cli")
 @SMALL
 @given(unit=st.text(min_size=1, max_size=4))
 @example(unit="²")
@@ -561,7 +558,6 @@ def test_any_unit_index_is_a_unit_or_one_line(tmp_path, image, tiny_path, unit):
     _one_line_or_success(run("run", tiny_path, image, f"--unit=A:{unit}", "--out", tmp_path / "out"))
 
 
-@owner("cli")
 @pytest.mark.parametrize("command", ["run", "sanity"])
 def test_a_negative_seed_is_one_line(tmp_path, image, tiny_path, command):
     method = "smoothgrad" if command == "run" else "gradcam"
@@ -585,7 +581,6 @@ def test_a_fixed_batch_of_two(tmp_path, count):
         np.testing.assert_allclose(np.load(tmp_path / "out" / f"img{i}.gradcam.npy"), expected, atol=1e-6)
 
 
-@owner("cli")
 def test_out_pointing_at_a_file_exits_5(tmp_path, image, tiny_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
@@ -652,7 +647,6 @@ def test_a_full_cache_disk_never_fails_a_run(tmp_path, fresh_cache):
     assert temporaries(fresh_cache) == []
 
 
-@owner("cli")
 @settings(max_examples=20, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(name=st.text(st.characters(codec="utf-8", exclude_characters="/\0"), min_size=1, max_size=12))
