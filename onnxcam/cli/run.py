@@ -322,7 +322,7 @@ class Job:
         if opts["as_json"]:
             encoded[json_path] = json_bytes(summary)
             paths["json"] = json_path
-        write_files(encoded)  # all of this image's files, or none of them
+        write_files(encoded, [self.model, *self.inputs])  # all of this image's files, or none of them
         click.echo("  wrote     " + ", ".join(paths.values()))
 
     def _paths(self, image, tag, ext):

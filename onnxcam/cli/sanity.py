@@ -103,7 +103,7 @@ def command(model, image, methods, steps, seed, target, layers, preset, device, 
         }),
     }
     _check_not_input(files, image)
-    write_files(files)
+    write_files(files, [model, image])
     click.echo("wrote     " + ", ".join(files))
 
 
