@@ -152,6 +152,12 @@ def cached_session(key: dict | None, providers: list, build) -> ort.InferenceSes
     return session
 
 
+def has_entry(key: dict, providers: list) -> bool:
+    """Whether a session for `key` is cached (no graph surgery is needed to know what it computes)."""
+    path = entry_path(key["model"], key, providers)
+    return path is not None and _secret() is not None and os.path.isfile(path)
+
+
 def _build_saving(model, providers, tmp):
     """A session of `model` that also writes its optimized form to tmp; if that fails (a full disk, a folder
     gone read-only), the session is built again without saving, so the cache never makes a run fail."""

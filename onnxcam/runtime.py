@@ -8,7 +8,6 @@ logger silenced, and report which provider really runs.
 from __future__ import annotations
 
 import functools
-import re
 
 import onnx
 import onnxruntime as ort
@@ -90,17 +89,12 @@ def make_session(model: onnx.ModelProto, providers: list, options: ort.SessionOp
         return ort.InferenceSession(model.SerializeToString(), options or session_options(),
                                     providers=with_options(providers))
     except Exception as exc:
-        raise ModelError(f"ONNX Runtime cannot load the model: {ort_message(exc)}") from None
+        raise ModelError(f"ONNX Runtime cannot load the model: {ort_error_text(exc)}") from None
 
 
-ORT_MESSAGE_CHARS = 600
-
-
-def ort_message(exc: Exception) -> str:
-    """ONNX Runtime's error message on one line: its lines joined with '; ' (the telling one, such as "index: 0
-    Got: 1 Expected: 16", is often not the first), without the "[ONNXRuntimeError] : 2 : INVALID_ARGUMENT :"
-    prefix, cut at ORT_MESSAGE_CHARS."""
-    lines = [" ".join(line.split()) for line in str(exc).splitlines()]
-    text = "; ".join(line for line in lines if line) or type(exc).__name__
-    text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : [A-Z_]+ : ", "", text)
-    return text if len(text) <= ORT_MESSAGE_CHARS else text[:ORT_MESSAGE_CHARS - 3] + "..."
+def ort_error_text(exc: Exception) -> str:
+    """ONNX Runtime's message on one line, keeping the lines that tell what is wrong ("index: 0 Got: 1
+    Expected: 16") and dropping its generic advice."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    kept = [line for line in lines if not line.lower().startswith("please fix")]
+    return "; ".join(kept)[:500] or type(exc).__name__

@@ -686,13 +686,13 @@ def test_no_warning_is_lost_while_images_are_decoded(tmp_path):
 
 
 def test_onnx_runtime_messages_keep_their_telling_line(tmp_path):
-    from onnxcam.runtime import ort_message
+    from onnxcam.runtime import ort_error_text
 
     fixed = hf.with_input_dims(hf.tiny(), [16, 3, 7, 6])
     session = ort.InferenceSession(fixed.SerializeToString(), providers=["CPUExecutionProvider"])
     with pytest.raises(Exception) as caught:
         session.run(None, {"x": np.zeros((1, 3, 7, 6), np.float32)})
-    message = ort_message(caught.value)
+    message = ort_error_text(caught.value)
     assert "index: 0 Got: 1 Expected: 16" in message and "\n" not in message
 
 
