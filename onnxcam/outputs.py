@@ -262,7 +262,7 @@ def write(files: dict, inputs: list, option: str = "--out folder") -> list:
     refuse_inputs(files, inputs, option)
     for folder in dict.fromkeys(os.path.dirname(path) or "." for path in files):
         make_folder(folder)
-    write_files(files)
+    write_files(files, inputs)  # also refuses an input under another name (a link), and non-regular files
     return list(files)
 
 

@@ -29,7 +29,7 @@ import tempfile
 import threading
 import time
 
-from onnxcam.errors import OutputError
+from onnxcam.errors import OnnxcamError, OutputError
 
 TEMP_PREFIX = ".onnxcam-"
 # A temporary file whose name does not say which local process made it (another host's, an older onnxcam's)
@@ -71,8 +71,8 @@ def _raise_terminated(signum, frame):
 
 
 def check_target(path: str, protected=()) -> None:
-    """Refuse (OutputError) an output path that exists and is not a regular file, or that is one of the
-    `protected` paths (the inputs of the run), under that name or another (a symbolic or hard link)."""
+    """Refuse an output path that exists and is not a regular file (OutputError), or that is one of the
+    `protected` paths, the inputs of the run, under that name or another: a symbolic or hard link (OnnxcamError)."""
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -87,9 +87,9 @@ def check_target(path: str, protected=()) -> None:
             same = os.path.samestat(st, os.stat(other))
         except OSError:
             continue
-        if same:
-            raise OutputError(f"refusing to overwrite the input {other} with the output {path}; "
-                              "choose another output path")
+        if same:  # a user error (exit 1, as README promises), not a failure to write
+            raise OnnxcamError(f"refusing to overwrite the input {other} with the output {path}; "
+                               "choose another output path")
 
 
 def write_files(files: dict, protected=()) -> None:

@@ -6,6 +6,8 @@ summary) and eval.curves.png (the mean deletion / insertion curves) into --out."
 
 from __future__ import annotations
 
+import os
+
 import click
 
 import onnxcam
@@ -20,7 +22,7 @@ from onnxcam.cli.options import Progress, banner, explainer_options, layer_optio
 @click.option("--boxes", type=click.Path(exists=True, dir_okay=False),
               help='Ground truth in image pixels: {"image.png": [[x0, y0, x1, y1], ...]} or a COCO-style '
                    "file (images, annotations with bbox [x, y, w, h]).")
-@click.option("-o", "--out", type=click.Path(file_okay=False), default=".", show_default=True,
+@click.option("-o", "--out", type=click.Path(), default=".", show_default=True,
               help="Folder for eval.json, eval.csv and eval.curves.png.")
 @click.option("-b", "--batch-size", default=16, show_default=True, type=click.IntRange(1, 4096),
               help="Images explained per run.")
@@ -43,6 +45,8 @@ def command(model, images, methods, boxes, out, batch_size, layers, explainer_ar
     paths = evaluate.pictures(onnxcam.outputs.input_paths(images, tensors=False))
     methods = names.method_names(methods)
     truth = evaluate.read_boxes(boxes, paths) if boxes else {}
+    report = [os.path.join(out, name) for name in evaluate.FILES]  # checked before the work, not after it
+    onnxcam.outputs.refuse_inputs(report, [model, *([boxes] if boxes else []), *paths])
     ex = onnxcam.Explainer(model, layer=list(layers) or None, **explainer_args)
     banner(model, ex, methods)
     click.echo(f"images    {len(paths)}" + (f" ({len(truth)} with boxes from {boxes})" if boxes else ""))

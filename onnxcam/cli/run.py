@@ -35,11 +35,11 @@ from onnxcam.errors import Interrupted, OnnxcamError
               help="Noisy copies for smoothgrad and smoothgradcam++.")
 @click.option("--noise", default=0.15, show_default=True, type=click.FloatRange(0, 10),
               help="Noise std as a fraction of the input's range (smoothgrad, smoothgradcam++).")
-@click.option("--seed", default=0, show_default=True, help="Seed of the noise.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**63 - 1), help="Seed of the noise.")
 @click.option("--box-threshold", default=0.2, show_default=True, type=click.FloatRange(0, 1),
               help="Localization box: the largest region where the map is >= this fraction of its max.")
 @click.option("--labels", type=click.Path(exists=True, dir_okay=False), help="Class names, one per line.")
-@click.option("-o", "--out", type=click.Path(file_okay=False), help="Output folder. Default: next to each image.")
+@click.option("-o", "--out", type=click.Path(), help="Output folder. Default: next to each image.")
 @click.option("--npy", is_flag=True, help="Also write each heatmap (float32, model input size) as .npy.")
 @click.option("--json", "as_json", is_flag=True, help="Also write a JSON summary.")
 @click.option("--pictures", type=click.Choice((*names.PICTURE_FORMATS, "none")), default="png", show_default=True,
