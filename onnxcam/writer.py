@@ -28,8 +28,12 @@ import stat
 import tempfile
 import threading
 import time
+from typing import TYPE_CHECKING
 
 from onnxcam.errors import OnnxcamError, OutputError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 TEMP_PREFIX = ".onnxcam-"
 # A temporary file whose name does not say which local process made it (another host's, an older onnxcam's)

@@ -31,7 +31,7 @@ from conftest import CHELSEA, DEMO, ROOT
 from onnxcam import Explainer, cache, metrics, writer
 from onnxcam.errors import ImageError, OnnxcamError, OutputError
 from onnxcam.preprocess import load_image
-from test_hostile import assert_refused, edit_external, external_model, files_under, run, save
+from test_hostile import assert_refused, external_model, files_under, run, save
 
 SMALL = settings(max_examples=12, deadline=None, derandomize=True,
                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
