@@ -381,7 +381,8 @@ def test_a_signal_while_staging_leaves_no_temporary_file(tmp_path, tiny_path, im
     """
     out = tmp_path / "out"
     done = patched_cli(patch, "run", tiny_path, image, "--out", out, "--json")
-    assert done.returncode > 0, (done.returncode, done.stderr)
+    assert done.returncode == 128 + getattr(signal, signame), (done.returncode, done.stderr)
+    assert f"stopped by {signame}" in done.stderr
     assert temporaries(out) == []
     assert sorted(os.listdir(out)) in ([], ["img.gradcam.json", "img.gradcam.png"])  # the set, or none of it
     assert all(os.path.getsize(out / n) > 0 for n in os.listdir(out))

@@ -75,11 +75,13 @@ def command(model, images, methods, grid, layers, target, labels, unit, batch_si
             chunk = paths[start:start + batch_size]
             try:
                 items, failed = job.explain(chunk)
-            except KeyboardInterrupt:
+            except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM / SIGHUP (writer.Terminated)
                 where = (f"at image {start + 1} of {len(paths)} ({chunk[0]})" if len(chunk) == 1 else
                          f"in images {start + 1}-{start + len(chunk)} of {len(paths)}")
-                raise Interrupted(f"interrupted (Ctrl-C) {where}; every file already written is complete "
-                                  "(none is half-written)") from None
+                how = f"stopped by {stop}" if hasattr(stop, "signum") else "interrupted (Ctrl-C)"
+                error = Interrupted(f"{how} {where}; every file already written is complete (none is half-written)")
+                error.exit_code = 128 + getattr(stop, "signum", 2)
+                raise error from None
             except OnnxcamError:
                 if len(paths) == 1:
                     raise
