@@ -18,12 +18,12 @@ import onnx_graphsurgeon as gs
 from onnxcam.errors import OnnxcamError, UnsupportedOpError
 from onnxcam.linear_head import linear_head_weights
 from onnxcam.model import ModelInfo
+from onnxcam.names import MAP_OUTPUT
 from onnxcam.surgery import CLASS_INPUT, TARGET_OUTPUT
 from onnxcam.surgery.builder import Builder
 from onnxcam.surgery.graph import augmented_graph, finish
 from onnxcam.surgery.maps import FORMULAS, heatmap, layer_maps
 
-MAP_OUTPUT = "onnxcam/map"
 METHODS = tuple(FORMULAS)
 
 

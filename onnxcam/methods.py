@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from onnxcam.errors import OnnxcamError
+from onnxcam.names import method_names
 
 CHANNEL = "channel"  # needs only grad_dot: finite differences can stand in
 ELEMENTWISE = "elementwise"  # needs G itself: a backward rule for every head op
@@ -210,12 +210,6 @@ METHODS = {
                input_gradient="plain"),
     )
 }
-ALIASES = {"gradcampp": "gradcam++", "smoothgradcampp": "smoothgradcam++"}
-
-
 def method_named(name: str) -> Method:
-    """The Method for a name or alias, or a user error listing the choices."""
-    name = ALIASES.get(name, name)
-    if name not in METHODS:
-        raise OnnxcamError(f"unknown method '{name}'; choose one of {', '.join(METHODS)}")
-    return METHODS[name]
+    """The Method for a name or alias (names.method_names' grammar), or a user error listing the choices."""
+    return METHODS[method_names([name])[0]]

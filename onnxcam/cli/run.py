@@ -38,7 +38,7 @@ from onnxcam.errors import Interrupted, OnnxcamError
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**63 - 1), help="Seed of the noise.")
 @click.option("--box-threshold", default=0.2, show_default=True, type=click.FloatRange(0, 1),
               help="Localization box: the largest region where the map is >= this fraction of its max.")
-@click.option("--labels", type=click.Path(exists=True, dir_okay=False), help="Class names, one per line.")
+@click.option("--labels", type=click.Path(exists=True, dir_okay=False), help="Class names: text (one a line), a JSON list, or a JSON object {index: name}.")
 @click.option("-o", "--out", type=click.Path(), help="Output folder. Default: next to each image.")
 @click.option("--npy", is_flag=True, help="Also write each heatmap (float32, model input size) as .npy.")
 @click.option("--json", "as_json", is_flag=True, help="Also write a JSON summary.")
@@ -60,10 +60,8 @@ def command(model, images, methods, grid, layers, target, labels, unit, batch_si
     paths = onnxcam.outputs.input_paths(images)
     onnxcam.outputs.check_distinct_outputs(paths, opts.out)
     methods = names.method_names([*methods, *([grid] if grid else [])])
-    ex = onnxcam.Explainer(model, layer=list(layers) or None, **explainer_args)
-    if labels:
-        ex.info.labels = names.read_labels(labels)
-    job = onnxcam.outputs.Run(ex, model, methods, names.parse_target(target, ex.info.labels, ex.info.num_classes),
+    ex = onnxcam.Explainer(model, layer=list(layers) or None, labels=labels, **explainer_args)
+    job = onnxcam.outputs.Run(ex, model, methods, names.parse_target(target, ex.info.labels, ex.num_classes),
                               opts, paths, started)
     if opts.out:
         onnxcam.outputs.make_folder(opts.out)

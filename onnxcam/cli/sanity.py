@@ -33,7 +33,7 @@ def command(model, image, methods, steps, seed, target, layers, out, explainer_a
     methods = names.method_names(methods)
     proto = onnxcam.model.load_model(model)
     ex = onnxcam.Explainer(proto, layer=list(layers) or None, **explainer_args)
-    chosen = names.parse_target(target, ex.info.labels, ex.info.num_classes)
+    chosen = names.parse_target(target, ex.info.labels, ex.num_classes)
     if chosen.top != 1:
         raise OnnxcamError(f"sanity explains one class; give a class name or index, not {target}")
     is_tensor = names.is_tensor_file(image)
