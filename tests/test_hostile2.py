@@ -446,12 +446,11 @@ def _with_cycle():
     return m
 
 
-@owner("model")
 @pytest.mark.parametrize("command", ["run", "inspect"])
 def test_a_graph_with_a_cycle_is_one_line(tmp_path, image, command):
     path = save(_with_cycle(), tmp_path / "m.onnx")
     args = [command, path] + ([image, "--out", tmp_path / "out"] if command == "run" else [])
-    assert_refused(run(*args), 3, "cycle")
+    assert_refused(run(*args), 3, "the graph is not acyclic")
 
 
 def _head_with(kind):
@@ -510,7 +509,6 @@ def test_a_model_with_more_than_2_gb_of_external_data(tmp_path, image):
     assert result.exit_code == 0, result.output
 
 
-@owner("model")
 def test_a_sparse_initializer(tmp_path, image):
     """The Conv weights as a sparse initializer (COO): static shape inference cannot see through it, yet the
     model is valid; it is explained like the dense one."""
