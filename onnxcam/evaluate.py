@@ -118,6 +118,7 @@ class Evaluation:
         self.rows = {m: [] for m in methods}  # per-image dicts
         self.curves = {m: {"deletion": [], "insertion": []} for m in methods}
         self.seconds = dict.fromkeys(methods, 0.0)
+        self.failures = []  # (path, ImageError) of the pictures that could not be read: the rest go on
 
     def probabilities(self, x: np.ndarray) -> np.ndarray:
         """[M, C] class probabilities of the model for M input tensors."""
@@ -126,7 +127,16 @@ class Evaluation:
     def add(self, paths: list, truth: dict, progress=None) -> None:
         """Explain and measure a batch of pictures; progress(n) is called after each method's n images."""
         ex, opts, info = self.ex, self.options, self.ex.info
-        images = [load_image(p) for p in paths]
+        images, readable = [], []
+        for path in paths:
+            try:
+                images.append(load_image(path))
+                readable.append(path)
+            except ImageError as error:
+                self.failures.append((path, error))
+        if not readable:
+            return
+        paths = readable
         x = ex.prepare(images)
         rows = np.arange(len(x))
         item_layout = info.layout[1:]

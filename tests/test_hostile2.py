@@ -89,11 +89,10 @@ def temporaries(folder) -> list:
 # == wrong answers with exit 0 ==============================================================================
 
 
-@owner("cli")
 def test_npy_with_two_rows_is_two_images(tmp_path, tiny_path):
     """Two .npy inputs, the first holding 2 images: each of the 3 images is reported with its own prediction."""
     model = hf.tiny()
-    rows = np.random.default_rng(0).normal(0, 3, (3, 3, 7, 6)).astype(np.float32)
+    rows = np.random.default_rng(1).normal(0, 3, (3, 3, 7, 6)).astype(np.float32)
     top = plain_logits(model, rows).argmax(axis=1)
     assert len(set(top)) == 3  # a report under the wrong name shows
     np.save(tmp_path / "a.npy", rows[:2])
@@ -108,7 +107,7 @@ def test_npy_with_two_rows_is_two_images(tmp_path, tiny_path):
     assert len(reports) == 3, reports  # one report per image, a.npy's two rows named apart
     (b_report,) = [c for name, c in reports.items() if name.startswith("b.")]
     assert b_report == top[2]
-    assert sorted(c for name, c in reports.items() if name.startswith("a.")) == sorted(top[:2])
+    assert [reports["a[0].gradcam.json"], reports["a[1].gradcam.json"]] == list(top[:2])  # row j: a[j]
 
 
 def _external_tiny(folder, seed):
@@ -292,7 +291,6 @@ def test_eval_never_overwrites_its_boxes_file(tmp_path, image, tiny_path):
     assert not (tmp_path / "eval.csv").exists()
 
 
-@owner("cli")
 def test_eval_twice_in_a_folder_never_scores_its_own_chart(tmp_path, image, tiny_path):
     for _ in range(2):
         result = run("eval", tiny_path, tmp_path, "--out", tmp_path)
@@ -300,7 +298,6 @@ def test_eval_twice_in_a_folder_never_scores_its_own_chart(tmp_path, image, tiny
         assert "images    1" in result.output, result.output
 
 
-@owner("cli")
 def test_run_twice_next_to_the_images_never_explains_its_own_overlays(tmp_path, image, tiny_path):
     for _ in range(2):
         result = run("run", tiny_path, tmp_path)
@@ -583,7 +580,6 @@ def test_out_pointing_at_a_file_exits_5(tmp_path, image, tiny_path):
     assert_refused(run("run", tiny_path, image, "--out", blocker), 5, str(blocker))
 
 
-@owner("cli")
 def test_one_unreadable_image_does_not_abort_eval(tmp_path, image, tiny_path):
     (tmp_path / "bad.png").write_bytes(b"not a picture")
     result = run("eval", tiny_path, tmp_path / "bad.png", image, "--out", tmp_path / "out")

@@ -12,7 +12,7 @@ import click
 
 import onnxcam
 from onnxcam import names
-from onnxcam.cli.options import Progress, banner, explainer_options, layer_option, method_option
+from onnxcam.cli.options import Progress, banner, explainer_options, layer_option, method_option, one_line
 
 
 @click.command("eval")
@@ -54,6 +54,8 @@ def command(model, images, methods, boxes, out, batch_size, layers, explainer_ar
     with Progress(len(paths) * len(methods), eager=True) as bar:
         for start in range(0, len(paths), batch_size):
             evaluation.add(paths[start:start + batch_size], truth, bar.update)
+    if evaluation.failures and len(evaluation.failures) == len(paths):
+        raise evaluation.failures[0][1]
     summary = evaluation.summary()
     click.echo("")
     for line in evaluate.table(summary):
@@ -64,3 +66,6 @@ def command(model, images, methods, boxes, out, batch_size, layers, explainer_ar
     click.echo("  avg drop, deletion: lower is better; incr conf, insertion and the localization metrics: higher")
     written = evaluation.write(out, model, boxes, summary)
     click.echo("wrote     " + ", ".join(written))
+    if evaluation.failures:  # as run does: the rest was evaluated, the failures are listed, exit 1
+        listed = "; ".join(f"{one_line(path)}: {one_line(why)}" for path, why in evaluation.failures)
+        raise click.ClickException(f"{len(evaluation.failures)} of {len(paths)} images failed: {listed}")
