@@ -484,7 +484,7 @@ def test_an_op_without_rule_or_shape_in_the_head_is_explained_or_one_line(tmp_pa
 
 @pytest.mark.skipif(os.environ.get("ONNXCAM_LARGE_TESTS") != "1",
                     reason="writes a 2.24 GB file and needs about 8 GB of memory: set ONNXCAM_LARGE_TESTS=1")
-@owner("model (inspect) and runtime (sessions of models over 2 GB)")
+@owner("model (inspect_model and shapes copy and probe the whole model with SerializeToString; runtime.make_session takes such models)")
 def test_a_model_with_more_than_2_gb_of_external_data(tmp_path, image):
     """A valid model whose 2.24 GB initializer (zeros, a sparse file) is summed into the scores."""
     m = hf.tiny()
@@ -725,3 +725,17 @@ def test_a_set_is_rolled_back_when_a_rename_fails(tmp_path, monkeypatch):
         writer.write_files({str(tmp_path / "a"): b"new a", str(tmp_path / "b"): b"new b", str(tmp_path / "c"): b"c"})
     monkeypatch.undo()
     assert sorted(os.listdir(tmp_path)) == ["a"] and (tmp_path / "a").read_bytes() == b"old a"
+
+
+def test_a_model_over_protobufs_limit_gets_a_session(monkeypatch):
+    """runtime.make_session hands ORT the large initializers as OrtValues when the model cannot be serialized
+    (here the limit is lowered so that the tiny model crosses it): the same outputs as a plain session."""
+    from onnxcam import runtime
+
+    model = hf.tiny()
+    monkeypatch.setattr(runtime, "PROTOBUF_LIMIT", model.ByteSize() - 1)
+    monkeypatch.setattr(runtime, "LARGE_INITIALIZER", 256)
+    data, kept = runtime._within_limit(model, runtime.session_options())
+    assert len(data) < model.ByteSize() // 2 and kept
+    session = runtime.make_session(model, ["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, {"x": _x()})[0], plain_logits(model, _x()), rtol=1e-6, atol=1e-6)
