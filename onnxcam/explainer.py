@@ -20,7 +20,7 @@ import numpy as np
 from onnxcam import cache, finite_diff, heads, postprocess, preprocess
 from onnxcam.errors import ModelError, OnnxcamError
 from onnxcam.linear_head import linear_head_weights
-from onnxcam.methods import ELEMENTWISE, METHODS, SAMPLES, LayerData, method_named, projection
+from onnxcam.methods import ELEMENTWISE, METHODS, SAMPLES, AttentionData, LayerData, method_named, projection
 from onnxcam.model import inspect_model, load_model, read_labels
 from onnxcam.names import DEFAULT_PRESET, GRADIENT_MODES
 from onnxcam.runtime import providers_for
@@ -64,6 +64,12 @@ class Explanation:
 
         return replace(self, maps=one(self.maps), raw=one(self.raw), targets=one(self.targets),
                        scores=one(self.scores), saliency=one(self.saliency), flat=one(self.flat))
+
+    def _repr_html_(self) -> str:
+        """Jupyter shows the maps and each image's top-5 classes (onnxcam.report.explanation_html)."""
+        from onnxcam.report import explanation_html
+
+        return explanation_html(self)
 
 
 @dataclass(frozen=True)
@@ -226,6 +232,12 @@ class Explainer:
 
     def _plan(self, m, score="logit", unit=None, eigen_smooth=False) -> Plan:
         """The session that runs m, and whether its gradients come from rules; decided here only."""
+        if m.attention:
+            if not self.info.attention:
+                raise OnnxcamError(f"method '{m.name}' needs a vision transformer's attention (Softmax over its "
+                                   "tokens); this model has none")
+            spec = SessionSpec.attention(m.gradients is not None, score, unit)
+            return Plan(spec, m.gradients is not None and self._analytic(m, spec), False)
         in_graph = (self.maps_in_graph and m.name in FORMULAS and m.gradients is not None and not eigen_smooth
                     and self.gradients != "fd")
         if in_graph:
@@ -303,6 +315,8 @@ class Explainer:
         scores = outputs[self.info.logits_name].reshape(len(tensor), -1).astype(np.float32)
         _check_finite(scores, "class scores")
         targets = self._targets(spec, outputs, classes, scores)
+        if m.attention:
+            return self._explain_attention(m, plan, outputs, scores, targets)
         noisy = self._noisy_runs(spec, tensor, targets, samples, noise, seed) if m.gradients == SAMPLES else []
 
         maps = raw = None
@@ -327,6 +341,17 @@ class Explainer:
             maps=maps, raw=raw, targets=targets.astype(np.int64), scores=scores, method=m.name, layers=self.layers,
             gradients=_source(m, plan.analytic), saliency=None if saliency is None else np.float32(saliency),
         )
+
+    def _explain_attention(self, m, plan, outputs, scores, targets) -> Explanation:
+        """Rollout methods: one map on the patch grid from every block's attention (and its gradients)."""
+        names, grid = self.info.attention, self.info.auto_layer.tokens
+        data = AttentionData([outputs[a] for a in names],
+                             [outputs[grad_name(a)] for a in names] if plan.spec.layer_gradients else None,
+                             grid.prefix, grid.height, grid.width)
+        raw = np.maximum(m.map(data), 0)
+        maps = postprocess.combine([postprocess.scale_to(raw, self.info.size)])
+        return Explanation(maps=maps, raw=raw, targets=targets.astype(np.int64), scores=scores, method=m.name,
+                           layers=list(names), gradients=_source(m, plan.analytic))
 
     def _explain_in_graph(self, tensor, classes, m, spec) -> Explanation | None:
         """The maps of one run of the in-graph map model: only logits, targets and [N, h, w] maps come back."""

@@ -24,7 +24,8 @@ DEFAULT_MAX_PIXELS = 100_000_000  # preprocess.load_image refuses larger images 
 
 # methods.METHODS, in its order, and its aliases
 METHODS = ("cam", "gradcam", "gradcam++", "smoothgradcam++", "xgradcam", "layercam", "hirescam",
-           "gradcam-elementwise", "scorecam", "ablationcam", "eigencam", "eigengradcam", "guided-backprop",
+           "gradcam-elementwise", "scorecam", "ablationcam", "eigencam", "eigengradcam", "attention-rollout",
+           "gradient-rollout", "guided-backprop",
            "guided-gradcam", "smoothgrad")
 DEFAULT_METHOD = "gradcam"
 ALIASES = {"gradcampp": "gradcam++", "smoothgradcampp": "smoothgradcam++"}

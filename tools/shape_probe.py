@@ -43,7 +43,7 @@ def _median(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def resnet50(repeats: int = 5) -> None:
+def resnet50(repeats: int = 9) -> None:
     import resnet50 as builder
 
     path = builder.DEFAULT_PATH

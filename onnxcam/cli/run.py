@@ -13,6 +13,7 @@ import onnxcam
 from onnxcam import names
 from onnxcam.cli import options
 from onnxcam.cli.options import Progress, banner, one_line
+from onnxcam.cli.report import report_option, write_reports
 from onnxcam.errors import Interrupted, OnnxcamError
 
 
@@ -50,10 +51,13 @@ from onnxcam.errors import Interrupted, OnnxcamError
               help="Refuse images whose header declares more pixels (decompression bombs); raise it for huge images.")
 @click.option("-b", "--batch-size", default=16, show_default=True, type=click.IntRange(1, 1024),
               help="Images per run: memory is bounded by one batch; outputs stream to disk batch by batch.")
+@report_option
 @options.explainer_options
-def command(model, images, methods, grid, layers, target, labels, unit, batch_size, explainer_args, **run_options):
+def command(model, images, methods, grid, layers, target, labels, unit, batch_size, report, explainer_args,
+            **run_options):
     """Explain the model's decision on each IMAGE (a picture, a folder of them, or a .npy input tensor)."""
     started = time.perf_counter()
+    run_options["as_json"] |= report  # the report reads the JSON records
     opts = onnxcam.outputs.RunOptions(unit=names.parse_unit(unit), **run_options)
     if opts.pictures == "none" and not (opts.npy or opts.as_json):
         raise click.UsageError("--pictures none leaves nothing to write; add --npy and/or --json")
@@ -93,6 +97,8 @@ def command(model, images, methods, grid, layers, target, labels, unit, batch_si
         if len(paths) == 1:
             raise error
         click.echo(f"\n{image}\n  failed    {one_line(error)}", err=True)
+    if report and len(failures) < len(paths):
+        write_reports(onnxcam.outputs.output_path(path, "report.html", opts.out) for path in paths)
     if failures:
         summary = "; ".join(f"{one_line(path)}: {one_line(why)}" for path, why in failures)
         raise click.ClickException(f"{len(failures)} of {len(paths)} images failed: {summary}")

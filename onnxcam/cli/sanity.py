@@ -13,6 +13,7 @@ import click
 import onnxcam
 from onnxcam import names
 from onnxcam.cli.options import banner, explainer_options, layer_option, method_option, target_option
+from onnxcam.cli.report import report_option, write_reports
 from onnxcam.errors import OnnxcamError
 
 
@@ -26,8 +27,9 @@ from onnxcam.errors import OnnxcamError
 @target_option(top=False)
 @layer_option
 @click.option("-o", "--out", type=click.Path(), help="Output folder. Default: next to the image.")
+@report_option
 @explainer_options
-def command(model, image, methods, steps, seed, target, layers, out, explainer_args):
+def command(model, image, methods, steps, seed, target, layers, out, report, explainer_args):
     """Check that each method's map depends on the model's weights (model randomization test)."""
     sanity = onnxcam.sanity
     methods = names.method_names(methods)
@@ -73,6 +75,8 @@ def command(model, image, methods, steps, seed, target, layers, out, explainer_a
     written = onnxcam.outputs.write({onnxcam.outputs.output_path(image, name, out): data
                                      for name, data in files.items()}, [image])
     click.echo("wrote     " + ", ".join(written))
+    if report:
+        write_reports(written)
 
 
 def _short(text: str, width: int) -> str:

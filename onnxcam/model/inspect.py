@@ -24,6 +24,7 @@ from onnxcam.model.load import check_nodes
 from onnxcam.model.metadata import labels_from_metadata, metadata, preset_from_metadata
 from onnxcam.model.quantized import add_float_twins, quantized_tensors, twin
 from onnxcam.model.shapes import check_tensor_sizes, infer_shapes, learn_shapes, static_shapes, unknown_shapes
+from onnxcam.model.tokens import TokenGrid, add_grid_twins, attention_maps, grid_name, token_layers
 
 # Ops that turn logits into probabilities: seed the class score at their input.
 _PROBABILITY_OPS = {"Softmax", "LogSoftmax", "Sigmoid"}
@@ -34,16 +35,20 @@ MAX_INPUT_ELEMENTS = 1 << 28
 
 @dataclass(frozen=True)
 class Layer:
-    """A candidate target tensor: NCHW, spatial size > 1, on the way to the logits."""
+    """A candidate target tensor: NCHW, spatial size > 1, on the way to the logits (for a transformer's token
+    layer, its NCHW grid twin: `tokens` tells the token tensor's grid and prefix)."""
 
     name: str
     op: str
     node: str
     shape: tuple
+    tokens: TokenGrid | None = None
 
 
 @dataclass
 class ModelInfo:
+    """What explaining a classifier needs to know about it, found once by `inspect_model`."""
+
     model: onnx.ModelProto  # shape-inferred (shapes learned by running where needed), spatial size pinned
     input_name: str
     input_shape: tuple  # batch entry is None when dynamic
@@ -59,6 +64,7 @@ class ModelInfo:
     labels_source: str | None = None  # where `labels` came from, e.g. "metadata 'names'"
     preprocess_source: str | None = None  # where `preprocess` came from
     notes: list = field(default_factory=list)  # metadata seen but not used, and why
+    attention: list = field(default_factory=list)  # a transformer's attention probabilities [N, heads, T, T]
 
     @property
     def size(self) -> tuple:
@@ -77,18 +83,19 @@ class ModelInfo:
         return self.layers[-1]
 
     def resolve_layer(self, name: str | None) -> Layer:
-        """A layer by tensor name or node name (its first output); None picks the automatic one."""
+        """A layer by tensor name or node name (its first output; a token tensor stands for its grid twin);
+        None picks the automatic one."""
         if name is None:
             return self.auto_layer
         for layer in self.layers:
-            if name in (layer.name, layer.node):
+            if name in (layer.name, layer.node) or grid_name(name) == layer.name:
                 return layer
         known = [layer.name for layer in self.layers] + [layer.node for layer in self.layers if layer.node]
         close = difflib.get_close_matches(name, known, n=3, cutoff=0.4)
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
         raise ModelError(
-            f"no target layer named '{name}' (it must be a 4-D NCHW tensor with spatial size > 1 "
-            f"that feeds the logits).{hint} 'onnxcam inspect' lists them."
+            f"no target layer named '{name}' (it must be a 4-D NCHW tensor with spatial size > 1, or transformer "
+            f"tokens on a patch grid, that feeds the logits).{hint} 'onnxcam inspect' lists them."
         )
 
     def label(self, index: int) -> str:
@@ -139,9 +146,11 @@ def inspect_model(
     tensors = constants(graph)
     quantized = quantized_tensors(graph, tensors) if opset >= 10 else {}  # QuantizeLinear comes with opset 10
     found = layouts(graph, shapes, nchw_input, tensors)
-    layers = _candidate_layers(graph, shapes, feeding, found, _float_names(model), quantized)
+    tokens = token_layers(graph, shapes, found, feeding, logits, tensors)
+    layers = _candidate_layers(graph, shapes, feeding, found, _float_names(model), quantized, tokens)
     names = {layer.name for layer in layers}
     add_float_twins(model, {t: params for t, params in quantized.items() if twin(t) in names}, tensors)
+    add_grid_twins(model, {t: g for t, g in tokens.items() if grid_name(t) in names}, opset)
     if not layers:
         raise ModelError(
             "no candidate target layer: no 4-D NCHW tensor with spatial size > 1 feeds the logits "
@@ -167,6 +176,7 @@ def inspect_model(
         labels_source=labels_source,
         preprocess_source=preset_source,
         notes=notes,
+        attention=attention_maps(graph, shapes, layers[-1].tokens, feeding) if layers[-1].tokens else [],
     )
 
 
@@ -324,13 +334,17 @@ def _float_names(model) -> set:
             if vi.type.tensor_type.elem_type in floats}
 
 
-def _candidate_layers(graph, shapes, feeding, found, floats, quantized):
-    """NCHW tensors with spatial size > 1 whose values reach the logits (`feeding`): float ones, and the float
-    twins of quantized ones."""
+def _candidate_layers(graph, shapes, feeding, found, floats, quantized, tokens):
+    """NCHW tensors with spatial size > 1 whose values reach the logits (`feeding`): float ones, the float
+    twins of quantized ones, and the grid twins of token layers."""
     layers = []
     for node in graph.node:
         out = node.output[0] if node.output else ""
         shape = shapes.get(out)
+        if out in tokens and out in floats:
+            g = tokens[out]
+            layers.append(Layer(grid_name(out), node.op_type, node.name, (None, shape[2], g.height, g.width), g))
+            continue
         if found.get(out) != IDENTITY or out not in feeding or not (shape[2] and shape[3] and shape[2] * shape[3] > 1):
             continue
         if out in floats:

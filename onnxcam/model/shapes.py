@@ -65,8 +65,8 @@ def skeleton(model) -> onnx.ModelProto:
     skeleton = onnx.ModelProto(ir_version=max(model.ir_version, 4))
     skeleton.opset_import.extend(model.opset_import)
     skeleton.functions.extend(model.functions)
-    for field in ("node", "input", "output", "value_info", "sparse_initializer"):
-        getattr(skeleton.graph, field).extend(getattr(graph, field))
+    for part in ("node", "input", "output", "value_info", "sparse_initializer"):
+        getattr(skeleton.graph, part).extend(getattr(graph, part))
     skeleton.graph.name = graph.name
     declared = {i.name for i in graph.input}
     for tensor in graph.initializer:
@@ -142,11 +142,12 @@ def unknown_shapes(model, names) -> list:
 
 
 def learn_shapes(model, names: list, image: str, shape: tuple) -> None:
-    """Run `model` once on zeros of the image input's `shape` (batch None: one image) and write the shapes that
+    """Run `model` on zeros of the image input's `shape` (batch None: one image, then two) and write the shapes that
     tensors `names` took into its value_info (or graph outputs). Shape(t) of each is what comes back, not t.
 
-    The batch stays symbolic: with a dynamic batch, a first axis of size 1 is the batch (written as "N"), any
-    other first axis (Swin's windows of every image) stays open; axes static inference knew keep their sizes."""
+    The batch stays symbolic: with a dynamic batch the model runs on one image and on two, and an axis whose size
+    changes between them depends on the batch (written "N" where it is the batch itself, else left open: Swin's
+    windows of every image, an attention's [3, N, heads, T, d]); axes static inference knew keep their sizes."""
     rows = shape[0] or 1
     feed_shape = (rows, *shape[1:])
     if int(np.prod(feed_shape[1:], dtype=object)) > PROBE_MAX_INPUT_ELEMENTS:
@@ -172,14 +173,17 @@ def learn_shapes(model, names: list, image: str, shape: tuple) -> None:
         options.add_external_initializers(list(weights), list(weights.values()))
         session = ort.InferenceSession(probe.SerializeToString(), options, providers=[CPU])
         got = session.run(fetched, {image: zeros})
+        # a second batch size tells the axes that follow the batch from those that happen to match it
+        twice = session.run(fetched, {image: np.concatenate([zeros, zeros])}) if shape[0] is None else got
     except Exception as exc:  # ORT's Fail / InvalidArgument / RuntimeException..., or an allocation failure
         raise ModelError(
             f"the shapes of {len(names)} tensors (for example '{names[0]}') are known only by running the model, "
             f"and ONNX Runtime cannot run it on zeros of shape {list(feed_shape)}: {_ort_reason(exc)}") from None
-    for k, (name, value) in enumerate(zip(typed + untyped, got)):
+    for k, (name, value, doubled) in enumerate(zip(typed + untyped, got, twice)):
         shape_only = k < len(typed)
-        dims = tuple(int(d) for d in value) if shape_only else value.shape
-        _write_shape(model, infos.get(name), name, dims, None if shape_only else value.dtype, shape[0] is None)
+        dims, dims2 = ((tuple(int(d) for d in v) for v in (value, doubled)) if shape_only
+                       else (value.shape, doubled.shape))
+        _write_shape(model, infos.get(name), name, dims, dims2, None if shape_only else value.dtype)
 
 
 # Element types whose initializers ONNX Runtime can take from NumPy arrays (numpy_helper.to_array's dtype).
@@ -195,8 +199,8 @@ def _weightless(model) -> tuple:
     copy = onnx.ModelProto(ir_version=model.ir_version)
     copy.opset_import.extend(model.opset_import)
     copy.functions.extend(model.functions)
-    for field_ in ("node", "input", "output", "value_info", "sparse_initializer"):
-        getattr(copy.graph, field_).extend(getattr(graph, field_))
+    for part in ("node", "input", "output", "value_info", "sparse_initializer"):
+        getattr(copy.graph, part).extend(getattr(graph, part))
     copy.graph.name = graph.name
     weights = {}
     for tensor in graph.initializer:
@@ -220,8 +224,9 @@ def _ort_reason(exc: Exception) -> str:
     return text[:500]
 
 
-def _write_shape(model, info, name: str, dims: tuple, dtype, dynamic_batch: bool) -> None:
-    """Record `dims` (seen at the probe's batch) as `name`'s shape, keeping the sizes static inference knew."""
+def _write_shape(model, info, name: str, dims: tuple, dims2: tuple, dtype) -> None:
+    """Record `dims` (seen at one image; `dims2` at two, or the same for a fixed batch) as `name`'s shape,
+    keeping the sizes static inference knew."""
     if info is None:
         info = model.graph.value_info.add()
         info.name = name
@@ -232,13 +237,15 @@ def _write_shape(model, info, name: str, dims: tuple, dtype, dynamic_batch: bool
     before = [(d.dim_value if d.HasField("dim_value") else None, d.dim_param) for d in old]
     if len(before) != len(dims):
         before = [(None, "")] * len(dims)
+    if len(dims2) != len(dims):  # the rank itself depends on the batch: nothing is known
+        dims2 = (None,) * len(dims)
     tensor_type.ClearField("shape")
     tensor_type.shape.SetInParent()
-    for axis, (size, (value, param)) in enumerate(zip(dims, before)):
+    for size, size2, (value, param) in zip(dims, dims2, before):
         dim = tensor_type.shape.dim.add()
         if value is not None:
             dim.dim_value = value
-        elif param == BATCH or (axis == 0 and dynamic_batch and size == 1):
+        elif param == BATCH or (size, size2) == (1, 2):
             dim.dim_param = BATCH
-        elif not (axis == 0 and dynamic_batch):
+        elif size == size2:
             dim.dim_value = size

@@ -271,3 +271,16 @@ def test_no_probe_of_a_too_large_input(monkeypatch):
     model, *_ = paddle_classifier()
     with pytest.raises(ModelError, match=r"its input \[1, 3, 48, 192\] is too large to run it for that; give a smaller"):
         inspect_model(model, input_size=(48, 192))
+
+
+def test_a_fixed_batch_is_probed_at_its_size():
+    """A model exported for 4 images at a time is run with 4 rows: the learned shapes carry that batch."""
+    model, a, b, flat, logits, w = paddle_classifier()
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 4
+    info = inspect_model(model, input_size=(48, 192))
+    assert info.input_shape[0] == 4 and info.auto_layer.shape == (4, 8, 24, 96)
+    shapes = {vi.name: [d.dim_value for d in vi.type.tensor_type.shape.dim] for vi in info.model.graph.value_info}
+    assert shapes[flat] == [4, 8, 24 * 96]
+    x = np.random.default_rng(7).normal(size=(4, 3, 48, 192)).astype(np.float32)
+    got, _ = _gradients(info, b, x, [0, 1, 2, 3])
+    np.testing.assert_allclose(got, _logits_of_plain(model, logits, x), rtol=1e-5, atol=1e-5)
