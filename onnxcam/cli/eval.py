@@ -47,8 +47,8 @@ def command(model, images, methods, boxes, out, batch_size, layers, report, expl
     paths = evaluate.pictures(onnxcam.outputs.input_paths(images, tensors=False))
     methods = names.method_names(methods)
     truth = evaluate.read_boxes(boxes, paths) if boxes else {}
-    report = [os.path.join(out, name) for name in evaluate.FILES]  # checked before the work, not after it
-    onnxcam.outputs.refuse_inputs(report, [model, *([boxes] if boxes else []), *paths])
+    files = [os.path.join(out, name) for name in evaluate.FILES]  # checked before the work, not after it
+    onnxcam.outputs.refuse_inputs(files, [model, *([boxes] if boxes else []), *paths])
     ex = onnxcam.Explainer(model, layer=list(layers) or None, **explainer_args)
     banner(model, ex, methods)
     click.echo(f"images    {len(paths)}" + (f" ({len(truth)} with boxes from {boxes})" if boxes else ""))
