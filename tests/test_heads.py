@@ -126,3 +126,14 @@ def test_cli_shows_both_outcomes_of_a_binary_head_and_checks_the_labels_count(tm
     result = CliRunner().invoke(main, ["run", str(tmp_path / "binary.onnx"), str(tmp_path / "x.npy"), "--labels",
                                        str(tmp_path / "three.txt"), "--out", str(tmp_path / "out")])
     assert result.exit_code == 1 and "3" in result.stderr and "2" in result.stderr, result.output
+
+
+def test_a_ready_tensor_gets_no_preprocessing_notice(tmp_path):
+    from click.testing import CliRunner
+
+    from onnxcam.cli import main
+
+    onnx.save(_gap_linear(3, sigmoid_output=False), tmp_path / "m.onnx")
+    np.save(tmp_path / "x.npy", _inputs(1))
+    result = CliRunner().invoke(main, ["run", str(tmp_path / "m.onnx"), str(tmp_path / "x.npy"), "--out", str(tmp_path)])
+    assert result.exit_code == 0 and "assumed" not in result.output, result.output

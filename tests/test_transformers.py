@@ -82,3 +82,21 @@ def test_rollout_needs_a_transformer():
 
     with pytest.raises(OnnxcamError, match="needs a vision transformer's attention"):
         Explainer(DEMO, device="cpu").explain(np.zeros((1, 3, 224, 224), np.float32), "attention-rollout")
+
+
+def test_a_model_fused_by_the_transformer_optimizer_gives_the_same_maps(tmp_path):
+    """onnxruntime.transformers.optimizer writes com.microsoft SkipLayerNormalization and BiasGelu into the ViT:
+    their backward rules give the unoptimized export's maps."""
+    from onnxruntime.transformers import optimizer
+
+    path, fx = _load("vit_cls")
+    fused = optimizer.optimize_model(path, model_type="vit", num_heads=2, hidden_size=32)
+    fused.save_model_to_file(str(tmp_path / "fused.onnx"))
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "fused.onnx")).graph.node if n.domain == "com.microsoft"}
+    assert {"SkipLayerNormalization", "BiasGelu"} <= ops
+    plain, optimized = Explainer(path, device="cpu"), Explainer(str(tmp_path / "fused.onnx"), device="cpu")
+    assert plain.layers == optimized.layers
+    for method in ("gradcam", "hirescam", "gradcam++", "layercam", "gradient-rollout"):
+        a = plain.explain(fx["input"], method, target=fx["targets"])
+        b = optimized.explain(fx["input"], method, target=fx["targets"])
+        assert b.gradients == "analytic" and np.abs(a.maps - b.maps).max() <= 1e-4, method

@@ -69,7 +69,7 @@ def command(model, images, methods, grid, layers, target, labels, unit, batch_si
                               opts, paths, started)
     if opts.out:
         onnxcam.outputs.make_folder(opts.out)
-    banner(model, ex, methods)
+    banner(model, ex, methods, pictures=not all(names.is_tensor_file(p) for p in paths))
     failures = []
     with Progress(len(paths)) as bar, onnxcam.outputs.Background() as background:
         ex.progress = bar.report

@@ -41,7 +41,7 @@ def command(model, image, methods, steps, seed, target, layers, out, report, exp
     is_tensor = names.is_tensor_file(image)
     x = onnxcam.preprocess.load_tensor(image) if is_tensor else onnxcam.preprocess.load_image(image)
     plan = sanity.cascade(proto, steps)
-    banner(model, ex, methods)
+    banner(model, ex, methods, pictures=not is_tensor)
     click.echo(f"image     {image}")
     kinds = ", ".join(sorted({op for s in plan for op in s.ops}))
     click.echo(f"steps     {len(plan)} cumulative re-initializations of {sum(len(s.nodes) for s in plan)} layers "

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
 # Inputs that give another tensor's shape, sizes, axes or positions, not its values: a tensor that reaches the
 # scores only through them (or through Shape / Size, which read nothing but the shape) carries no gradient to
 # them. op -> positions of such inputs; None: every input.
@@ -57,3 +61,26 @@ def data_ancestors(name, producers) -> set:
 def args(node, positions) -> list:
     """The node's inputs at these positions, "" for optional ones left out."""
     return [node.input[i] if i < len(node.input) else "" for i in positions]
+
+
+def inline_constant_branches(model) -> None:
+    """Replace each If whose condition is a constant by the nodes of the branch it always takes (Keras exports
+    wrap every BatchNormalization in an If on the constant `keras_learning_phase`): the taken branch's nodes and
+    initializers join the graph, its outputs feed the If's outputs through Identity nodes. Nested Ifs too."""
+    graph = model.graph
+    while True:
+        values = constants(graph)
+        found = next(((k, n) for k, n in enumerate(graph.node) if n.op_type == "If" and n.input[0] in values), None)
+        if found is None:
+            return
+        k, node = found
+        taken = "then_branch" if bool(np.asarray(numpy_helper.to_array(values[node.input[0]])).reshape(-1)[0]) \
+            else "else_branch"
+        branch = next(a.g for a in node.attribute if a.name == taken)
+        nodes = list(branch.node) + [helper.make_node("Identity", [inner.name], [outer], name=f"{node.name}/{outer}")
+                                     for inner, outer in zip(branch.output, node.output)]
+        graph.initializer.extend(branch.initializer)
+        graph.value_info.extend(branch.value_info)
+        rest = [onnx.NodeProto.FromString(n.SerializeToString()) for n in graph.node[k + 1:]]
+        del graph.node[k:]
+        graph.node.extend(nodes + rest)

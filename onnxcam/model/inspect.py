@@ -18,12 +18,19 @@ from onnx import helper
 
 from onnxcam import heads
 from onnxcam.errors import ModelError
-from onnxcam.model.graph import ancestors, constants, data_ancestors
+from onnxcam.model.graph import ancestors, constants, data_ancestors, inline_constant_branches
 from onnxcam.model.layout import IDENTITY, layouts
 from onnxcam.model.load import check_nodes
 from onnxcam.model.metadata import labels_from_metadata, metadata, preset_from_metadata
 from onnxcam.model.quantized import add_float_twins, quantized_tensors, twin
-from onnxcam.model.shapes import check_tensor_sizes, infer_shapes, learn_shapes, static_shapes, unknown_shapes
+from onnxcam.model.shapes import (
+    check_tensor_sizes,
+    fold_shape_operands,
+    infer_shapes,
+    learn_shapes,
+    static_shapes,
+    unknown_shapes,
+)
 from onnxcam.model.tokens import TokenGrid, add_grid_twins, attention_maps, grid_name, token_layers
 
 # Ops that turn logits into probabilities: seed the class score at their input.
@@ -116,6 +123,7 @@ def inspect_model(
         raise ModelError(f"the model uses opset {opset}; onnxcam (and ONNX Runtime) need opset 7 or newer")
     check_nodes(model)
     model = onnx.ModelProto.FromString(model.SerializeToString())  # we edit shapes: work on a copy
+    inline_constant_branches(model)
     image_input = _pick_input(model, input_name)
     output = _pick_output(model.graph, output_name)
     _drop_other_inputs(model, image_input.name, output)
@@ -136,6 +144,7 @@ def inspect_model(
         learn_shapes(model, unknown, image_input.name, shape)
         shapes = static_shapes(model)
         check_tensor_sizes(shapes, producers)
+    fold_shape_operands(model, feeding, image_input.name, shape)
     logits_shape = shapes.get(logits)
     num_classes = logits_shape[1] if logits_shape and len(logits_shape) >= 2 else None
     if (not isinstance(num_classes, int) or num_classes < 1
@@ -251,6 +260,10 @@ def _pin_input_shape(value_info, input_size):
     channel_axis, spatial_axes = (1, (2, 3)) if layout == "NCHW" else (3, (1, 2))
     if not isinstance(raw[channel_axis], int) or raw[channel_axis] <= 0:
         raise ModelError(f"input '{value_info.name}' has shape {raw}: its channel count is not fixed")
+    fixed = [raw[a] for a in spatial_axes if isinstance(raw[a], int) and raw[a] > 0]
+    if input_size is not None and len(fixed) == 2 and tuple(fixed) != tuple(input_size):
+        raise ModelError(f"input '{value_info.name}' has the fixed spatial size {fixed[0]}x{fixed[1]}; --input-size "
+                         f"{input_size[0]} {input_size[1]} applies only to models whose size is dynamic")
     for axis, size in zip(spatial_axes, input_size or (None, None)):
         if size is not None:
             dims[axis].Clear()

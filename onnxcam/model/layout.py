@@ -21,13 +21,19 @@ NCHW_KEEPERS = {
     "DequantizeLinear", "QuantizeLinear", "LRN", "Max", "Min", "Sum", "Split", "LayerNormalization",
     "QLinearAdd", "QLinearMul", "QLinearLeakyRelu", "QLinearSigmoid", "QLinearConcat", "QLinearAveragePool",
 }
+# Ops that read their 4-D input as NCHW by definition: pooling over axes 2 and 3.
+NCHW_SINKS = {"GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool"}
 IDENTITY = (0, 1, 2, 3)
 CHANNEL = 1
 
 
 def layouts(graph, shapes: dict, nchw_input: set, tensors: dict) -> dict:
-    """name -> p for the tensors whose axes are all known NCHW axes (see the module's docstring)."""
+    """name -> p for the tensors whose axes are all known NCHW axes (see the module's docstring). A tensor that a
+    global pooling reads is NCHW even where its axes were lost on the way (Swin's windows, a transformer's
+    channels-last stage permuted back before the pooling)."""
     found = dict.fromkeys(nchw_input, IDENTITY)
+    found.update((n.input[0], IDENTITY) for n in graph.node
+                 if n.op_type in NCHW_SINKS and len(shapes.get(n.input[0]) or ()) == 4)
     for node in graph.node:
         p = _output_layout(node, found, tensors, shapes)
         if p is not None:

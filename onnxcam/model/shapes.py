@@ -17,7 +17,7 @@ import onnxruntime as ort
 from onnx import helper, numpy_helper
 
 from onnxcam.errors import ModelError
-from onnxcam.model.graph import args
+from onnxcam.model.graph import args, constants, data_ancestors
 from onnxcam.model.load import elements
 from onnxcam.model.quantized import QLINEAR
 from onnxcam.runtime import CPU, session_options
@@ -148,42 +148,89 @@ def learn_shapes(model, names: list, image: str, shape: tuple) -> None:
     The batch stays symbolic: with a dynamic batch the model runs on one image and on two, and an axis whose size
     changes between them depends on the batch (written "N" where it is the batch itself, else left open: Swin's
     windows of every image, an attention's [3, N, heads, T, d]); axes static inference knew keep their sizes."""
-    rows = shape[0] or 1
-    feed_shape = (rows, *shape[1:])
-    if int(np.prod(feed_shape[1:], dtype=object)) > PROBE_MAX_INPUT_ELEMENTS:
-        raise ModelError(
-            f"the shapes of {len(names)} tensors (for example '{names[0]}') are known only by running the model, "
-            f"and its input {list(feed_shape)} is too large to run it for that; give a smaller --input-size")
     graph = model.graph
     infos = {vi.name: vi for vi in [*graph.value_info, *graph.output]}
     is_typed = {n: bool(n in infos and infos[n].type.tensor_type.elem_type) for n in names}
     typed = [n for n in names if is_typed[n]]
     untyped = [n for n in names if not is_typed[n]]  # ops ONNX does not know: fetch the tensor, for its dtype
-    fetched = [f"onnxcam/probe/shape{k}" for k in range(len(typed))] + untyped
-    extra_outputs = [helper.make_tensor_value_info(out, onnx.TensorProto.INT64, None) for out in fetched[:len(typed)]]
-    extra_outputs += [onnx.ValueInfoProto(name=n) for n in fetched[len(typed):]]
+    shapes = [f"onnxcam/probe/shape{k}" for k in range(len(typed))]
+    nodes = [helper.make_node("Shape", [n], [out], name=out) for n, out in zip(typed, shapes)]
+    got, twice = _probe(model, shapes + untyped, nodes, image, shape, f"the shapes of {len(names)} tensors "
+                        f"(for example '{names[0]}')")
+    for k, (name, value, doubled) in enumerate(zip(typed + untyped, got, twice)):
+        shape_only = k < len(typed)
+        dims, dims2 = ((tuple(int(d) for d in v) for v in (value, doubled)) if shape_only
+                       else (value.shape, doubled.shape))
+        _write_shape(model, infos.get(name), name, dims, dims2, None if shape_only else value.dtype)
+
+
+# Operands that backward rules need as constants (starts of a Slice, pads, repeats, axes, split sizes...),
+# op -> their positions. Swin and Paddle exports compute some of them from Shape ops.
+RULE_OPERANDS = {"Slice": (1, 2, 3, 4), "Pad": (1, 2, 3), "Tile": (1,), "Split": (1,), "Squeeze": (1,),
+                 "Unsqueeze": (1,), "Gather": (1,), "Resize": (1, 2, 3), "Upsample": (1,), "ReduceMean": (1,),
+                 "ReduceSum": (1,), "ReduceMax": (1,), "ReduceMin": (1,), "ReduceSumSquare": (1,), "ReduceL1": (1,),
+                 "ReduceL2": (1,), "ReduceLogSumExp": (1,)}
+FOLD_MAX_ELEMENTS = 1024  # a shape operand is small; anything larger is data
+
+
+def fold_shape_operands(model, feeding: set, image: str, shape: tuple) -> None:
+    """Turn the rule operands computed from shapes alone into constants: a Slice whose starts come from
+    Shape -> Gather -> Mul... of tensors of the pinned size has the same starts for every image and batch size.
+    Those that depend on the image's values (not only through Shape or Size) are left alone; a probe at batch 1
+    and 2 gives the values, and those that change with the batch are left alone too."""
+    graph = model.graph
+    producers = {o: n for n in graph.node for o in n.output}
+    fixed = constants(graph)
+    wanted = {}
+    for node in graph.node:
+        if node.domain not in ("", "ai.onnx") or not any(i in feeding for i in node.input):
+            continue
+        for k in RULE_OPERANDS.get(node.op_type, ()):
+            name = node.input[k] if k < len(node.input) else ""
+            if name and name not in fixed and name in producers and name not in wanted:
+                if image not in data_ancestors(name, producers):
+                    wanted[name] = None
+    if not wanted:
+        return
+    names = list(wanted)
+    got, twice = _probe(model, names, [], image, shape, f"the values of {len(names)} shape operands "
+                        f"(for example '{names[0]}')")
+    folded = {}
+    for name, value, doubled in zip(names, got, twice):
+        if value.size <= FOLD_MAX_ELEMENTS and value.shape == doubled.shape and np.array_equal(value, doubled):
+            folded[name] = f"{name}/folded"
+            graph.initializer.append(numpy_helper.from_array(value, folded[name]))
+    for node in graph.node:
+        for k in RULE_OPERANDS.get(node.op_type, ()) if node.domain in ("", "ai.onnx") else ():
+            if k < len(node.input) and node.input[k] in folded:
+                node.input[k] = folded[node.input[k]]
+
+
+def _probe(model, names: list, extra_nodes: list, image: str, shape: tuple, what: str) -> tuple:
+    """(values at one image, values at two) of tensors `names` of `model` (plus `extra_nodes`) run on zeros of the
+    image input's shape; a model with a fixed batch runs once, and both are the same."""
+    rows = shape[0] or 1
+    feed_shape = (rows, *shape[1:])
+    if int(np.prod(feed_shape[1:], dtype=object)) > PROBE_MAX_INPUT_ELEMENTS:
+        raise ModelError(f"{what} are known only by running the model, and its input {list(feed_shape)} is too "
+                         "large to run it for that; give a smaller --input-size")
     probe, weights = _weightless(model)
-    probe.graph.node.extend(helper.make_node("Shape", [n], [out], name=out) for n, out in zip(typed, fetched))
-    probe.graph.output.extend(extra_outputs)
-    elem = next(i for i in graph.input if i.name == image).type.tensor_type.elem_type
+    probe.graph.node.extend(extra_nodes)
+    probe.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names)
+    elem = next(i for i in model.graph.input if i.name == image).type.tensor_type.elem_type
     zeros = np.zeros(feed_shape, helper.tensor_dtype_to_np_dtype(elem))
     try:
         options = session_options(ort.GraphOptimizationLevel.ORT_DISABLE_ALL)  # one run: building costs more
         options.log_severity_level = 4  # the failure is reported below, once
         options.add_external_initializers(list(weights), list(weights.values()))
         session = ort.InferenceSession(probe.SerializeToString(), options, providers=[CPU])
-        got = session.run(fetched, {image: zeros})
+        got = session.run(names, {image: zeros})
         # a second batch size tells the axes that follow the batch from those that happen to match it
-        twice = session.run(fetched, {image: np.concatenate([zeros, zeros])}) if shape[0] is None else got
+        twice = session.run(names, {image: np.concatenate([zeros, zeros])}) if shape[0] is None else got
     except Exception as exc:  # ORT's Fail / InvalidArgument / RuntimeException..., or an allocation failure
-        raise ModelError(
-            f"the shapes of {len(names)} tensors (for example '{names[0]}') are known only by running the model, "
-            f"and ONNX Runtime cannot run it on zeros of shape {list(feed_shape)}: {_ort_reason(exc)}") from None
-    for k, (name, value, doubled) in enumerate(zip(typed + untyped, got, twice)):
-        shape_only = k < len(typed)
-        dims, dims2 = ((tuple(int(d) for d in v) for v in (value, doubled)) if shape_only
-                       else (value.shape, doubled.shape))
-        _write_shape(model, infos.get(name), name, dims, dims2, None if shape_only else value.dtype)
+        raise ModelError(f"{what} are known only by running the model, and ONNX Runtime cannot run it on zeros "
+                         f"of shape {list(feed_shape)}: {_ort_reason(exc)}") from None
+    return got, twice
 
 
 # Element types whose initializers ONNX Runtime can take from NumPy arrays (numpy_helper.to_array's dtype).

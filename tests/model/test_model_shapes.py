@@ -284,3 +284,88 @@ def test_a_fixed_batch_is_probed_at_its_size():
     x = np.random.default_rng(7).normal(size=(4, 3, 48, 192)).astype(np.float32)
     got, _ = _gradients(info, b, x, [0, 1, 2, 3])
     np.testing.assert_allclose(got, _logits_of_plain(model, logits, x), rtol=1e-5, atol=1e-5)
+
+
+def test_rule_operands_computed_from_shapes_are_folded():
+    """Swin computes a Slice's starts from Shape ops: the value is the same for every image and batch size, so it
+    becomes a constant the Slice rule can read; a start computed from the image's values stays as it is."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnxcam.model import inspect_model
+    from onnxcam.surgery import augment
+
+    def model(data_dependent):
+        nodes = [
+            helper.make_node("Conv", ["x", "w"], ["A"], pads=[1, 1, 1, 1]),
+            helper.make_node("Shape", ["A"], ["shape"]),
+            helper.make_node("Gather", ["shape", "two"], ["h"], axis=0),  # H of A
+            helper.make_node("Div", ["h", "two"], ["half"]),
+            helper.make_node("ReduceMax", ["x"], ["peak"], keepdims=0) if data_dependent else
+            helper.make_node("Identity", ["half"], ["start_raw"]),
+        ]
+        if data_dependent:
+            nodes += [helper.make_node("Cast", ["peak"], ["peak_i"], to=TensorProto.INT64),
+                      helper.make_node("Min", ["peak_i", "half"], ["start_raw"])]
+        nodes += [helper.make_node("Unsqueeze", ["start_raw", "zero"], ["start"]),
+                  helper.make_node("Slice", ["A", "start", "big", "axis2"], ["S"]),
+                  helper.make_node("GlobalAveragePool", ["S"], ["g"]),
+                  helper.make_node("Flatten", ["g"], ["f"]),
+                  helper.make_node("MatMul", ["f", "fc"], ["logits"])]
+        rng = np.random.default_rng(0)
+        inits = [numpy_helper.from_array(rng.normal(size=(4, 3, 3, 3)).astype(np.float32), "w"),
+                 numpy_helper.from_array(np.array(2, np.int64), "two"),
+                 numpy_helper.from_array(np.array([0], np.int64), "zero"),
+                 numpy_helper.from_array(np.array([100], np.int64), "big"),
+                 numpy_helper.from_array(np.array([2], np.int64), "axis2"),
+                 numpy_helper.from_array(rng.normal(size=(4, 5)).astype(np.float32), "fc")]
+        graph = helper.make_graph(nodes, "swinish", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 6])],
+                                  [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 5])], inits)
+        m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+        m.ir_version = 8
+        return m
+
+    info = inspect_model(model(data_dependent=False))
+    slice_node = next(n for n in info.model.graph.node if n.op_type == "Slice")
+    assert slice_node.input[1].endswith("/folded")
+    augment(info, ["A"])  # the Slice rule reads its starts
+    info = inspect_model(model(data_dependent=True))
+    assert not next(n for n in info.model.graph.node if n.op_type == "Slice").input[1].endswith("/folded")
+
+
+def test_an_if_on_a_constant_is_inlined():
+    """Keras exports put every BatchNormalization in an If on the constant learning phase: the taken branch's
+    ops join the graph, so the layers after it are candidates again; the logits stay those ONNX Runtime gives."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnxcam.model import inspect_model
+
+    rng = np.random.default_rng(0)
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    then_branch = helper.make_graph([helper.make_node("Relu", ["A"], ["y_then"])], "then", [],
+                                    [helper.make_tensor_value_info("y_then", TensorProto.FLOAT, None)])
+    else_branch = helper.make_graph([helper.make_node("Mul", ["A", "scale"], ["scaled"]),
+                                     helper.make_node("Sigmoid", ["scaled"], ["y_else"])], "else", [],
+                                    [helper.make_tensor_value_info("y_else", TensorProto.FLOAT, None)],
+                                    [numpy_helper.from_array(np.float32(0.7), "scale")])
+    nodes = [helper.make_node("Conv", ["x", "w"], ["A"], pads=[1, 1, 1, 1]),
+             helper.make_node("If", ["phase"], ["y"], then_branch=then_branch, else_branch=else_branch),
+             helper.make_node("Conv", ["y", "w2"], ["B"]),
+             helper.make_node("GlobalAveragePool", ["B"], ["g"]),
+             helper.make_node("Flatten", ["g"], ["f"]),
+             helper.make_node("MatMul", ["f", "fc"], ["logits"])]
+    inits = [numpy_helper.from_array(rng.normal(size=(4, 3, 3, 3)).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.normal(size=(4, 4, 1, 1)).astype(np.float32), "w2"),
+             numpy_helper.from_array(np.array(False), "phase"),
+             numpy_helper.from_array(rng.normal(size=(4, 5)).astype(np.float32), "fc")]
+    graph = helper.make_graph(nodes, "keras", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 6])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 5])], inits, value_info=[y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    info = inspect_model(model)
+    assert "If" not in {n.op_type for n in info.model.graph.node}
+    assert info.auto_layer.name == "B" and "y" in {layer.name for layer in info.layers}
+    x = rng.normal(size=(2, 3, 8, 6)).astype(np.float32)
+    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    got = ort.InferenceSession(info.model.SerializeToString(), providers=["CPUExecutionProvider"]).run(["logits"], {"x": x})[0]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
