@@ -66,7 +66,7 @@ def read_boxes(path: str, images: list) -> dict:
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:  # RecursionError: nested too deep
         raise OnnxcamError(f"cannot read the boxes file {path}: {exc}") from None
     try:
         if isinstance(data, dict) and "annotations" in data and "images" in data:
@@ -81,8 +81,10 @@ def read_boxes(path: str, images: list) -> dict:
             raise ValueError("not a JSON object")
         for name, boxes in table.items():
             for b in boxes:
-                if len(b) != 4 or not (b[2] > b[0] and b[3] > b[1]):
-                    raise ValueError(f"'{name}' has a box {list(b)} that is not [x0, y0, x1, y1] with x1 > x0, y1 > y0")
+                try:
+                    metrics.check_box(b)  # four finite numbers, x1 > x0, y1 > y0
+                except ValueError as exc:
+                    raise ValueError(f"'{name}': {exc}") from None
     except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise OnnxcamError(f"{path} is neither {{\"image.png\": [[x0, y0, x1, y1], ...]}} nor COCO-style "
                            f"(images, annotations with bbox [x, y, w, h]): {exc}") from None
@@ -116,6 +118,7 @@ class Evaluation:
         self.rows = {m: [] for m in methods}  # per-image dicts
         self.curves = {m: {"deletion": [], "insertion": []} for m in methods}
         self.seconds = dict.fromkeys(methods, 0.0)
+        self.failures = []  # (path, ImageError) of the pictures that could not be read: the rest go on
 
     def probabilities(self, x: np.ndarray) -> np.ndarray:
         """[M, C] class probabilities of the model for M input tensors (as its head gives them)."""
@@ -124,7 +127,16 @@ class Evaluation:
     def add(self, paths: list, truth: dict, progress=None) -> None:
         """Explain and measure a batch of pictures; progress(n) is called after each method's n images."""
         ex, opts, info = self.ex, self.options, self.ex.info
-        images = [load_image(p) for p in paths]
+        images, readable = [], []
+        for path in paths:
+            try:
+                images.append(load_image(path))
+                readable.append(path)
+            except ImageError as error:
+                self.failures.append((path, error))
+        if not readable:
+            return
+        paths = readable
         x = ex.prepare(images)
         rows = np.arange(len(x))
         item_layout = info.layout[1:]
@@ -213,7 +225,7 @@ class Evaluation:
             "summary": summary, "images": self.rows,
         }
         data = (json_bytes(report), text.getvalue().encode(), picture_bytes(curves_image(summary, opts.steps)))
-        inputs = [row["image"] for rows in self.rows.values() for row in rows]
+        inputs = [model, *([boxes] if boxes else []), *(row["image"] for rows in self.rows.values() for row in rows)]
         return write({os.path.join(out, name): content for name, content in zip(FILES, data)}, inputs)
 
 

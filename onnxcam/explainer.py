@@ -121,10 +121,10 @@ class Explainer:
         # progress(what, done, total): called by the loops of many runs (Score-CAM's masked inputs,
         # Ablation-CAM's ablated heads, finite differences, noisy samples), e.g. to drive a progress bar.
         self.progress = None
-        # Sessions are cached on disk by the model file's content (cache.py); models given in memory are not.
+        # Sessions are cached on disk by the loaded model's content (cache.py); models given in memory are not.
         cache_key = None
         if isinstance(model, str) and cache.folder() is not None:
-            cache_key = {"model": cache.file_digest(model), "layers": self.layers, "input": input_name,
+            cache_key = {"model": cache.model_digest(proto), "layers": self.layers, "input": input_name,
                          "output": output_name, "size": list(input_size) if input_size else None}
         self.sessions = Sessions(self.info, self.layers, self.providers, cache_key)
         self._head_weights = {}

@@ -140,13 +140,32 @@ def curve(probability, inputs: np.ndarray, target: int, rows: int = 64) -> np.nd
 # -- localization ---------------------------------------------------------------------------
 
 
+def check_box(box) -> tuple:
+    """(x0, y0, x1, y1) as floats, or a ValueError saying why the value is not such a box: four finite
+    numbers with x1 > x0 and y1 > y0 (it may lie partly or wholly outside the image)."""
+    try:
+        values = tuple(float(v) for v in box)
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(f"the box {box!r} is not four numbers [x0, y0, x1, y1]") from None
+    if len(values) != 4:
+        raise ValueError(f"the box {list(values)} is not four numbers [x0, y0, x1, y1]")
+    if not all(np.isfinite(values)):
+        raise ValueError(f"the box {list(values)} holds a value that is not a finite number")
+    x0, y0, x1, y1 = values
+    if not (x1 > x0 and y1 > y0):
+        raise ValueError(f"the box {list(values)} is not [x0, y0, x1, y1] with x1 > x0, y1 > y0")
+    return values
+
+
 def box_mask(boxes, shape: tuple) -> np.ndarray:
-    """[H, W] bool: the pixels whose centre lies in any of the boxes (x0 <= j + 0.5 < x1, same for y)."""
+    """[H, W] bool: the pixels whose centre lies in any of the boxes (x0 <= j + 0.5 < x1, same for y); the
+    parts of a box outside the image cover nothing."""
     h, w = shape
     mask = np.zeros((h, w), bool)
-    for x0, y0, x1, y1 in boxes:
-        c0, c1 = max(0, int(np.ceil(x0 - 0.5))), min(w, int(np.ceil(x1 - 0.5)))
-        r0, r1 = max(0, int(np.ceil(y0 - 0.5))), min(h, int(np.ceil(y1 - 0.5)))
+    for box in boxes:
+        x0, y0, x1, y1 = check_box(box)
+        c0, c1 = (int(np.clip(np.ceil(v - 0.5), 0, w)) for v in (x0, x1))
+        r0, r1 = (int(np.clip(np.ceil(v - 0.5), 0, h)) for v in (y0, y1))
         mask[r0:r1, c0:c1] = True
     return mask
 

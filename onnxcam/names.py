@@ -86,6 +86,8 @@ def parse_target(text: str | None, labels: list | None, num_classes: int) -> Tar
     if not index[1] and any(_INTEGER.fullmatch(name) for name in labels):
         raise OnnxcamError(f"no class is named '{text}', and this model's class names are numbers: give a name "
                            f"from its labels, or index:{text} for the class index {text}")
+    if not 0 <= int(index[2]) < num_classes:  # before NumPy sees it: 10**20 overflows int64
+        raise OnnxcamError(f"target class {index[2]} is out of range; the model has {num_classes} classes")
     return Target(int(index[2]))
 
 

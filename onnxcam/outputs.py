@@ -10,6 +10,7 @@ writes one batch while the caller explains the next.
 from __future__ import annotations
 
 import os
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -98,7 +99,11 @@ class Run:
         if not loaded:
             return [], failures
         ex, args = self.ex, self.opts.explain_args()
-        x = np.concatenate([ex.prepare(data) for _, data in loaded])
+        tensors = [ex.prepare(data) for _, data in loaded]
+        x = np.concatenate(tensors)
+        # a .npy of N rows is N images, named a[0].npy ... a[N-1].npy (their outputs: a[0].gradcam.png ...)
+        loaded = [(image if len(t) == 1 else "{0}[{2}]{1}".format(*os.path.splitext(image), j), data)
+                  for (image, data), t in zip(loaded, tensors) for j in range(len(t))]
         first = ex.explain(x, method=self.methods[0], target=self.target.index, **args)
         ranked = np.argsort(-first.scores, axis=1)
         targets = [first.targets] if self.target.top == 1 else [ranked[:, k] for k in range(self.target.top)]
@@ -224,11 +229,24 @@ def input_paths(items, tensors: bool = True) -> list:
             paths.append(item)
             continue
         found = sorted(os.path.join(item, f) for f in os.listdir(item)
-                       if f.lower().endswith(suffixes) and os.path.isfile(os.path.join(item, f)))
+                       if f.lower().endswith(suffixes) and os.path.isfile(os.path.join(item, f))
+                       and not is_own_output(f))
         if not found:
             raise ImageError(f"no images in the folder {item} (looked for {', '.join(suffixes)})")
         paths.extend(found)
     return paths
+
+
+# The middle parts of the names onnxcam writes (STEM.TAG.ext: img.gradcam.png, img.gradcam.c3.saliency.jpg,
+# img.grid.png, img.sanity.maps.png, eval.curves.png): a folder's files named so are its outputs, not inputs.
+_OWN_TAGS = {*names.METHODS, "saliency", "grid", "units", "sanity", "maps", "curves"}
+
+
+def is_own_output(file_name: str) -> bool:
+    """Whether a file name is one that onnxcam writes (a folder given as input skips those: a second run in
+    the same folder must not explain the first one's overlays)."""
+    tags = file_name.lower().split(".")[1:-1]
+    return bool(tags) and all(t in _OWN_TAGS or re.fullmatch("c[0-9]+", t) for t in tags)
 
 
 def output_path(image: str, name: str, out: str | None) -> str:
@@ -263,7 +281,7 @@ def write(files: dict, inputs: list, option: str = "--out folder") -> list:
     refuse_inputs(files, inputs, option)
     for folder in dict.fromkeys(os.path.dirname(path) or "." for path in files):
         make_folder(folder)
-    write_files(files)
+    write_files(files, inputs)  # also refuses an input under another name (a link), and non-regular files
     return list(files)
 
 

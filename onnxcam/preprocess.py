@@ -7,10 +7,12 @@ a place in the heatmap.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 import sys
 import tempfile
+import threading
 from dataclasses import dataclass
 
 import cv2
@@ -81,53 +83,128 @@ def load_image(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
 
 
 def _decode(data: np.ndarray, flags: int):
-    """cv2.imdecode with OpenCV's log silenced and libpng's direct stderr messages captured: a damaged
-    file should make one clear error, not a screenful. Returns (image or None, '; decoder says ...')."""
-    log = getattr(getattr(cv2, "utils", None), "logging", None)
-    level = log.getLogLevel() if log else None
-    if log:
-        log.setLogLevel(log.LOG_LEVEL_SILENT)
+    """cv2.imdecode with OpenCV's log silenced and the decoders' direct stderr messages (libpng, libjpeg)
+    captured: a damaged file should make one clear error, not a screenful. Returns (image or None,
+    '; the decoder says ...')."""
     error = ""
-    try:
-        with _CapturedStderr() as captured:
-            try:
-                image = cv2.imdecode(data, flags)
-            except cv2.error as exc:  # e.g. above OpenCV's own pixel limit (OPENCV_IO_MAX_IMAGE_PIXELS)
-                image, error = None, str(exc).strip().splitlines()[-1]
-    finally:
-        if log:
-            log.setLogLevel(level)
+    with quiet_opencv(), _CapturedStderr() as captured:
+        try:
+            image = cv2.imdecode(data, flags)
+        except cv2.error as exc:  # e.g. above OpenCV's own pixel limit (OPENCV_IO_MAX_IMAGE_PIXELS)
+            image, error = None, str(exc).strip().splitlines()[-1]
     said = " ".join(f"{captured.text} {error}".split())
     return image, f"; the decoder says: {said[:200]}" if said else ""
 
 
+_quiet_lock = threading.Lock()
+_quiet_count = [0, None]  # blocks inside quiet_opencv, the log level to restore after the last
+
+
+@contextlib.contextmanager
+def quiet_opencv():
+    """OpenCV's own log (its "[ERROR:0@...]" lines) silenced while inside, from any thread: the level is
+    process-wide, so it is set by the first block to enter and restored by the last to leave."""
+    log = getattr(getattr(cv2, "utils", None), "logging", None)
+    if log is None:
+        yield
+        return
+    with _quiet_lock:
+        if _quiet_count[0] == 0:
+            _quiet_count[1] = log.getLogLevel()
+            log.setLogLevel(log.LOG_LEVEL_SILENT)
+        _quiet_count[0] += 1
+    try:
+        yield
+    finally:
+        with _quiet_lock:
+            _quiet_count[0] -= 1
+            if _quiet_count[0] == 0:
+                log.setLogLevel(_quiet_count[1])
+
+
+_capture_lock = threading.Lock()
+
+
 class _CapturedStderr:
-    """Redirect file descriptor 2 (where libpng writes its errors itself) to a temporary file for the
-    duration of a `with` block; `text` then holds what was written. Not thread-safe: fd 2 is process-wide."""
+    """Redirect file descriptor 2 (where libpng and libjpeg write their messages themselves) to a temporary
+    file for the duration of a `with` block; `text` then holds what was written.
+
+    fd 2 is process-wide, so one capture runs at a time (a lock), and while it lasts Python's sys.stderr, if
+    it writes to fd 2, is replaced by a stand-in that writes to the real stderr: what other threads print
+    meanwhile (run's writer thread: the flat-map warnings) reaches the terminal instead of the capture."""
 
     def __enter__(self):
-        self.text, self._saved = "", None
+        self.text, self._saved, self._stand_in = "", None, None
+        _capture_lock.acquire()
         try:
-            sys.stderr.flush()
-        except (OSError, ValueError, AttributeError):  # sys.stderr may be None or closed
-            pass
+            self._start()
+        except BaseException:
+            _capture_lock.release()
+            raise
+        return self
+
+    def _start(self):
+        stream = sys.stderr
+        try:
+            stream.flush()
+            on_fd2 = stream.fileno() == 2
+        except (OSError, ValueError, AttributeError):  # sys.stderr may be None, closed, or not a file
+            on_fd2 = False
         try:
             saved = os.dup(2)
         except OSError:  # no fd 2 (some embedded interpreters): leave it be
-            return self
+            return
         self._file = tempfile.TemporaryFile()
+        if on_fd2:
+            self._stand_in = sys.stderr = _StderrStandIn(stream, saved)
         os.dup2(self._file.fileno(), 2)
         self._saved = saved
-        return self
 
     def __exit__(self, *exc):
-        if self._saved is not None:
-            os.dup2(self._saved, 2)
-            os.close(self._saved)
-            self._file.seek(0)
-            self.text = self._file.read(4096).decode(errors="replace")
-            self._file.close()
+        try:
+            if self._saved is not None:
+                os.dup2(self._saved, 2)
+                if self._stand_in is not None:
+                    sys.stderr = self._stand_in.release()
+                os.close(self._saved)
+                self._file.seek(0)
+                self.text = self._file.read(4096).decode(errors="replace")
+                self._file.close()
+        finally:
+            _capture_lock.release()
         return False
+
+
+class _StderrStandIn:
+    """sys.stderr during a capture: text goes straight to a duplicate of the real fd 2; once released (a
+    thread may still hold it), to the original stream again."""
+
+    def __init__(self, original, fd: int):
+        self._original, self._fd, self._lock = original, fd, threading.Lock()
+
+    def write(self, text: str) -> int:
+        if not isinstance(text, str):
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+        with self._lock:
+            if self._fd is not None:
+                data = text.encode(getattr(self._original, "encoding", None) or "utf-8", "backslashreplace")
+                while data:
+                    data = data[os.write(self._fd, data):]
+                return len(text)
+        return self._original.write(text)
+
+    def flush(self) -> None:
+        if self._fd is None:
+            self._original.flush()
+
+    def release(self):
+        """Stop writing to the duplicate (it is about to be closed); returns the original stream."""
+        with self._lock:
+            self._fd = None
+        return self._original
+
+    def __getattr__(self, name):
+        return getattr(self._original, name)
 
 
 def _composite(data: np.ndarray, color: np.ndarray) -> np.ndarray:
@@ -163,8 +240,10 @@ def image_size(data, path: str = "image") -> tuple:
     view = memoryview(np.ascontiguousarray(data, dtype=np.uint8) if isinstance(data, np.ndarray) else data)
     try:
         found = _parse_header(view)
-    except (struct.error, IndexError, ValueError, KeyError):
+    except (struct.error, IndexError, ValueError, KeyError, TypeError):
         found = None
+    except _Refused as refused:
+        raise ImageError(f"{path} is refused before decoding: {refused}") from None
     if found is None:
         head = bytes(view[:16])
         known = next((k for sig, k in _OTHER_SIGNATURES if head.startswith(sig)), None)
@@ -257,29 +336,91 @@ def _webp_size(b: bytes):
     return None
 
 
+# What a TIFF header may ask the decoder to allocate besides width x height: a tile's pixels (a 64x64 image may
+# declare 16384x16384 tiles), samples per pixel and bits per sample, the number of strips, tiles and pages.
+TIFF_MAX_TILE_PIXELS = 1 << 20  # or 4 x the image's pixels where that is more
+TIFF_MAX_SAMPLES = 16
+TIFF_MAX_BITS = 64
+TIFF_MAX_PAGES = 1024
+
+
+class _Refused(Exception):
+    """A header that declares what onnxcam will not decode; the message says what."""
+
+
 def _tiff_size(b: bytes):
-    """Width and height of the first image (IFD) of a TIFF or BigTIFF file."""
+    """Width and height of the first image (IFD) of a TIFF or BigTIFF file, after checking every image's
+    tile size, samples, bits and block counts, and the number of images, against the TIFF_MAX_* bounds."""
     order = "<" if bytes(b[:2]) == b"II" else ">"
     big = struct.unpack(order + "H", b[2:4])[0] == 43
-    if big:
-        offset = struct.unpack(order + "Q", b[8:16])[0]
-        count, entry, first = struct.unpack(order + "Q", b[offset:offset + 8])[0], 20, offset + 8
-    else:
-        offset = struct.unpack(order + "I", b[4:8])[0]
-        count, entry, first = struct.unpack(order + "H", b[offset:offset + 2])[0], 12, offset + 2
-    size = {}
-    for i in range(min(count, 4096)):
-        e = b[first + i * entry:first + (i + 1) * entry]
-        tag, kind = struct.unpack(order + "HH", e[:4])
-        if tag in (256, 257):  # ImageWidth, ImageLength: SHORT, LONG or LONG8, stored in the entry itself
-            value = e[12:] if big else e[8:]
-            fmt = {3: "H", 4: "I", 16: "Q"}.get(kind)
-            if fmt is None:
-                return None
-            size[tag] = struct.unpack(order + fmt, value[:struct.calcsize(fmt)])[0]
-    if len(size) < 2:
+    offset = struct.unpack(order + ("Q" if big else "I"), b[8:16] if big else b[4:8])[0]
+    first, seen = None, set()
+    while offset:
+        if offset in seen:
+            raise _Refused("its TIFF directories form a loop")
+        seen.add(offset)
+        if len(seen) > TIFF_MAX_PAGES:
+            raise _Refused(f"it declares more than {TIFF_MAX_PAGES} TIFF pages")
+        tags, offset = _tiff_directory(b, offset, order, big)
+        if 256 not in tags or 257 not in tags:
+            return None
+        _check_tiff_page(tags)
+        first = first or (tags[256][1], tags[257][1])
+    if first is None:
         return None
-    return "TIFF", size[256], size[257], True
+    return "TIFF", first[0], first[1], True
+
+
+def _tiff_directory(b, offset: int, order: str, big: bool) -> tuple:
+    """({tag: (count, first value or None)}, next directory's offset) of the directory at `offset`."""
+    count_fmt, entry, value_at = ("Q", 20, 12) if big else ("H", 12, 8)
+    size = struct.calcsize(count_fmt)
+    count = struct.unpack(order + count_fmt, b[offset:offset + size])[0]
+    start = offset + size
+    tags = {}
+    for i in range(min(count, 4096)):
+        e = b[start + i * entry:start + (i + 1) * entry]
+        tag, kind = struct.unpack(order + "HH", e[:4])
+        n = struct.unpack(order + ("Q" if big else "I"), e[4:value_at])[0]
+        fmt = {3: "H", 4: "I", 16: "Q"}.get(kind)
+        value = None
+        if fmt and n >= 1:
+            where, at = e, value_at  # the values are in the entry if they fit, else at the offset it holds
+            if n * struct.calcsize(fmt) > entry - value_at:
+                where, at = b, struct.unpack(order + ("Q" if big else "I"), e[value_at:entry])[0]
+            value = struct.unpack(order + fmt, where[at:at + struct.calcsize(fmt)])[0]
+        tags[tag] = (n, value)
+    end = start + count * entry
+    following = struct.unpack(order + ("Q" if big else "I"), b[end:end + (8 if big else 4)])[0]
+    return tags, following
+
+
+def _check_tiff_page(tags: dict) -> None:
+    width, height = tags[256][1], tags[257][1]
+    if width is None or height is None:
+        raise ValueError("no size")
+    samples = tags.get(277, (1, 1))[1] or 1
+    bits = tags.get(258, (1, 8))[1] or 8
+    if samples > TIFF_MAX_SAMPLES or bits > TIFF_MAX_BITS:
+        raise _Refused(f"its TIFF header declares {samples} samples of {bits} bits a pixel (onnxcam reads at most "
+                       f"{TIFF_MAX_SAMPLES} of {TIFF_MAX_BITS})")
+    planes = samples if tags.get(284, (1, 1))[1] == 2 else 1  # PlanarConfiguration 2: one plane per sample
+    if 322 in tags or 323 in tags:
+        tile_w, tile_h = tags.get(322, (1, 0))[1] or 0, tags.get(323, (1, 0))[1] or 0
+        limit = max(TIFF_MAX_TILE_PIXELS, 4 * width * height)
+        if tile_w <= 0 or tile_h <= 0 or tile_w * tile_h > limit:
+            raise _Refused(f"its TIFF header declares {tile_w}x{tile_h} pixel tiles for a {width}x{height} image "
+                           f"(at most {limit} pixels a tile)")
+        blocks = -(-width // tile_w) * -(-height // tile_h) * planes
+        counted = (324, 325)
+    else:
+        rows = min(tags.get(278, (1, height))[1] or height, height) or 1
+        blocks = -(-height // rows) * planes
+        counted = (273, 279)
+    for tag in counted:
+        if tags.get(tag, (0, None))[0] > blocks:
+            raise _Refused(f"its TIFF header lists {tags[tag][0]} data blocks where a {width}x{height} image has "
+                           f"{blocks}")
 
 
 def _pnm_size(b: bytes):
@@ -315,21 +456,36 @@ def load_tensor(path: str) -> np.ndarray:
     return x
 
 
+# Integer image inputs take the pixels themselves (such models, TFLite conversions typically, normalize
+# inside the graph): dtype -> the offset added to the 0..255 value. int8 follows TFLite's rule, pixel - 128.
+INTEGER_INPUTS = {np.dtype(np.uint8): 0, np.dtype(np.int8): -128}
+
+
 def to_tensor(images: list, size: tuple, layout: str, channels: int, preset: str, dtype=np.float32) -> np.ndarray:
-    """Resize RGB uint8 images to (height, width), normalize with the preset, stack in the model's layout."""
+    """Resize RGB uint8 images to (height, width), normalize with the preset, stack in the model's layout.
+    A uint8 or int8 input gets the pixels (in the preset's channel order) without the preset's mean and std:
+    0..255, or pixel - 128; any other non-float input dtype is refused, naming it."""
     if preset not in PRESETS:
         raise OnnxcamError(f"unknown preprocessing preset '{preset}'; choose one of {', '.join(PRESETS)}")
+    dtype = np.dtype(dtype)
+    integer = dtype in INTEGER_INPUTS
+    if dtype.kind != "f" and not integer:
+        raise OnnxcamError(f"the model's image input is {dtype}; onnxcam feeds images to float, uint8 (pixels "
+                           "0..255) or int8 (pixel - 128) inputs only; pass a ready input tensor instead")
     p = PRESETS[preset]
     h, w = size
     batch = []
     for rgb in images:
         interpolation = cv2.INTER_AREA if rgb.shape[0] > h or rgb.shape[1] > w else cv2.INTER_LINEAR
         x = cv2.resize(rgb, (w, h), interpolation=interpolation).astype(np.float32)
-        mean, std = np.float32(p.mean), np.float32(p.std)
+        mean, std = (np.float32(-INTEGER_INPUTS[dtype]), np.float32(1)) if integer else (np.float32(p.mean), np.float32(p.std))
         if p.bgr:
             x = x[..., ::-1]
         if channels == 1:
             x, mean, std = x.mean(axis=2, keepdims=True), mean.mean(keepdims=True), std.mean(keepdims=True)
         batch.append((x - mean) / std)
     x = np.stack(batch)
-    return np.ascontiguousarray(x if layout == "NHWC" else x.transpose(0, 3, 1, 2), dtype=dtype)
+    x = x if layout == "NHWC" else x.transpose(0, 3, 1, 2)
+    if integer:
+        x = np.rint(x)
+    return np.ascontiguousarray(x, dtype=dtype)

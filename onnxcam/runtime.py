@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
 import onnx
 import onnxruntime as ort
-from onnx import helper
+from google.protobuf.message import EncodeError
+from onnx import helper, numpy_helper
 
 from onnxcam.errors import ModelError, OnnxcamError
 from onnxcam.names import DEVICES
@@ -84,12 +86,69 @@ def with_options(providers: list) -> list:
 
 def make_session(model: onnx.ModelProto, providers: list, options: ort.SessionOptions | None = None) -> ort.InferenceSession:
     """A session with every graph optimization (or the given options); a model ONNX Runtime rejects is a
-    one-line ModelError."""
+    one-line ModelError. Models over protobuf's 2 GB limit (what external data is for) are handed over as a
+    copy without their large initializers, whose data ORT reads from OrtValues instead (`_within_limit`)."""
+    options = options or session_options()
     try:
-        return ort.InferenceSession(model.SerializeToString(), options or session_options(),
-                                    providers=with_options(providers))
+        data, kept = _within_limit(model, options)
+        session = ort.InferenceSession(data, options, providers=with_options(providers))
     except Exception as exc:
         raise ModelError(f"ONNX Runtime cannot load the model: {ort_error_text(exc)}") from None
+    session._onnxcam_initializers = kept  # ORT reads those arrays in place: they live as long as the session
+    return session
+
+
+PROTOBUF_LIMIT = (1 << 31) - 1  # bytes: protobuf serializes no larger message
+LARGE_INITIALIZER = 1 << 20  # bytes: initializers larger than this leave a model over the limit
+
+
+def _within_limit(model: onnx.ModelProto, options: ort.SessionOptions) -> tuple:
+    """(serialized model, arrays to keep alive). Under the limit, the model itself. Over it, a copy whose large
+    initializers are stubs (external data that is never read), their data given to ORT through
+    `options.add_external_initializers`: nothing is written to disk, and each tensor is copied once."""
+    data = _serialized(model)
+    if data is not None:
+        return data, []
+    hollow = onnx.ModelProto()
+    _copy_fields(model, hollow, skip="graph")
+    _copy_fields(model.graph, hollow.graph, skip="initializer")
+    names, arrays = [], []
+    for tensor in model.graph.initializer:
+        small = _serialized(tensor)
+        if tensor.data_location == onnx.TensorProto.EXTERNAL or (small is not None and len(small) <= LARGE_INITIALIZER):
+            hollow.graph.initializer.append(tensor)
+            continue
+        stub = hollow.graph.initializer.add(name=tensor.name, data_type=tensor.data_type, dims=tensor.dims,
+                                            data_location=onnx.TensorProto.EXTERNAL)
+        stub.external_data.add(key="location", value="onnxcam-in-memory")
+        names.append(tensor.name)
+        arrays.append(numpy_helper.to_array(tensor))
+    values = [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(a)) for a in arrays]
+    options.add_external_initializers(names, values)
+    return hollow.SerializeToString(), [arrays, values]
+
+
+def _serialized(message) -> bytes | None:
+    """The message's bytes, or None past PROTOBUF_LIMIT (where protobuf itself refuses)."""
+    try:
+        data = message.SerializeToString()
+    except EncodeError:
+        return None
+    return data if len(data) <= PROTOBUF_LIMIT else None
+
+
+def _copy_fields(source, target, skip: str) -> None:
+    """Copy every set field of a protobuf message but one."""
+    for field, value in source.ListFields():
+        if field.name == skip:
+            continue
+        repeated = field.is_repeated if hasattr(field, "is_repeated") else field.label == field.LABEL_REPEATED
+        if repeated:
+            getattr(target, field.name).extend(value)
+        elif field.type == field.TYPE_MESSAGE:
+            getattr(target, field.name).CopyFrom(value)
+        else:
+            setattr(target, field.name, value)
 
 
 def ort_error_text(exc: Exception) -> str:

@@ -1,61 +1,161 @@
-"""Atomic output files: a temporary file in the target folder, then a rename.
+"""Atomic output files: a set of files is written all or nothing, and never onto what it must not replace.
 
-A crash or Ctrl-C leaves either the old file or the new one, never half of one,
-and no temporary file behind (files are not fsynced: that guards against power
-loss, at a disk flush per file, which a folder of thousands cannot afford). `write_files` stages every file of a set before
-renaming any of them, so an error while writing (disk full, an encoder
-failing) leaves none of the set. A file that cannot be written is an
-`OutputError` naming the path and the cause.
+Each file goes to a temporary file in its target folder first; once every file of the set is staged, they
+are renamed into place, and if one rename fails (a name too long for the file system, a folder that went
+away) the renamed ones are rolled back to what was there before. Ctrl-C, SIGTERM and SIGHUP are held off
+for the few renames, so a run stopped at any point leaves the old set or the new one, never half of either
+(files are not fsynced: that guards against power loss, at a disk flush per file, which a folder of
+thousands cannot afford). Temporary files are named after the host and process that made them: one left by
+a process that no longer runs (killed with SIGKILL) is removed the next time onnxcam writes to that folder.
+
+A target that is not a regular file (a folder, a device node, a pipe), or that is one of the run's inputs
+(`protected`: the model and its external data, the images, a boxes file, through any name), is refused.
+A new file gets the umask's permissions, a replaced regular file keeps its own (without setuid, setgid or
+sticky bits); a symbolic link at a target name is replaced, its target's permissions are never copied.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import io
 import json
 import os
+import re
+import signal
+import socket
+import stat
 import tempfile
+import threading
+import time
+from typing import TYPE_CHECKING
 
-import cv2
-import numpy as np
+from onnxcam.errors import OnnxcamError, OutputError
 
-from onnxcam.errors import OutputError
+if TYPE_CHECKING:
+    import numpy as np
 
 TEMP_PREFIX = ".onnxcam-"
+# A temporary file whose name does not say which local process made it (another host's, an older onnxcam's)
+# is removed only when it is older than this.
+STALE_SECONDS = 24 * 3600
+_HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+_TEMP_NAME = re.compile(r"\.onnxcam-(?:([0-9a-f]{8})-(\d+)-)?.*\.tmp\Z")
+_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 
 
-def write_files(files: dict) -> None:
-    """Write {path: bytes}: every file to a temporary one first, then each renamed into place."""
-    staged = []
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised like Ctrl-C (so every cleanup that Ctrl-C runs, runs); exit 128 + signum."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def interrupt_on_termination():
+    """While inside, SIGTERM and SIGHUP raise `Terminated` in the main thread instead of killing the process
+    on the spot (signals someone chose to ignore, as nohup does, stay ignored). The CLI runs each command so."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {}
+    for sig in _SIGNALS[1:]:
+        if signal.getsignal(sig) is signal.SIG_DFL:
+            previous[sig] = signal.signal(sig, _raise_terminated)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated(signum)
+
+
+def check_target(path: str, protected=()) -> None:
+    """Refuse an output path that exists and is not a regular file (OutputError), or that is one of the
+    `protected` paths, the inputs of the run, under that name or another: a symbolic or hard link (OnnxcamError)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a folder" if stat.S_ISDIR(st.st_mode) else "a device, pipe or socket"
+        raise OutputError(f"refusing to replace {path}: it is {kind}, not a regular file; choose another output path")
+    for other in protected:
+        try:
+            same = os.path.samestat(st, os.stat(other))
+        except OSError:
+            continue
+        if same:  # a user error (exit 1, as README promises), not a failure to write
+            raise OnnxcamError(f"refusing to overwrite the input {other} with the output {path}; "
+                               "choose another output path")
+
+
+def write_files(files: dict, protected=()) -> None:
+    """Write {path: bytes}, all or nothing: every file staged, then each renamed into place (see the module)."""
+    for path in files:
+        check_target(path, protected)
+    for folder in {os.path.dirname(os.path.abspath(p)) for p in files}:
+        clean_stale(folder)
+    staged, backups, renamed = {}, {}, []
     try:
         for path, data in files.items():
-            staged.append((_stage(path, data), path))
-        while staged:
-            tmp, path = staged[0]
-            _replace(tmp, path)
-            staged.pop(0)
+            staged[path] = _stage(path, data)
+        with _signals_held():
+            try:
+                for path, tmp in staged.items():
+                    backups[path] = _backup(path)
+                    _replace(tmp, path)
+                    renamed.append(path)
+            except BaseException:
+                _roll_back(renamed, backups)
+                raise
     finally:  # an error or an interrupt: no temporary file stays behind
-        for tmp, _ in staged:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        for tmp in [*staged.values(), *backups.values()]:
+            discard(tmp)
 
 
-def write_bytes(path: str, data: bytes) -> None:
-    write_files({path: data})
+def write_bytes(path: str, data: bytes, protected=()) -> None:
+    write_files({path: data}, protected)
 
 
 # picture format -> OpenCV encoder parameters. PNG is lossless; JPEG (quality 95) encodes an overlay about
 # 10x faster (0.9 against 10 ms for 451 x 300 pixels), which shows in folder throughput.
-PICTURE_FORMATS = {"png": [], "jpg": [cv2.IMWRITE_JPEG_QUALITY, 95]}
+# (OpenCV and NumPy are imported on first use: the CLI imports this module for every command, --help too.)
+PICTURE_FORMATS = {"png": {}, "jpg": {"IMWRITE_JPEG_QUALITY": 95}}
+MAX_SIDE = {"jpg": 65500}  # libjpeg's limit on either side
 
 
 def picture_bytes(rgb: np.ndarray, fmt: str = "png") -> bytes:
-    ok, buf = cv2.imencode(f".{fmt}", cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR), PICTURE_FORMATS[fmt])
+    """The picture encoded (OpenCV's own log silenced: a failure is one OutputError, not a screenful)."""
+    import cv2
+    import numpy as np
+
+    from onnxcam.preprocess import quiet_opencv
+
+    h, w = rgb.shape[:2]
+    if max(h, w) > MAX_SIDE.get(fmt, max(h, w)):
+        raise OutputError(f"a {w}x{h} picture cannot be a {fmt.upper()} file (at most {MAX_SIDE[fmt]} pixels a side); "
+                          "use --pictures png")
+    with quiet_opencv():
+        try:
+            params = [v for name, value in PICTURE_FORMATS[fmt].items() for v in (getattr(cv2, name), value)]
+            ok, buf = cv2.imencode(f".{fmt}", cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR), params)
+        except cv2.error:
+            ok = False
     if not ok:
         raise OutputError(f"OpenCV could not encode a {rgb.shape[1]}x{rgb.shape[0]} {fmt.upper()} picture")
     return buf.tobytes()
 
 
 def npy_bytes(array: np.ndarray) -> bytes:
+    import numpy as np
+
     buf = io.BytesIO()
     np.save(buf, array)
     return buf.getvalue()
@@ -65,23 +165,124 @@ def json_bytes(obj) -> bytes:
     return (json.dumps(obj, indent=2) + "\n").encode()
 
 
-def _stage(path: str, data: bytes) -> str:
-    """A complete, flushed temporary copy of `data` next to `path`, with the permissions `path` should get."""
-    folder = os.path.dirname(os.path.abspath(path))
+def temp_file(folder: str) -> str:
+    """A new, empty, private (0600) temporary file in `folder`, named after this host and process so that
+    `clean_stale` can tell when it is left over. Raises OSError."""
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f"{TEMP_PREFIX}{_HOST}-{os.getpid()}-", suffix=".tmp")
+    os.close(fd)
+    return tmp
+
+
+_cleaned = set()
+_cleaned_lock = threading.Lock()
+
+
+def clean_stale(folder: str) -> None:
+    """Remove the temporary files that killed onnxcam processes left in `folder` (once per folder and process):
+    those of this host whose process is gone, and any older than STALE_SECONDS. Only regular files of ours."""
+    with _cleaned_lock:
+        if folder in _cleaned:
+            return
+        _cleaned.add(folder)
     try:
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=TEMP_PREFIX, suffix=".tmp")
+        names = [n for n in os.listdir(folder) if n.startswith(TEMP_PREFIX)]
+    except OSError:
+        return
+    now = time.time()
+    for name in names:
+        match = _TEMP_NAME.match(name)
+        if not match:
+            continue
+        path = os.path.join(folder, name)
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid():
+            continue
+        host, pid = match.groups()
+        gone = host == _HOST and not _process_alive(int(pid))
+        if gone or now - st.st_mtime > STALE_SECONDS:
+            discard(path)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True
+    return True
+
+
+def _stage(path: str, data: bytes) -> str:
+    """A complete temporary copy of `data` next to `path`, with the permissions `path` should get."""
+    try:
+        tmp = temp_file(os.path.dirname(os.path.abspath(path)))
     except OSError as exc:
         raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "wb") as f:
             f.write(data)
         os.chmod(tmp, _mode_for(path))  # mkstemp makes 0600 files; outputs get the usual permissions
     except BaseException as exc:
-        os.unlink(tmp)
+        discard(tmp)
         if isinstance(exc, OSError):
             raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
         raise
     return tmp
+
+
+def _backup(path: str) -> str | None:
+    """A second name (a hard link) for the file at `path`, so that a rollback can put it back; None if there is
+    none. Where hard links are not supported, the file is moved aside instead."""
+    if not os.path.lexists(path):
+        return None
+    folder = os.path.dirname(os.path.abspath(path))
+    backup = os.path.join(folder, f"{TEMP_PREFIX}{_HOST}-{os.getpid()}-{os.urandom(6).hex()}.tmp")
+    try:
+        os.link(path, backup, follow_symlinks=False)
+    except OSError:
+        try:
+            os.rename(path, backup)
+        except OSError as exc:
+            raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+    return backup
+
+
+def _roll_back(renamed: list, backups: dict) -> None:
+    """Put back what was at each renamed path before (or nothing, where nothing was)."""
+    for path in reversed(renamed):
+        try:
+            if backups.get(path):
+                os.replace(backups[path], path)
+            else:
+                os.unlink(path)
+        except OSError:
+            pass
+
+
+@contextlib.contextmanager
+def _signals_held():
+    """Ctrl-C, SIGTERM and SIGHUP wait until the block is done (the main thread only: Python runs signal
+    handlers there, so no other thread is interrupted by them), then take effect as usual."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught, previous = [], {}
+    for sig in _SIGNALS:
+        try:
+            previous[sig] = signal.signal(sig, lambda signum, frame: caught.append(signum))
+        except (OSError, ValueError):
+            pass
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for signum in caught[:1]:
+            signal.raise_signal(signum)
 
 
 def _replace(tmp: str, path: str) -> None:
@@ -89,6 +290,15 @@ def _replace(tmp: str, path: str) -> None:
         os.replace(tmp, path)
     except OSError as exc:
         raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def discard(path: str | None) -> None:
+    """Remove a file if it is there (a temporary one: no error if it is gone or cannot be removed)."""
+    if path:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
 
 
 def _read_umask() -> int:
@@ -103,8 +313,12 @@ _UMASK = _read_umask()
 
 
 def _mode_for(path: str) -> int:
-    """An existing file keeps its permissions; a new one gets 0666 less the umask, as open() would give."""
+    """A replaced regular file keeps its permission bits; anything else (nothing there, a symbolic link) gives
+    0666 less the umask, as open() would. Never setuid, setgid or sticky."""
     try:
-        return os.stat(path).st_mode & 0o7777
+        st = os.lstat(path)
     except OSError:
-        return 0o666 & ~_UMASK
+        st = None
+    if st is not None and stat.S_ISREG(st.st_mode):
+        return st.st_mode & 0o777
+    return 0o666 & ~_UMASK

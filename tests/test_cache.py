@@ -73,3 +73,24 @@ def test_edited_onnxcam_source_is_a_new_entry(fresh_cache, monkeypatch):
     assert before == cache.entry_path("model", {"layers": ["a"]}, ["CPUExecutionProvider"])
     monkeypatch.setattr(cache, "_source_digest", lambda: "edited")
     assert cache.entry_path("model", {"layers": ["a"]}, ["CPUExecutionProvider"]) != before
+
+
+def test_an_entry_sealed_with_another_users_secret_is_a_miss(fresh_cache, tmp_path, monkeypatch):
+    """A shared cache folder: entries another user's secret sealed are rebuilt, never loaded."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "alice"))
+    Explainer(DEMO, device="cpu").explain(CHELSEA)
+    (entry,) = _entries(fresh_cache)
+    sealed_by_alice = (fresh_cache / entry).read_bytes()
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "bob"))
+    assert Explainer(DEMO, device="cpu").explain(CHELSEA).targets[0] == 285
+    assert (fresh_cache / entry).read_bytes() != sealed_by_alice  # rebuilt and sealed with bob's secret
+
+
+def test_a_secret_others_can_read_caches_nothing(fresh_cache, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    key = tmp_path / "state" / "onnxcam" / "cache.key"
+    key.parent.mkdir(parents=True)
+    key.write_bytes(os.urandom(32))
+    os.chmod(key, 0o644)
+    assert Explainer(DEMO, device="cpu").explain(CHELSEA).targets[0] == 285
+    assert _entries(fresh_cache) == []

@@ -23,9 +23,16 @@ class _UserError(click.ClickException):
 
 class _Group(click.Group):
     def invoke(self, ctx):
+        from onnxcam.writer import Terminated, interrupt_on_termination
+
         try:
-            return super().invoke(ctx)
+            with interrupt_on_termination():  # SIGTERM / SIGHUP unwind like Ctrl-C: no temporary file stays
+                return super().invoke(ctx)
         except OnnxcamError as error:
+            raise _UserError(error) from None
+        except Terminated as stop:  # shells expect 128 + the signal's number
+            error = Interrupted(f"stopped by {stop}; files already written are complete")
+            error.exit_code = 128 + stop.signum
             raise _UserError(error) from None
         except KeyboardInterrupt:  # click would print "Aborted!" and exit 1; shells expect 130 for Ctrl-C
             raise _UserError(Interrupted("interrupted (Ctrl-C); files already written are complete")) from None

@@ -6,11 +6,21 @@ summary) and eval.curves.png (the mean deletion / insertion curves) into --out."
 
 from __future__ import annotations
 
+import os
+
 import click
 
 import onnxcam
 from onnxcam import names
-from onnxcam.cli.options import Progress, banner, explainer_options, layer_option, method_option, scorecam_option
+from onnxcam.cli.options import (
+    Progress,
+    banner,
+    explainer_options,
+    layer_option,
+    method_option,
+    one_line,
+    scorecam_option,
+)
 from onnxcam.cli.report import report_option, write_reports
 
 
@@ -21,7 +31,7 @@ from onnxcam.cli.report import report_option, write_reports
 @click.option("--boxes", type=click.Path(exists=True, dir_okay=False),
               help='Ground truth in image pixels: {"image.png": [[x0, y0, x1, y1], ...]} or a COCO-style '
                    "file (images, annotations with bbox [x, y, w, h]).")
-@click.option("-o", "--out", type=click.Path(file_okay=False), default=".", show_default=True,
+@click.option("-o", "--out", type=click.Path(), default=".", show_default=True,
               help="Folder for eval.json, eval.csv and eval.curves.png.")
 @click.option("-b", "--batch-size", default=16, show_default=True, type=click.IntRange(1, 4096),
               help="Images explained per run.")
@@ -46,6 +56,8 @@ def command(model, images, methods, boxes, out, batch_size, layers, report, expl
     paths = evaluate.pictures(onnxcam.outputs.input_paths(images, tensors=False))
     methods = names.method_names(methods)
     truth = evaluate.read_boxes(boxes, paths) if boxes else {}
+    files = [os.path.join(out, name) for name in evaluate.FILES]  # checked before the work, not after it
+    onnxcam.outputs.refuse_inputs(files, [model, *([boxes] if boxes else []), *paths])
     ex = onnxcam.Explainer(model, layer=list(layers) or None, **explainer_args)
     banner(model, ex, methods)
     click.echo(f"images    {len(paths)}" + (f" ({len(truth)} with boxes from {boxes})" if boxes else ""))
@@ -53,6 +65,8 @@ def command(model, images, methods, boxes, out, batch_size, layers, report, expl
     with Progress(len(paths) * len(methods), eager=True) as bar:
         for start in range(0, len(paths), batch_size):
             evaluation.add(paths[start:start + batch_size], truth, bar.update)
+    if evaluation.failures and len(evaluation.failures) == len(paths):
+        raise evaluation.failures[0][1]
     summary = evaluation.summary()
     click.echo("")
     for line in evaluate.table(summary):
@@ -65,3 +79,6 @@ def command(model, images, methods, boxes, out, batch_size, layers, report, expl
     click.echo("wrote     " + ", ".join(written))
     if report:
         write_reports(written)
+    if evaluation.failures:  # as run does: the rest was evaluated, the failures are listed, exit 1
+        listed = "; ".join(f"{one_line(path)}: {one_line(why)}" for path, why in evaluation.failures)
+        raise click.ClickException(f"{len(evaluation.failures)} of {len(paths)} images failed: {listed}")

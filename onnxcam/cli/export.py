@@ -29,17 +29,31 @@ def command(model, out, methods, layers, class_input, file_format, model_args):
     if len(methods) > 1 or methods[0] not in names.EXPORTABLE_METHODS:
         raise OnnxcamError(f"export writes the map of one method among {', '.join(names.EXPORTABLE_METHODS)}; "
                            f"got {', '.join(methods)}")
-    onnxcam.outputs.refuse_inputs([out], [model], option="-o path")
     if file_format == "ort" and not out.lower().endswith(".ort"):
         raise OnnxcamError(f"an ORT format model's name must end in .ort (ONNX Runtime knows the format by it): {out}")
     info = onnxcam.model.inspect_model(onnxcam.model.load_model(model), **model_args)
+    inputs = [model, *_external_files(model)]  # its weights too, under any name; no device node either
+    onnxcam.outputs.refuse_inputs([out], inputs, option="-o path")
+    onnxcam.writer.check_target(out, inputs)
     layers = list(dict.fromkeys(info.resolve_layer(n).name for n in (layers or [None])))
     exported = onnxcam.export.export(info, layers, methods[0], class_input)
     data = onnxcam.export.ort_format(exported) if file_format == "ort" else exported.SerializeToString()
-    onnxcam.outputs.write({out: data}, [model], option="-o path")
+    onnxcam.outputs.write({out: data}, inputs, option="-o path")
     h, w = info.size
     kind = "ORT format, " if file_format == "ort" else ""
     click.echo(f"wrote     {out}  ({os.path.getsize(out) / 1e6:.1f} MB, {kind}opset {info.opset}, IR {exported.ir_version})")
     click.echo(f"method    {methods[0]} at {', '.join(layers)}")
     outputs = [o.name for o in info.model.graph.output]
     click.echo(f"outputs   {', '.join(outputs)}, {names.MAP_OUTPUT} [N, {h}, {w}], {names.TARGET_OUTPUT} [N]")
+
+
+def _external_files(model: str) -> list:
+    """The external data files that the model at `model` names (load_model has checked that they are inside
+    its folder)."""
+    import onnx
+    from onnx import external_data_helper as ext
+
+    proto = onnx.load(model, load_external_data=False)
+    folder = os.path.dirname(os.path.abspath(model))
+    return sorted({os.path.join(folder, ext.ExternalDataInfo(t).location)
+                   for t in ext._get_all_tensors(proto) if ext.uses_external_data(t)})

@@ -106,8 +106,9 @@ def format_shape(dims) -> str:
 
 
 def one_line(text) -> str:
-    """A message as one line, whatever it quotes (a tensor name or a path may hold a newline)."""
-    return str(text).replace("\r", "\\r").replace("\n", "\\n")
+    """A message as one line that cannot drive the terminal, whatever it quotes (a tensor name or a path may
+    hold a newline or an escape sequence): control characters are written as Python escapes."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in str(text))
 
 
 class Progress:

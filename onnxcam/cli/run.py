@@ -36,11 +36,11 @@ from onnxcam.errors import Interrupted, OnnxcamError
               help="Noisy copies for smoothgrad and smoothgradcam++.")
 @click.option("--noise", default=0.15, show_default=True, type=click.FloatRange(0, 10),
               help="Noise std as a fraction of the input's range (smoothgrad, smoothgradcam++).")
-@click.option("--seed", default=0, show_default=True, help="Seed of the noise.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**63 - 1), help="Seed of the noise.")
 @click.option("--box-threshold", default=0.2, show_default=True, type=click.FloatRange(0, 1),
               help="Localization box: the largest region where the map is >= this fraction of its max.")
 @click.option("--labels", type=click.Path(exists=True, dir_okay=False), help="Class names: text (one a line), a JSON list, or a JSON object {index: name}.")
-@click.option("-o", "--out", type=click.Path(file_okay=False), help="Output folder. Default: next to each image.")
+@click.option("-o", "--out", type=click.Path(), help="Output folder. Default: next to each image.")
 @click.option("--npy", is_flag=True, help="Also write each heatmap (float32, model input size) as .npy.")
 @click.option("--json", "as_json", is_flag=True, help="Also write a JSON summary.")
 @click.option("--pictures", type=click.Choice((*names.PICTURE_FORMATS, "none")), default="png", show_default=True,
@@ -78,11 +78,13 @@ def command(model, images, methods, grid, layers, target, labels, unit, batch_si
             chunk = paths[start:start + batch_size]
             try:
                 items, failed = job.explain(chunk)
-            except KeyboardInterrupt:
+            except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM / SIGHUP (writer.Terminated)
                 where = (f"at image {start + 1} of {len(paths)} ({chunk[0]})" if len(chunk) == 1 else
                          f"in images {start + 1}-{start + len(chunk)} of {len(paths)}")
-                raise Interrupted(f"interrupted (Ctrl-C) {where}; every file already written is complete "
-                                  "(none is half-written)") from None
+                how = f"stopped by {stop}" if hasattr(stop, "signum") else "interrupted (Ctrl-C)"
+                error = Interrupted(f"{how} {where}; every file already written is complete (none is half-written)")
+                error.exit_code = 128 + getattr(stop, "signum", 2)
+                raise error from None
             except OnnxcamError:
                 if len(paths) == 1:
                     raise

@@ -23,10 +23,10 @@ from onnxcam.errors import OnnxcamError
 @method_option()
 @click.option("--steps", default=10, show_default=True, type=click.IntRange(1, 1000),
               help="Cumulative re-initialization steps (the logits layer alone, then blocks down to the input).")
-@click.option("--seed", default=0, show_default=True, help="Seed of the random weights.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**63 - 1), help="Seed of the random weights.")
 @target_option(top=False)
 @layer_option
-@click.option("-o", "--out", type=click.Path(file_okay=False), help="Output folder. Default: next to the image.")
+@click.option("-o", "--out", type=click.Path(), help="Output folder. Default: next to the image.")
 @report_option
 @explainer_options
 def command(model, image, methods, steps, seed, target, layers, out, report, explainer_args):
