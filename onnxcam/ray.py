@@ -1,0 +1,428 @@
+"""Explain a Ray Data dataset of images: many machines, CPUs and GPUs, one Explainer per actor.
+
+`explain_dataset(ds, model)` maps a dataset of images (a `path` column, with the file's `bytes`, a decoded
+`image` or a model-ready `tensor` where the dataset has them) through a pool of actors. Each actor builds
+one Explainer, once (its sessions come from the node's on-disk cache when it has them), and returns one row
+per image and method: the record `onnxcam run --json` writes, flattened (`SCHEMA`). Images are decoded
+inside the actors with onnxcam's own loader; an image that cannot be read or explained is a row with its
+error, never a failed job. Ray restarts an actor whose process dies and runs its batch again (Ray Data's
+actor pools retry without limit), so every image comes out once.
+
+`run_folder` is `onnxcam run MODEL DIR --ray`: it writes the rows as one Parquet table and counts them on a
+progress bar as they stream back. Only this module imports ray (the `onnxcam[ray]` extra).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs
+import pyarrow.parquet as pq
+import ray
+import ray.data
+
+from onnxcam import postprocess, render
+from onnxcam.errors import ImageError, OnnxcamError, OutputError
+from onnxcam.explainer import Explainer
+from onnxcam.methods import softmax
+from onnxcam.preprocess import DEFAULT_MAX_PIXELS, decode_image, load_image, load_tensor, max_file_size
+from onnxcam.runtime import CPU, CUDA, PROVIDER_OPTIONS, cuda_available
+from onnxcam.writer import npy_bytes, picture_bytes, write_files
+
+TABLE = "results.parquet"  # the name of run_folder's table in the output folder
+MAP_TYPES = ("float32", "float16", "uint8")  # uint8: round(map * 255)
+
+_PREDICTION = pa.struct([("class", pa.int64()), ("label", pa.string()), ("probability", pa.float64()),
+                         ("logit", pa.float64())])
+# One row per image and method. An image that failed has its path, method and error, and nulls elsewhere.
+SCHEMA = pa.schema([
+    ("path", pa.string()),
+    ("error", pa.string()),
+    ("model", pa.string()),
+    ("layers", pa.list_(pa.string())),
+    ("provider", pa.string()),
+    ("preprocess", pa.string()),
+    ("score", pa.string()),
+    ("predictions", pa.list_(_PREDICTION)),
+    ("method", pa.string()),
+    ("target", pa.struct([("class", pa.int64()), ("label", pa.string())])),
+    ("gradients", pa.string()),
+    ("box", pa.list_(pa.int64(), 4)),  # x0, y0, x1, y1, inclusive, in image pixels; null for a flat map
+    ("flat", pa.bool_()),
+    ("outputs", pa.list_(pa.string())),
+    ("timings_s", pa.struct([("setup", pa.float64()), ("image", pa.float64())])),
+])
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What every image of a job gets: the `onnxcam run` options that apply per image."""
+
+    methods: tuple = ("gradcam",)
+    target: int | None = None  # a class index; None: each image's top-1 class
+    score: str = "logit"
+    aug_smooth: bool = False
+    eigen_smooth: bool = False
+    samples: int = 25
+    noise: float = 0.15
+    seed: int = 0
+    box_threshold: float = 0.2
+    top: int = 5
+    maps: str | None = None  # keep each map (model input size) in its row as one of MAP_TYPES
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    labels: tuple | None = None  # class names, for models that carry none
+    out: str | None = None  # where the pictures and .npy maps go: a folder or a URI pyarrow can write
+    pictures: str = "none"  # png, jpg or none
+    npy: bool = False
+
+    def check(self):
+        if self.maps is not None and self.maps not in MAP_TYPES:
+            raise OnnxcamError(f"unknown map type '{self.maps}'; choose one of {', '.join(MAP_TYPES)}")
+        if self.out is None and (self.pictures != "none" or self.npy):
+            raise OnnxcamError("pictures and .npy maps need an output folder (Settings.out)")
+
+
+def explain_dataset(ds: ray.data.Dataset, model: str, settings: Settings = Settings(), *,
+                    explainer: dict | None = None, batch_size: int = 16, actors: int | tuple = 1,
+                    num_cpus: float = 1, num_gpus: float = 0) -> ray.data.Dataset:
+    """A dataset of result rows (SCHEMA, plus a `map` column when settings.maps) for a dataset of images.
+
+    model: a path every node can read. explainer: Explainer keywords (layer, device, preprocess_preset,
+    gradients, input_name, output_name, input_size). actors: a pool size, or (min, max) to autoscale.
+    num_gpus: per actor; a fraction shares a GPU, and the actor's CUDA memory arena is capped at that
+    fraction. Rows come in completion order. A block is the unit of work (and of retry): blocks of about
+    batch_size rows spread the work over the actors.
+    """
+    settings.check()
+    if "path" not in ds.columns():
+        raise OnnxcamError(f"the dataset needs a 'path' column (it has {', '.join(ds.columns())})")
+    pool = ray.data.ActorPoolStrategy(min_size=actors[0], max_size=actors[1]) if isinstance(actors, tuple) \
+        else ray.data.ActorPoolStrategy(size=actors)
+    return ds.map_batches(_Worker, fn_constructor_args=(model, settings, explainer or {}, num_gpus),
+                          batch_size=batch_size, batch_format="numpy", compute=pool, num_cpus=num_cpus,
+                          num_gpus=num_gpus or None)
+
+
+class _Worker:
+    """One actor: one Explainer, built once; a batch of input rows in, a table of result rows out."""
+
+    def __init__(self, model: str, settings: Settings, explainer: dict, num_gpus: float):
+        t0 = time.perf_counter()
+        self.ex = Explainer(model, providers=_providers(num_gpus), **explainer)
+        if settings.labels:
+            self.ex.info.labels = list(settings.labels)
+        self.model, self.settings = model, settings
+        self.fs = _filesystem(settings.out)
+        self.setup = time.perf_counter() - t0
+
+    def __call__(self, batch: dict) -> pa.Table:
+        rows, loaded = [], []
+        for i, path in enumerate(batch["path"]):
+            try:
+                loaded.append((str(path), *self._load(batch, i)))
+            except OnnxcamError as error:
+                rows += self._failed(str(path), error)
+        rows += self._explain(loaded)
+        return self._table(rows)
+
+    def _load(self, batch: dict, i: int):
+        """(the model's input or an RGB picture, the RGB picture or None for a tensor)."""
+        path = str(batch["path"][i])
+        if "tensor" in batch:
+            return _one_tensor(np.asarray(batch["tensor"][i]), path), None
+        if "image" in batch:
+            rgb = np.asarray(batch["image"][i])
+            if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+                raise ImageError(f"{path}: an image must be HxWx3 uint8 RGB, got {rgb.dtype} {list(rgb.shape)}")
+            return rgb, rgb
+        if path.lower().endswith(".npy"):
+            if "bytes" in batch or _is_uri(path):
+                raise ImageError(f"{path}: .npy input tensors are read from local paths only; "
+                                 "give a 'tensor' column instead")
+            return _one_tensor(load_tensor(path), path), None
+        if "bytes" in batch:
+            rgb = decode_image(batch["bytes"][i], path, self.settings.max_pixels)
+        elif _is_uri(path):
+            rgb = decode_image(_read_uri(path, max_file_size(self.settings.max_pixels)), path,
+                               self.settings.max_pixels)
+        else:
+            rgb = load_image(path, self.settings.max_pixels)
+        return rgb, rgb
+
+    def _explain(self, loaded: list) -> list:
+        """Rows for loaded images, in one run per method; where that fails, one image at a time, so one
+        image's error (NaN scores, a tensor of the wrong shape) is its own row and not its batch's."""
+        try:
+            return self._explain_batch(loaded) if loaded else []
+        except OnnxcamError as error:
+            if len(loaded) == 1:
+                return self._failed(loaded[0][0], error)
+            return [row for item in loaded for row in self._explain([item])]
+
+    def _explain_batch(self, loaded: list) -> list:
+        s, ex = self.settings, self.ex
+        t0 = time.perf_counter()
+        x = np.concatenate([ex.prepare(x) for _, x, _ in loaded])
+        results = [ex.explain(x, method=m, target=s.target, score=s.score, aug_smooth=s.aug_smooth,
+                              eigen_smooth=s.eigen_smooth, samples=s.samples, noise=s.noise, seed=s.seed)
+                   for m in s.methods]
+        seconds = (time.perf_counter() - t0) / len(loaded)
+        rows = []
+        for i, (path, _, rgb) in enumerate(loaded):
+            rows += self._rows(path, [r.item(i) for r in results], rgb, seconds)
+        return rows
+
+    def _rows(self, path: str, results: list, rgb, seconds: float) -> list:
+        """The image's record (as `onnxcam run --json` writes it), one row per method; its files written."""
+        s, ex = self.settings, self.ex
+        scores = results[0].scores[0]
+        probs = softmax(scores)
+        predictions = [{"class": int(c), "label": ex.info.label(int(c)), "probability": float(probs[c]),
+                        "logit": float(scores[c])} for c in np.argsort(-probs)[:s.top]]
+        shared = {"path": path, "error": None, "model": self.model, "layers": list(ex.layers),
+                  "provider": ex.provider, "preprocess": ex.preset, "score": s.score, "predictions": predictions,
+                  "timings_s": {"setup": self.setup, "image": seconds}}
+        if rgb is None:  # a tensor input has no picture: colour the maps alone
+            rgb = np.zeros((*results[0].maps.shape[1:], 3), np.uint8)
+        rows, files, tiles = [], {}, []
+        for res in results:
+            cls, heat, flat = int(res.targets[0]), res.maps[0], bool(res.flat[0])
+            heat_on_image = cv2.resize(heat, (rgb.shape[1], rgb.shape[0]))  # for the box and the overlay
+            found = None if flat else postprocess.box(heat_on_image, s.box_threshold)
+            rows.append({**shared, "method": res.method, "target": {"class": cls, "label": ex.info.label(cls)},
+                         "gradients": res.gradients, "box": list(found) if found else None, "flat": flat,
+                         "map": _quantize(heat, s.maps)})
+            if s.pictures != "none":
+                tiles.append((render.overlay(rgb, heat_on_image, box=found), f"{res.method}: {ex.info.label(cls)}"))
+                if res.saliency is not None:
+                    files[f"{res.method}.saliency.{s.pictures}"] = picture_bytes(
+                        render.saliency_image(res.saliency[0]), s.pictures)
+            if s.npy:
+                files[f"{res.method}.npy"] = npy_bytes(heat)
+        if len(tiles) == 1:
+            files[f"{results[0].method}.{s.pictures}"] = picture_bytes(tiles[0][0], s.pictures)
+        elif tiles:
+            files[f"grid.{s.pictures}"] = picture_bytes(render.grid(*zip(*tiles)), s.pictures)
+        try:
+            outputs = self._write(path, files)
+        except OnnxcamError as error:
+            return [{**row, "error": str(error), "outputs": None} for row in rows]
+        return [{**row, "outputs": outputs} for row in rows]
+
+    def _write(self, path: str, files: dict) -> list:
+        """Write {tag.ext: bytes} as OUT/stem.tag.ext, all or none; returns the paths."""
+        if not files:
+            return []
+        stem = os.path.splitext(os.path.basename(path))[0]
+        named = {_join(self.settings.out, f"{stem}.{name}"): data for name, data in files.items()}
+        if any(_same_file(target, path) for target in named):
+            raise OutputError(f"refusing to overwrite the input {path} with one of its outputs; "
+                              "choose another output folder")
+        if self.fs is None:
+            write_files(named)
+        else:  # an object store: each object appears whole when its stream closes
+            for target, data in named.items():
+                try:
+                    with self.fs[0].open_output_stream(_uri_path(target)) as f:
+                        f.write(data)
+                except OSError as exc:
+                    raise OutputError(f"cannot write {target}: {exc}") from None
+        return list(named)
+
+    def _failed(self, path: str, error: Exception) -> list:
+        return [{"path": path, "error": str(error), "model": self.model, "method": m} for m in self.settings.methods]
+
+    def _table(self, rows: list) -> pa.Table:
+        table = pa.Table.from_pylist([{k: v for k, v in row.items() if k != "map"} for row in rows], SCHEMA)
+        if self.settings.maps is None:
+            return table
+        return table.append_column("map", _tensor_column([row.get("map") for row in rows], self.ex.info.size,
+                                                         self.settings.maps))
+
+
+def run_folder(model: str, images: list, out: str, settings: Settings, *, address: str | None = None,
+               explainer: dict | None = None, batch_size: int = 16, actors: int | None = None,
+               num_gpus: float = 0, progress=None) -> tuple:
+    """`onnxcam run MODEL DIR --ray`: explain `images` (paths every node reads, or URIs) on the cluster at
+    `address` (None: a local one started here, or $RAY_ADDRESS) and write OUT/results.parquet whole, or
+    nothing. actors: default one per CPU (per GPU with num_gpus) of the cluster. progress(n): called as n
+    more images are done. Returns (the table's path, [(image, error)] of the images that failed)."""
+    started = not ray.is_initialized()
+    if started:
+        _quiet_init(address)
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
+    try:
+        context = ray.data.DataContext.get_current()
+        context.enable_progress_bars = False  # the caller's bar counts images: one bar for the whole job
+        context.print_on_execution_start = False
+        if actors is None:
+            resources = ray.cluster_resources()
+            actors = max(1, int(resources.get("GPU", 0) / num_gpus) if num_gpus else int(resources.get("CPU", 1)))
+        blocks = max(1, -(-len(images) // batch_size))
+        ds = ray.data.from_items([{"path": p} for p in images], override_num_blocks=blocks)
+        results = explain_dataset(ds, model, settings, explainer=explainer, batch_size=batch_size,
+                                  actors=min(actors, blocks), num_gpus=num_gpus)
+        return write_table(results, _join(out, TABLE), len(settings.methods), progress)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def write_table(results: ray.data.Dataset, path: str, rows_per_image: int = 1, progress=None) -> tuple:
+    """Stream the result rows into one Parquet file at `path` (local or a URI), written whole or not at all.
+    Returns (path, [(image, error)])."""
+    fs = _filesystem(path)
+    tmp = None if fs else os.path.join(os.path.dirname(path) or ".", f".onnxcam-{os.getpid()}-{TABLE}.tmp")
+    writer, failures = None, []
+    try:
+        for table in results.iter_batches(batch_format="pyarrow", batch_size=None):
+            if writer is None:
+                writer = pq.ParquetWriter(tmp, table.schema) if fs is None else \
+                    pq.ParquetWriter(_uri_path(path), table.schema, filesystem=fs[0])
+            writer.write_table(table)
+            errors = table.select(["path", "error", "method"]).to_pylist()
+            failures += [(r["path"], r["error"]) for i, r in enumerate(errors)
+                         if r["error"] is not None and i % rows_per_image == 0]
+            if progress is not None:
+                progress(len(table) // rows_per_image)
+        if writer is not None:
+            writer.close()
+            writer = None
+            if tmp:
+                os.replace(tmp, path)
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc}") from None
+    finally:
+        if writer is not None:
+            writer.close()
+        if tmp and os.path.exists(tmp):
+            os.unlink(tmp)
+    return path, failures
+
+
+def _quiet_init(address: str | None):
+    """ray.init with Ray's own logs kept off the terminal: the progress bar and onnxcam's messages are what a
+    user reads. Ray's C++ core logs at error level each actor it starts (Ray Data's constructor arguments sit
+    in the object store), and says on stderr, while it starts, that its level was set: hide that too."""
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        ray.init(address=address, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
+    except (ConnectionError, ValueError, RuntimeError) as exc:
+        where = f"the Ray cluster at {address}" if address else "a local Ray cluster"
+        raise OnnxcamError(f"cannot start or reach {where}: {str(exc).strip().splitlines()[0]}") from None
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def list_images(uri: str, suffixes: tuple) -> list:
+    """The image files of a folder URI (s3://bucket/dir; not recursive), sorted, or the URI of one file."""
+    fs, root = pyarrow.fs.FileSystem.from_uri(uri)
+    info = fs.get_file_info(root)
+    if info.type == pyarrow.fs.FileType.NotFound:
+        raise ImageError(f"not found: {uri}")
+    if info.type == pyarrow.fs.FileType.File:
+        return [uri]
+    base = uri.rstrip("/")
+    found = sorted(f"{base}/{f.base_name}" for f in fs.get_file_info(pyarrow.fs.FileSelector(root))
+                   if f.type == pyarrow.fs.FileType.File and f.base_name.lower().endswith(suffixes))
+    if not found:
+        raise ImageError(f"no images in {uri} (looked for {', '.join(suffixes)})")
+    return found
+
+
+def _providers(num_gpus: float):
+    """None (the Explainer's device option decides) for CPU actors. A GPU actor runs on the GPU Ray gave it
+    (Ray sets CUDA_VISIBLE_DEVICES: it is device 0 here); a fraction of a GPU caps ORT's memory arena."""
+    if not num_gpus:
+        return None
+    if not cuda_available():
+        raise OnnxcamError(f"the actor was given {num_gpus} GPU but {CUDA} cannot start on its node")
+    options = {**PROVIDER_OPTIONS[CUDA], "device_id": 0}
+    total = _gpu_memory() if num_gpus < 1 else None
+    if total:
+        options["gpu_mem_limit"] = int(num_gpus * total)
+    return [(CUDA, options), CPU]
+
+
+def _gpu_memory() -> int | None:
+    """Bytes of memory of this actor's GPU, from nvidia-smi; None where it cannot tell."""
+    ids = ray.get_gpu_ids()
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits",
+                              "-i", str(ids[0])], capture_output=True, text=True, timeout=10, check=True).stdout
+        return int(out.split()[0]) << 20
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return None
+
+
+def _one_tensor(x: np.ndarray, path: str) -> np.ndarray:
+    if x.ndim == 4 and len(x) != 1:
+        raise ImageError(f"{path} holds {len(x)} input tensors; give one per row")
+    if x.dtype.kind != "f":
+        raise ImageError(f"{path} holds {x.dtype} values; an input tensor must be floating point")
+    return x
+
+
+def _quantize(heat: np.ndarray, kind: str | None):
+    if kind is None:
+        return None
+    return np.uint8(np.rint(heat * 255)) if kind == "uint8" else heat.astype(kind)
+
+
+def _tensor_column(maps: list, size: tuple, kind: str) -> pa.Array:
+    """Maps [H, W] (None for failed rows) as an Arrow fixed-shape tensor column, which Parquet keeps."""
+    kind = np.dtype(kind)
+    value = pa.from_numpy_dtype(kind)
+    flat = np.zeros((len(maps), size[0] * size[1]), kind)
+    for i, m in enumerate(maps):
+        if m is not None:
+            flat[i] = m.reshape(-1)
+    storage = pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1), value), size[0] * size[1],
+                                                mask=pa.array([m is None for m in maps]))
+    return pa.ExtensionArray.from_storage(pa.fixed_shape_tensor(value, list(size)), storage)
+
+
+def _is_uri(path: str) -> bool:
+    return "://" in path
+
+
+def _filesystem(path: str | None):
+    """(pyarrow filesystem, path in it) for a URI; None for a local path (written with onnxcam's writer)."""
+    if path is None or not _is_uri(path):
+        return None
+    return pyarrow.fs.FileSystem.from_uri(path)
+
+
+def _uri_path(uri: str) -> str:
+    return pyarrow.fs.FileSystem.from_uri(uri)[1]
+
+
+def _read_uri(uri: str, limit: int) -> bytes:
+    """At most limit + 1 bytes of a file in any filesystem pyarrow reads (more is refused by the decoder)."""
+    try:
+        fs, path = pyarrow.fs.FileSystem.from_uri(uri)
+        with fs.open_input_stream(path) as f:
+            return f.read(limit + 1)
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise ImageError(f"cannot read {uri}: {exc}") from None
+
+
+def _join(folder: str, name: str) -> str:
+    return f"{folder.rstrip('/')}/{name}" if _is_uri(folder) else os.path.join(folder, name)
+
+
+def _same_file(a: str, b: str) -> bool:
+    return a == b if _is_uri(a) or _is_uri(b) else os.path.realpath(a) == os.path.realpath(b)
