@@ -23,14 +23,18 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-import pyarrow as pa
-import pyarrow.fs
-import pyarrow.parquet as pq
-import ray
-import ray.data
 
 from onnxcam import postprocess, render
 from onnxcam.errors import ImageError, OnnxcamError, OutputError
+
+try:
+    import pyarrow as pa
+    import pyarrow.fs
+    import pyarrow.parquet as pq
+    import ray
+    import ray.data
+except ImportError as exc:
+    raise OnnxcamError(f"onnxcam.ray needs Ray Data and pyarrow ({exc}): pip install 'onnxcam[ray]'") from None
 from onnxcam.explainer import Explainer
 from onnxcam.methods import softmax
 from onnxcam.preprocess import DEFAULT_MAX_PIXELS, decode_image, load_image, load_tensor, max_file_size

@@ -55,6 +55,13 @@ MAX_PIXELS = 100_000_000  # onnxcam.preprocess.DEFAULT_MAX_PIXELS (not imported:
               help="Refuse images whose header declares more pixels (decompression bombs); raise it for huge images.")
 @click.option("-b", "--batch-size", default=16, show_default=True, type=click.IntRange(1, 1024),
               help="Images per run: memory is bounded by one batch; outputs stream to disk batch by batch.")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="", metavar="[ADDRESS]",
+              help="Explain on the Ray cluster at ADDRESS (none: a local one) and write OUT/results.parquet "
+                   "(needs onnxcam[ray]; IMAGE and --out may be URIs such as s3://bucket/dir).")
+@click.option("--actors", type=click.IntRange(1), help="With --ray: actors, one explainer each. Default: one per "
+                                                       "CPU of the cluster (per GPU with --gpus-per-actor).")
+@click.option("--gpus-per-actor", type=click.FloatRange(0, 64, min_open=True),
+              help="With --ray: GPUs per actor; a fraction shares a GPU and caps each actor's CUDA memory.")
 @explainer_options
 @model_options
 def command(model, images, method, methods, layers, target, labels, device, gradients, preset, out, **kwargs):
@@ -63,6 +70,10 @@ def command(model, images, method, methods, layers, target, labels, device, grad
     from onnxcam.errors import Interrupted, OnnxcamError, OutputError
     from onnxcam.explainer import method_named
 
+    on_ray = {name: kwargs.pop(name) for name in ("ray_address", "actors", "gpus_per_actor")}
+    if on_ray["ray_address"] is not None:
+        return _run_on_ray(model, images, method, methods, layers, target, labels, device, gradients, preset, out,
+                           kwargs, **on_ray)
     t0 = time.perf_counter()
     images = _expand(images)
     batch_size = kwargs.pop("batch_size")
@@ -394,3 +405,50 @@ def _resize(heat, size):
 
     return cv2.resize(heat, (size[1], size[0]))
 
+
+
+def _run_on_ray(model, images, method, methods, layers, target, labels, device, gradients, preset, out, kwargs,
+                ray_address, actors, gpus_per_actor):
+    """`run --ray`: the images explained by onnxcam.ray on a cluster, their rows in one Parquet table (in place
+    of --json files), pictures and --npy maps as without --ray. The model and options are checked here, before
+    the cluster starts."""
+    from onnxcam import Explainer
+    from onnxcam import ray as on_ray
+    from onnxcam.explainer import method_named
+
+    if not out:
+        raise click.UsageError("--ray needs --out: the folder (or URI) for results.parquet and the pictures")
+    for option, given in (("--json", kwargs["as_json"]), ("--unit", kwargs["unit"]), ("--units", kwargs["unit_count"]),
+                          ("--target top-K", target and target.startswith("top-"))):
+        if given:
+            raise click.UsageError(f"{option} does not go with --ray, which writes one row per image and method "
+                                   "into OUT/results.parquet")
+    images = [p for item in images for p in (on_ray.list_images(item, IMAGE_SUFFIXES) if "://" in item else _expand([item]))]
+    _check_distinct_outputs(images, out)
+    explainer = dict(layer=list(layers) or None, preprocess_preset=preset, gradients=gradients, **model_args(kwargs))
+    ex = Explainer(model, providers=["CPUExecutionProvider"], **explainer)
+    if labels:
+        ex.info.labels = _read_labels(labels)
+    names = [method_named(m.strip()).name for m in (methods.split(",") if methods else [method])]
+    settings = on_ray.Settings(
+        methods=tuple(names), target=_parse_target(target, ex), score=kwargs["score"], aug_smooth=kwargs["aug_smooth"],
+        eigen_smooth=kwargs["eigen_smooth"], samples=kwargs["samples"], noise=kwargs["noise"], seed=kwargs["seed"],
+        box_threshold=kwargs["box_threshold"], top=kwargs["top"], max_pixels=kwargs["max_pixels"],
+        labels=tuple(ex.info.labels) if labels else None, out=out, pictures=kwargs["pictures"], npy=kwargs["npy"])
+    if "://" not in out:
+        os.makedirs(out, exist_ok=True)
+    click.echo(f"model     {model}")
+    click.echo(f"layer     {', '.join(ex.layers)}")
+    click.echo(f"method    {', '.join(names)}")
+    click.echo(f"ray       {ray_address or 'local cluster'}")
+    with Progress(len(images)) as bar:
+        table, failures = on_ray.run_folder(model, images, out, settings, address=ray_address or None,
+                                            explainer={**explainer, "device": device}, batch_size=kwargs["batch_size"], actors=actors,
+                                            num_gpus=gpus_per_actor or 0, progress=bar.update)
+    click.echo(f"wrote     {table}  ({len(images)} images)")
+    for image, error in failures[:20]:
+        click.echo(f"\n{image}\n  failed    {one_line(error)}", err=True)
+    if failures:
+        more = f"; and {len(failures) - 20} more (the table's error column lists them)" if len(failures) > 20 else ""
+        summary = "; ".join(f"{one_line(path)}: {one_line(why)}" for path, why in failures[:20])
+        raise click.ClickException(f"{len(failures)} of {len(images)} images failed: {summary}{more}")
