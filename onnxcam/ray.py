@@ -97,7 +97,8 @@ class Settings:
 def explain_dataset(ds: ray.data.Dataset, model: str, settings: Settings = Settings(), *,
                     explainer: dict | None = None, batch_size: int = 16, actors: int | tuple = 1,
                     num_cpus: float = 1, num_gpus: float = 0) -> ray.data.Dataset:
-    """A dataset of result rows (SCHEMA, plus a `map` column when settings.maps) for a dataset of images.
+    """A dataset of result rows (SCHEMA, plus a `map` column when settings.maps: [H, W] at the model's input
+    size, zeros where the row has an error) for a dataset of images.
 
     model: a path every node can read. explainer: Explainer keywords (layer, device, preprocess_preset,
     gradients, input_name, output_name, input_size). actors: a pool size, or (min, max) to autoscale.
@@ -387,15 +388,15 @@ def _quantize(heat: np.ndarray, kind: str | None):
 
 
 def _tensor_column(maps: list, size: tuple, kind: str) -> pa.Array:
-    """Maps [H, W] (None for failed rows) as an Arrow fixed-shape tensor column, which Parquet keeps."""
+    """Maps [H, W] as an Arrow fixed-shape tensor column, which Parquet keeps. A failed row's map is zeros,
+    not null: Ray turns such a column into one NumPy array, which has no nulls."""
     kind = np.dtype(kind)
     value = pa.from_numpy_dtype(kind)
     flat = np.zeros((len(maps), size[0] * size[1]), kind)
     for i, m in enumerate(maps):
         if m is not None:
             flat[i] = m.reshape(-1)
-    storage = pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1), value), size[0] * size[1],
-                                                mask=pa.array([m is None for m in maps]))
+    storage = pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1), value), size[0] * size[1])
     return pa.ExtensionArray.from_storage(pa.fixed_shape_tensor(value, list(size)), storage)
 
 
