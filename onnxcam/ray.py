@@ -260,6 +260,11 @@ def run_folder(model: str, images: list, out: str, settings: Settings, *, addres
     `address` (None: a local one started here, or $RAY_ADDRESS) and write OUT/results.parquet whole, or
     nothing. actors: default one per CPU (per GPU with num_gpus) of the cluster. progress(n): called as n
     more images are done. Returns (the table's path, [(image, error)] of the images that failed)."""
+    if not _is_uri(out):
+        try:
+            os.makedirs(out, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"cannot create the output folder {out}: {exc.strerror or exc}") from None
     started = not ray.is_initialized()
     if started:
         _quiet_init(address)

@@ -435,8 +435,6 @@ def _run_on_ray(model, images, method, methods, layers, target, labels, device, 
         eigen_smooth=kwargs["eigen_smooth"], samples=kwargs["samples"], noise=kwargs["noise"], seed=kwargs["seed"],
         box_threshold=kwargs["box_threshold"], top=kwargs["top"], max_pixels=kwargs["max_pixels"],
         labels=tuple(ex.info.labels) if labels else None, out=out, pictures=kwargs["pictures"], npy=kwargs["npy"])
-    if "://" not in out:
-        os.makedirs(out, exist_ok=True)
     click.echo(f"model     {model}")
     click.echo(f"layer     {', '.join(ex.layers)}")
     click.echo(f"method    {', '.join(names)}")
