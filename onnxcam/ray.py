@@ -29,6 +29,7 @@ from onnxcam.errors import ImageError, OnnxcamError, OutputError
 
 try:
     import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.fs
     import pyarrow.parquet as pq
     import ray
@@ -228,7 +229,7 @@ class _Worker:
             return []
         stem = os.path.splitext(os.path.basename(path))[0]
         named = {_join(self.settings.out, f"{stem}.{name}"): data for name, data in files.items()}
-        if any(_same_file(target, path) for target in named):
+        if _real(path) in {_real(target) for target in named}:
             raise OutputError(f"refusing to overwrite the input {path} with one of its outputs; "
                               "choose another output folder")
         if self.fs is None:
@@ -260,6 +261,7 @@ def run_folder(model: str, images: list, out: str, settings: Settings, *, addres
     `address` (None: a local one started here, or $RAY_ADDRESS) and write OUT/results.parquet whole, or
     nothing. actors: default one per CPU (per GPU with num_gpus) of the cluster. progress(n): called as n
     more images are done. Returns (the table's path, [(image, error)] of the images that failed)."""
+    _refuse_overwriting(images, out, settings)
     if not _is_uri(out):
         try:
             os.makedirs(out, exist_ok=True)
@@ -280,15 +282,15 @@ def run_folder(model: str, images: list, out: str, settings: Settings, *, addres
         ds = ray.data.from_items([{"path": p} for p in images], override_num_blocks=blocks)
         results = explain_dataset(ds, model, settings, explainer=explainer, batch_size=batch_size,
                                   actors=min(actors, blocks), num_gpus=num_gpus)
-        return write_table(results, _join(out, TABLE), len(settings.methods), progress)
+        return write_table(results, _join(out, TABLE), settings.methods[0], progress)
     finally:
         if started:
             ray.shutdown()
 
 
-def write_table(results: ray.data.Dataset, path: str, rows_per_image: int = 1, progress=None) -> tuple:
+def write_table(results: ray.data.Dataset, path: str, method: str, progress=None) -> tuple:
     """Stream the result rows into one Parquet file at `path` (local or a URI), written whole or not at all.
-    Returns (path, [(image, error)])."""
+    Images are counted by their rows of `method` (each image has one). Returns (path, [(image, error)])."""
     fs = _filesystem(path)
     tmp = None if fs else os.path.join(os.path.dirname(path) or ".", f".onnxcam-{os.getpid()}-{TABLE}.tmp")
     writer, failures = None, []
@@ -298,11 +300,10 @@ def write_table(results: ray.data.Dataset, path: str, rows_per_image: int = 1, p
                 writer = pq.ParquetWriter(tmp, table.schema) if fs is None else \
                     pq.ParquetWriter(_uri_path(path), table.schema, filesystem=fs[0])
             writer.write_table(table)
-            errors = table.select(["path", "error", "method"]).to_pylist()
-            failures += [(r["path"], r["error"]) for i, r in enumerate(errors)
-                         if r["error"] is not None and i % rows_per_image == 0]
+            images = table.filter(pc.equal(table["method"], method)).select(["path", "error"])
+            failures += [(r["path"], r["error"]) for r in images.filter(pc.is_valid(images["error"])).to_pylist()]
             if progress is not None:
-                progress(len(table) // rows_per_image)
+                progress(len(images))
         if writer is not None:
             writer.close()
             writer = None
@@ -316,6 +317,18 @@ def write_table(results: ray.data.Dataset, path: str, rows_per_image: int = 1, p
         if tmp and os.path.exists(tmp):
             os.unlink(tmp)
     return path, failures
+
+
+def _refuse_overwriting(images: list, out: str, settings: Settings) -> None:
+    """No output of the job (the table, an image's pictures or maps) may replace one of its inputs."""
+    inputs, folder = {_real(i) for i in images}, _real(out)  # outputs are all in `folder`: one realpath
+    fmt = settings.pictures
+    tags = [f"{m}.{ext}" for m in settings.methods for ext in (fmt, f"saliency.{fmt}", "npy")] + [f"grid.{fmt}"]
+    outputs = [_join(folder, TABLE)] + [_join(folder, f"{os.path.splitext(os.path.basename(i))[0]}.{tag}")
+                                        for i in images for tag in tags]
+    clash = next((o for o in outputs if o in inputs), None)
+    if clash:
+        raise OutputError(f"refusing to overwrite the input {clash} with an output; choose another output folder")
 
 
 def _quiet_init(address: str | None):
@@ -434,5 +447,5 @@ def _join(folder: str, name: str) -> str:
     return f"{folder.rstrip('/')}/{name}" if _is_uri(folder) else os.path.join(folder, name)
 
 
-def _same_file(a: str, b: str) -> bool:
-    return a == b if _is_uri(a) or _is_uri(b) else os.path.realpath(a) == os.path.realpath(b)
+def _real(path: str) -> str:
+    return path if _is_uri(path) else os.path.realpath(path)

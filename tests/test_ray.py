@@ -20,7 +20,7 @@ ray = pytest.importorskip("ray", reason="needs the ray extra: pip install 'onnxc
 pq = pytest.importorskip("pyarrow.parquet", reason="needs the ray extra: pip install 'onnxcam[ray]'")
 
 from onnxcam.cli import main  # noqa: E402
-from onnxcam.ray import Settings, _tensor_column, explain_dataset  # noqa: E402
+from onnxcam.ray import Settings, _quantize, _tensor_column, explain_dataset  # noqa: E402
 
 METHODS = ("gradcam", "eigencam")
 BAD = {"truncated.png": None, "text.jpg": b"not a picture at all", "empty.png": b""}
@@ -44,7 +44,8 @@ def folder(tmp_path_factory):
     cv2.imwrite(str(root / "head.png"), chelsea[20:260, 80:360])
     cv2.imwrite(str(root / "cup.png"), cv2.resize(coffee[:, 100:500], (150, 120)))
     cv2.imwrite(str(root / "gray.png"), cv2.cvtColor(chelsea, cv2.COLOR_BGR2GRAY))
-    cv2.imwrite(str(root / "alpha.png"), np.dstack([coffee[::2, ::2], np.full(coffee[::2, ::2].shape[:2], 200, np.uint8)]))
+    small = coffee[::2, ::2]
+    cv2.imwrite(str(root / "alpha.png"), np.dstack([small, np.full(small.shape[:2], 200, np.uint8)]))
     with open(CHELSEA, "rb") as f:
         BAD["truncated.png"] = f.read(300)
     for name, data in BAD.items():
@@ -139,7 +140,7 @@ def test_quantized_maps_round_trip_parquet(tmp_path, kind, step):
     import pyarrow as pa
 
     maps = [np.random.default_rng(0).random((7, 5), np.float32), None]  # None: a failed row
-    quantized = [None if m is None else (np.uint8(np.rint(m * 255)) if kind == "uint8" else m.astype(kind)) for m in maps]
+    quantized = [None if m is None else _quantize(m, kind) for m in maps]
     pq.write_table(pa.table({"map": _tensor_column(quantized, (7, 5), kind)}), tmp_path / "t.parquet")
     column = pq.read_table(tmp_path / "t.parquet")["map"]
     back = column.chunk(0).to_numpy_ndarray().astype(np.float32)
@@ -186,6 +187,19 @@ def _actor_processes() -> list:
     return found
 
 
+def test_gpu_fraction_caps_cuda_memory(monkeypatch):
+    """num_gpus=0.25: the actor's CUDA provider gets a quarter of its GPU's memory; whole GPUs are not capped."""
+    import onnxcam.ray as on_ray
+
+    monkeypatch.setattr(on_ray, "cuda_available", lambda: True)
+    monkeypatch.setattr(on_ray, "_gpu_memory", lambda: 80 << 30)
+    (name, options), cpu = on_ray._providers(0.25)
+    assert (name, cpu, options["device_id"], options["gpu_mem_limit"]) == ("CUDAExecutionProvider",
+                                                                           "CPUExecutionProvider", 0, 20 << 30)
+    assert "gpu_mem_limit" not in on_ray._providers(1)[0][1]
+    assert on_ray._providers(0) is None  # CPU actors: the explainer's device option decides
+
+
 def test_usage_errors(folder, tmp_path):
     runner = CliRunner()
     for extra in ([], ["--out", str(tmp_path), "--json"], ["--out", str(tmp_path), "--target", "top-2"]):
@@ -195,5 +209,6 @@ def test_usage_errors(folder, tmp_path):
 
 def test_import_onnxcam_without_ray():
     """Only onnxcam.ray imports ray: the library and the CLI load without it."""
-    code = "import sys, onnxcam, onnxcam.cli, onnxcam.cli.run; assert 'ray' not in sys.modules and 'pyarrow' not in sys.modules"
+    code = ("import sys, onnxcam, onnxcam.cli, onnxcam.cli.run\n"
+            "assert 'ray' not in sys.modules and 'pyarrow' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)

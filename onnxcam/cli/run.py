@@ -423,7 +423,8 @@ def _run_on_ray(model, images, method, methods, layers, target, labels, device, 
         if given:
             raise click.UsageError(f"{option} does not go with --ray, which writes one row per image and method "
                                    "into OUT/results.parquet")
-    images = [p for item in images for p in (on_ray.list_images(item, IMAGE_SUFFIXES) if "://" in item else _expand([item]))]
+    images = [p for item in images
+              for p in (on_ray.list_images(item, IMAGE_SUFFIXES) if "://" in item else _expand([item]))]
     _check_distinct_outputs(images, out)
     explainer = dict(layer=list(layers) or None, preprocess_preset=preset, gradients=gradients, **model_args(kwargs))
     ex = Explainer(model, providers=["CPUExecutionProvider"], **explainer)
@@ -441,8 +442,9 @@ def _run_on_ray(model, images, method, methods, layers, target, labels, device, 
     click.echo(f"ray       {ray_address or 'local cluster'}")
     with Progress(len(images)) as bar:
         table, failures = on_ray.run_folder(model, images, out, settings, address=ray_address or None,
-                                            explainer={**explainer, "device": device}, batch_size=kwargs["batch_size"], actors=actors,
-                                            num_gpus=gpus_per_actor or 0, progress=bar.update)
+                                            explainer={**explainer, "device": device}, actors=actors,
+                                            batch_size=kwargs["batch_size"], num_gpus=gpus_per_actor or 0,
+                                            progress=bar.update)
     click.echo(f"wrote     {table}  ({len(images)} images)")
     for image, error in failures[:20]:
         click.echo(f"\n{image}\n  failed    {one_line(error)}", err=True)
