@@ -23,7 +23,7 @@ from onnxcam.linear_head import linear_head_weights
 from onnxcam.methods import ELEMENTWISE, METHODS, SAMPLES, LayerData, method_named, projection
 from onnxcam.model import inspect_model, load_model
 from onnxcam.runtime import providers_for
-from onnxcam.sessions import SessionSpec, Sessions
+from onnxcam.sessions import Sessions, SessionSpec
 from onnxcam.surgery import SCORES, TARGET_OUTPUT, grad_name
 from onnxcam.surgery.maps import FORMULAS, layer_map_name
 
@@ -57,7 +57,7 @@ class Explanation:
     # fell below the 1e-7 normalization floor, so `maps` holds (finite) zeros rather than a picture
     flat: np.ndarray | None = None
 
-    def item(self, i: int) -> "Explanation":
+    def item(self, i: int) -> Explanation:
         """The explanation of image i alone (arrays keep their batch axis, of length 1)."""
         def one(a):
             return None if a is None else a[i:i + 1]

@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from onnxcam.errors import ModelError, OnnxcamError, UnsupportedOpError
+from onnxcam.errors import OnnxcamError, UnsupportedOpError
 from onnxcam.linear_head import linear_head_weights
 from onnxcam.model import ModelInfo
 from onnxcam.surgery import CLASS_INPUT, TARGET_OUTPUT

@@ -19,8 +19,8 @@ and are listed with `input_gradient` set.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 

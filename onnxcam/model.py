@@ -364,8 +364,8 @@ def _skeleton(model) -> onnx.ModelProto:
     skeleton = onnx.ModelProto(ir_version=max(model.ir_version, 4))
     skeleton.opset_import.extend(model.opset_import)
     skeleton.functions.extend(model.functions)
-    for field in ("node", "input", "output", "value_info", "sparse_initializer"):
-        getattr(skeleton.graph, field).extend(getattr(graph, field))
+    for part in ("node", "input", "output", "value_info", "sparse_initializer"):
+        getattr(skeleton.graph, part).extend(getattr(graph, part))
     skeleton.graph.name = graph.name
     declared = {i.name for i in graph.input}
     for tensor in graph.initializer:

@@ -3,7 +3,8 @@
 `explain_dataset(ds, model)` maps a dataset of images (a `path` column, with the file's `bytes`, a decoded
 `image` or a model-ready `tensor` where the dataset has them) through a pool of actors. Each actor builds
 one Explainer, once (its sessions come from the node's on-disk cache when it has them), and returns one row
-per image and method: the record `onnxcam run --json` writes, flattened (`SCHEMA`). Images are decoded
+per image and method (and class, with top-K): the record `onnxcam run --json` writes (outputs.Run.report),
+flattened (`SCHEMA`); pictures and maps go to files as `run` writes them. Images are decoded
 inside the actors with onnxcam's own loader; an image that cannot be read or explained is a row with its
 error, never a failed job. Ray restarts an actor whose process dies and runs its batch again (Ray Data's
 actor pools retry without limit), so every image comes out once.
@@ -21,10 +22,9 @@ import sys
 import time
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
-from onnxcam import postprocess, render
+from onnxcam import names, outputs
 from onnxcam.errors import ImageError, OnnxcamError, OutputError
 
 try:
@@ -37,17 +37,16 @@ try:
 except ImportError as exc:
     raise OnnxcamError(f"onnxcam.ray needs Ray Data and pyarrow ({exc}): pip install 'onnxcam[ray]'") from None
 from onnxcam.explainer import Explainer
-from onnxcam.methods import softmax
-from onnxcam.preprocess import DEFAULT_MAX_PIXELS, decode_image, load_image, load_tensor, max_file_size
+from onnxcam.preprocess import decode_image, load_image, load_tensor, max_file_size
 from onnxcam.runtime import CPU, CUDA, PROVIDER_OPTIONS, cuda_available
-from onnxcam.writer import npy_bytes, picture_bytes, write_files
 
 TABLE = "results.parquet"  # the name of run_folder's table in the output folder
 MAP_TYPES = ("float32", "float16", "uint8")  # uint8: round(map * 255)
 
 _PREDICTION = pa.struct([("class", pa.int64()), ("label", pa.string()), ("probability", pa.float64()),
                          ("logit", pa.float64())])
-# One row per image and method. An image that failed has its path, method and error, and nulls elsewhere.
+# One row per image and explanation (method, and class with top-K): the fields of `onnxcam run --json`'s record
+# (outputs.Run.report). An image that failed has its path, method and error, and nulls elsewhere.
 SCHEMA = pa.schema([
     ("path", pa.string()),
     ("error", pa.string()),
@@ -62,6 +61,7 @@ SCHEMA = pa.schema([
     ("gradients", pa.string()),
     ("box", pa.list_(pa.int64(), 4)),  # x0, y0, x1, y1, inclusive, in image pixels; null for a flat map
     ("flat", pa.bool_()),
+    ("units", pa.list_(pa.struct([("channel", pa.int64()), ("contribution", pa.float64())]))),
     ("outputs", pa.list_(pa.string())),
     ("timings_s", pa.struct([("setup", pa.float64()), ("image", pa.float64())])),
 ])
@@ -69,30 +69,21 @@ SCHEMA = pa.schema([
 
 @dataclass(frozen=True)
 class Settings:
-    """What every image of a job gets: the `onnxcam run` options that apply per image."""
+    """What every image of a job gets: the methods and classes, `onnxcam run`'s per-image options (by default
+    no pictures or .npy files: rows only), whether rows keep the map, and class names for models without."""
 
-    methods: tuple = ("gradcam",)
-    target: int | None = None  # a class index; None: each image's top-1 class
-    score: str = "logit"
-    aug_smooth: bool = False
-    eigen_smooth: bool = False
-    samples: int = 25
-    noise: float = 0.15
-    seed: int = 0
-    box_threshold: float = 0.2
-    top: int = 5
+    methods: tuple = (names.DEFAULT_METHOD,)
+    target: names.Target = names.Target()
+    options: outputs.RunOptions = outputs.RunOptions(pictures="none")
     maps: str | None = None  # keep each map (model input size) in its row as one of MAP_TYPES
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    labels: tuple | None = None  # class names, for models that carry none
-    out: str | None = None  # where the pictures and .npy maps go: a folder or a URI pyarrow can write
-    pictures: str = "none"  # png, jpg or none
-    npy: bool = False
+    labels: tuple | None = None
 
     def check(self):
         if self.maps is not None and self.maps not in MAP_TYPES:
             raise OnnxcamError(f"unknown map type '{self.maps}'; choose one of {', '.join(MAP_TYPES)}")
-        if self.out is None and (self.pictures != "none" or self.npy):
-            raise OnnxcamError("pictures and .npy maps need an output folder (Settings.out)")
+        o = self.options
+        if o.out is None and (o.pictures != "none" or o.npy or o.as_json):
+            raise OnnxcamError("pictures, .npy maps and JSON files need an output folder (RunOptions.out)")
 
 
 def explain_dataset(ds: ray.data.Dataset, model: str, settings: Settings = Settings(), *,
@@ -121,152 +112,106 @@ class _Worker:
     """One actor: one Explainer, built once; a batch of input rows in, a table of result rows out."""
 
     def __init__(self, model: str, settings: Settings, explainer: dict, num_gpus: float):
-        t0 = time.perf_counter()
-        self.ex = Explainer(model, providers=_providers(num_gpus), **explainer)
+        started = time.perf_counter()
+        ex = Explainer(model, providers=_providers(num_gpus), **explainer)
         if settings.labels:
-            self.ex.info.labels = list(settings.labels)
-        self.model, self.settings = model, settings
-        self.fs = _filesystem(settings.out)
-        self.setup = time.perf_counter() - t0
+            ex.info.labels = list(settings.labels)
+        self.run = _BatchRun(ex, model, list(settings.methods), settings.target, settings.options, [], started)
+        self.settings = settings
+        self.fs = _filesystem(settings.options.out)
 
     def __call__(self, batch: dict) -> pa.Table:
-        rows, loaded = [], []
-        for i, path in enumerate(batch["path"]):
-            try:
-                loaded.append((str(path), *self._load(batch, i)))
-            except OnnxcamError as error:
-                rows += self._failed(str(path), error)
-        rows += self._explain(loaded)
+        paths = [str(p) for p in batch["path"]]
+        self.run.batch, self.run.rows = batch, {p: i for i, p in reversed(list(enumerate(paths)))}
+        try:
+            items, failures = self.run.explain(paths)
+        except OnnxcamError:  # one image's error (NaN scores, a tensor of the wrong shape) sank the batch
+            items, failures = self.run.explain_each(paths)
+        rows = [row for path, error in failures for row in self._failed(path, error)]
+        for item in items:
+            rows += self._rows(item)
         return self._table(rows)
 
-    def _load(self, batch: dict, i: int):
-        """(the model's input or an RGB picture, the RGB picture or None for a tensor)."""
-        path = str(batch["path"][i])
-        if "tensor" in batch:
-            return _one_tensor(np.asarray(batch["tensor"][i]), path), None
-        if "image" in batch:
-            rgb = np.asarray(batch["image"][i])
-            if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
-                raise ImageError(f"{path}: an image must be HxWx3 uint8 RGB, got {rgb.dtype} {list(rgb.shape)}")
-            return rgb, rgb
-        if path.lower().endswith(".npy"):
-            if "bytes" in batch or _is_uri(path):
-                raise ImageError(f"{path}: .npy input tensors are read from local paths only; "
-                                 "give a 'tensor' column instead")
-            return _one_tensor(load_tensor(path), path), None
-        if "bytes" in batch:
-            rgb = decode_image(batch["bytes"][i], path, self.settings.max_pixels)
-        elif _is_uri(path):
-            rgb = decode_image(_read_uri(path, max_file_size(self.settings.max_pixels)), path,
-                               self.settings.max_pixels)
-        else:
-            rgb = load_image(path, self.settings.max_pixels)
-        return rgb, rgb
-
-    def _explain(self, loaded: list) -> list:
-        """Rows for loaded images, in one run per method; where that fails, one image at a time, so one
-        image's error (NaN scores, a tensor of the wrong shape) is its own row and not its batch's."""
+    def _rows(self, item: outputs.ImageResult) -> list:
+        """The image's record, as `onnxcam run --json` writes it, one row per explanation; its files written."""
+        run = self.run
         try:
-            return self._explain_batch(loaded) if loaded else []
-        except OnnxcamError as error:
-            if len(loaded) == 1:
-                return self._failed(loaded[0][0], error)
-            return [row for item in loaded for row in self._explain([item])]
+            report = run.report(item)
+            written, error = self._write(report.files), None
+        except OnnxcamError as exc:
+            return self._failed(item.image, exc)
+        shared = {"path": item.image, "error": error, "model": run.model, "layers": list(run.ex.layers),
+                  "provider": run.ex.provider, "preprocess": run.ex.preset, "score": run.opts.score,
+                  "predictions": report.predictions, "units": report.units, "outputs": written,
+                  "timings_s": {"setup": run.setup, "image": item.seconds}}
+        return [{**shared, **entry, "map": _quantize(res.maps[0], self.settings.maps)}
+                for entry, res in zip(report.explanations, item.explanations)]
 
-    def _explain_batch(self, loaded: list) -> list:
-        s, ex = self.settings, self.ex
-        t0 = time.perf_counter()
-        x = np.concatenate([ex.prepare(x) for _, x, _ in loaded])
-        results = [ex.explain(x, method=m, target=s.target, score=s.score, aug_smooth=s.aug_smooth,
-                              eigen_smooth=s.eigen_smooth, samples=s.samples, noise=s.noise, seed=s.seed)
-                   for m in s.methods]
-        seconds = (time.perf_counter() - t0) / len(loaded)
-        rows = []
-        for i, (path, _, rgb) in enumerate(loaded):
-            rows += self._rows(path, [r.item(i) for r in results], rgb, seconds)
-        return rows
-
-    def _rows(self, path: str, results: list, rgb, seconds: float) -> list:
-        """The image's record (as `onnxcam run --json` writes it), one row per method; its files written."""
-        s, ex = self.settings, self.ex
-        scores = results[0].scores[0]
-        probs = softmax(scores)
-        predictions = [{"class": int(c), "label": ex.info.label(int(c)), "probability": float(probs[c]),
-                        "logit": float(scores[c])} for c in np.argsort(-probs)[:s.top]]
-        shared = {"path": path, "error": None, "model": self.model, "layers": list(ex.layers),
-                  "provider": ex.provider, "preprocess": ex.preset, "score": s.score, "predictions": predictions,
-                  "timings_s": {"setup": self.setup, "image": seconds}}
-        if rgb is None:  # a tensor input has no picture: colour the maps alone
-            rgb = np.zeros((*results[0].maps.shape[1:], 3), np.uint8)
-        rows, files, tiles = [], {}, []
-        for res in results:
-            cls, heat, flat = int(res.targets[0]), res.maps[0], bool(res.flat[0])
-            heat_on_image = cv2.resize(heat, (rgb.shape[1], rgb.shape[0]))  # for the box and the overlay
-            found = None if flat else postprocess.box(heat_on_image, s.box_threshold)
-            rows.append({**shared, "method": res.method, "target": {"class": cls, "label": ex.info.label(cls)},
-                         "gradients": res.gradients, "box": list(found) if found else None, "flat": flat,
-                         "map": _quantize(heat, s.maps)})
-            if s.pictures != "none":
-                tiles.append((render.overlay(rgb, heat_on_image, box=found), f"{res.method}: {ex.info.label(cls)}"))
-                if res.saliency is not None:
-                    files[f"{res.method}.saliency.{s.pictures}"] = picture_bytes(
-                        render.saliency_image(res.saliency[0]), s.pictures)
-            if s.npy:
-                files[f"{res.method}.npy"] = npy_bytes(heat)
-        if len(tiles) == 1:
-            files[f"{results[0].method}.{s.pictures}"] = picture_bytes(tiles[0][0], s.pictures)
-        elif tiles:
-            files[f"grid.{s.pictures}"] = picture_bytes(render.grid(*zip(*tiles)), s.pictures)
-        try:
-            outputs = self._write(path, files)
-        except OnnxcamError as error:
-            return [{**row, "error": str(error), "outputs": None} for row in rows]
-        return [{**row, "outputs": outputs} for row in rows]
-
-    def _write(self, path: str, files: dict) -> list:
-        """Write {tag.ext: bytes} as OUT/stem.tag.ext, all or none; returns the paths."""
-        if not files:
-            return []
-        stem = os.path.splitext(os.path.basename(path))[0]
-        named = {_join(self.settings.out, f"{stem}.{name}"): data for name, data in files.items()}
-        if _real(path) in {_real(target) for target in named}:
-            raise OutputError(f"refusing to overwrite the input {path} with one of its outputs; "
-                              "choose another output folder")
+    def _write(self, files: dict) -> list:
+        """Write {path: bytes}, all or none; returns the paths."""
         if self.fs is None:
-            write_files(named)
-        else:  # an object store: each object appears whole when its stream closes
-            for target, data in named.items():
-                try:
-                    with self.fs[0].open_output_stream(_uri_path(target)) as f:
-                        f.write(data)
-                except OSError as exc:
-                    raise OutputError(f"cannot write {target}: {exc}") from None
-        return list(named)
+            return outputs.write(files, [])
+        for target, data in files.items():  # an object store: each object appears whole when its stream closes
+            try:
+                with self.fs[0].open_output_stream(_uri_path(target)) as f:
+                    f.write(data)
+            except OSError as exc:
+                raise OutputError(f"cannot write {target}: {exc}") from None
+        return list(files)
 
     def _failed(self, path: str, error: Exception) -> list:
-        return [{"path": path, "error": str(error), "model": self.model, "method": m} for m in self.settings.methods]
+        return [{"path": path, "error": str(error), "model": self.run.model, "method": m} for m in self.run.methods]
 
     def _table(self, rows: list) -> pa.Table:
         table = pa.Table.from_pylist([{k: v for k, v in row.items() if k != "map"} for row in rows], SCHEMA)
         if self.settings.maps is None:
             return table
-        return table.append_column("map", _tensor_column([row.get("map") for row in rows], self.ex.info.size,
+        return table.append_column("map", _tensor_column([row.get("map") for row in rows], self.run.ex.info.size,
                                                          self.settings.maps))
 
 
-def run_folder(model: str, images: list, out: str, settings: Settings, *, address: str | None = None,
+class _BatchRun(outputs.Run):
+    """outputs.Run over one Ray batch: an image comes from its row (the file's bytes, a decoded picture, a
+    tensor, or a local path or URI to read), not only from a local path."""
+
+    batch: dict = {}
+    rows: dict = {}  # path -> its row in the batch
+
+    def _load(self, image: str) -> np.ndarray:
+        batch, i, max_pixels = self.batch, self.rows[image], self.opts.max_pixels
+        if "tensor" in batch:
+            return _one_tensor(np.asarray(batch["tensor"][i]), image)
+        if "image" in batch:
+            rgb = np.asarray(batch["image"][i])
+            if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+                raise ImageError(f"{image}: an image must be HxWx3 uint8 RGB, got {rgb.dtype} {list(rgb.shape)}")
+            return rgb
+        if names.is_tensor_file(image):
+            if "bytes" in batch or _is_uri(image):
+                raise ImageError(f"{image}: .npy input tensors are read from local paths only; "
+                                 "give a 'tensor' column instead")
+            return _one_tensor(load_tensor(image), image)
+        if "bytes" in batch:
+            return decode_image(batch["bytes"][i], image, max_pixels)
+        if _is_uri(image):
+            return decode_image(_read_uri(image, max_file_size(max_pixels)), image, max_pixels)
+        return load_image(image, max_pixels)
+
+
+def run_folder(model: str, images: list, settings: Settings, *, address: str | None = None,
                explainer: dict | None = None, batch_size: int = 16, actors: int | None = None,
                num_gpus: float = 0, progress=None) -> tuple:
     """`onnxcam run MODEL DIR --ray`: explain `images` (paths every node reads, or URIs) on the cluster at
-    `address` (None: a local one started here, or $RAY_ADDRESS) and write OUT/results.parquet whole, or
-    nothing. actors: default one per CPU (per GPU with num_gpus) of the cluster. progress(n): called as n
-    more images are done. Returns (the table's path, [(image, error)] of the images that failed)."""
-    _refuse_overwriting(images, out, settings)
+    `address` (None: a local one started here, or $RAY_ADDRESS) and write OUT/results.parquet (OUT:
+    settings.options.out) whole, or nothing. actors: default one per CPU (per GPU with num_gpus) of the
+    cluster. progress(n): called as n more images are done. Returns (the table's path, [(image, error)] of
+    the images that failed)."""
+    out = settings.options.out
+    if out is None:
+        raise OnnxcamError("run_folder needs an output folder (RunOptions.out) for its table")
+    _refuse_overwriting(images, out)
     if not _is_uri(out):
-        try:
-            os.makedirs(out, exist_ok=True)
-        except OSError as exc:
-            raise OutputError(f"cannot create the output folder {out}: {exc.strerror or exc}") from None
+        outputs.make_folder(out)
     started = not ray.is_initialized()
     if started:
         _quiet_init(address)
@@ -282,15 +227,15 @@ def run_folder(model: str, images: list, out: str, settings: Settings, *, addres
         ds = ray.data.from_items([{"path": p} for p in images], override_num_blocks=blocks)
         results = explain_dataset(ds, model, settings, explainer=explainer, batch_size=batch_size,
                                   actors=min(actors, blocks), num_gpus=num_gpus)
-        return write_table(results, _join(out, TABLE), settings.methods[0], progress)
+        return write_table(results, _join(out, TABLE), progress)
     finally:
         if started:
             ray.shutdown()
 
 
-def write_table(results: ray.data.Dataset, path: str, method: str, progress=None) -> tuple:
+def write_table(results: ray.data.Dataset, path: str, progress=None) -> tuple:
     """Stream the result rows into one Parquet file at `path` (local or a URI), written whole or not at all.
-    Images are counted by their rows of `method` (each image has one). Returns (path, [(image, error)])."""
+    progress(n): n more images done (an image's rows come in one block). Returns (path, [(image, error)])."""
     fs = _filesystem(path)
     tmp = None if fs else os.path.join(os.path.dirname(path) or ".", f".onnxcam-{os.getpid()}-{TABLE}.tmp")
     writer, failures = None, []
@@ -300,10 +245,10 @@ def write_table(results: ray.data.Dataset, path: str, method: str, progress=None
                 writer = pq.ParquetWriter(tmp, table.schema) if fs is None else \
                     pq.ParquetWriter(_uri_path(path), table.schema, filesystem=fs[0])
             writer.write_table(table)
-            images = table.filter(pc.equal(table["method"], method)).select(["path", "error"])
-            failures += [(r["path"], r["error"]) for r in images.filter(pc.is_valid(images["error"])).to_pylist()]
+            failed = table.filter(pc.is_valid(table["error"])).select(["path", "error"]).to_pylist()
+            failures += list(dict.fromkeys((r["path"], r["error"]) for r in failed))
             if progress is not None:
-                progress(len(images))
+                progress(len(pc.unique(table["path"])))
         if writer is not None:
             writer.close()
             writer = None
@@ -319,16 +264,18 @@ def write_table(results: ray.data.Dataset, path: str, method: str, progress=None
     return path, failures
 
 
-def _refuse_overwriting(images: list, out: str, settings: Settings) -> None:
-    """No output of the job (the table, an image's pictures or maps) may replace one of its inputs."""
-    inputs, folder = {_real(i) for i in images}, _real(out)  # outputs are all in `folder`: one realpath
-    fmt = settings.pictures
-    tags = [f"{m}.{ext}" for m in settings.methods for ext in (fmt, f"saliency.{fmt}", "npy")] + [f"grid.{fmt}"]
-    outputs = [_join(folder, TABLE)] + [_join(folder, f"{os.path.splitext(os.path.basename(i))[0]}.{tag}")
-                                        for i in images for tag in tags]
-    clash = next((o for o in outputs if o in inputs), None)
-    if clash:
-        raise OutputError(f"refusing to overwrite the input {clash} with an output; choose another output folder")
+def _refuse_overwriting(images: list, out: str) -> None:
+    """No output may replace an input. Outputs are OUT/STEM.TAG...EXT (outputs.output_path) with STEM an input's
+    stem: an input in OUT named so is refused, whatever the methods and classes (the workers see one batch
+    of inputs each; this sees them all)."""
+    folder = _real(out).rstrip("/")
+    stems = {os.path.splitext(os.path.basename(i))[0] for i in images}
+    for image in images:
+        real = _real(image)
+        parts = os.path.basename(real).split(".")
+        if os.path.dirname(real) == folder and any(".".join(parts[:k]) in stems for k in range(1, len(parts) - 1)):
+            raise OutputError(f"{image} lies in the output folder and is named like an output of another input, "
+                              "which could replace it; choose another output folder")
 
 
 def _quiet_init(address: str | None):
@@ -350,8 +297,10 @@ def _quiet_init(address: str | None):
         os.close(devnull)
 
 
-def list_images(uri: str, suffixes: tuple) -> list:
-    """The image files of a folder URI (s3://bucket/dir; not recursive), sorted, or the URI of one file."""
+def list_images(uri: str) -> list:
+    """The image files of a folder URI (s3://bucket/dir; not recursive; the suffixes of outputs.input_paths),
+    sorted, or the URI of one file."""
+    suffixes = names.IMAGE_SUFFIXES + (names.TENSOR_SUFFIX,)
     fs, root = pyarrow.fs.FileSystem.from_uri(uri)
     info = fs.get_file_info(root)
     if info.type == pyarrow.fs.FileType.NotFound:

@@ -46,22 +46,22 @@ class SessionSpec:
         return self.kind in (GRADIENTS, MAPS)
 
     @staticmethod
-    def forward() -> "SessionSpec":
+    def forward() -> SessionSpec:
         return SessionSpec(FORWARD)
 
     @staticmethod
-    def gradients(layer_gradients: bool, input_gradient=None, score="logit", unit=None) -> "SessionSpec":
+    def gradients(layer_gradients: bool, input_gradient=None, score="logit", unit=None) -> SessionSpec:
         """Without any gradient, score and unit do not matter: the plain forward session."""
         if not layer_gradients and not input_gradient:
             return SessionSpec.forward()
         return SessionSpec(GRADIENTS, layer_gradients, input_gradient, score=score, unit=unit)
 
     @staticmethod
-    def maps(method: str, score="logit", unit=None) -> "SessionSpec":
+    def maps(method: str, score="logit", unit=None) -> SessionSpec:
         return SessionSpec(MAPS, method=method, score=score, unit=unit)
 
     @staticmethod
-    def head(layer: str) -> "SessionSpec":
+    def head(layer: str) -> SessionSpec:
         return SessionSpec(HEAD, layer=layer)
 
 

@@ -7,11 +7,11 @@ BinaryClassifierOutputTarget (class 1: z, class 0: -z), and central finite diffe
 import numpy as np
 import onnx
 import pytest
+from onnx import TensorProto, helper
 
 from onnxcam import Explainer, heads
 from onnxcam.export import MAP_OUTPUT, export
 from tinymodels import IN_SHAPE, Net, session
-from onnx import TensorProto, helper
 
 
 def _gap_linear(classes: int, sigmoid_output: bool, seed: int = 0) -> onnx.ModelProto:

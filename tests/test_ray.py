@@ -6,6 +6,7 @@ import glob
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import cv2
 import numpy as np
 import pytest
 from click.testing import CliRunner
+
 from conftest import CHELSEA, COFFEE, DEMO, ROOT
 
 ray = pytest.importorskip("ray", reason="needs the ray extra: pip install 'onnxcam[ray]'")
@@ -75,7 +77,7 @@ def _by_name(rows):
 
 def _same_record(row, record, method):
     """A row holds the record `run --json` wrote for its image and method (scores to float32 rounding)."""
-    for key in ("model", "layers", "provider", "preprocess", "score"):
+    for key in ("model", "layers", "provider", "preprocess", "score", "units"):
         assert row[key] == record[key], key
     assert row["error"] is None
     explanation = next(e for e in record["explanations"] if e["method"] == method)
@@ -93,6 +95,7 @@ def _same_record(row, record, method):
 def test_cli_rows_equal_plain_run(cluster, folder, plain, tmp_path):
     records, plain_out, plain_output = plain
     out = tmp_path / "ray"
+    assert {r["image"] for r in records.values()} <= set(glob.glob(str(folder / "*")))
     result = CliRunner().invoke(main, ["run", DEMO, str(folder), "--ray", "--methods", ",".join(METHODS), "--npy",
                                        "--pictures", "none", "--out", str(out), "-b", "4", "--actors", "2"])
     assert result.exit_code == 1, result.output
@@ -105,6 +108,7 @@ def test_cli_rows_equal_plain_run(cluster, folder, plain, tmp_path):
         for method in METHODS:
             row = by_name[name, method]
             _same_record(row, record, method)
+            assert row["path"] == record["image"]
             stem = os.path.splitext(name)[0]
             assert row["outputs"] == [str(out / f"{stem}.{m}.npy") for m in METHODS]
             np.testing.assert_allclose(np.load(out / f"{stem}.{method}.npy"),
@@ -200,11 +204,17 @@ def test_gpu_fraction_caps_cuda_memory(monkeypatch):
     assert on_ray._providers(0) is None  # CPU actors: the explainer's device option decides
 
 
-def test_usage_errors(folder, tmp_path):
-    runner = CliRunner()
-    for extra in ([], ["--out", str(tmp_path), "--json"], ["--out", str(tmp_path), "--target", "top-2"]):
-        result = runner.invoke(main, ["run", DEMO, str(folder), "--ray", *extra])
-        assert result.exit_code == 2 and "--ray" in result.output, result.output
+def test_ray_needs_out(folder):
+    result = CliRunner().invoke(main, ["run", DEMO, str(folder), "--ray"])
+    assert result.exit_code == 2 and "--ray needs --out" in result.output, result.output
+
+
+def test_outputs_never_replace_inputs(cluster, folder, tmp_path):
+    """An input in the output folder named like another input's output is refused before anything runs."""
+    shutil.copytree(folder, tmp_path / "in")
+    shutil.copy(tmp_path / "in" / "chelsea.png", tmp_path / "in" / "chelsea.gradcam.png")
+    result = CliRunner().invoke(main, ["run", DEMO, str(tmp_path / "in"), "--ray", "--out", str(tmp_path / "in")])
+    assert result.exit_code == 5 and "chelsea.gradcam.png lies in the output folder" in result.output, result.output
 
 
 def test_import_onnxcam_without_ray():

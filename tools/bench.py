@@ -114,8 +114,8 @@ def main():
         x = np.repeat(image, batch, axis=0)
         for m in methods:  # build every session before timing
             ex.explain(x, method=m)
-        fns = {"forward": lambda: plain.run(None, {ex.info.input_name: x})}
-        fns.update({m: (lambda m=m: ex.explain(x, method=m)) for m in methods})
+        fns = {"forward": lambda x=x: plain.run(None, {ex.info.input_name: x})}
+        fns.update({m: (lambda m=m, x=x: ex.explain(x, method=m)) for m in methods})
         cams = {}
         if args.torch:
             cams = torch_contenders(args.model, x)
@@ -144,6 +144,7 @@ def main():
 def torch_contenders(model_name: str, x: np.ndarray) -> dict:
     """pytorch-grad-cam's GradCAM on the torch twin, keyed 'pytorch-grad-cam (gradcam)'."""
     import torch
+
     from make_parity_fixtures import _stub_torchvision
 
     _stub_torchvision()  # pytorch-grad-cam imports torchvision, which does not import beside CPU torch
@@ -162,6 +163,7 @@ def torch_contenders(model_name: str, x: np.ndarray) -> dict:
 def torch_slow(model_name: str, method: str, x: np.ndarray) -> float:
     """Seconds for one pytorch-grad-cam Score-CAM or Ablation-CAM of x (batch 1), 32 rows per run as onnxcam."""
     import torch
+
     from make_parity_fixtures import _stub_torchvision
 
     _stub_torchvision()

@@ -64,6 +64,7 @@ def main():
 
     import ray
 
+    from onnxcam.outputs import RunOptions
     from onnxcam.ray import Settings, run_folder
 
     tmp = tempfile.mkdtemp(prefix="onnxcam-bench-ray-")
@@ -90,8 +91,9 @@ def main():
         def on_ray(actors):
             def job(files):
                 t0 = time.perf_counter()
-                _, failures = run_folder(DEMO, files, os.path.join(tmp, f"ray{actors}"), Settings(),
-                                         explainer={"device": "cpu"}, batch_size=args.batch_size, actors=actors)
+                settings = Settings(options=RunOptions(out=os.path.join(tmp, f"ray{actors}"), pictures="none"))
+                _, failures = run_folder(DEMO, files, settings, explainer={"device": "cpu"},
+                                         batch_size=args.batch_size, actors=actors)
                 assert not failures
                 return time.perf_counter() - t0
             return job

@@ -9,8 +9,15 @@ from __future__ import annotations
 import numpy as np
 
 from onnxcam.surgery.builder import NeedsStaticShape
-from onnxcam.surgery.vjp import (_constant_value, _normalize_backward, _optional_input, _str_attr, gelu_slope,
-                                 unsupported, vjp)
+from onnxcam.surgery.vjp import (
+    _constant_value,
+    _normalize_backward,
+    _optional_input,
+    _str_attr,
+    gelu_slope,
+    unsupported,
+    vjp,
+)
 
 
 @vjp("Gather")

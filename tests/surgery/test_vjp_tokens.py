@@ -7,8 +7,8 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
+from test_vjp import case, check_gradients
 
-from test_vjp import check_gradients, case
 from tinymodels import classifier
 
 TOKENS, WIDTH = 42, 4
