@@ -10,7 +10,8 @@ from the session cache, filled by a warm-up round), which the job's rate include
 on the first quarter of the images: the marginal rate (images added / time added) is what a long job
 approaches, with the fixed cost of a job (setup, actors starting) taken out. The per-image overhead is
 1 / (Ray's marginal rate) - 1 / (the plain one). Prints medians over rounds; the contenders are interleaved
-so that drifts in machine load hit them alike.
+so that drifts in machine load hit them alike. Last, each command once in a fresh process, as a user runs it
+(`--ray` starting its own local cluster): wall time, everything included.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import logging
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -109,6 +111,13 @@ def main():
                     times[name][0].append(all_)
                     times[name][1].append(some)
         ray.shutdown()
+        fresh = {}  # the commands as a user runs them: a new process, --ray starting its own local cluster
+        for name, extra in (("onnxcam run DIR", ["--json"]), ("onnxcam run DIR --ray", ["--ray", "--actors", "1"])):
+            t0 = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "onnxcam", "run", DEMO, folder, "-b", str(args.batch_size), "-o",
+                            os.path.join(tmp, "fresh" + str(len(fresh))), "--pictures", "none", "--device", "cpu",
+                            *extra], check=True, capture_output=True, cwd=ROOT)
+            fresh[name] = time.perf_counter() - t0
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -122,6 +131,8 @@ def main():
         fixed = t_all - n / rates[name]
         print(f"  {name:16} {n / t_all:6.1f} images/s for the job ({t_all:5.1f} s), {rates[name]:6.1f} images/s "
               f"marginal, {fixed:4.1f} s fixed per job")
+    for name, seconds in fresh.items():
+        print(f"  {name:22} in a fresh process: {n / seconds:6.1f} images/s ({seconds:.1f} s wall, all included)")
     plain_rate = rates["onnxcam run DIR"]
     for name in ("ray, 1 actor", "ray, 2 actors"):
         print(f"  {name}: {rates[name] / plain_rate:.0%} of the plain marginal rate, "
