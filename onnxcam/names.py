@@ -3,7 +3,8 @@ a user's words (a method name, a class, a unit) into them.
 
 Standard library only, so the command line can declare its options without importing ONNX, ONNX Runtime or
 OpenCV (`onnxcam --help` stays instant). The library modules that own each concept keep their own tables
-(`methods.METHODS`, `preprocess.PRESETS`, ...); tests/test_names.py checks that they agree with these.
+(`methods.METHODS`, `preprocess.PRESETS`, `surgery.maps.FORMULAS`); tests/test_names.py checks that they agree
+with these. Plain words (devices, gradient modes, scores, the exported model's tensor names) live only here.
 """
 
 from __future__ import annotations
@@ -14,16 +15,17 @@ from dataclasses import dataclass
 
 from onnxcam.errors import OnnxcamError
 
-DEVICES = ("auto", "cpu", "cuda")  # runtime.DEVICES
-PRESETS = ("imagenet", "inception", "lite", "caffe", "unit", "raw")  # preprocess.PRESETS
-DEFAULT_PRESET = "imagenet"  # preprocess.DEFAULT_PRESET: when neither --preprocess nor the model says
+DEVICES = ("auto", "cpu", "cuda")  # --device; runtime.providers_for
+PRESETS = ("imagenet", "inception", "lite", "caffe", "unit", "raw", "bgr")  # preprocess.PRESETS
+DEFAULT_PRESET = "imagenet"  # when neither --preprocess nor the model says
 GRADIENT_MODES = ("auto", "analytic", "fd")  # Explainer(gradients=...)
 SCORES = ("logit", "probability")  # what the map explains: the class's logit or its softmax probability
-DEFAULT_MAX_PIXELS = 100_000_000  # preprocess.DEFAULT_MAX_PIXELS
+DEFAULT_MAX_PIXELS = 100_000_000  # preprocess.load_image refuses larger images unless told
 
 # methods.METHODS, in its order, and its aliases
 METHODS = ("cam", "gradcam", "gradcam++", "smoothgradcam++", "xgradcam", "layercam", "hirescam",
-           "gradcam-elementwise", "scorecam", "ablationcam", "eigencam", "eigengradcam", "guided-backprop",
+           "gradcam-elementwise", "scorecam", "ablationcam", "eigencam", "eigengradcam", "attention-rollout",
+           "gradient-rollout", "guided-backprop",
            "guided-gradcam", "smoothgrad")
 DEFAULT_METHOD = "gradcam"
 ALIASES = {"gradcampp": "gradcam++", "smoothgradcampp": "smoothgradcam++"}
@@ -96,15 +98,6 @@ def parse_unit(text: str | None):
         if len(parts) > count and all(re.fullmatch("[0-9]+", p) for p in parts[-count:]):
             return (":".join(parts[:-count]), *map(int, parts[-count:]))
     raise OnnxcamError(f"--unit takes LAYER:K or LAYER:K:I:J, got '{text}'")
-
-
-def read_labels(path: str) -> list:
-    """Class names from a UTF-8 text file, one a line."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            return [line.rstrip("\n") for line in f]
-    except (OSError, UnicodeDecodeError) as exc:
-        raise OnnxcamError(f"cannot read the labels file {path}: {exc}; it must be UTF-8, one name a line") from None
 
 
 def is_tensor_file(path: str) -> bool:

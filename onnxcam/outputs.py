@@ -17,9 +17,8 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from onnxcam import names, postprocess, render
+from onnxcam import heads, names, postprocess, render
 from onnxcam.errors import ImageError, OnnxcamError, OutputError
-from onnxcam.methods import softmax
 from onnxcam.preprocess import load_image, load_tensor
 from onnxcam.writer import json_bytes, npy_bytes, picture_bytes, write_files
 
@@ -109,7 +108,7 @@ class Run:
         items = []
         for i, (image, data) in enumerate(loaded):
             rgb = data if data.dtype == np.uint8 else blank_picture(first.maps.shape[1:])
-            items.append(ImageResult(image, rgb, softmax(first.scores[i]), [r.item(i) for r in results],
+            items.append(ImageResult(image, rgb, heads.probabilities(first.scores[i:i + 1], self.ex.head)[0], [r.item(i) for r in results],
                                      units[i] if units else None, seconds))
         return items, failures
 
@@ -135,10 +134,11 @@ class Run:
         """The image's predictions, boxes, pictures, maps and JSON record, named and encoded."""
         ex, opts = self.ex, self.opts
         label = ex.info.label
-        logits, probabilities = item.explanations[0].scores[0], item.probabilities
-        best = [int(c) for c in np.argsort(-probabilities)[:opts.top]]
-        report = Report(item.image, [{"class": c, "label": label(c), "probability": float(probabilities[c]),
-                                      "logit": float(logits[c])} for c in best], [], None)
+        probabilities = item.probabilities
+        best = np.argsort(-probabilities)[:opts.top]
+        logits = heads.class_score(item.explanations[0].scores[[0] * len(best)], best, "logit", ex.head)
+        report = Report(item.image, [{"class": int(c), "label": label(int(c)), "probability": float(probabilities[c]),
+                                      "logit": float(z)} for c, z in zip(best, logits)], [], None)
         one_method, pictures, fmt = len(self.methods) == 1, opts.pictures != "none", opts.pictures
         files, tiles, captions = {}, [], []
         h, w = item.rgb.shape[:2]

@@ -26,6 +26,7 @@ FORWARD = "forward"  # logits and the target layers' activations
 GRADIENTS = "gradients"  # ... and the target class, dScore/dA and/or dScore/dx
 MAPS = "maps"  # logits, the target class and each layer's map (the in-graph methods)
 HEAD = "head"  # the cut-off head: from one layer (an input) to the logits
+ATTENTION = "attention"  # logits and a transformer's attention probabilities (and with gradients, theirs)
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,7 @@ class SessionSpec:
     @property
     def takes_class(self) -> bool:
         """Whether the session has the class input (the augmented models that differentiate a class score)."""
-        return self.kind in (GRADIENTS, MAPS)
+        return self.kind in (GRADIENTS, MAPS) or (self.kind == ATTENTION and self.layer_gradients)
 
     @staticmethod
     def forward() -> SessionSpec:
@@ -59,6 +60,10 @@ class SessionSpec:
     @staticmethod
     def maps(method: str, score="logit", unit=None) -> SessionSpec:
         return SessionSpec(MAPS, method=method, score=score, unit=unit)
+
+    @staticmethod
+    def attention(gradients: bool, score="logit", unit=None) -> SessionSpec:
+        return SessionSpec(ATTENTION, gradients, score=score if gradients else "logit", unit=unit if gradients else None)
 
     @staticmethod
     def head(layer: str) -> SessionSpec:
@@ -139,7 +144,8 @@ class Sessions:
         if spec.kind == MAPS:
             heads = {layer: linear_head_weights(info, layer) for layer in self.layers} if spec.method == "cam" else None
             return maps_model(info, self.layers, spec.method, spec.score, spec.unit, heads)
-        return augment(info, self.layers, gradients=spec.layer_gradients, input_gradient=spec.input_gradient,
+        tensors = list(info.attention) if spec.kind == ATTENTION else self.layers
+        return augment(info, tensors, gradients=spec.layer_gradients, input_gradient=spec.input_gradient,
                        score=spec.score, unit=spec.unit)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 
-from onnxcam.cli import eval, export, inspect, methods, run, sanity
+from onnxcam.cli import eval, export, inspect, methods, report, run, sanity
 from onnxcam.cli.options import one_line
 from onnxcam.errors import Interrupted, OnnxcamError
 
@@ -37,5 +37,5 @@ def main():
     """Explain ONNX image classifiers with CAM / Grad-CAM heatmaps."""
 
 
-for _module in (run, inspect, export, methods, eval, sanity):
+for _module in (run, inspect, export, methods, eval, sanity, report):
     main.add_command(_module.command)

@@ -11,6 +11,7 @@ import click
 import onnxcam
 from onnxcam import names
 from onnxcam.cli.options import Progress, banner, explainer_options, layer_option, method_option
+from onnxcam.cli.report import report_option, write_reports
 
 
 @click.command("eval")
@@ -35,8 +36,9 @@ from onnxcam.cli.options import Progress, banner, explainer_options, layer_optio
 @click.option("--iou", default=0.5, show_default=True, type=click.FloatRange(0, 1),
               help="CAM localization is correct at this IoU with a true box or more.")
 @layer_option
+@report_option
 @explainer_options
-def command(model, images, methods, boxes, out, batch_size, layers, explainer_args, **options):
+def command(model, images, methods, boxes, out, batch_size, layers, report, explainer_args, **options):
     """Measure the faithfulness (and with --boxes, the localization) of each method's maps over IMAGES
     (image files, or folders of them)."""
     evaluate = onnxcam.evaluate
@@ -60,3 +62,5 @@ def command(model, images, methods, boxes, out, batch_size, layers, explainer_ar
     click.echo("  avg drop, deletion: lower is better; incr conf, insertion and the localization metrics: higher")
     written = evaluation.write(out, model, boxes, summary)
     click.echo("wrote     " + ", ".join(written))
+    if report:
+        write_reports(written)

@@ -76,19 +76,22 @@ def target_option(top: bool = True):
                              f"are numbers){what}. Default: the top-1 class.")
 
 
-def banner(model: str, ex, methods=()) -> None:
+def banner(model: str, ex, methods=(), pictures: bool = True) -> None:
     """The lines each explaining command starts with: the model, where it runs, the layers, the preprocessing
-    when it is a guess, and each method with where its gradients come from."""
+    when it is a guess (for pictures: ready tensors get none), and each method with where its gradients come
+    from and what finite differences will cost."""
     click.echo(f"model     {model}")
     click.echo(f"provider  {ex.provider}")
     for name in ex.layers:
         click.echo(f"layer     {name}  {format_shape(ex.info.resolve_layer(name).shape)}")
-    if ex.preset_source == "assumed":
+    if ex.preset_source == "assumed" and pictures:
         click.echo(f"preprocess {ex.preset} (assumed: the model records no preprocessing; if it was trained with "
                    "another, give --preprocess)")
     for name in methods:
         source = ex.gradient_source(name)
-        why = f" ({ex.missing_rule})" if ex.missing_rule and source == "finite differences" else ""
+        cost = f"about {ex.fd_seconds:.1f} s an image" if ex.fd_seconds is not None else ""
+        reasons = "; ".join(r for r in (ex.missing_rule, cost) if r)
+        why = f" ({reasons})" if reasons and source == "finite differences" else ""
         click.echo(f"method    {name}" + (f"  gradients {source}{why}" if source else ""))
 
 

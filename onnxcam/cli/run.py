@@ -13,6 +13,7 @@ import onnxcam
 from onnxcam import names
 from onnxcam.cli import options
 from onnxcam.cli.options import Progress, banner, one_line
+from onnxcam.cli.report import report_option, write_reports
 from onnxcam.errors import Interrupted, OnnxcamError
 
 
@@ -38,7 +39,7 @@ from onnxcam.errors import Interrupted, OnnxcamError
 @click.option("--seed", default=0, show_default=True, help="Seed of the noise.")
 @click.option("--box-threshold", default=0.2, show_default=True, type=click.FloatRange(0, 1),
               help="Localization box: the largest region where the map is >= this fraction of its max.")
-@click.option("--labels", type=click.Path(exists=True, dir_okay=False), help="Class names, one per line.")
+@click.option("--labels", type=click.Path(exists=True, dir_okay=False), help="Class names: text (one a line), a JSON list, or a JSON object {index: name}.")
 @click.option("-o", "--out", type=click.Path(file_okay=False), help="Output folder. Default: next to each image.")
 @click.option("--npy", is_flag=True, help="Also write each heatmap (float32, model input size) as .npy.")
 @click.option("--json", "as_json", is_flag=True, help="Also write a JSON summary.")
@@ -57,13 +58,15 @@ from onnxcam.errors import Interrupted, OnnxcamError
                                                        "CPU of the cluster (per GPU with --gpus-per-actor).")
 @click.option("--gpus-per-actor", type=click.FloatRange(0, 64, min_open=True),
               help="With --ray: GPUs per actor; a fraction shares a GPU and caps each actor's CUDA memory.")
+@report_option
 @options.explainer_options
-def command(model, images, methods, grid, layers, target, labels, unit, batch_size, explainer_args, ray_address,
-            actors, gpus_per_actor, **run_options):
+def command(model, images, methods, grid, layers, target, labels, unit, batch_size, report, explainer_args,
+            ray_address, actors, gpus_per_actor, **run_options):
     """Explain the model's decision on each IMAGE (a picture, a folder of them, or a .npy input tensor)."""
+    run_options["as_json"] |= report  # the report reads the JSON records
     if ray_address is not None:
-        return _run_on_ray(model, images, methods, grid, layers, target, labels, unit, batch_size, explainer_args,
-                           run_options, ray_address, actors, gpus_per_actor)
+        return _run_on_ray(model, images, methods, grid, layers, target, labels, unit, batch_size, report,
+                           explainer_args, run_options, ray_address, actors, gpus_per_actor)
     started = time.perf_counter()
     opts = onnxcam.outputs.RunOptions(unit=names.parse_unit(unit), **run_options)
     if opts.pictures == "none" and not (opts.npy or opts.as_json):
@@ -71,14 +74,12 @@ def command(model, images, methods, grid, layers, target, labels, unit, batch_si
     paths = onnxcam.outputs.input_paths(images)
     onnxcam.outputs.check_distinct_outputs(paths, opts.out)
     methods = names.method_names([*methods, *([grid] if grid else [])])
-    ex = onnxcam.Explainer(model, layer=list(layers) or None, **explainer_args)
-    if labels:
-        ex.info.labels = names.read_labels(labels)
-    job = onnxcam.outputs.Run(ex, model, methods, names.parse_target(target, ex.info.labels, ex.info.num_classes),
+    ex = onnxcam.Explainer(model, layer=list(layers) or None, labels=labels, **explainer_args)
+    job = onnxcam.outputs.Run(ex, model, methods, names.parse_target(target, ex.info.labels, ex.num_classes),
                               opts, paths, started)
     if opts.out:
         onnxcam.outputs.make_folder(opts.out)
-    banner(model, ex, methods)
+    banner(model, ex, methods, pictures=not all(names.is_tensor_file(p) for p in paths))
     failures = []
     with Progress(len(paths)) as bar, onnxcam.outputs.Background() as background:
         ex.progress = bar.report
@@ -104,6 +105,8 @@ def command(model, images, methods, grid, layers, target, labels, unit, batch_si
         if len(paths) == 1:
             raise error
         click.echo(f"\n{image}\n  failed    {one_line(error)}", err=True)
+    if report and len(failures) < len(paths):
+        write_reports(onnxcam.outputs.output_path(path, "report.html", opts.out) for path in paths)
     if failures:
         summary = "; ".join(f"{one_line(path)}: {one_line(why)}" for path, why in failures)
         raise click.ClickException(f"{len(failures)} of {len(paths)} images failed: {summary}")
@@ -140,8 +143,8 @@ def _show(report, top: int) -> None:
         click.echo("  units     " + ", ".join(f"{u['channel']} ({u['contribution']:+.3f})" for u in report.units))
 
 
-def _run_on_ray(model, images, methods, grid, layers, target, labels, unit, batch_size, explainer_args, run_options,
-                address, actors, gpus_per_actor):
+def _run_on_ray(model, images, methods, grid, layers, target, labels, unit, batch_size, report, explainer_args,
+                run_options, address, actors, gpus_per_actor):
     """`run --ray`: the same options, the images explained by onnxcam.ray on a cluster; their records go into one
     Parquet table in --out, their files are written as without --ray. The model and options are checked here,
     before the cluster starts."""
@@ -150,6 +153,8 @@ def _run_on_ray(model, images, methods, grid, layers, target, labels, unit, batc
     opts = onnxcam.outputs.RunOptions(unit=names.parse_unit(unit), **run_options)
     if not opts.out:
         raise click.UsageError("--ray needs --out: the folder (or URI) for results.parquet and the pictures")
+    if report and "://" in opts.out:
+        raise click.UsageError("--report with --ray needs a local --out folder (the report reads the JSON records)")
     paths = [p for item in images
              for p in (on_ray.list_images(item) if "://" in item else onnxcam.outputs.input_paths([item]))]
     onnxcam.outputs.check_distinct_outputs(paths, opts.out)
@@ -168,6 +173,8 @@ def _run_on_ray(model, images, methods, grid, layers, target, labels, unit, batc
                                             explainer=dict(explainer_args, layer=list(layers) or None),
                                             batch_size=batch_size, num_gpus=gpus_per_actor or 0, progress=bar.update)
     click.echo(f"wrote     {table}  ({len(paths)} images)")
+    if report and len(failures) < len(paths):
+        write_reports(onnxcam.outputs.output_path(path, "report.html", opts.out) for path in paths)
     for image, error in failures[:20]:
         click.echo(f"\n{image}\n  failed    {one_line(error)}", err=True)
     if failures:

@@ -13,6 +13,7 @@ import click
 import onnxcam
 from onnxcam import names
 from onnxcam.cli.options import banner, explainer_options, layer_option, method_option, target_option
+from onnxcam.cli.report import report_option, write_reports
 from onnxcam.errors import OnnxcamError
 
 
@@ -26,20 +27,21 @@ from onnxcam.errors import OnnxcamError
 @target_option(top=False)
 @layer_option
 @click.option("-o", "--out", type=click.Path(file_okay=False), help="Output folder. Default: next to the image.")
+@report_option
 @explainer_options
-def command(model, image, methods, steps, seed, target, layers, out, explainer_args):
+def command(model, image, methods, steps, seed, target, layers, out, report, explainer_args):
     """Check that each method's map depends on the model's weights (model randomization test)."""
     sanity = onnxcam.sanity
     methods = names.method_names(methods)
     proto = onnxcam.model.load_model(model)
     ex = onnxcam.Explainer(proto, layer=list(layers) or None, **explainer_args)
-    chosen = names.parse_target(target, ex.info.labels, ex.info.num_classes)
+    chosen = names.parse_target(target, ex.info.labels, ex.num_classes)
     if chosen.top != 1:
         raise OnnxcamError(f"sanity explains one class; give a class name or index, not {target}")
     is_tensor = names.is_tensor_file(image)
     x = onnxcam.preprocess.load_tensor(image) if is_tensor else onnxcam.preprocess.load_image(image)
     plan = sanity.cascade(proto, steps)
-    banner(model, ex, methods)
+    banner(model, ex, methods, pictures=not is_tensor)
     click.echo(f"image     {image}")
     kinds = ", ".join(sorted({op for s in plan for op in s.ops}))
     click.echo(f"steps     {len(plan)} cumulative re-initializations of {sum(len(s.nodes) for s in plan)} layers "
@@ -73,6 +75,8 @@ def command(model, image, methods, steps, seed, target, layers, out, explainer_a
     written = onnxcam.outputs.write({onnxcam.outputs.output_path(image, name, out): data
                                      for name, data in files.items()}, [image])
     click.echo("wrote     " + ", ".join(written))
+    if report:
+        write_reports(written)
 
 
 def _short(text: str, width: int) -> str:

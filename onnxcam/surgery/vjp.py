@@ -757,6 +757,8 @@ def _reverse(b, t, shape, axis):
 
 
 def _static_dim(node, shape, axis):
+    if shape is None:
+        raise NeedsStaticShape(node.inputs[0].name, None)
     d = shape[axis]
     if not isinstance(d, int):
         raise unsupported(node, f"along axis {axis} of symbolic size '{d}' (the batch axis)")

@@ -29,7 +29,7 @@ def _gather(b, node, g):
         raise NeedsStaticShape(data.name, None)
     rank = len(data.shape)
     axis = node.attrs.get("axis", 0) % rank
-    if axis == 0:
+    if axis == 0 and not isinstance(data.shape[0], int):  # a leading axis of known size is not the batch (qkv)
         raise unsupported(node, "along the batch axis: the score of one image would depend on the others")
     size = data.shape[axis]
     if not isinstance(size, int):
