@@ -17,9 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from onnxcam import chart, metrics, names
+from onnxcam import chart, heads, metrics, names
 from onnxcam.errors import ImageError, OnnxcamError
-from onnxcam.methods import softmax
 from onnxcam.outputs import write
 from onnxcam.preprocess import load_image
 from onnxcam.writer import json_bytes, picture_bytes
@@ -44,6 +43,7 @@ class EvalOptions:
     tolerance: float = metrics.POINTING_TOLERANCE  # pointing game, image pixels
     box_threshold: float = metrics.BOX_THRESHOLD
     iou: float = metrics.IOU_THRESHOLD
+    scorecam_channels: int | None = None  # Explainer.explain's: Score-CAM on the channels of largest mass only
 
 
 def pictures(paths: list) -> list:
@@ -118,8 +118,8 @@ class Evaluation:
         self.seconds = dict.fromkeys(methods, 0.0)
 
     def probabilities(self, x: np.ndarray) -> np.ndarray:
-        """[M, C] class probabilities of the model for M input tensors."""
-        return softmax(self.ex.logits(x))
+        """[M, C] class probabilities of the model for M input tensors (as its head gives them)."""
+        return heads.probabilities(self.ex.logits(x), self.ex.head)
 
     def add(self, paths: list, truth: dict, progress=None) -> None:
         """Explain and measure a batch of pictures; progress(n) is called after each method's n images."""
@@ -130,10 +130,10 @@ class Evaluation:
         item_layout = info.layout[1:]
         for method in self.methods:
             t0 = time.perf_counter()
-            res = ex.explain(x, method=method)
+            res = ex.explain(x, method=method, scorecam_channels=opts.scorecam_channels)
             self.seconds[method] += time.perf_counter() - t0
             heats = metrics.explanation_map(res.maps, res.saliency)
-            y = softmax(res.scores)[rows, res.targets]
+            y = heads.probabilities(res.scores, ex.head)[rows, res.targets]
             o = self.probabilities(metrics.masked_input(x, heats, info.layout))[rows, res.targets]
             for i, path in enumerate(paths):
                 heat, target = heats[i], int(res.targets[i])

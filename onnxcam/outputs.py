@@ -43,10 +43,11 @@ class RunOptions:
     samples: int = 25
     noise: float = 0.15
     seed: int = 0
+    scorecam_channels: int | None = None
 
     def explain_args(self) -> dict:
         return dict(score=self.score, unit=self.unit, aug_smooth=self.aug_smooth, eigen_smooth=self.eigen_smooth,
-                    samples=self.samples, noise=self.noise, seed=self.seed)
+                    samples=self.samples, noise=self.noise, seed=self.seed, scorecam_channels=self.scorecam_channels)
 
 
 @dataclass

@@ -113,9 +113,8 @@ class _Worker:
 
     def __init__(self, model: str, settings: Settings, explainer: dict, num_gpus: float):
         started = time.perf_counter()
-        ex = Explainer(model, providers=_providers(num_gpus), **explainer)
-        if settings.labels:
-            ex.info.labels = list(settings.labels)
+        ex = Explainer(model, providers=_providers(num_gpus), labels=settings.labels and list(settings.labels),
+                       **explainer)
         self.run = _BatchRun(ex, model, list(settings.methods), settings.target, settings.options, [], started)
         self.settings = settings
         self.fs = _filesystem(settings.options.out)

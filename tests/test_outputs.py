@@ -90,7 +90,7 @@ def test_the_record_lists_exactly_the_files_written(tmp_path):
 
 
 def test_run_options_are_typed_and_carry_the_explain_keywords():
-    opts = outputs.RunOptions(score="probability", unit=("A", 1), samples=3)
+    opts = outputs.RunOptions(score="probability", unit=("A", 1), samples=3, scorecam_channels=8)
     assert opts.explain_args() == dict(score="probability", unit=("A", 1), aug_smooth=False, eigen_smooth=False,
-                                       samples=3, noise=0.15, seed=0)
+                                       samples=3, noise=0.15, seed=0, scorecam_channels=8)
     assert opts.max_pixels == names.DEFAULT_MAX_PIXELS and opts.pictures in names.PICTURE_FORMATS

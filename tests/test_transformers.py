@@ -100,3 +100,14 @@ def test_a_model_fused_by_the_transformer_optimizer_gives_the_same_maps(tmp_path
         a = plain.explain(fx["input"], method, target=fx["targets"])
         b = optimized.explain(fx["input"], method, target=fx["targets"])
         assert b.gradients == "analytic" and np.abs(a.maps - b.maps).max() <= 1e-4, method
+
+
+def test_inspect_shows_token_layers_with_their_grid_and_prefix():
+    from click.testing import CliRunner
+
+    from onnxcam.cli import main
+
+    result = CliRunner().invoke(main, ["inspect", _load("deit_distilled")[0]])
+    assert result.exit_code == 0, result.output
+    assert f"{grid_name(NORM1)}" in result.output and "tokens: 2 prefix + 4x4 grid" in result.output
+    assert "attention   2 blocks" in result.output

@@ -1,7 +1,7 @@
 """Full-size vision transformers from torchvision with seeded random weights: the automatic layer onnxcam
 picks, and Grad-CAM's time against a plain forward pass (interleaved medians, batch 1, CPU).
 
-    pip install torch==2.13.0 torchvision   (imported through tools/make_transformer_fixtures.py's shim)
+    pip install torch==2.13.0 torchvision   (imported through tools/torchvision_shim.py)
     python tools/bench_transformers.py [--models vit_b_16,swin_t] [--repeats 7]
 
 vit_b_16's head is zero-initialized by torchvision: it is re-initialized here, or every class ties.
@@ -16,15 +16,16 @@ import tempfile
 import time
 
 import numpy as np
+import onnxruntime as ort
+import torch
+
+from onnxcam import Explainer
+from onnxcam.runtime import session_options
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import make_transformer_fixtures  # noqa: E402,F401  (imports torchvision beside the CPU torch wheel)
-import onnxruntime as ort  # noqa: E402
-import torch  # noqa: E402
-import torchvision  # noqa: E402
+from torchvision_shim import import_torchvision  # noqa: E402
 
-from onnxcam import Explainer  # noqa: E402
-from onnxcam.runtime import session_options  # noqa: E402
+torchvision = import_torchvision()
 
 
 def export(name: str, folder: str) -> str:
@@ -46,28 +47,29 @@ def main() -> None:
     os.environ.setdefault("ONNXCAM_CACHE_DIR", "off")
     with tempfile.TemporaryDirectory() as folder:
         for name in args.models.split(","):
-            path = export(name, folder)
-            t0 = time.perf_counter()
-            ex = Explainer(path, device="cpu")
-            inspected = time.perf_counter() - t0
-            x = ex.prepare(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples",
-                                        "chelsea.png"))
-            plain = ort.InferenceSession(path, session_options(), providers=["CPUExecutionProvider"])
-            runs = {"forward": lambda: plain.run(None, {"input": x}), "gradcam": lambda: ex.explain(x, "gradcam"),
-                    "gradcam, class 1": lambda: ex.explain(x, "gradcam", target=1)}
-            for run in runs.values():
-                run()  # sessions built, caches warm
-            times = {k: [] for k in runs}
-            for _ in range(args.repeats):
-                for k, run in runs.items():
-                    t = time.perf_counter()
-                    run()
-                    times[k].append(time.perf_counter() - t)
-            base = np.median(times["forward"])
-            print(f"{name}: automatic layer {ex.layers[0]}  (Explainer built in {inspected:.1f} s)")
-            for k, v in times.items():
-                print(f"  {k:18} {np.median(v) * 1e3:8.1f} ms  {np.median(v) / base:5.2f}x the forward")
+            bench(name, export(name, folder), args.repeats)
 
+
+def bench(name: str, path: str, repeats: int) -> None:
+    t0 = time.perf_counter()
+    ex = Explainer(path, device="cpu")
+    inspected = time.perf_counter() - t0
+    x = ex.prepare(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "chelsea.png"))
+    plain = ort.InferenceSession(path, session_options(), providers=["CPUExecutionProvider"])
+    runs = {"forward": lambda: plain.run(None, {"input": x}), "gradcam": lambda: ex.explain(x, "gradcam"),
+            "gradcam, class 1": lambda: ex.explain(x, "gradcam", target=1)}
+    for run in runs.values():
+        run()  # sessions built, caches warm
+    times = {k: [] for k in runs}
+    for _ in range(repeats):
+        for k, run in runs.items():
+            t = time.perf_counter()
+            run()
+            times[k].append(time.perf_counter() - t)
+    base = np.median(times["forward"])
+    print(f"{name}: automatic layer {ex.layers[0]}  (Explainer built in {inspected:.1f} s)")
+    for k, v in times.items():
+        print(f"  {k:18} {np.median(v) * 1e3:8.1f} ms  {np.median(v) / base:5.2f}x the forward")
 
 if __name__ == "__main__":
     main()

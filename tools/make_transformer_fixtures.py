@@ -24,24 +24,10 @@ SIZE, PATCH, WIDTH, DEPTH, HEADS, CLASSES = 32, 8, 32, 2, 2, 10
 METHODS = ("GradCAM", "HiResCAM", "GradCAMPlusPlus", "LayerCAM", "EigenCAM")
 
 
-def _import_torchvision() -> None:
-    """torchvision from the registry does not import beside the CPU torch wheel (its compiled ops fail to
-    register); timm and pytorch-grad-cam import it, and use none of those ops here."""
-    original = torch.library.register_fake
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from torchvision_shim import import_torchvision  # noqa: E402
 
-    def tolerant(name, *args, **kwargs):
-        if isinstance(name, str) and name.startswith("torchvision::"):
-            return args[0] if args else (lambda fn: fn)
-        return original(name, *args, **kwargs)
-
-    torch.library.register_fake = tolerant
-    try:
-        import torchvision  # noqa: F401
-    finally:
-        torch.library.register_fake = original
-
-
-_import_torchvision()
+import_torchvision()
 import pytorch_grad_cam as pgc  # noqa: E402
 import timm.models.deit  # noqa: E402
 import timm.models.vision_transformer as vt  # noqa: E402

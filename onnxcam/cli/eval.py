@@ -10,7 +10,7 @@ import click
 
 import onnxcam
 from onnxcam import names
-from onnxcam.cli.options import Progress, banner, explainer_options, layer_option, method_option
+from onnxcam.cli.options import Progress, banner, explainer_options, layer_option, method_option, scorecam_option
 from onnxcam.cli.report import report_option, write_reports
 
 
@@ -36,6 +36,7 @@ from onnxcam.cli.report import report_option, write_reports
 @click.option("--iou", default=0.5, show_default=True, type=click.FloatRange(0, 1),
               help="CAM localization is correct at this IoU with a true box or more.")
 @layer_option
+@scorecam_option
 @report_option
 @explainer_options
 def command(model, images, methods, boxes, out, batch_size, layers, report, explainer_args, **options):

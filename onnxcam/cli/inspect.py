@@ -23,7 +23,7 @@ def command(model, show_all, model_args):
     for out in graph.output:
         click.echo(f"output      {out.name}  {_shape(_dims(out))}")
     note = "" if info.logits_name == info.output_name else "  (before the output's softmax)"
-    click.echo(f"logits      {info.logits_name}  {info.num_classes} classes{note}")
+    click.echo(f"logits      {info.logits_name}  {info.num_classes} classes{note}  ({info.head} head)")
     unknown = f"not recorded (run uses --preprocess, default {names.DEFAULT_PRESET})"
     click.echo(f"preprocess  {info.preprocess or unknown}")
     names_in_model = f"{len(info.labels)} names in the model" if info.labels else None
@@ -34,7 +34,11 @@ def command(model, show_all, model_args):
     width = max(len(layer.name) for layer in shown)
     click.echo(f"  {'tensor':{width}}  {'op':18}  shape")
     for layer in shown:
-        click.echo(f"  {layer.name:{width}}  {layer.op:18}  {_shape(layer.shape)}")
+        tokens = layer.tokens
+        grid = f"  tokens: {tokens.prefix} prefix + {tokens.height}x{tokens.width} grid" if tokens else ""
+        click.echo(f"  {layer.name:{width}}  {layer.op:18}  {_shape(layer.shape)}{grid}")
+    if info.attention:
+        click.echo(f"\nattention   {len(info.attention)} blocks' probabilities (attention-rollout, gradient-rollout)")
     click.echo(f"\nautomatic layer  {info.auto_layer.name}")
 
 

@@ -59,6 +59,11 @@ layer_option = click.option(
          "Default: the last conv-like layer.")
 
 
+scorecam_option = click.option(
+    "--scorecam-channels", type=click.IntRange(1), metavar="K",
+    help="Score-CAM: score only the K channels of largest activation mass (an approximation, faster; default: all).")
+
+
 def method_option(choices: tuple = names.METHODS):
     """-m/--method, the same grammar in every command: a method name or alias, repeated or comma-separated for
     several; names.method_names resolves the values (gradcam when none is given). A command that takes one

@@ -58,6 +58,7 @@ from onnxcam.errors import Interrupted, OnnxcamError
                                                        "CPU of the cluster (per GPU with --gpus-per-actor).")
 @click.option("--gpus-per-actor", type=click.FloatRange(0, 64, min_open=True),
               help="With --ray: GPUs per actor; a fraction shares a GPU and caps each actor's CUDA memory.")
+@options.scorecam_option
 @report_option
 @options.explainer_options
 def command(model, images, methods, grid, layers, target, labels, unit, batch_size, report, explainer_args,
@@ -159,10 +160,8 @@ def _run_on_ray(model, images, methods, grid, layers, target, labels, unit, batc
              for p in (on_ray.list_images(item) if "://" in item else onnxcam.outputs.input_paths([item]))]
     onnxcam.outputs.check_distinct_outputs(paths, opts.out)
     methods = names.method_names([*methods, *([grid] if grid else [])])
-    ex = onnxcam.Explainer(model, layer=list(layers) or None, **{**explainer_args, "device": "cpu"})
-    if labels:
-        ex.info.labels = names.read_labels(labels)
-    settings = on_ray.Settings(tuple(methods), names.parse_target(target, ex.info.labels, ex.info.num_classes), opts,
+    ex = onnxcam.Explainer(model, layer=list(layers) or None, labels=labels, **{**explainer_args, "device": "cpu"})
+    settings = on_ray.Settings(tuple(methods), names.parse_target(target, ex.info.labels, ex.num_classes), opts,
                                labels=tuple(ex.info.labels) if labels else None)
     click.echo(f"model     {model}")
     click.echo(f"layer     {', '.join(ex.layers)}")
