@@ -58,13 +58,28 @@ def load_image(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """
     if not os.path.isfile(path):
         raise ImageError(f"image file not found: {path}")
-    size = os.path.getsize(path)
+    _check_file_size(os.path.getsize(path), path, max_pixels)
+    return decode_image(np.fromfile(path, dtype=np.uint8), path, max_pixels)
+
+
+def max_file_size(max_pixels: int = DEFAULT_MAX_PIXELS) -> int:
+    """More bytes than any image file of max_pixels needs: larger files are refused unread."""
+    return max(64 << 20, 16 * max_pixels)
+
+
+def _check_file_size(size: int, path: str, max_pixels: int) -> None:
     if size == 0:
         raise ImageError(f"empty image file: {path}")
-    if size > max(64 << 20, 16 * max_pixels):  # more bytes than any image of max_pixels needs
+    if size > max_file_size(max_pixels):
         raise ImageError(f"{path} is {size} bytes, too large for an image of at most {max_pixels} pixels; "
                          "raise --max-pixels if it is really one")
-    data = np.fromfile(path, dtype=np.uint8)
+
+
+def decode_image(data, path: str = "image", max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """load_image for the bytes of an image file read elsewhere (an object store, a Ray dataset); `path`
+    names it in errors."""
+    data = np.frombuffer(data, dtype=np.uint8) if isinstance(data, (bytes, bytearray, memoryview)) else data
+    _check_file_size(data.size, path, max_pixels)
     kind, width, height, alpha = image_size(data, path)
     if width * height > max_pixels:
         raise ImageError(

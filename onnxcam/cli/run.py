@@ -51,14 +51,24 @@ from onnxcam.errors import Interrupted, OnnxcamError
               help="Refuse images whose header declares more pixels (decompression bombs); raise it for huge images.")
 @click.option("-b", "--batch-size", default=16, show_default=True, type=click.IntRange(1, 1024),
               help="Images per run: memory is bounded by one batch; outputs stream to disk batch by batch.")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="", metavar="[ADDRESS]",
+              help="Explain on the Ray cluster at ADDRESS (none: a local one) and write OUT/results.parquet "
+                   "(needs onnxcam[ray]; IMAGE and --out may be URIs such as s3://bucket/dir).")
+@click.option("--actors", type=click.IntRange(1), help="With --ray: actors, one explainer each. Default: one per "
+                                                       "CPU of the cluster (per GPU with --gpus-per-actor).")
+@click.option("--gpus-per-actor", type=click.FloatRange(0, 64, min_open=True),
+              help="With --ray: GPUs per actor; a fraction shares a GPU and caps each actor's CUDA memory.")
 @options.scorecam_option
 @report_option
 @options.explainer_options
 def command(model, images, methods, grid, layers, target, labels, unit, batch_size, report, explainer_args,
-            **run_options):
+            ray_address, actors, gpus_per_actor, **run_options):
     """Explain the model's decision on each IMAGE (a picture, a folder of them, or a .npy input tensor)."""
-    started = time.perf_counter()
     run_options["as_json"] |= report  # the report reads the JSON records
+    if ray_address is not None:
+        return _run_on_ray(model, images, methods, grid, layers, target, labels, unit, batch_size, report,
+                           explainer_args, run_options, ray_address, actors, gpus_per_actor)
+    started = time.perf_counter()
     opts = onnxcam.outputs.RunOptions(unit=names.parse_unit(unit), **run_options)
     if opts.pictures == "none" and not (opts.npy or opts.as_json):
         raise click.UsageError("--pictures none leaves nothing to write; add --npy and/or --json")
@@ -134,3 +144,41 @@ def _show(report, top: int) -> None:
                                                                "  (flat map: no region)"))
     if report.units is not None:
         click.echo("  units     " + ", ".join(f"{u['channel']} ({u['contribution']:+.3f})" for u in report.units))
+
+
+def _run_on_ray(model, images, methods, grid, layers, target, labels, unit, batch_size, report, explainer_args,
+                run_options, address, actors, gpus_per_actor):
+    """`run --ray`: the same options, the images explained by onnxcam.ray on a cluster; their records go into one
+    Parquet table in --out, their files are written as without --ray. The model and options are checked here,
+    before the cluster starts."""
+    from onnxcam import ray as on_ray  # needs the ray extra; says so otherwise
+
+    opts = onnxcam.outputs.RunOptions(unit=names.parse_unit(unit), **run_options)
+    if not opts.out:
+        raise click.UsageError("--ray needs --out: the folder (or URI) for results.parquet and the pictures")
+    if report and "://" in opts.out:
+        raise click.UsageError("--report with --ray needs a local --out folder (the report reads the JSON records)")
+    paths = [p for item in images
+             for p in (on_ray.list_images(item) if "://" in item else onnxcam.outputs.input_paths([item]))]
+    onnxcam.outputs.check_distinct_outputs(paths, opts.out)
+    methods = names.method_names([*methods, *([grid] if grid else [])])
+    ex = onnxcam.Explainer(model, layer=list(layers) or None, labels=labels, **{**explainer_args, "device": "cpu"})
+    settings = on_ray.Settings(tuple(methods), names.parse_target(target, ex.info.labels, ex.num_classes), opts,
+                               labels=tuple(ex.info.labels) if labels else None)
+    click.echo(f"model     {model}")
+    click.echo(f"layer     {', '.join(ex.layers)}")
+    click.echo(f"method    {', '.join(methods)}")
+    click.echo(f"ray       {address or 'a local cluster'}")
+    with Progress(len(paths)) as bar:
+        table, failures = on_ray.run_folder(model, paths, settings, address=address or None, actors=actors,
+                                            explainer=dict(explainer_args, layer=list(layers) or None),
+                                            batch_size=batch_size, num_gpus=gpus_per_actor or 0, progress=bar.update)
+    click.echo(f"wrote     {table}  ({len(paths)} images)")
+    if report and len(failures) < len(paths):
+        write_reports(onnxcam.outputs.output_path(path, "report.html", opts.out) for path in paths)
+    for image, error in failures[:20]:
+        click.echo(f"\n{image}\n  failed    {one_line(error)}", err=True)
+    if failures:
+        more = f"; and {len(failures) - 20} more (the table's error column)" if len(failures) > 20 else ""
+        summary = "; ".join(f"{one_line(path)}: {one_line(why)}" for path, why in failures[:20])
+        raise click.ClickException(f"{len(failures)} of {len(paths)} images failed: {summary}{more}")
