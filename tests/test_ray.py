@@ -210,10 +210,12 @@ def test_ray_needs_out(folder):
 
 
 def test_outputs_never_replace_inputs(cluster, folder, tmp_path):
-    """An input in the output folder named like another input's output is refused before anything runs."""
+    """An input in the output folder named like another input's output is refused before anything runs. (Found in
+    a folder, such a file is taken for an earlier run's output and not read; given by name, it is an input.)"""
     shutil.copytree(folder, tmp_path / "in")
     shutil.copy(tmp_path / "in" / "chelsea.png", tmp_path / "in" / "chelsea.gradcam.png")
-    result = CliRunner().invoke(main, ["run", DEMO, str(tmp_path / "in"), "--ray", "--out", str(tmp_path / "in")])
+    result = CliRunner().invoke(main, ["run", DEMO, str(tmp_path / "in"), str(tmp_path / "in" / "chelsea.gradcam.png"),
+                                       "--ray", "--out", str(tmp_path / "in")])
     assert result.exit_code == 5 and "chelsea.gradcam.png lies in the output folder" in result.output, result.output
 
 
