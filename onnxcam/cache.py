@@ -94,6 +94,12 @@ def cached_session(key: dict | None, providers: list, build) -> ort.InferenceSes
     return session
 
 
+def has_entry(key: dict, providers: list) -> bool:
+    """Whether a session for `key` is cached (no graph surgery is needed to know what it computes)."""
+    path = entry_path(key["model"], key, providers)
+    return path is not None and os.path.isfile(path)
+
+
 def load(path: str, providers: list):
     """The cached session, or None if there is none (or it cannot be loaded: it is then rebuilt)."""
     if not os.path.isfile(path):

@@ -32,6 +32,10 @@ class UnsupportedOpError(ModelError):
         self.op, self.node = op, node
         self.reason = reason or f"no backward rule for {op} (node '{node}')"
 
+    def with_hint(self, hint: str) -> "UnsupportedOpError":
+        """The same error with how to go on, in the words of the command that met it."""
+        return UnsupportedOpError(f"{self}. {hint[0].upper()}{hint[1:]}", self.op, self.node, self.reason)
+
 
 class OutputError(OnnxcamError):
     """An output cannot be written: the folder is not writable, the disk is full, or it would replace an input."""

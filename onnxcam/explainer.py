@@ -1,13 +1,13 @@
-"""The Python API: `Explainer(model).explain(x, method, target)`.
+"""The Python API: `Explainer(model).explain(x, method, target)`, and the algorithms that call the model.
 
-An Explainer inspects the model once, then builds (lazily, once each) the
-ONNX Runtime sessions its methods need: the augmented model with gradients,
-the model with only the target layers exposed, or the head cut off at a
-layer (for finite differences and Ablation-CAM). The gradient CAMs that
-export.py can write as ONNX are computed inside the graph, so activations and
-gradients never leave ONNX Runtime (on CUDA: the GPU) and only the small layer
-maps come back; on CPU that also saves the copies (gradcam++, demo, batch 16:
-1.05x the forward instead of 1.16x).
+An Explainer inspects the model once; for each method it makes a `Plan`: which
+session runs it (sessions.py builds and runs them) and whether its gradients
+come from backward rules or from finite differences of the head. The gradient
+CAMs that can be written as ONNX (surgery/maps.py) are computed inside the
+graph, so activations and gradients never leave ONNX Runtime (on CUDA: the
+GPU) and only the small layer maps come back. Score-CAM's masked inputs,
+Ablation-CAM's ablated heads, finite differences and noisy samples are loops
+of batched runs, reported to `progress`.
 """
 
 from __future__ import annotations
@@ -17,23 +17,29 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from onnxcam import cache, postprocess, preprocess
-from onnxcam.errors import ModelError, OnnxcamError, UnsupportedOpError
-from onnxcam.export import MIN_OPSET, TERMS, layer_map_name, maps_model
-from onnxcam.finite_diff import channel_derivatives, quantization_step
-from onnxcam.head import linear_head_weights
-from onnxcam.methods import ALIASES, ELEMENTWISE, METHODS, SAMPLES, LayerData, projection, softmax
+from onnxcam import cache, finite_diff, heads, postprocess, preprocess
+from onnxcam.errors import ModelError, OnnxcamError
+from onnxcam.linear_head import linear_head_weights
+from onnxcam.methods import ELEMENTWISE, METHODS, SAMPLES, LayerData, method_named, projection
 from onnxcam.model import inspect_model, load_model
 from onnxcam.runtime import providers_for
-from onnxcam.surgery import CLASS_INPUT, SCORES, TARGET_OUTPUT, augment, cut_head, grad_name
+from onnxcam.sessions import SessionSpec, Sessions
+from onnxcam.surgery import SCORES, TARGET_OUTPUT, grad_name
+from onnxcam.surgery.maps import FORMULAS, layer_map_name
+
+__all__ = ["Explainer", "Explanation", "method_named"]
 
 GRADIENT_MODES = ("auto", "analytic", "fd")
 # Test-time augmentation of pytorch-grad-cam's aug_smooth: horizontal flip x input scaled by these.
 AUG_FACTORS = (0.9, 1.0, 1.1)
-MAPS = "maps"  # session key tag of the in-graph map models
 BATCH_ROWS = 32  # rows per run for Score-CAM's masked inputs and Ablation-CAM's ablated heads
 # A normalized map whose maximum stays below this had a spread under the 1e-7 normalization floor: flat.
 FLAT = 0.5
+# Finite differences that would take longer than this per image are refused in "auto" mode (not silently run).
+FD_LIMIT_S = 60.0
+# How to go on when a backward rule is missing, in the words of the commands that explain (run, eval, sanity).
+RULE_HINT = ("pick a later layer ('onnxcam inspect' lists them), or take the channel weights from finite "
+             "differences (--gradients fd, gradients='fd') with a method such as gradcam")
 
 
 @dataclass
@@ -60,6 +66,15 @@ class Explanation:
                        scores=one(self.scores), saliency=one(self.saliency), flat=one(self.flat))
 
 
+@dataclass(frozen=True)
+class Plan:
+    """How one method runs on this model: the session that runs it, and where its gradients come from."""
+
+    spec: SessionSpec
+    analytic: bool  # gradients from backward rules (False: finite differences, or no gradient needed)
+    in_graph: bool  # the maps come out of the graph (a MAPS session)
+
+
 class Explainer:
     """Explain an ONNX image classifier.
 
@@ -69,7 +84,7 @@ class Explainer:
     gradients: "analytic" (backward rules), "fd" (central differences of the head;
     channel-weight methods only) or "auto" (analytic, falling back to fd when a
     head op has no rule; `missing_rule` then says which). maps_in_graph: compute the maps of the gradient
-    methods in export.TERMS inside the ONNX graph (the default), or in NumPy from A and dScore/dA (False).
+    methods in surgery.maps.FORMULAS inside the ONNX graph (the default), or in NumPy from A and dScore/dA.
     """
 
     def __init__(self, model, layer=None, providers=None, *, device="auto", input_name=None, output_name=None,
@@ -88,24 +103,26 @@ class Explainer:
             raise OnnxcamError(f"unknown gradients mode '{gradients}'; choose one of {', '.join(GRADIENT_MODES)}")
         self.gradients = gradients
         self.maps_in_graph = maps_in_graph
+        self.head = heads.kind_of(self.info)
+        self.num_classes = heads.class_count(self.head, self.info.num_classes)  # classes that can be explained
         self.missing_rule = None  # set when 'auto' fell back to finite differences: why
+        self.fd_seconds = None  # estimated seconds per image of the finite differences, once they are planned
         # progress(what, done, total): called by the loops of many runs (Score-CAM's masked inputs,
         # Ablation-CAM's ablated heads, finite differences, noisy samples), e.g. to drive a progress bar.
         self.progress = None
-        self._sessions = {}
+        # Sessions are cached on disk by the model file's content (cache.py); models given in memory are not.
+        cache_key = None
+        if isinstance(model, str) and cache.folder() is not None:
+            cache_key = {"model": cache.file_digest(model), "layers": self.layers, "input": input_name,
+                         "output": output_name, "size": list(input_size) if input_size else None}
+        self.sessions = Sessions(self.info, self.layers, self.providers, cache_key)
         self._head_weights = {}
         self._quantization_step = None  # the smallest useful finite-difference step (QDQ models), once known
-        # Sessions are cached on disk by the model file's content (cache.py); models given in memory are not.
-        self._cache_key = None
-        if isinstance(model, str) and cache.folder() is not None:
-            self._cache_key = {"model": cache.file_digest(model), "layers": self.layers, "input": input_name,
-                               "output": output_name, "size": list(input_size) if input_size else None}
 
     @property
     def provider(self) -> str:
         """The execution provider that runs (after the first session is built)."""
-        session = next(iter(self._sessions.values()), None)
-        return session.get_providers()[0] if session else self.providers[0]
+        return self.sessions.provider
 
     def prepare(self, x) -> np.ndarray:
         """The model's input tensor for x: image path(s), RGB uint8 array(s), or a ready float tensor."""
@@ -124,23 +141,26 @@ class Explainer:
     def logits(self, x) -> np.ndarray:
         """[M, C] logits of the plain model for x (anything `prepare` takes), for any number of rows M."""
         tensor = self.prepare(x)
-        return self._run(_session_key(False, None), tensor, None)[self.info.logits_name].reshape(len(tensor), -1)
+        return self.sessions.run_model(SessionSpec.forward(), tensor)[self.info.logits_name].reshape(len(tensor), -1)
 
     def gradient_source(self, method: str) -> str | None:
         """"analytic" or "finite differences" for this method, None if it needs no gradient."""
         m = method_named(method)
-        return _source(m, (m.gradients is not None or m.input_gradient is not None) and self._analytic(m))
+        if m.gradients is None and not m.input_gradient:
+            return None
+        return "analytic" if self._plan(m).analytic else "finite differences"
 
     def explain(self, x, method: str = "gradcam", target=None, *, score: str = "logit", unit=None,
                 aug_smooth: bool = False, eigen_smooth: bool = False, samples: int = 25, noise: float = 0.15,
-                seed: int = 0) -> Explanation:
+                seed: int = 0, scorecam_channels: int | None = None) -> Explanation:
         """Explain x for `target` (class index, one per image, or None for the top-1 class).
 
         score: "logit" or "probability" of the class. unit: (tensor, channel[, i, j]) explains that
         feature map or neuron instead of a class. aug_smooth: average over flips and input scalings;
         eigen_smooth: first principal component of the weighted activations instead of their sum.
         samples, noise, seed: noisy copies for smoothgrad and smoothgradcam++ (noise as a fraction of
-        the input's range, as in SmoothGrad).
+        the input's range, as in SmoothGrad). scorecam_channels: Score-CAM scores only this many channels,
+        those of largest activation mass (an approximation; None: all, the method as published).
         """
         m = method_named(method)
         if score not in SCORES:
@@ -150,13 +170,19 @@ class Explainer:
         t0 = time.perf_counter()
         tensor = self.prepare(x)
         classes = self._classes(target, len(tensor))
-        options = dict(score=score, unit=tuple(unit) if unit else None, eigen_smooth=eigen_smooth,
-                       samples=samples, noise=noise, seed=seed)
+        unit = tuple(unit) if unit else None
+        plan = self._plan(m, score, unit, eigen_smooth)
+        if unit and not plan.analytic:
+            raise OnnxcamError(f"explaining a unit needs a gradient method with backward rules, not {m.name}")
+        if scorecam_channels is not None and scorecam_channels < 1:
+            raise OnnxcamError(f"scorecam_channels must be at least 1, not {scorecam_channels}")
+        options = dict(score=score, unit=unit, eigen_smooth=eigen_smooth, samples=samples, noise=noise, seed=seed,
+                       channels=scorecam_channels)
         t1 = time.perf_counter()
         if aug_smooth:
-            res = self._augmented(tensor, classes, m, options)
+            res = self._augmented(tensor, classes, m, plan, options)
         else:
-            res = self._explain(tensor, classes, m, **options)
+            res = self._explain(tensor, classes, m, plan, **options)
         res.timings = {"preprocess": t1 - t0, "explain": time.perf_counter() - t1}
         _check_finite(res.maps, "map")
         res.flat = res.maps.reshape(len(res.maps), -1).max(axis=1, initial=0) < FLAT
@@ -173,58 +199,113 @@ class Explainer:
         tensor = self.prepare(x)
         classes = self._classes(target, len(tensor))
         layer = self.layers[0]
-        analytic = self._analytic(METHODS["gradcam"])
-        outputs = self._run(_session_key(analytic), tensor, classes)
+        gradcam = METHODS["gradcam"]
+        spec = SessionSpec.gradients(self._analytic(gradcam, SessionSpec.gradients(True)))
+        outputs = self.sessions.run_model(spec, tensor, classes)
         logits = outputs[self.info.logits_name].reshape(len(tensor), -1)
-        targets = outputs[TARGET_OUTPUT] if analytic else np.where(classes < 0, logits.argmax(axis=1), classes)
+        targets = self._targets(spec, outputs, classes, logits)
         a = outputs[layer].astype(np.float32)
         try:
             weights = self._linear_head(layer)[targets]
         except ModelError:
             g = outputs.get(grad_name(layer))
-            data = LayerData(activations=a, gradients=g,
-                             directional=None if analytic else self._finite_differences(layer, a, targets, tensor, "logit"))
-            weights = data.grad_dot(np.ones_like(a)) / (a.shape[2] * a.shape[3])
+            directional = None if g is not None else self._finite_differences(layer, a, targets, tensor, "logit")
+            weights = LayerData(activations=a, gradients=g, directional=directional).grad_dot(np.ones_like(a))
+            weights = weights / (a.shape[2] * a.shape[3])
         contribution = weights * a.mean(axis=(2, 3))
         ranked = [[(int(k), float(contribution[n, k]), a[n, k]) for k in np.argsort(-contribution[n])[:count]]
                   for n in range(len(tensor))]
         return targets.astype(np.int64), ranked
 
-    def _augmented(self, tensor, classes, m, options) -> Explanation:
+    # -- planning ------------------------------------------------------------------------------------------
+
+    def _plan(self, m, score="logit", unit=None, eigen_smooth=False) -> Plan:
+        """The session that runs m, and whether its gradients come from rules; decided here only."""
+        in_graph = (self.maps_in_graph and m.name in FORMULAS and m.gradients is not None and not eigen_smooth
+                    and self.gradients != "fd")
+        if in_graph:
+            spec = SessionSpec.maps(m.name, score, unit)
+            if self._analytic(m, spec):
+                return Plan(spec, True, True)
+        wants = m.gradients is not None or m.input_gradient is not None
+        analytic = wants and self._analytic(m, SessionSpec.gradients(m.gradients is not None, m.input_gradient,
+                                                                     score, unit))
+        layer_gradients = analytic and m.map is not None and m.gradients is not None
+        return Plan(SessionSpec.gradients(layer_gradients, m.input_gradient, score, unit), analytic, False)
+
+    def _analytic(self, m, spec: SessionSpec) -> bool:
+        """Whether m's gradients come from backward rules in `spec`'s graph; else from finite differences."""
+        needs_rules = m.gradients in (ELEMENTWISE, SAMPLES) or m.input_gradient is not None
+        if self.gradients == "fd" or (self.gradients == "auto" and self.missing_rule is not None):
+            if needs_rules:
+                why = self.missing_rule or "--gradients fd gives channel sums only"
+                raise OnnxcamError(f"method '{m.name}' needs gradients from backward rules: {why}")
+            if self.fd_seconds is None:
+                self._estimate_finite_differences()
+            return False
+        error = self.sessions.buildable(spec)
+        if error is None:
+            return True
+        if self.gradients == "analytic" or needs_rules:
+            raise error.with_hint(RULE_HINT)
+        self.missing_rule = error.reason
+        self._estimate_finite_differences()
+        return False
+
+    def _estimate_finite_differences(self) -> None:
+        """Time one run of each layer's head to tell what the finite differences will cost (`fd_seconds`), and
+        refuse in "auto" mode when they would take more than FD_LIMIT_S an image: never minutes in silence."""
+        info, seconds = self.info, 0.0
+        for layer in self.layers:
+            spec, shape = SessionSpec.head(layer), next(lay.shape for lay in info.layers if lay.name == layer)
+            rows = min(finite_diff.ROWS, 2 * shape[1])  # a central difference per channel, ROWS rows a run
+            feeds = {layer: np.zeros((rows, *shape[1:]), self.sessions.input_dtype(spec, layer))}
+            if self.sessions.takes(spec, info.input_name):
+                feeds[info.input_name] = np.zeros((rows, *info.input_shape[1:]), info.input_dtype)
+            t0 = time.perf_counter()
+            self.sessions.run(spec, feeds, [info.logits_name])
+            seconds += (time.perf_counter() - t0) * -(-2 * shape[1] // rows)
+        self.fd_seconds = seconds
+        if self.gradients == "auto" and seconds > FD_LIMIT_S:
+            raise OnnxcamError(
+                f"{self.missing_rule}, and finite differences instead would take about {seconds / 60:.0f} min an "
+                f"image; {RULE_HINT.split(', or ')[0]}, or ask for them with --gradients fd (gradients='fd')")
+
+    # -- explaining ----------------------------------------------------------------------------------------
+
+    def _augmented(self, tensor, classes, m, plan, options) -> Explanation:
         """pytorch-grad-cam's aug_smooth: the mean of the maps of flipped and scaled inputs, flipped back."""
         width_axis = 3 if self.info.layout == "NCHW" else 2
         results = []
         for flip in (False, True):
             for factor in AUG_FACTORS:
                 x = np.flip(tensor, axis=width_axis) if flip else tensor
-                res = self._explain(np.ascontiguousarray(x * factor, dtype=tensor.dtype), classes, m, **options)
+                res = self._explain(np.ascontiguousarray(x * factor, dtype=tensor.dtype), classes, m, plan, **options)
                 results.append((res, np.flip(res.maps, axis=2) if flip else res.maps))
         first = next(r for r, _ in results)
         first.maps = np.mean(np.float32([maps for _, maps in results]), axis=0)
         return first
 
-    def _explain(self, tensor, classes, m, *, score, unit, eigen_smooth, samples, noise, seed) -> Explanation:
-        maps_key = self._maps_key(m, score, unit, eigen_smooth)
-        needs = maps_key or _session_key(m.gradients is not None, m.input_gradient)
-        analytic = (m.gradients is not None or m.input_gradient is not None) and self._analytic(m, needs)
-        if unit and not analytic:
-            raise OnnxcamError(f"explaining a unit needs a gradient method with backward rules, not {m.name}")
-        if maps_key and analytic:
-            res = self._explain_in_graph(tensor, classes, m, maps_key)
+    def _explain(self, tensor, classes, m, plan, *, score, unit, eigen_smooth, samples, noise, seed,
+                 channels) -> Explanation:
+        if plan.in_graph:
+            res = self._explain_in_graph(tensor, classes, m, plan.spec)
             if res is not None:  # None: a map with NaN or Inf, which the NumPy path below traces to A or dScore/dA
                 return res
-        key = _session_key(analytic and m.map is not None and m.gradients is not None, m.input_gradient, score, unit)
-        outputs = self._run(key, tensor, classes)
+            plan = Plan(SessionSpec.gradients(m.map is not None, m.input_gradient, score, unit), True, False)
+        spec = plan.spec
+        outputs = self.sessions.run_model(spec, tensor, classes)
         scores = outputs[self.info.logits_name].reshape(len(tensor), -1).astype(np.float32)
         _check_finite(scores, "class scores")
-        targets = outputs[TARGET_OUTPUT] if analytic else np.where(classes < 0, scores.argmax(axis=1), classes)
-        noisy = self._noisy_runs(key, tensor, targets, samples, noise, seed) if m.gradients == SAMPLES else []
+        targets = self._targets(spec, outputs, classes, scores)
+        noisy = self._noisy_runs(spec, tensor, targets, samples, noise, seed) if m.gradients == SAMPLES else []
 
         maps = raw = None
         if m.map is not None:
             scaled = []
             for layer in self.layers:
-                layer_map = self._layer_map(m, layer, outputs, noisy, tensor, targets, scores, score, eigen_smooth)
+                layer_map = self._layer_map(m, layer, outputs, noisy, tensor, targets, scores, score, eigen_smooth,
+                                            channels)
                 raw = layer_map if raw is None else raw
                 scaled.append(postprocess.scale_to(layer_map, self.info.size))
             maps = postprocess.combine(scaled)
@@ -239,12 +320,12 @@ class Explainer:
                 maps = postprocess.normalize(np.abs(saliency).max(axis=1))
         return Explanation(
             maps=maps, raw=raw, targets=targets.astype(np.int64), scores=scores, method=m.name, layers=self.layers,
-            gradients=_source(m, analytic), saliency=None if saliency is None else np.float32(saliency),
+            gradients=_source(m, plan.analytic), saliency=None if saliency is None else np.float32(saliency),
         )
 
-    def _explain_in_graph(self, tensor, classes, m, key) -> Explanation | None:
+    def _explain_in_graph(self, tensor, classes, m, spec) -> Explanation | None:
         """The maps of one run of the in-graph map model: only logits, targets and [N, h, w] maps come back."""
-        outputs = self._run(key, tensor, classes)
+        outputs = self.sessions.run_model(spec, tensor, classes)
         scores = outputs[self.info.logits_name].reshape(len(tensor), -1).astype(np.float32)
         _check_finite(scores, "class scores")
         raw = [outputs[layer_map_name(layer)][:, 0] for layer in self.layers]
@@ -254,21 +335,13 @@ class Explainer:
         return Explanation(maps=maps, raw=raw[0], targets=outputs[TARGET_OUTPUT].astype(np.int64), scores=scores,
                            method=m.name, layers=self.layers, gradients="analytic")
 
-    def _maps_key(self, m, score="logit", unit=None, eigen_smooth=False):
-        """The session key of m's in-graph map model; None where m's maps are computed in NumPy."""
-        if (self.maps_in_graph and m.name in TERMS and m.gradients and not eigen_smooth and self.gradients != "fd"
-                and self.info.opset >= MIN_OPSET):
-            return (MAPS, m.name, score, unit)
-        return None
-
-    def _layer_map(self, m, layer, outputs, noisy, tensor, targets, scores, score, eigen_smooth):
+    def _layer_map(self, m, layer, outputs, noisy, tensor, targets, scores, score, eigen_smooth, channels):
         """One layer's map at layer resolution, after ReLU."""
         a = outputs[layer].astype(np.float32)
         _check_finite(a, f"activations at '{layer}'")
         grads = outputs.get(grad_name(layer))
         if grads is not None:
             _check_finite(grads, f"gradients at '{layer}'")
-        target_scores = _score_of(scores, targets, score)
         data = LayerData(
             activations=a,
             gradients=None if grads is None else grads.astype(np.float32),
@@ -277,32 +350,17 @@ class Explainer:
             directional=self._finite_differences(layer, a, targets, tensor, score) if grads is None else None,
             masked_scores=lambda acts: self._masked_scores(tensor, acts, targets, score),
             ablated_scores=lambda: self._ablated_scores(layer, a, tensor, targets, score),
-            scores=target_scores,
+            scores=self._score_of(scores, targets, score),
+            channels=channels,
         )
         terms = m.map(data)
         if m.terms:
             terms = projection(terms) if eigen_smooth else terms.sum(axis=1)
         return np.maximum(terms, 0).astype(np.float32)
 
-    def _analytic(self, m, key=None) -> bool:
-        """Whether this method's gradients come from backward rules; else from finite differences.
-        key: the session that will run (default: the in-graph map model or the augmented model it needs)."""
-        needs_rules = m.gradients in (ELEMENTWISE, SAMPLES) or m.input_gradient is not None
-        if self.gradients == "fd" or (self.gradients == "auto" and self.missing_rule is not None):
-            if needs_rules:
-                why = self.missing_rule or "--gradients fd gives channel sums only"
-                raise OnnxcamError(f"method '{m.name}' needs gradients from backward rules: {why}")
-            return False
-        try:
-            self._session(key or self._maps_key(m) or _session_key(m.gradients is not None, m.input_gradient))
-        except UnsupportedOpError as error:
-            if self.gradients == "analytic" or needs_rules:
-                raise
-            self.missing_rule = error.reason
-            return False
-        return True
+    # -- the loops of many runs ----------------------------------------------------------------------------
 
-    def _noisy_runs(self, key, tensor, targets, samples, noise, seed) -> list:
+    def _noisy_runs(self, spec, tensor, targets, samples, noise, seed) -> list:
         """Outputs for `samples` copies of the input with Gaussian noise of std noise * (max - min)."""
         if samples < 1:
             raise OnnxcamError("--samples must be at least 1")
@@ -311,17 +369,17 @@ class Explainer:
         runs = []
         for i in range(samples):
             noisy = (tensor + rng.standard_normal(tensor.shape) * spread).astype(tensor.dtype)
-            runs.append(self._run(key, noisy, targets))
+            runs.append(self.sessions.run_model(spec, noisy, targets))
             self._report("noisy samples", i + 1, samples)
         return runs
 
     def _finite_differences(self, layer, activations, targets, tensor, score):
-        head, extra = self._head(layer, tensor)
+        run_head, extra = self._head(layer, tensor)
         if self._quantization_step is None:
-            self._quantization_step = 2 * quantization_step(self.info.model)
+            self._quantization_step = 2 * finite_diff.quantization_step(self.info.model)
         floor = self._quantization_step
-        return lambda pattern: channel_derivatives(head, layer, activations, pattern, targets, extra,
-                                                   score_of=lambda z, c: _score_of(z, c, score), min_step=floor,
+        return lambda pattern: finite_diff.channel_derivatives(run_head, layer, activations, pattern, targets, extra,
+                                                   score_of=lambda z, c: self._score_of(z, c, score), min_step=floor,
                                                    progress=lambda done, total: self._report(
                                                        "finite differences", done, total))
 
@@ -330,21 +388,22 @@ class Explainer:
         BATCH_ROWS channels at a time: all K at the input's size would take K * H * W floats per image."""
         n, k = activations.shape[:2]
         out = np.zeros((n, k), np.float32)
+        forward = SessionSpec.forward()
         for i in range(n):
             for start in range(0, k, BATCH_ROWS):
                 m = postprocess.upsample_align_corners(activations[i:i + 1, start:start + BATCH_ROWS], self.info.size)[0]
                 lo = m.min(axis=(1, 2), keepdims=True)
                 m = (m - lo) / (m.max(axis=(1, 2), keepdims=True) - lo + 1e-8)
                 rows = tensor[i:i + 1] * (m[:, None] if self.info.layout == "NCHW" else m[:, :, :, None])
-                logits = self._run(_session_key(False, None), rows.astype(tensor.dtype), None)[self.info.logits_name]
-                out[i, start:start + len(m)] = _score_of(logits.reshape(len(m), -1), np.full(len(m), targets[i]), score)
+                logits = self.sessions.run_model(forward, rows.astype(tensor.dtype))[self.info.logits_name]
+                out[i, start:start + len(m)] = self._score_of(logits.reshape(len(m), -1), np.full(len(m), targets[i]), score)
                 self._report("masked inputs", i * k + start + len(m), n * k)
         return out
 
     def _ablated_scores(self, layer, activations, tensor, targets, score) -> np.ndarray:
         """Ablation-CAM: [N, K] head scores with channel k set to 0 (or to min(A) - 1e7 where min(A) != 0)."""
-        head, extra = self._head(layer, tensor)
-        logits_name = head.get_outputs()[0].name
+        run_head, extra = self._head(layer, tensor)
+        dtype = self.sessions.input_dtype(SessionSpec.head(layer), layer)
         n, k = activations.shape[:2]
         out = np.zeros((n, k), np.float32)
         for i in range(n):
@@ -354,30 +413,37 @@ class Explainer:
                 channels = np.arange(start, min(start + BATCH_ROWS, k))
                 rows = np.repeat(a[None], len(channels), axis=0)
                 rows[np.arange(len(channels)), channels] = value
-                feeds = {layer: rows.astype(self._dtype_of(head, layer))}
+                feeds = {layer: rows.astype(dtype)}
                 feeds.update({name: np.repeat(v[i:i + 1], len(channels), axis=0) for name, v in (extra or {}).items()})
-                logits = head.run([logits_name], feeds)[0].reshape(len(channels), -1)
-                out[i, channels] = _score_of(logits, np.full(len(channels), targets[i]), score)
+                logits = run_head(feeds).reshape(len(channels), -1)
+                out[i, channels] = self._score_of(logits, np.full(len(channels), targets[i]), score)
                 self._report("ablated channels", i * k + channels[-1] + 1, n * k)
         return out
+
+    def _head(self, layer, tensor):
+        """(feeds -> logits of the head cut off at `layer`, the image feed if the head still needs it)."""
+        spec = SessionSpec.head(layer)
+        logits = self.info.logits_name
+
+        def run_head(feeds):
+            return self.sessions.run(spec, feeds, [logits])[logits]
+
+        return run_head, ({self.info.input_name: tensor} if self.sessions.takes(spec, self.info.input_name) else None)
 
     def _report(self, what: str, done: int, total: int) -> None:
         if self.progress is not None:
             self.progress(what, done, total)
 
-    def _head(self, layer, tensor):
-        """The session of the head cut off at `layer`, and the image feed if the head still needs it."""
-        key = ("head", layer)
-        if key not in self._sessions:
-            self._sessions[key] = self._cached_session(key, lambda: cut_head(self.info, layer))
-        head = self._sessions[key]
-        needs_image = self.info.input_name in {i.name for i in head.get_inputs()}
-        return head, ({self.info.input_name: tensor} if needs_image else None)
+    # -- small helpers -------------------------------------------------------------------------------------
 
-    @staticmethod
-    def _dtype_of(session, name):
-        kind = next(i.type for i in session.get_inputs() if i.name == name)
-        return np.float16 if kind == "tensor(float16)" else np.float32
+    def _targets(self, spec, outputs, classes, scores) -> np.ndarray:
+        """The class each row explains: chosen in the graph where the session takes a class, else here."""
+        if spec.takes_class:
+            return outputs[TARGET_OUTPUT]
+        return np.where(classes < 0, heads.top1(scores, self.head), classes)
+
+    def _score_of(self, logits, classes, score) -> np.ndarray:
+        return heads.class_score(logits, classes, score, self.head)
 
     def _nchw(self, x):
         return x if self.info.layout == "NCHW" else x.transpose(0, 3, 1, 2)
@@ -391,43 +457,10 @@ class Explainer:
             classes = np.repeat(classes, n)
         if len(classes) != n:
             raise OnnxcamError(f"got {len(classes)} targets for {n} images; give one target or one per image")
-        bad = [int(c) for c in classes if not 0 <= c < self.info.num_classes]
+        bad = [int(c) for c in classes if not 0 <= c < self.num_classes]
         if bad:
-            raise OnnxcamError(f"target class {bad[0]} is out of range; the model has {self.info.num_classes} classes")
+            raise OnnxcamError(f"target class {bad[0]} is out of range; the model has {self.num_classes} classes")
         return classes
-
-    def _run(self, key, tensor, classes) -> dict:
-        """Run the session for `key` on tensor: (layer gradients, input gradient, score, unit) for an augmented
-        model, (MAPS, method, score, unit) for an in-graph map model."""
-        session = self._session(key)
-        names = [o.name for o in session.get_outputs()]
-        with_class = key[0] or key[1]  # sessions with gradients (MAPS ones too) take the class (an overridable initializer)
-        batch = self.info.input_shape[0] or len(tensor)  # a fixed batch size runs in chunks of it
-        chunks = []
-        for start in range(0, len(tensor), batch):
-            feed = {self.info.input_name: tensor[start:start + batch]}
-            if with_class and classes is not None:
-                feed[CLASS_INPUT] = classes[start:start + batch]
-            chunks.append(_run_session(session, names, feed))
-        return {name: np.concatenate([c[i] for c in chunks]) for i, name in enumerate(names)}
-
-    def _session(self, key):
-        if key not in self._sessions:
-            self._sessions[key] = self._cached_session(key, lambda: self._surgery(key))
-        return self._sessions[key]
-
-    def _surgery(self, key):
-        if key[0] == MAPS:
-            _, method, score, unit = key
-            return maps_model(self.info, self.layers, method, score, unit)
-        layer_gradients, input_gradient, score, unit = key
-        return augment(self.info, self.layers, gradients=layer_gradients, input_gradient=input_gradient,
-                       score=score, unit=unit)
-
-    def _cached_session(self, key, build):
-        """The session for `key` from the disk cache, else from build() (surgery), saved for next time."""
-        full = None if self._cache_key is None else {**self._cache_key, "session": key}
-        return cache.cached_session(full, self.providers, build)
 
     def _linear_head(self, layer: str) -> np.ndarray:
         if layer not in self._head_weights:
@@ -435,45 +468,11 @@ class Explainer:
         return self._head_weights[layer]
 
 
-def _session_key(layer_gradients: bool, input_gradient=None, score="logit", unit=None) -> tuple:
-    """Sessions differ only in what they differentiate: without gradients, score and unit do not matter."""
-    if not layer_gradients and not input_gradient:
-        return (False, None, "logit", None)
-    return (layer_gradients, input_gradient, score, unit)
-
-
-def method_named(name: str):
-    """The Method for a name or alias, or a user error listing the choices."""
-    name = ALIASES.get(name, name)
-    if name not in METHODS:
-        raise OnnxcamError(f"unknown method '{name}'; choose one of {', '.join(METHODS)}")
-    return METHODS[name]
-
-
-def _score_of(logits: np.ndarray, classes: np.ndarray, score: str) -> np.ndarray:
-    """[rows] the explained score of each row: the class's logit or its softmax probability."""
-    rows = np.arange(len(logits))
-    if score == "logit":
-        return np.float32(logits[rows, classes])
-    return np.float32(softmax(logits, axis=1)[rows, classes])
-
-
 def _source(m, analytic: bool) -> str | None:
     """Where m's gradients came from, as gradient_source says it."""
     if m.gradients is None and not m.input_gradient:
         return None
     return "analytic" if analytic else "finite differences"
-
-
-def _run_session(session, names, feed) -> list:
-    """session.run, with ONNX Runtime's own failures (a shape the model rejects, memory) as a one-line ModelError."""
-    try:
-        return session.run(names, feed)
-    except Exception as exc:
-        if not type(exc).__module__.startswith("onnxruntime"):
-            raise
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ModelError(f"ONNX Runtime failed to run the model: {first}") from None
 
 
 def _check_rgb(image) -> np.ndarray:

@@ -15,80 +15,36 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from onnxcam.errors import ModelError, OnnxcamError
-from onnxcam.head import linear_head_weights
+from onnxcam.errors import ModelError, OnnxcamError, UnsupportedOpError
+from onnxcam.linear_head import linear_head_weights
 from onnxcam.model import ModelInfo
-from onnxcam.surgery import CLASS_INPUT, TARGET_OUTPUT, grad_name
-from onnxcam.surgery.graph import augmented_graph, finish
+from onnxcam.surgery import CLASS_INPUT, TARGET_OUTPUT
 from onnxcam.surgery.builder import Builder
+from onnxcam.surgery.graph import augmented_graph, finish
+from onnxcam.surgery.maps import FORMULAS, heatmap, layer_maps
 
 MAP_OUTPUT = "onnxcam/map"
-MIN_OPSET = 11  # Resize with half_pixel coordinates
-
-
-def _channel_weighted(b, weights, a):
-    return b.op("Mul", weights, a)
-
-
-def _gradcam(b, a, g, ctx):
-    return _channel_weighted(b, b.reduce("ReduceMean", g, [2, 3]), a)
-
-
-def _xgradcam(b, a, g, ctx):
-    total = b.op("Add", b.reduce("ReduceSum", a, [2, 3]), b.const(1e-7))
-    return _channel_weighted(b, b.op("Div", b.reduce("ReduceSum", b.op("Mul", g, a), [2, 3]), total), a)
-
-
-def _gradcampp(b, a, g, ctx):
-    g2 = b.op("Mul", g, g)
-    g3 = b.op("Mul", g2, g)
-    denominator = b.op("Add", b.op("Add", b.op("Mul", g2, b.const(2.0)),
-                                   b.op("Mul", b.reduce("ReduceSum", a, [2, 3]), g3)), b.const(1e-6))
-    alpha = b.op("Where", b.op("Equal", g, b.const(0.0)), b.const(0.0), b.op("Div", g2, denominator))
-    return _channel_weighted(b, b.reduce("ReduceSum", b.op("Mul", b.op("Relu", g), alpha), [2, 3]), a)
-
-
-def _layercam(b, a, g, ctx):
-    return b.op("Mul", b.op("Relu", g), a)
-
-
-def _hirescam(b, a, g, ctx):
-    return b.op("Mul", g, a)
-
-
-def _cam(b, a, g, ctx):
-    weights = b.op("Gather", b.const(ctx["head"]), ctx["target"], axis=0)  # [N, K]
-    return _channel_weighted(b, b.op("Reshape", weights, b.const(np.array([0, -1, 1, 1], np.int64))), a)
-
-
-# method -> per-channel terms [N, K, h, w] in ONNX, as in onnxcam.methods
-TERMS = {"cam": _cam, "gradcam": _gradcam, "gradcam++": _gradcampp, "xgradcam": _xgradcam,
-         "layercam": _layercam, "hirescam": _hirescam}
+METHODS = tuple(FORMULAS)
 
 
 def export(info: ModelInfo, layers: list, method: str = "gradcam", class_input: str = "optional") -> onnx.ModelProto:
     """The explained model. class_input "optional": an overridable initializer defaulting to -1 (top-1),
     which the C, C++, C#, Java and Python APIs can feed by name; "required": a plain input (feed -1 for
     top-1), for clients such as onnxruntime-node that only feed the graph's declared inputs."""
-    if method not in TERMS:
-        raise OnnxcamError(f"export supports {', '.join(TERMS)}; not '{method}'")
+    if method not in FORMULAS:
+        raise OnnxcamError(f"export supports {', '.join(FORMULAS)}; not '{method}'")
     if class_input not in ("optional", "required"):
         raise OnnxcamError(f"class_input is 'optional' or 'required', not '{class_input}'")
-    if info.opset < MIN_OPSET:
-        raise ModelError(f"export needs opset {MIN_OPSET} or newer (bilinear Resize); the model is opset {info.opset}")
-    graph = augmented_graph(info, layers, gradients=True)
+    try:
+        graph = augmented_graph(info, layers, gradients=True)
+    except UnsupportedOpError as error:
+        raise error.with_hint("an explained model needs a backward rule for every op between the layer and the "
+                              "scores: choose a later --layer ('onnxcam inspect' lists them)") from None
     b = Builder(graph, info.opset, prefix="onnxcam/map")
+    heads = {layer: linear_head_weights(info, layer) for layer in layers} if method == "cam" else None
+    shapes = [next(lay.shape[2:] for lay in info.layers if lay.name == layer) for layer in layers]
+    heat = heatmap(b, layer_maps(b, graph.tensors(), layers, method, heads), shapes, info.size)
     h, w = info.size
-    scaled = []
-    for layer_map in layer_maps(b, graph.tensors(), info, layers, method):
-        sizes = b.op("Concat", b.op("Slice", b.op("Shape", layer_map), b.const(np.array([0], np.int64)),
-                                    b.const(np.array([2], np.int64))),
-                     b.const(np.array([h, w], np.int64)), axis=0)
-        scaled.append(b.op("Resize", _normalize(b, layer_map), b.const(np.zeros(0, np.float32)),
-                           b.const(np.zeros(0, np.float32)), sizes, mode="linear",
-                           coordinate_transformation_mode="half_pixel"))
-    combined = scaled[0] if len(scaled) == 1 else b.op("Mean", *scaled)
-    heat = b.op("Reshape", _normalize(b, b.op("Relu", combined)), b.const(np.array([0, h, w], np.int64)))
     out = gs.Variable(MAP_OUTPUT, dtype=np.float32, shape=["N", h, w])
     graph.nodes.append(gs.Node("Identity", b.name("Identity"), {}, [heat], [out]))
     original = {o.name for o in info.model.graph.output}
@@ -97,46 +53,6 @@ def export(info: ModelInfo, layers: list, method: str = "gradcam", class_input: 
     _describe(exported, info, layers, method, class_input)
     onnx.checker.check_model(exported)
     return exported
-
-
-def layer_map_name(layer: str) -> str:
-    """Not under a Builder prefix ("onnxcam/map/relu_0" is also a name the Builder may make)."""
-    return f"onnxcam/layer_map/{layer}"
-
-
-def maps_model(info: ModelInfo, layers: list, method: str, score: str = "logit", unit=None) -> onnx.ModelProto:
-    """The augmented model with each layer's map before scaling (`layer_map_name`, [N, 1, h, w]) as an
-    output in place of A and dScore/dA, besides the logits and the target class: on a GPU the activations
-    and gradients then stay on the device and only maps of h x w floats come back (Explainer's in-graph path)."""
-    graph = augmented_graph(info, layers, gradients=True, score=score, unit=unit)
-    tensors = graph.tensors()
-    b = Builder(graph, info.opset, prefix="onnxcam/map")
-    outputs = [tensors[info.logits_name], tensors[TARGET_OUTPUT]]
-    for layer, layer_map in zip(layers, layer_maps(b, tensors, info, layers, method)):
-        out = gs.Variable(layer_map_name(layer), dtype=np.float32, shape=["N", 1, None, None])
-        graph.nodes.append(gs.Node("Identity", b.name("Identity"), {}, [layer_map], [out]))
-        outputs.append(out)
-    graph.outputs = outputs
-    return finish(graph, info)
-
-
-def layer_maps(b: Builder, tensors: dict, info: ModelInfo, layers: list, method: str) -> list:
-    """Per layer, the method's map at layer resolution after ReLU, [N, 1, h, w], as nodes appended to an
-    augmented graph (with gradients) whose tensors are `tensors`."""
-    ctx = {"target": tensors[TARGET_OUTPUT]}
-    maps = []
-    for layer in layers:
-        if method == "cam":
-            ctx["head"] = linear_head_weights(info, layer)
-        terms = TERMS[method](b, b.fwd(tensors[layer]), tensors[grad_name(layer)], ctx)
-        maps.append(b.op("Relu", b.reduce("ReduceSum", terms, [1])))
-    return maps
-
-
-def _normalize(b, x):
-    """Per-image min-max over [1, h, w], with pytorch-grad-cam's 1e-7."""
-    shifted = b.op("Sub", x, b.reduce("ReduceMin", x, [1, 2, 3]))
-    return b.op("Div", shifted, b.op("Add", b.reduce("ReduceMax", shifted, [1, 2, 3]), b.const(1e-7)))
 
 
 def _describe(model: onnx.ModelProto, info: ModelInfo, layers: list, method: str, class_input: str) -> None:

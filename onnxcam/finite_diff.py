@@ -29,11 +29,11 @@ def quantization_step(model) -> float:
     return max(scales, default=0.0)
 
 
-def channel_derivatives(head, layer: str, activations: np.ndarray, pattern: np.ndarray, classes: np.ndarray,
+def channel_derivatives(run_head, layer: str, activations: np.ndarray, pattern: np.ndarray, classes: np.ndarray,
                         extra_feeds: dict | None, score_of, min_step: float = 0.0, progress=None) -> np.ndarray:
     """[N, K]: d score_n / d eps along `pattern` restricted to each channel, by central differences.
 
-    head: an ORT session of the cut-off head (input `layer`, output the logits).
+    run_head: feeds -> logits [rows, ...] of the head cut off at `layer` (any number of rows).
     extra_feeds: other head inputs (the image, when the head still needs it), batch-first.
     score_of: (logits [rows, C], classes [rows]) -> scores [rows].
     min_step: a floor for the step (quantized heads: above their quantization step).
@@ -41,7 +41,6 @@ def channel_derivatives(head, layer: str, activations: np.ndarray, pattern: np.n
     """
     n, k = activations.shape[:2]
     out = np.zeros((n, k), np.float64)
-    logits_name = head.get_outputs()[0].name
     dtype = activations.dtype
     for i in range(n):
         a = activations[i].astype(np.float32)
@@ -55,7 +54,7 @@ def channel_derivatives(head, layer: str, activations: np.ndarray, pattern: np.n
                 rows[2 * r + 1, c] -= eps * pattern[i, c]
             feeds = {layer: rows.astype(dtype)}
             feeds.update({name: np.repeat(v, len(rows), axis=0) for name, v in feeds_i.items()})
-            logits = head.run([logits_name], feeds)[0].reshape(len(rows), -1)
+            logits = run_head(feeds).reshape(len(rows), -1)
             scores = score_of(logits, np.full(len(rows), classes[i])).astype(np.float64)
             out[i, start:start + len(channels)] = (scores[0::2] - scores[1::2]) / (2 * eps)
             if progress is not None:

@@ -41,6 +41,19 @@ def _interpolation(n: int, m: int) -> np.ndarray:
     return weights.astype(np.float32)
 
 
+def half_pixel_interpolation(n: int, m: int) -> np.ndarray:
+    """[m, n]: cv2.resize's bilinear interpolation (INTER_LINEAR, half-pixel centres, edges clamped) from n
+    samples to m, as a matrix: the in-graph maps resize with it."""
+    src = np.clip((np.arange(m) + 0.5) * (n / m) - 0.5, 0, n - 1)
+    lo = np.floor(src).astype(int)
+    hi = np.minimum(lo + 1, n - 1)
+    frac = src - lo
+    weights = np.zeros((m, n))
+    weights[np.arange(m), lo] += 1 - frac
+    weights[np.arange(m), hi] += frac
+    return weights.astype(np.float32)
+
+
 def combine(per_layer: list) -> np.ndarray:
     """Aggregate already-scaled maps of several layers (also run for one layer, as the reference does)."""
     stacked = np.maximum(np.stack(per_layer, axis=1), 0)

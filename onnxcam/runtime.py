@@ -89,5 +89,12 @@ def make_session(model: onnx.ModelProto, providers: list, options: ort.SessionOp
         return ort.InferenceSession(model.SerializeToString(), options or session_options(),
                                     providers=with_options(providers))
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"ONNX Runtime cannot load the model: {first}") from None
+        raise ModelError(f"ONNX Runtime cannot load the model: {ort_error_text(exc)}") from None
+
+
+def ort_error_text(exc: Exception) -> str:
+    """ONNX Runtime's message on one line, keeping the lines that tell what is wrong ("index: 0 Got: 1
+    Expected: 16") and dropping its generic advice."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    kept = [line for line in lines if not line.lower().startswith("please fix")]
+    return "; ".join(kept)[:500] or type(exc).__name__

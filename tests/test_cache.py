@@ -7,7 +7,7 @@ import numpy as np
 import onnx
 import pytest
 
-import onnxcam.explainer
+import onnxcam.sessions
 from conftest import CHELSEA, DEMO
 from onnxcam import Explainer, cache
 
@@ -30,8 +30,8 @@ def test_second_run_skips_surgery_and_agrees(fresh_cache, monkeypatch):
     def no_surgery(*args, **kwargs):
         raise AssertionError("surgery ran although the session was cached")
 
-    monkeypatch.setattr(onnxcam.explainer, "augment", no_surgery)
-    monkeypatch.setattr(onnxcam.explainer, "maps_model", no_surgery)
+    monkeypatch.setattr(onnxcam.sessions, "augment", no_surgery)
+    monkeypatch.setattr(onnxcam.sessions, "maps_model", no_surgery)
     second = Explainer(DEMO, device="cpu").explain(CHELSEA, method="gradcam")
     assert np.array_equal(first.maps, second.maps) and list(first.targets) == list(second.targets)
     with pytest.raises(AssertionError, match="surgery ran"):  # another layer is another entry

@@ -6,6 +6,7 @@ import pytest
 
 from conftest import CAT_CLASSES, CHELSEA, COFFEE, DEMO
 from onnxcam import Explainer, ModelError, OnnxcamError
+from onnxcam.sessions import MAPS
 from onnxcam.surgery import CLASS_INPUT, augment, cut_head, grad_name
 
 
@@ -122,7 +123,7 @@ def test_several_layers_are_averaged(demo_explainer):
 def test_maps_in_graph_return_only_the_maps():
     """Activations and gradients stay inside the run: the session's outputs are logits, targets, and
     one h x w map per layer; the explanation still equals the host path's, also for a unit seed."""
-    from onnxcam.export import layer_map_name
+    from onnxcam.surgery.maps import layer_map_name
     from onnxcam.surgery import TARGET_OUTPUT
 
     layers = ["/_blocks.15/_project_conv/Conv_output_0", None]
@@ -133,7 +134,7 @@ def test_maps_in_graph_return_only_the_maps():
         np.testing.assert_array_equal(a.targets, b.targets)
         assert np.abs(a.maps - b.maps).max() < 1e-5
         assert np.abs(a.raw - b.raw).max() <= 1e-5 * np.abs(a.raw).max()  # raw maps are not normalized
-    (session,) = [s for key, s in device._sessions.items() if key[0] == "maps"][:1]
+    (session,) = [s for spec, s in device.sessions._sessions.items() if spec.kind == MAPS][:1]
     outputs = {o.name for o in session.get_outputs()}
     assert outputs == {device.info.logits_name, TARGET_OUTPUT} | {layer_map_name(lay) for lay in device.layers}
 
@@ -141,10 +142,10 @@ def test_maps_in_graph_return_only_the_maps():
 def test_maps_in_graph_leave_finite_differences_and_eigen_smooth_to_the_host():
     ex = Explainer(DEMO, device="cpu", gradients="fd")
     res = ex.explain(CHELSEA, "gradcam")
-    assert res.gradients == "finite differences" and not any(key[0] == "maps" for key in ex._sessions)
+    assert res.gradients == "finite differences" and not any(spec.kind == MAPS for spec in ex.sessions._sessions)
     ex = Explainer(DEMO, device="cpu")
     ex.explain(CHELSEA, "gradcam", eigen_smooth=True)
-    assert not any(key[0] == "maps" for key in ex._sessions)
+    assert not any(spec.kind == MAPS for spec in ex.sessions._sessions)
 
 
 def test_cuda_sessions_choose_cudnn_algorithms_by_heuristic():

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from conftest import CHELSEA, COFFEE, DEMO, ROOT
 from onnxcam import Explainer
 from onnxcam.cli import main
-from onnxcam.export import MAP_OUTPUT, TERMS, export
+from onnxcam.export import MAP_OUTPUT, METHODS, export
 from onnxcam.surgery import CLASS_INPUT, TARGET_OUTPUT
 
 NODE_DIR = os.path.join(ROOT, "tests", "node")
@@ -31,7 +31,7 @@ def two_images(demo_explainer):
     return demo_explainer.prepare([CHELSEA, COFFEE])
 
 
-@pytest.mark.parametrize("method", sorted(TERMS))
+@pytest.mark.parametrize("method", sorted(METHODS))
 def test_exported_map_equals_the_python_map(demo_explainer, two_images, method):
     model = export(demo_explainer.info, demo_explainer.layers, method)
     onnx.checker.check_model(model, full_check=True)
@@ -45,6 +45,23 @@ def test_exported_map_equals_the_python_map(demo_explainer, two_images, method):
     assert np.abs(logits - ref.scores).max() <= 1e-5
     chosen = session.run([MAP_OUTPUT], {"input": two_images, CLASS_INPUT: np.array([281, 504])})[0]
     assert np.abs(chosen - demo_explainer.explain(two_images, method=method, target=[281, 504]).maps).max() <= 1e-4
+
+
+@pytest.mark.parametrize("method", sorted(set(METHODS) - {"cam"}))
+def test_export_at_opset_7(method):
+    """An opset-7 Caffe2 export (before Resize, float Equal and Where): the exported map and the Explainer's
+    in-graph map equal the map computed in NumPy from A and dScore/dA."""
+    path = os.path.join(ROOT, "models", "zoo", "caffe2_opset7.onnx")
+    host = Explainer(path, device="cpu", maps_in_graph=False)
+    assert host.info.opset == 7
+    x = host.prepare([CHELSEA, COFFEE])
+    ref = host.explain(x, method=method)
+    model = export(host.info, host.layers, method)
+    onnx.checker.check_model(model, full_check=True)
+    heat = _session(model).run([MAP_OUTPUT], {host.info.input_name: x})[0]
+    assert np.abs(heat - ref.maps).max() <= 1e-4
+    in_graph = Explainer(path, device="cpu").explain(x, method=method)
+    assert in_graph.gradients == "analytic" and np.abs(in_graph.maps - ref.maps).max() <= 1e-4
 
 
 def test_dynamic_batch_and_metadata(demo_explainer):
@@ -92,3 +109,13 @@ def test_node_client_gets_the_same_map(tmp_path, demo_explainer, two_images):
     reply, heat = run_node("required", ["282,-1"])  # -1: top-1
     assert reply == {"dims": [2, 224, 224], "target": [282, 967]}
     assert np.abs(heat - demo_explainer.explain(two_images, target=[282, 967]).maps).max() <= 1e-4
+
+
+def test_export_hint_names_only_what_export_has(tmp_path):
+    """A quantized model has no backward rule through its integers: export says to choose another layer,
+    never to use an option (--gradients) that export does not have."""
+    result = CliRunner().invoke(main, ["export", os.path.join(ROOT, "models", "zoo", "resnet_qdq.onnx"),
+                                       "-o", str(tmp_path / "q.onnx")])
+    assert result.exit_code == 3, result.output
+    assert "no backward rule for" in result.stderr and "--layer" in result.stderr
+    assert "--gradients" not in result.stderr and not (tmp_path / "q.onnx").exists()

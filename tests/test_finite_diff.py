@@ -78,3 +78,19 @@ def test_cli_says_which_gradients_ran(tmp_path):
     assert result.exit_code == 3
     assert result.stderr.startswith("Error: no backward rule for Softsign (node 'squash')")
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_finite_differences_are_estimated_and_refused_when_they_would_take_minutes(tmp_path, monkeypatch):
+    """Before falling back, the head is timed: the estimate is kept (fd_seconds), and in 'auto' mode a fallback
+    that would take more than FD_LIMIT_S an image is refused with a hint instead of running for minutes."""
+    import onnxcam.explainer
+
+    path = str(tmp_path / "softsign.onnx")
+    _softsign_model(path)
+    ex = Explainer(path, device="cpu")
+    assert ex.gradient_source("gradcam") == "finite differences" and 0 < ex.fd_seconds < 1
+    monkeypatch.setattr(onnxcam.explainer, "FD_LIMIT_S", ex.fd_seconds / 10)
+    with pytest.raises(OnnxcamError, match=r"finite differences instead would take about .* --gradients fd"):
+        Explainer(path, device="cpu").gradient_source("gradcam")
+    explicit = Explainer(path, device="cpu", gradients="fd")  # asked for: estimated, not refused
+    assert explicit.gradient_source("gradcam") == "finite differences" and explicit.fd_seconds > 0

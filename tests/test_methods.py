@@ -117,3 +117,29 @@ def test_eigen_smooth_and_noise_free_smoothing():
     assert np.array_equal(a.maps, b.maps) and not np.array_equal(a.maps, c.maps)
     eigen = ex.explain(CHELSEA, method="gradcam", eigen_smooth=True)
     assert eigen.maps.shape == plain.maps.shape and eigen.maps.max() > 0.99
+
+
+def test_scorecam_with_fewer_channels_scores_only_the_largest():
+    """scorecam_channels=K: the K channels of largest activation mass are scored, the softmax runs over them,
+    the other channels weigh 0; K = all is the method as published."""
+    from onnxcam.methods import LayerData, scorecam
+
+    rng = np.random.default_rng(0)
+    a = rng.random((2, 6, 3, 4)).astype(np.float32)
+    seen = []
+
+    def masked_scores(acts):  # a stand-in for the model: the score grows with the mask's mass
+        seen.append(acts.shape[1])
+        return 0.3 * acts.sum(axis=(2, 3))
+
+    full = scorecam(LayerData(activations=a, masked_scores=masked_scores))
+    assert np.array_equal(full, scorecam(LayerData(activations=a, masked_scores=masked_scores, channels=6)))
+    reduced = scorecam(LayerData(activations=a, masked_scores=masked_scores, channels=3))
+    assert seen == [6, 6, 3]
+    for n in range(2):
+        mass = a[n].sum(axis=(1, 2))
+        kept = np.argsort(-mass)[:3]
+        s = 0.3 * mass[kept]
+        w = np.zeros(6)
+        w[kept] = np.exp(s - s.max()) / np.exp(s - s.max()).sum()
+        np.testing.assert_allclose(reduced[n], w[:, None, None] * a[n], rtol=1e-5)

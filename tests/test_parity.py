@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 
 from onnxcam import Explainer
-from onnxcam.export import MIN_OPSET, TERMS
+from onnxcam.surgery.maps import FORMULAS
 from onnxcam.model import inspect_model, load_model
 from onnxcam.runtime import make_session
 from onnxcam.surgery import CLASS_INPUT, augment, grad_name
@@ -170,11 +170,11 @@ def test_matches_pytorch_grad_cam(name, kind, key):
 
 
 def in_graph_cases() -> list:
-    """The maps computed inside the graph (export.TERMS with gradients; the Explainer's default, while the
+    """The maps computed inside the graph (surgery.maps.FORMULAS with gradients; the Explainer's default, while the
     other parity tests take the NumPy path from A and dScore/dA), where fixtures have them."""
     return [pytest.param(name, key, id=f"{name}-{key}") for name in networks() for kind, key in keys(name)
-            if kind == "map" and split(key)[0] in TERMS and split(key)[0] != "cam"
-            and split(key)[1] in ("", "layers2", "aug_smooth") and inspect_model(load_model(model_path(name))).opset >= MIN_OPSET]
+            if kind == "map" and split(key)[0] in FORMULAS and split(key)[0] != "cam"
+            and split(key)[1] in ("", "layers2", "aug_smooth")]
 
 
 @pytest.mark.parametrize("name,key", in_graph_cases())

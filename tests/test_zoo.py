@@ -224,10 +224,13 @@ def test_cli_run_writes_a_map_of_the_input_size(name, tmp_path):
 @pytest.mark.parametrize("name", sorted(QUANTIZED))
 def test_quantized_gradcam_tracks_the_float_model(name):
     """The quantized ResNets quantize the float one (logits correlate 0.995): their Grad-CAM, through the fd
-    fallback, should look like the float model's analytic Grad-CAM."""
+    fallback, should look like the float model's analytic Grad-CAM of the same class. (Not each one's top-1:
+    int8 kernels round differently on CPUs with and without AVX512-VNNI/AMX, and the small quantized model
+    ties classes on some of them.)"""
     images = [CHELSEA, COFFEE]
-    float_maps = explainer("resnet").explain(images).maps
-    quantized = Explainer(path(name), device="cpu", gradients="fd").explain(images)
+    reference = explainer("resnet").explain(images)
+    float_maps = reference.maps
+    quantized = Explainer(path(name), device="cpu", gradients="fd").explain(images, target=reference.targets)
     for i in range(len(images)):
         assert quantized.maps[i].std() > 0, f"image {i}: a flat map"
         assert np.corrcoef(quantized.maps[i].ravel(), float_maps[i].ravel())[0, 1] > 0.9, f"image {i}"

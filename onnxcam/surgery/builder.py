@@ -17,6 +17,15 @@ import onnx_graphsurgeon as gs
 from onnx import helper
 
 
+class NeedsStaticShape(Exception):
+    """A backward rule needs a shape (or a constant) that is known only at run time. The walker turns it into
+    an UnsupportedOpError that names the tensor; it is never a user-facing error by itself."""
+
+    def __init__(self, tensor: str, shape):
+        super().__init__(f"'{tensor}' has shape {shape}, known only at run time")
+        self.tensor, self.shape = tensor, shape
+
+
 class Builder:
     def __init__(self, graph: gs.Graph, opset: int, guided: bool = False, prefix: str = "onnxcam"):
         self.graph = graph
@@ -77,7 +86,7 @@ class Builder:
         starts, ends, axes = ([int(v) for v in vs] for vs in (starts, ends, axes))
         if self.opset < 10:
             if steps is not None and any(s != 1 for s in steps):
-                raise AssertionError(f"Slice steps need opset 10, model has {self.opset}")
+                raise ValueError(f"Slice steps need opset 10, model has {self.opset}")
             return self.op("Slice", x, starts=starts, ends=ends, axes=axes)
         inputs = [self.const(v, np.int64) for v in (starts, ends, axes)]
         if steps is not None:
@@ -115,7 +124,7 @@ class Builder:
         """Sum a gradient of broadcast shape `out_shape` back down to the shape of input x."""
         x_shape = list(x.shape) if x.shape is not None else None
         if x_shape is None or out_shape is None:
-            raise AssertionError(f"unbroadcast needs static ranks: {out_shape} vs {x_shape} ('{x.name}')")
+            raise NeedsStaticShape(x.name if x_shape is None else "broadcast output", x_shape if x_shape is None else out_shape)
         lead = len(out_shape) - len(x_shape)
         axes = list(range(lead)) + [
             lead + i for i, d in enumerate(x_shape) if d == 1 and out_shape[lead + i] != 1

@@ -13,10 +13,11 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx import numpy_helper
 
-from onnxcam.errors import ModelError, OnnxcamError, UnsupportedOpError
+from onnxcam import heads
+from onnxcam.errors import ModelError
 from onnxcam.model import ModelInfo
+from onnxcam.surgery.backward import backward
 from onnxcam.surgery.builder import Builder
-from onnxcam.surgery.vjp import RULES
 
 SCORES = ("logit", "probability")
 CLASS_INPUT = "onnxcam/class"
@@ -57,7 +58,7 @@ def augmented_graph(info: ModelInfo, layers: list, gradients: bool = True, input
         cls = gs.Variable(CLASS_INPUT, dtype=np.int64, shape=["N"])
         graph.inputs.append(cls)
         b = Builder(graph, info.opset)
-        target, seed = _class_seed(b, logits, info.num_classes, cls, score)
+        target, seed = _class_seed(b, logits, heads.kind_of(info), info.num_classes, cls, score)
         outputs.append(_named(b, target, TARGET_OUTPUT, np.int64, ["N"]))
         seeded = logits
         if unit is not None:
@@ -100,69 +101,37 @@ def cut_head(info: ModelInfo, layer: str) -> onnx.ModelProto:
     return _export(graph, info)
 
 
-def backward(b: Builder, wrt: list, score: gs.Tensor, seed: gs.Tensor) -> dict:
-    """Reverse pass from `score` (with cotangent `seed`) to each tensor in `wrt`; name -> gradient."""
-    on_path = _float_descendants(b.graph, wrt)
-    grads = {score.name: seed}
-    for node in reversed(list(b.graph.nodes)):  # rules append nodes: walk a snapshot
-        if not any(o.name in grads for o in node.outputs) or not any(i.name in on_path for i in node.inputs):
-            continue
-        rule = RULES.get(node.op)
-        if rule is None:
-            raise UnsupportedOpError(
-                f"no backward rule for {node.op} (node '{node.name}'); it lies between the target layer and the "
-                "class score. Pick a later layer (onnxcam inspect lists them), or use --gradients fd with a "
-                "channel-weight method such as gradcam.",
-                op=node.op, node=node.name,
-            )
-        try:
-            contributions = rule(b, node, [grads.get(o.name) for o in node.outputs])
-        except AssertionError:  # rules assert the static shapes they need: name the tensor whose shape is unknown
-            dynamic = next((t for t in [*node.inputs, *node.outputs] if t.name in on_path and not _static(t)), None)
-            if dynamic is None:
-                raise
-            raise UnsupportedOpError(
-                f"the backward rule for {node.op} (node '{node.name}') needs static shapes, but '{dynamic.name}' "
-                f"has shape {dynamic.shape}, known only at run time. Use --gradients fd with a channel-weight "
-                "method such as gradcam.",
-                op=node.op, node=node.name,
-                reason=f"the rule for {node.op} (node '{node.name}') needs the shape of '{dynamic.name}'",
-            ) from None
-        for inp, g in zip(node.inputs, contributions):
-            if inp.name not in on_path:
-                continue
-            if g is None:
-                raise AssertionError(f"rule for {node.op} gave no gradient for input '{inp.name}' of '{node.name}'")
-            grads[inp.name] = b.op("Add", grads[inp.name], g) if inp.name in grads else g
-    missing = [t.name for t in wrt if t.name not in grads]
-    if missing:
-        cut = _integer_cut(b.graph, on_path, score)
-        if cut is not None:  # e.g. QuantizeLinear: the float path goes through integers
-            raise UnsupportedOpError(
-                f"no backward rule for {cut.op} (node '{cut.name}'): it turns the path from the target layer to "
-                "the class score into integers. Use --gradients fd with a channel-weight method such as gradcam.",
-                op=cut.op, node=cut.name,
-            )
-        raise OnnxcamError(f"'{score.name}' does not depend on {', '.join(missing)}: no gradient reaches it")
-    return {t.name: grads[t.name] for t in wrt}
-
-
-def _class_seed(b: Builder, logits, num_classes: int, cls, score: str):
-    """Pick each row's class (negative = argmax, in the graph); dScore/dlogits for that class's logit or
-    probability (softmax: dp_c/dz = p_c (onehot_c - p))."""
+def _class_seed(b: Builder, logits, head: str, num_classes: int, cls, score: str):
+    """Pick each row's class (negative = the top-1, in the graph); dScore/dlogits for that class's score as
+    heads.class_score defines it: softmax heads: the logit or dp_c/dz = p_c (onehot_c - p); multi-label: the
+    logit or p_c (1 - p_c) on c; binary (one logit z): class 1 is z, class 0 is -z, probabilities their sigmoid."""
     flat = logits if len(logits.shape) == 2 else b.op("Flatten", logits, axis=1)
-    top = b.op("ArgMax", flat, axis=1, keepdims=0)
-    # target = cls < 0 ? top : cls, in ops valid from opset 7 (Where and integer Less need opset 9)
     dtype = onnx.helper.np_dtype_to_tensor_dtype(b.dtype)
+    z = b.fwd(flat)
+    if head == "binary":
+        top = b.op("Cast", b.op("Greater", z, b.const(0.0)), to=onnx.TensorProto.INT64)
+        top = b.op("Reshape", top, b.const([-1], np.int64))
+    else:
+        top = b.op("ArgMax", flat, axis=1, keepdims=0)
+    # target = cls < 0 ? top : cls, in ops valid from opset 7 (Where and integer Less need opset 9)
     negative = b.op("Cast", b.op("Less", b.op("Cast", cls, to=dtype), b.const(0.0)), to=onnx.TensorProto.INT64)
     target = b.op("Add", cls, b.op("Mul", b.op("Sub", top, cls), negative))
     column = b.op("Reshape", target, b.const([-1, 1], np.int64))
-    hot = b.op("Equal", column, b.const(np.arange(num_classes, dtype=np.int64)[None]))
-    seed = b.op("Cast", hot, to=onnx.helper.np_dtype_to_tensor_dtype(b.dtype))
-    if score == "probability":
-        p = b.op("Softmax", b.fwd(flat), axis=1)
-        p_target = b.reduce_sum(b.op("Mul", p, seed), [1], keepdims=True)
-        seed = b.op("Mul", p_target, b.op("Sub", seed, p))
+    if head == "binary":
+        seed = b.op("Sub", b.op("Mul", b.op("Cast", column, to=dtype), b.const(2.0)), b.const(1.0))  # +1 or -1
+        if score == "probability":
+            p = b.op("Sigmoid", b.op("Mul", z, seed))  # the explained class's probability
+            seed = b.op("Mul", seed, b.op("Mul", p, b.op("Sub", b.const(1.0), p)))
+    else:
+        hot = b.op("Equal", column, b.const(np.arange(num_classes, dtype=np.int64)[None]))
+        seed = b.op("Cast", hot, to=dtype)
+        if score == "probability" and head == "multilabel":
+            p = b.op("Sigmoid", z)
+            seed = b.op("Mul", seed, b.op("Mul", p, b.op("Sub", b.const(1.0), p)))
+        elif score == "probability":
+            p = b.op("Softmax", z, axis=1)
+            p_target = b.reduce_sum(b.op("Mul", p, seed), [1], keepdims=True)
+            seed = b.op("Mul", p_target, b.op("Sub", seed, p))
     if len(logits.shape) != 2:
         seed = b.reshape_like(seed, logits)
     return target, seed
@@ -183,40 +152,6 @@ def _unit_seed(b: Builder, tensors, unit):
     else:
         mask[0, channel] = 1
     return t, b.op("Add", b.op("Mul", b.fwd(t), b.const(0.0)), b.const(mask))  # the mask, with the batch dim
-
-
-def _static(t) -> bool:
-    """Whether a tensor's shape is known past the batch axis."""
-    return t.shape is not None and all(isinstance(d, int) for d in t.shape[1:])
-
-
-def _float_descendants(graph, starts) -> set:
-    """Names of float tensors that depend on any of `starts` (integer tensors carry no gradient)."""
-    names = {t.name for t in starts}
-    for node in graph.nodes:
-        if any(i.name in names for i in node.inputs):
-            names.update(o.name for o in node.outputs if o.dtype is None or np.dtype(o.dtype).kind == "f")
-    return names
-
-
-# Ops whose integer outputs carry no gradient by nature (not a lossy step of a float computation).
-_DISCRETE_BY_NATURE = {"Shape", "Size", "ArgMax", "ArgMin", "NonZero", "TopK", "Equal", "Greater", "Less",
-                       "GreaterOrEqual", "LessOrEqual", "Not", "And", "Or", "Xor", "IsNaN", "IsInf"}
-
-
-def _integer_cut(graph, on_path: set, score):
-    """The first node that takes a float tensor on the path and gives only integers, on the way to `score`."""
-    ancestors, stack = set(), [score]
-    while stack:
-        t = stack.pop()
-        if t.name not in ancestors:
-            ancestors.add(t.name)
-            stack.extend(i for node in t.inputs for i in node.inputs)
-    for node in graph.nodes:
-        if (node.op not in _DISCRETE_BY_NATURE and any(i.name in on_path for i in node.inputs)
-                and not any(o.name in on_path for o in node.outputs) and any(o.name in ancestors for o in node.outputs)):
-            return node
-    return None
 
 
 def _add_output(outputs, tensor):

@@ -17,6 +17,7 @@ import onnx_graphsurgeon as gs
 from onnx import helper
 
 from onnxcam.errors import UnsupportedOpError
+from onnxcam.surgery.builder import NeedsStaticShape
 
 RULES = {}
 
@@ -42,6 +43,33 @@ def elementwise(*op_types):
     return register
 
 
+def _no_gradient(b, node, g):
+    return [None] * len(node.inputs)
+
+
+def no_gradient(*op_types):
+    """Ops whose outputs carry no gradient by nature (shapes, indices, comparisons): in the table, so that
+    "which ops carry none" has one home, and a walker that meets them knows it is not a missing rule."""
+    for op in op_types:
+        RULES[op] = _no_gradient
+
+
+def carries_no_gradient(op_type: str) -> bool:
+    return RULES.get(op_type) is _no_gradient
+
+
+no_gradient("Shape", "Size", "ArgMax", "ArgMin", "NonZero", "TopK", "Equal", "Greater", "Less", "GreaterOrEqual",
+            "LessOrEqual", "Not", "And", "Or", "Xor", "IsNaN", "IsInf")
+
+
+def unsupported(node, why: str) -> UnsupportedOpError:
+    """A rule that is missing, or exists but not for this form of the op. The message says why; how to go on
+    depends on the command, so callers add their own hint (`UnsupportedOpError.reason` is the short form)."""
+    reason = f"no backward rule for {node.op} (node '{node.name}'){' ' + why if why else ''}"
+    where = "" if why else "; it lies between the target layer and the class score"
+    return UnsupportedOpError(reason + where, op=node.op, node=node.name, reason=reason)
+
+
 def _optional_input(node, i):
     return node.inputs[i] if len(node.inputs) > i and node.inputs[i].name else None
 
@@ -56,15 +84,12 @@ def _constant_value(node, t):
             if key in producer.attrs:
                 value = producer.attrs[key]
                 return np.asarray(value.values if hasattr(value, "values") else value)
-    raise UnsupportedOpError(
-        f"{node.op} (node '{node.name}') takes '{t.name}' from a computed tensor; its backward rule needs it constant",
-        op=node.op, node=node.name,
-    )
+    raise NeedsStaticShape(t.name, "a computed value")
 
 
-def _static(t, what="shape"):
+def _static(t):
     if t.shape is None or any(not isinstance(d, int) for d in t.shape[1:]):
-        raise AssertionError(f"static {what} needed for '{t.name}', got {t.shape}")
+        raise NeedsStaticShape(t.name, t.shape)
     return list(t.shape)
 
 
@@ -222,8 +247,11 @@ def _gemm(b, node, g):
 @vjp("MatMul")
 def _matmul(b, node, g):
     a, w = node.inputs
+    for t in (a, w, node.outputs[0]):
+        if t.shape is None:
+            raise NeedsStaticShape(t.name, None)
     if len(a.shape) < 2 or len(w.shape) < 2:
-        raise AssertionError(f"MatMul '{node.name}' with a 1-D operand")
+        raise unsupported(node, "with a 1-D operand")
     out = node.outputs[0].shape
 
     def swap_last(t):
@@ -350,7 +378,7 @@ def _reduce_mean_sum(b, node, g):
     if axes is None:  # noop_with_empty_axes
         return [g[0], None]
     if 0 in axes:  # the spread below keeps the batch axis of g (and the count would need N)
-        raise _unsupported(node, "over the batch axis: the score of one image would depend on the others")
+        raise unsupported(node, "over the batch axis: the score of one image would depend on the others")
     grad = g[0] if node.attrs.get("keepdims", 1) else b.unsqueeze(g[0], axes)
     count = np.prod([shape[a] for a in axes]) if node.op == "ReduceMean" else 1
     spread = np.full([1] + shape[1:], 1.0 / count)
@@ -370,15 +398,6 @@ def _reduce_axes(node, rank):
 def _str_attr(node, name, default):
     value = node.attrs.get(name, default)
     return value.decode() if isinstance(value, bytes) else value
-
-
-def _unsupported(node, why):
-    """A rule that exists but not for this form of the op; the message says why and how to go on."""
-    return UnsupportedOpError(
-        f"no backward rule for {node.op} (node '{node.name}') {why}. Pick a later layer (onnxcam inspect lists "
-        "them), or use --gradients fd with a channel-weight method such as gradcam.",
-        op=node.op, node=node.name,
-    )
 
 
 def _flat_value(node, t):
@@ -464,7 +483,12 @@ def _mish(b, node, x, y):
 
 @elementwise("Gelu")
 def _gelu(b, node, x, y):
-    if _str_attr(node, "approximate", "none") == "tanh":
+    return gelu_slope(b, x, tanh=_str_attr(node, "approximate", "none") == "tanh")
+
+
+def gelu_slope(b, x, tanh: bool):
+    """dGelu/dx, exact (erf) or of the tanh approximation."""
+    if tanh:
         # y = x (1 + tanh(u)) / 2, u = c (x + 0.044715 x^3): dy/dx = (1 + t) / 2 + x (1 - t^2) u' / 2
         c = math.sqrt(2.0 / math.pi)
         x2 = b.op("Mul", x, x)
@@ -488,7 +512,7 @@ def _pow(b, node, g):
     xf, y = b.fwd(x), b.fwd(node.outputs[0])
     try:
         exponent = _constant_value(node, p).astype(np.float64)
-    except UnsupportedOpError:
+    except NeedsStaticShape:
         exponent = None
     if exponent is not None and exponent.size == 1 and float(exponent.reshape(-1)[0]) == 2.0:
         slope = b.op("Mul", xf, b.const(2.0))  # the common x^2 (LayerNorm written out): exact, no Pow
@@ -605,7 +629,7 @@ def _instance_norm(b, node, g):
 @vjp("LayerNormalization")
 def _layer_norm(b, node, g):
     if any(t is not None for t in g[1:]):
-        raise _unsupported(node, "for its Mean and InvStdDev outputs (only Y is differentiated)")
+        raise unsupported(node, "for its Mean and InvStdDev outputs (only Y is differentiated)")
     x, scale = node.inputs[:2]
     rank = len(x.shape)
     axis = node.attrs.get("axis", -1) % rank
@@ -753,7 +777,7 @@ def _reverse(b, t, shape, axis):
 def _static_dim(node, shape, axis):
     d = shape[axis]
     if not isinstance(d, int):
-        raise _unsupported(node, f"along axis {axis} of symbolic size '{d}' (the batch axis)")
+        raise unsupported(node, f"along axis {axis} of symbolic size '{d}' (the batch axis)")
     return d
 
 
@@ -807,7 +831,7 @@ def _slice(b, node, g):
         if not isinstance(dim, int):  # the batch axis: fine if the slice keeps all of it
             if step == 1 and start in (0, -(2**63)) and end >= 2**31 - 1:
                 continue
-            raise _unsupported(node, f"along the batch axis {axis}")
+            raise unsupported(node, f"along the batch axis {axis}")
         index = np.arange(dim)[slice(int(start), int(end), int(step))]
         if step < 0:  # the gradient of a reversed slice is the reversed gradient, placed with step |step|
             grad, index = _reverse(b, grad, shape, axis), index[::-1]
@@ -836,7 +860,7 @@ def _pad(b, node, g):
             continue
         dim = _static_dim(node, x.shape, a)
         if mode != "constant" and (pb < 0 or pe < 0):
-            raise _unsupported(node, f"in {mode} mode with negative pads")
+            raise unsupported(node, f"in {mode} mode with negative pads")
         # the entries of x that survive on this axis: x[lo:hi] sits at lo + pb .. hi + pb of the output
         lo, hi = max(0, -pb), min(dim, shape[a] - pb)
         center = b.slice(grad, [lo + pb], [hi + pb], [a])
@@ -848,20 +872,20 @@ def _pad(b, node, g):
                     parts.append(_place(b, edge, _resized(shape, a, 1), a, dim, at, 1)[0])
         elif mode == "reflect":
             if pb >= dim or pe >= dim:
-                raise _unsupported(node, f"in reflect mode with pads {pb}, {pe} not below the size {dim} of axis {a}")
+                raise unsupported(node, f"in reflect mode with pads {pb}, {pe} not below the size {dim} of axis {a}")
             for start, length, at in ((0, pb, 1), (pb + dim, pe, dim - 1 - pe)):
                 if length:
                     part = _reverse(b, b.slice(grad, [start], [start + length], [a]), _resized(shape, a, length), a)
                     parts.append(_place(b, part, _resized(shape, a, length), a, dim, at, 1)[0])
         elif mode == "wrap":
             if pb > dim or pe > dim:
-                raise _unsupported(node, f"in wrap mode with pads {pb}, {pe} above the size {dim} of axis {a}")
+                raise unsupported(node, f"in wrap mode with pads {pb}, {pe} above the size {dim} of axis {a}")
             for start, length, at in ((0, pb, dim - pb), (pb + dim, pe, 0)):
                 if length:
                     part = b.slice(grad, [start], [start + length], [a])
                     parts.append(_place(b, part, _resized(shape, a, length), a, dim, at, 1)[0])
         elif mode != "constant":
-            raise _unsupported(node, f"in mode '{mode}'")
+            raise unsupported(node, f"in mode '{mode}'")
         grad = parts[0] if len(parts) == 1 else b.op("Sum", *parts)
         shape = _resized(shape, a, dim)
     return [grad] + [None] * (len(node.inputs) - 1)
@@ -885,7 +909,7 @@ def _tile(b, node, g):
     repeats = [int(r) for r in _flat_value(node, node.inputs[1])]
     shape = list(x.shape)
     if repeats[0] != 1:
-        raise _unsupported(node, "with repeats along the batch axis")
+        raise unsupported(node, "with repeats along the batch axis")
     folded, summed = [0], []
     for a in range(1, len(shape)):
         folded += [repeats[a], shape[a]] if repeats[a] != 1 else [shape[a]]
@@ -914,12 +938,12 @@ def _conv_transpose(b, node, g):
     full = [(in_shape[2 + i] - 1) * strides[i] + output_padding[i] + (k[i] - 1) * dilations[i] + 1 for i in range(n)]
     if "output_shape" in node.attrs or auto_pad in ("SAME_UPPER", "SAME_LOWER"):
         if auto_pad != "NOTSET" and "output_shape" not in node.attrs and any(output_padding):
-            raise _unsupported(node, "with auto_pad SAME and output_padding (ONNX shape inference and ORT disagree "
+            raise unsupported(node, "with auto_pad SAME and output_padding (ONNX shape inference and ORT disagree "
                                      "on the output size)")
         # as ORT and the spec do: the odd pad goes to the end for SAME_UPPER, to the beginning otherwise
         total = [full[i] - out_shape[2 + i] for i in range(n)]
         if any(t < 0 for t in total):
-            raise _unsupported(node, f"with an output_shape beyond the full output ({total})")
+            raise unsupported(node, f"with an output_shape beyond the full output ({total})")
         begin = [t // 2 if auto_pad == "SAME_UPPER" else t - t // 2 for t in total]
     elif auto_pad == "VALID":
         begin = [0] * n
@@ -954,7 +978,7 @@ def _max_pool(b, node, g):
     Opset 16+: MaxPool's Indices (flat over N*C*H*W) and ScatterElements(reduction="add").
     Before: per window offset, a mask of where the maximum sits, placed by strided zero-interleaving."""
     if any(t is not None for t in g[1:]):
-        raise _unsupported(node, "for its Indices output")
+        raise unsupported(node, "for its Indices output")
     xf = b.fwd(node.inputs[0])
     if b.opset >= 16:
         attrs = {k: v for k, v in node.attrs.items() if k != "storage_order"}  # row-major indices
@@ -1028,10 +1052,10 @@ def _resize(b, node, g):
     in_shape, out_shape = _static(x), _static(node.outputs[0])
     rank = len(in_shape)
     if _str_attr(node, "coordinate_transformation_mode", "half_pixel") == "tf_crop_and_resize":
-        raise _unsupported(node, "with coordinate_transformation_mode tf_crop_and_resize (points outside the "
+        raise unsupported(node, "with coordinate_transformation_mode tf_crop_and_resize (points outside the "
                                  "region take extrapolation_value: not linear in X)")
     if _str_attr(node, "keep_aspect_ratio_policy", "stretch") != "stretch":
-        raise _unsupported(node, "with keep_aspect_ratio_policy other than stretch")
+        raise unsupported(node, "with keep_aspect_ratio_policy other than stretch")
     scales = _resize_scales(b, node, rank)
     grad = g[0]
     for a in range(rank):
@@ -1040,7 +1064,7 @@ def _resize(b, node, g):
         if a == 0:  # the batch axis: symbolic, shape inference may rename it
             if (scales[0] == 1.0) if scales is not None else not isinstance(out_shape[0], int):
                 continue
-            raise _unsupported(node, "along the batch axis")
+            raise unsupported(node, "along the batch axis")
         m = _interpolation_matrix(b, node, rank, a, in_shape[a], out_shape[a], scales)  # [in, out]
         if a == rank - 2:  # [in, out] @ [.., out, W]
             grad = b.op("MatMul", m, grad)
@@ -1093,3 +1117,6 @@ def _interpolation_matrix(b, node, rank, axis, size_in, size_out, scales):
         out = b.op("Resize", eye, empty, b.const(np.zeros(0)) if b.opset < 13 else empty,
                    b.const(sizes, np.int64), **attrs)
     return b.op("Reshape", out, b.const([size_in, size_out], np.int64))
+
+
+from onnxcam.surgery import vjp_tokens  # noqa: E402,F401  (registers the transformer ops' rules)

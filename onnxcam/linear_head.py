@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 from onnx import numpy_helper
 
+from onnxcam import heads
 from onnxcam.errors import ModelError
 from onnxcam.model import ModelInfo, constants
 
@@ -16,7 +17,8 @@ _NO_OPS = {"Identity", "Dropout", "Flatten", "Reshape", "Squeeze"}
 
 
 def linear_head_weights(info: ModelInfo, layer: str) -> np.ndarray:
-    """W [classes, channels] of the linear layer that follows global pooling of `layer`."""
+    """W [classes, channels] of the linear layer that follows global pooling of `layer` (a binary head's one row
+    w gives two classes: -w and w)."""
     graph = info.model.graph
     consumers = {}
     for node in graph.node:
@@ -55,7 +57,7 @@ def linear_head_weights(info: ModelInfo, layer: str) -> np.ndarray:
         w = w * attrs["alpha"].f
     if w.shape[0] != info.num_classes:
         fail(f"its linear layer has {w.shape[0]} outputs, the logits {info.num_classes}")
-    return w
+    return np.concatenate([-w, w]) if heads.kind_of(info) == "binary" else w  # binary: class 0 scores -z
 
 
 def _is_global_average(node, tensors) -> bool:

@@ -1,0 +1,112 @@
+"""CAM maps as ONNX nodes: the gradient methods' formulas of `onnxcam.methods`, written into the graph.
+
+Appended to an augmented graph (activations A and gradients G = dScore/dA as
+tensors), they give each layer's map at layer resolution after ReLU. The
+explainer's in-graph path returns those small maps instead of A and G (on a GPU
+the activations and gradients then never leave the device); `export` adds the
+normalization and the resize to the input size, as `postprocess` does in NumPy.
+Every node is valid from opset 7 on.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from onnxcam import postprocess
+from onnxcam.surgery.builder import Builder
+from onnxcam.surgery.graph import TARGET_OUTPUT, augmented_graph, finish, grad_name
+
+
+def _channel_weighted(b, weights, a):
+    return b.op("Mul", weights, a)
+
+
+def _gradcam(b, a, g, ctx):
+    return _channel_weighted(b, b.reduce("ReduceMean", g, [2, 3]), a)
+
+
+def _xgradcam(b, a, g, ctx):
+    total = b.op("Add", b.reduce("ReduceSum", a, [2, 3]), b.const(1e-7))
+    return _channel_weighted(b, b.op("Div", b.reduce("ReduceSum", b.op("Mul", g, a), [2, 3]), total), a)
+
+
+def _gradcampp(b, a, g, ctx):
+    g2 = b.op("Mul", g, g)
+    g3 = b.op("Mul", g2, g)
+    denominator = b.op("Add", b.op("Add", b.op("Mul", g2, b.const(2.0)),
+                                   b.op("Mul", b.reduce("ReduceSum", a, [2, 3]), g3)), b.const(1e-6))
+    nonzero = b.op("Greater", b.op("Abs", g), b.const(0.0))  # g != 0 (float Equal needs opset 11)
+    alpha = b.where(nonzero, b.op("Div", g2, denominator), b.const(0.0))
+    return _channel_weighted(b, b.reduce("ReduceSum", b.op("Mul", b.op("Relu", g), alpha), [2, 3]), a)
+
+
+def _layercam(b, a, g, ctx):
+    return b.op("Mul", b.op("Relu", g), a)
+
+
+def _hirescam(b, a, g, ctx):
+    return b.op("Mul", g, a)
+
+
+def _cam(b, a, g, ctx):
+    weights = b.op("Gather", b.const(ctx["head"]), ctx["target"], axis=0)  # [N, K]
+    return _channel_weighted(b, b.op("Reshape", weights, b.const(np.array([0, -1, 1, 1], np.int64))), a)
+
+
+# method -> its per-channel terms [N, K, h, w] as ONNX nodes (the NumPy twins: onnxcam.methods)
+FORMULAS = {"cam": _cam, "gradcam": _gradcam, "gradcam++": _gradcampp, "xgradcam": _xgradcam,
+            "layercam": _layercam, "hirescam": _hirescam}
+
+
+def layer_map_name(layer: str) -> str:
+    """Not under a Builder prefix ("onnxcam/map/relu_0" is also a name the Builder may make)."""
+    return f"onnxcam/layer_map/{layer}"
+
+
+def maps_model(info, layers: list, method: str, score: str = "logit", unit=None, head_weights=None):
+    """The augmented model with each layer's map before scaling (`layer_map_name`, [N, 1, h, w]) as an output
+    in place of A and dScore/dA, besides the logits and the target class."""
+    graph = augmented_graph(info, layers, gradients=True, score=score, unit=unit)
+    tensors = graph.tensors()
+    b = Builder(graph, info.opset, prefix="onnxcam/map")
+    outputs = [tensors[info.logits_name], tensors[TARGET_OUTPUT]]
+    for layer, layer_map in zip(layers, layer_maps(b, tensors, layers, method, head_weights)):
+        out = gs.Variable(layer_map_name(layer), dtype=np.float32, shape=["N", 1, None, None])
+        graph.nodes.append(gs.Node("Identity", b.name("Identity"), {}, [layer_map], [out]))
+        outputs.append(out)
+    graph.outputs = outputs
+    return finish(graph, info)
+
+
+def layer_maps(b: Builder, tensors: dict, layers: list, method: str, head_weights=None) -> list:
+    """Per layer, the method's map at layer resolution after ReLU, [N, 1, h, w], appended to an augmented graph
+    (with gradients) whose tensors are `tensors`. head_weights: layer -> the linear head's [C, K] (CAM only)."""
+    ctx = {"target": tensors[TARGET_OUTPUT]}
+    maps = []
+    for layer in layers:
+        if method == "cam":
+            ctx["head"] = head_weights[layer]
+        terms = FORMULAS[method](b, b.fwd(tensors[layer]), tensors[grad_name(layer)], ctx)
+        maps.append(b.op("Relu", b.reduce("ReduceSum", terms, [1])))
+    return maps
+
+
+def heatmap(b: Builder, layer_maps: list, shapes: list, size: tuple):
+    """[N, H, W]: each layer map min-max normalized and resized to `size` (cv2.resize's bilinear, as two
+    MatMuls with constant interpolation matrices), then ReLU, mean over layers, min-max again: what
+    `postprocess.scale_to` and `postprocess.combine` do in NumPy. shapes: each map's (h, w)."""
+    h, w = size
+    scaled = []
+    for layer_map, (mh, mw) in zip(layer_maps, shapes):
+        rows = b.const(postprocess.half_pixel_interpolation(mh, h))  # [H, h]
+        cols = b.const(postprocess.half_pixel_interpolation(mw, w).T)  # [w, W]
+        scaled.append(b.op("MatMul", b.op("MatMul", rows, _normalize(b, layer_map)), cols))
+    combined = scaled[0] if len(scaled) == 1 else b.op("Mean", *scaled)
+    return b.op("Reshape", _normalize(b, b.op("Relu", combined)), b.const(np.array([0, h, w], np.int64)))
+
+
+def _normalize(b, x):
+    """Per-image min-max over [1, h, w], with pytorch-grad-cam's 1e-7."""
+    shifted = b.op("Sub", x, b.reduce("ReduceMin", x, [1, 2, 3]))
+    return b.op("Div", shifted, b.op("Add", b.reduce("ReduceMax", shifted, [1, 2, 3]), b.const(1e-7)))

@@ -1,0 +1,110 @@
+"""Backward rules of the ops transformer graphs use, against central finite differences (see test_vjp.py).
+
+'A' [N, 4, 7, 6] is turned into 42 tokens of 4 channels, [N, 42, 4], and the op under test works on them.
+"""
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from test_vjp import check_gradients, case
+from tinymodels import classifier
+
+TOKENS, WIDTH = 42, 4
+
+
+def tokens(n):
+    """A [N, 4, 7, 6] -> [N, 42, 4], as a patch embedding is flattened."""
+    return n.op("Transpose", n.op("Reshape", "A", n.ints([0, WIDTH, TOKENS])), perm=[0, 2, 1])
+
+
+def attention(n):
+    """One softmax attention block on the tokens, pre-norm, with a residual, then the first token."""
+    t = tokens(n)
+    x = n.op("LayerNormalization", t, n.randn(WIDTH, scale=0.5), n.randn(WIDTH, scale=0.1), axis=-1)
+    q, k, v = (n.op("MatMul", x, n.randn(WIDTH, WIDTH, scale=0.7)) for _ in range(3))
+    scores = n.op("Mul", n.op("MatMul", q, n.op("Transpose", k, perm=[0, 2, 1])), n.const(0.5))
+    mixed = n.op("MatMul", n.op("Softmax", scores, axis=-1), v)
+    return n.op("Gather", n.op("Add", t, mixed), n.ints(0), axis=1)
+
+
+TOKEN_CASES = [
+    case("Gather-tokens-list", 13, lambda n: n.op("Gather", tokens(n), n.ints([0, 5, 5, 41]), axis=1)),
+    case("Gather-first-token", 13, lambda n: n.op("Gather", tokens(n), n.ints(0), axis=1)),
+    case("Gather-negative-index", 11, lambda n: n.op("Gather", tokens(n), n.ints([-1, 3]), axis=1)),
+    case("Gather-2d-indices-channels", 13, lambda n: n.op("Gather", tokens(n), n.ints([[0, 1], [3, 3]]), axis=2)),
+    case("Gather-from-Constant-node", 13, lambda n: n.op("Gather", tokens(n), n.const_node([2, 7], np.int64), axis=1)),
+    case("Gather-opset7", 7, lambda n: n.op("Gather", "A", n.ints([1, 3]), axis=1)),
+    case("Einsum-token-linear", 12, lambda n: n.op("Einsum", tokens(n), n.randn(WIDTH, 3), equation="nkc,cd->nkd")),
+    case("Einsum-tokens-gram", 13, lambda n: n.op("Einsum", tokens(n), tokens(n), equation="nic,njc->nij")),
+    case("Einsum-implicit-output", 12, lambda n: n.op("Einsum", tokens(n), n.randn(WIDTH, 3), equation="akc,cd")),  # -> "adk": [N, 3, 42]
+    case("Attention-block", 17, attention),
+]
+
+
+@pytest.mark.parametrize("opset, body, kinks, a_scale, eps", TOKEN_CASES)
+def test_rule_matches_finite_differences(opset, body, kinks, a_scale, eps):
+    from tinymodels import Net
+
+    net = Net(opset, a_scale=a_scale)
+    check_gradients(classifier(net, body(net)), kinks=kinks, eps=eps)
+
+
+MS = "com.microsoft"
+
+
+def _declare_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """ONNX shape inference does not know com.microsoft ops: declare every tensor's shape as ONNX Runtime
+    computes it (batch symbolic), so that the walker's rules see them."""
+    import onnxruntime as ort
+
+    probe = onnx.ModelProto.FromString(model.SerializeToString())
+    names = [o for node in probe.graph.node for o in node.output if o not in {x.name for x in probe.graph.output}]
+    probe.graph.output.extend(helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in names)
+    session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    values = session.run(names, {"x": np.zeros((1, 3, 7, 6), np.float32)})
+    for name, value in zip(names, values):
+        model.graph.value_info.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, ["N", *value.shape[1:]]))
+    return model
+
+
+def _fused_model(op, extra, outputs=1, **attrs):
+    """x -> Conv -> A -> tokens -> op (a com.microsoft fused op) -> Flatten -> MatMul -> logits."""
+    from tinymodels import CLASSES, Net
+
+    net = Net(13, seed=4)
+    t = tokens(net)
+    inputs = [t] + [e(net, t) if callable(e) else (net.randn(*e, scale=0.5) if e else "") for e in extra]
+    out = net.op(op, *inputs, outputs=outputs, domain=MS, **attrs)
+    first = out if outputs == 1 else out[0]
+    feature = first if outputs == 1 else net.op("Add", first, net.op("Tanh", out[-1]))
+    flat = net.op("Flatten", feature, axis=1)
+    logits = net.op("MatMul", flat, net.randn(TOKENS * WIDTH, CLASSES, scale=0.2))
+    stem = helper.make_node("Conv", ["x", "w", "b"], ["A"], name="stem", kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+    rng = np.random.default_rng(0)
+    inits = [onnx.numpy_helper.from_array(rng.normal(0, 0.3, (4, 3, 3, 3)).astype(np.float32), "w"),
+             onnx.numpy_helper.from_array(rng.normal(0, 0.1, 4).astype(np.float32), "b")]
+    graph = helper.make_graph([stem] + net.nodes, "fused", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 7, 6])],
+                              [helper.make_tensor_value_info(logits, TensorProto.FLOAT, ["N", CLASSES])], inits + net.initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid(MS, 1)])
+    model.ir_version = 8
+    return _declare_shapes(model)
+
+
+FUSED_CASES = [
+    pytest.param("Gelu", [], 1, {}, id="Gelu"),
+    pytest.param("FastGelu", [], 1, {}, id="FastGelu"),
+    pytest.param("FastGelu", [(WIDTH,)], 1, {}, id="FastGelu-bias"),
+    pytest.param("BiasGelu", [(WIDTH,)], 1, {}, id="BiasGelu"),
+    pytest.param("QuickGelu", [], 1, {"alpha": 1.5}, id="QuickGelu"),
+    pytest.param("SkipLayerNormalization", [lambda n, t: n.op("Tanh", t), (WIDTH,), (WIDTH,), (WIDTH,)], 1,
+                 {"epsilon": 1e-5}, id="SkipLayerNormalization-skip-on-path-beta-bias"),
+    pytest.param("SkipLayerNormalization", [(TOKENS, WIDTH), (WIDTH,)], 4, {"epsilon": 1e-5},
+                 id="SkipLayerNormalization-sum-output-used"),
+]
+
+
+@pytest.mark.parametrize("op, extra, outputs, attrs", FUSED_CASES)
+def test_fused_transformer_ops_match_finite_differences(op, extra, outputs, attrs):
+    check_gradients(_fused_model(op, extra, outputs, **attrs), eps=1e-3)  # LayerNorm over 4 entries: curved

@@ -1,0 +1,102 @@
+"""Single-logit (binary sigmoid) and multi-label heads: which class is predicted, and which score is explained.
+
+References: closed forms on a GAP -> linear head (the gradient of z w.r.t. A is w / hw), pytorch-grad-cam's
+BinaryClassifierOutputTarget (class 1: z, class 0: -z), and central finite differences of the head.
+"""
+
+import numpy as np
+import onnx
+import pytest
+
+from onnxcam import Explainer, heads
+from onnxcam.export import MAP_OUTPUT, export
+from tinymodels import IN_SHAPE, Net, session
+from onnx import TensorProto, helper
+
+
+def _gap_linear(classes: int, sigmoid_output: bool, seed: int = 0) -> onnx.ModelProto:
+    """x -> Conv -> Relu (A [N, 4, 7, 6]) -> GlobalAveragePool -> Flatten -> Gemm -> logits [N, classes]
+    (-> Sigmoid -> probs)."""
+    net = Net(13, seed=seed)
+    c, h, w = IN_SHAPE
+    a = net.op("Relu", net.op("Conv", "x", net.randn(4, c, 3, 3, scale=0.5), kernel_shape=[3, 3], pads=[1] * 4),
+               name="relu")
+    flat = net.op("Flatten", net.op("GlobalAveragePool", a), axis=1)
+    logits = net.op("Gemm", flat, net.randn(classes, 4), net.randn(classes, scale=0.1), transB=1, name="fc")
+    out = net.op("Sigmoid", logits) if sigmoid_output else logits
+    graph = helper.make_graph(net.nodes, "head", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", c, h, w])],
+                              [helper.make_tensor_value_info(out, TensorProto.FLOAT, ["N", classes])], net.initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model
+
+
+def _inputs(n=6, seed=1):
+    return np.random.default_rng(seed).normal(size=(n, *IN_SHAPE)).astype(np.float32)
+
+
+def test_binary_head_predicts_by_the_sign_of_its_logit():
+    model = _gap_linear(1, sigmoid_output=True)
+    ex = Explainer(model, device="cpu")
+    x = _inputs()
+    z = session(model).run(None, {"x": x})[0]  # sigmoid(z): the package's own output
+    assert ex.head == "binary" and ex.num_classes == 2
+    res = ex.explain(x, "gradcam")
+    np.testing.assert_array_equal(res.targets, (z[:, 0] > 0.5).astype(int))
+    np.testing.assert_allclose(heads.probabilities(res.scores, "binary")[:, 1], z[:, 0], rtol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["gradcam", "hirescam", "gradcam++"])
+def test_binary_classes_explain_the_logit_and_its_negative(method):
+    """On GAP -> linear, Grad-CAM of class 1 is relu(sum_k w_k A_k) and of class 0 relu(-sum_k w_k A_k)."""
+    model = _gap_linear(1, sigmoid_output=True)
+    x = _inputs()
+    for maps_in_graph in (True, False):
+        ex = Explainer(model, device="cpu", maps_in_graph=maps_in_graph)
+        for cls in (0, 1):
+            res = ex.explain(x, method, target=cls)
+            cam = ex.explain(x, "cam", target=cls)
+            assert list(res.targets) == [cls] * len(x)
+            if method != "gradcam++":  # Grad-CAM and HiResCAM equal CAM on this head
+                assert np.abs(res.maps - cam.maps).max() < 1e-4, (method, cls, maps_in_graph)
+            assert res.maps.shape == (len(x), *IN_SHAPE[1:])
+    a = Explainer(model, device="cpu", maps_in_graph=False).explain(x, "gradcam", target=0).raw
+    w = [t for t in model.graph.initializer if t.dims == [1, 4]][0]
+    acts = session_outputs(model, x, next(n.output[0] for n in model.graph.node if n.op_type == "Relu"))
+    hw = IN_SHAPE[1] * IN_SHAPE[2]  # Grad-CAM's weights on GAP -> linear: w / hw
+    want = np.maximum(-np.einsum("k,nkhw->nhw", onnx.numpy_helper.to_array(w)[0], acts), 0) / hw
+    np.testing.assert_allclose(a, want, rtol=1e-4, atol=1e-6)
+
+
+def session_outputs(model, x, name):
+    m = onnx.ModelProto.FromString(model.SerializeToString())
+    m.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
+    return session(m).run([name], {"x": x})[0]
+
+
+@pytest.mark.parametrize("kind,classes", [("binary", 1), ("softmax", 5)])
+def test_probability_score_matches_finite_differences(kind, classes):
+    """The graph's seed for --score probability (binary: sigmoid(+-z)) against central differences of the head."""
+    model = _gap_linear(classes, sigmoid_output=False, seed=3)
+    x = _inputs()
+    analytic = Explainer(model, device="cpu").explain(x, "gradcam", target=0, score="probability")
+    fd = Explainer(model, device="cpu", gradients="fd").explain(x, "gradcam", target=0, score="probability")
+    assert fd.gradients == "finite differences" and analytic.gradients == "analytic"
+    assert np.abs(analytic.maps - fd.maps).max() < 1e-3
+
+
+def test_binary_head_exports():
+    model = _gap_linear(1, sigmoid_output=True)
+    ex = Explainer(model, device="cpu")
+    x = _inputs()
+    for method in ("gradcam", "cam"):
+        exported = export(ex.info, ex.layers, method)
+        for cls in (0, 1):
+            heat = session(exported).run([MAP_OUTPUT], {"x": x, "onnxcam/class": np.full(len(x), cls)})[0]
+            assert np.abs(heat - ex.explain(x, method, target=cls).maps).max() < 1e-4
+
+
+def test_target_out_of_range_counts_two_classes_for_a_binary_head():
+    ex = Explainer(_gap_linear(1, sigmoid_output=True), device="cpu")
+    with pytest.raises(Exception, match="out of range; the model has 2 classes"):
+        ex.explain(_inputs(1), target=2)
