@@ -80,7 +80,7 @@ def device_name(device: str) -> str:
         return f"CPU ({os.cpu_count()} cores), dry run: the CPU stands in for the GPU"
     if shutil.which("nvidia-smi"):
         query = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
-                               capture_output=True, text=True)
+                               capture_output=True, text=True, check=False)
         if query.returncode == 0 and query.stdout.strip():
             return "GPU " + query.stdout.strip().splitlines()[0]
     return "GPU (nvidia-smi not found)"
