@@ -44,15 +44,15 @@ FAST = ("cam", "gradcam", "gradcam++", "layercam", "xgradcam", "hirescam", "guid
 SLOW = ("ablationcam", "scorecam")  # K extra head / model runs per image: timed once, batch 1
 
 
-def interleaved_medians(fns: dict, repeats: int, warmup: int = 2) -> dict:
+def interleaved_medians(fns: dict, repeats: int, warmup: int = 2, clock=time.perf_counter) -> dict:
     """Median seconds per callable, timing them in turn each round."""
     times = {name: [] for name in fns}
     for round_ in range(repeats + warmup):
         for name, fn in fns.items():
-            t0 = time.perf_counter()
+            t0 = clock()
             fn()
             if round_ >= warmup:
-                times[name].append(time.perf_counter() - t0)
+                times[name].append(clock() - t0)
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
@@ -93,6 +93,9 @@ def main():
     parser.add_argument("--torch", action="store_true", help="also pytorch-grad-cam (needs torch and grad-cam)")
     parser.add_argument("--maps-in-numpy", action="store_true",
                         help="compute gradient CAMs in NumPy from A and dScore/dA, not inside the graph")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="cpu: the process's CPU time (all threads; onnxcam's threads do not spin), which other "
+                             "jobs on a shared machine disturb far less than the wall time")
     parser.add_argument("--no-explicit", action="store_true", help="time target=None only, not also target=c")
     parser.add_argument("--profile", choices=("layer", "guided", "plain"),
                         help="instead of timing methods, profile one augmented graph with ORT's profiler: layer "
@@ -142,9 +145,10 @@ def main():
         if args.torch:
             cams = torch_contenders(args.model, x)
             fns.update(cams)
-        medians = interleaved_medians(fns, args.repeats)
+        medians = interleaved_medians(fns, args.repeats, clock=time.process_time if args.clock == "cpu" else time.perf_counter)
         forward = medians["forward"]
-        print(f"\nbatch {batch}  ({args.repeats} rounds, median ms; ratio to the plain forward)")
+        print(f"\nbatch {batch}  ({args.repeats} rounds, median {'CPU ' if args.clock == 'cpu' else ''}ms; "
+              "ratio to the plain forward)")
         print(f"  {'':24} {'target=None':>20}   {'' if args.no_explicit else f'target={top1} (explicit)':>22}"
               f"{'' if args.no_explicit else '   explicit / None'}")
         print(f"  {'forward':24} {forward * 1e3:9.2f} ms  {1:6.2f}x")
