@@ -20,16 +20,16 @@ import numpy as np
 from onnxcam import cache, finite_diff, heads, postprocess, preprocess
 from onnxcam.errors import ModelError, OnnxcamError
 from onnxcam.linear_head import linear_head_weights
-from onnxcam.methods import ELEMENTWISE, METHODS, SAMPLES, LayerData, method_named, projection
-from onnxcam.model import inspect_model, load_model
+from onnxcam.methods import ELEMENTWISE, METHODS, SAMPLES, AttentionData, LayerData, method_named, projection
+from onnxcam.model import inspect_model, load_model, read_labels
+from onnxcam.names import DEFAULT_PRESET, GRADIENT_MODES
 from onnxcam.runtime import providers_for
-from onnxcam.sessions import SessionSpec, Sessions
+from onnxcam.sessions import Sessions, SessionSpec
 from onnxcam.surgery import SCORES, TARGET_OUTPUT, grad_name
 from onnxcam.surgery.maps import FORMULAS, layer_map_name
 
 __all__ = ["Explainer", "Explanation", "method_named"]
 
-GRADIENT_MODES = ("auto", "analytic", "fd")
 # Test-time augmentation of pytorch-grad-cam's aug_smooth: horizontal flip x input scaled by these.
 AUG_FACTORS = (0.9, 1.0, 1.1)
 BATCH_ROWS = 32  # rows per run for Score-CAM's masked inputs and Ablation-CAM's ablated heads
@@ -57,13 +57,19 @@ class Explanation:
     # fell below the 1e-7 normalization floor, so `maps` holds (finite) zeros rather than a picture
     flat: np.ndarray | None = None
 
-    def item(self, i: int) -> "Explanation":
+    def item(self, i: int) -> Explanation:
         """The explanation of image i alone (arrays keep their batch axis, of length 1)."""
         def one(a):
             return None if a is None else a[i:i + 1]
 
         return replace(self, maps=one(self.maps), raw=one(self.raw), targets=one(self.targets),
                        scores=one(self.scores), saliency=one(self.saliency), flat=one(self.flat))
+
+    def _repr_html_(self) -> str:
+        """Jupyter shows the maps and each image's top-5 classes (onnxcam.report.explanation_html)."""
+        from onnxcam.report import explanation_html
+
+        return explanation_html(self)
 
 
 @dataclass(frozen=True)
@@ -85,16 +91,18 @@ class Explainer:
     channel-weight methods only) or "auto" (analytic, falling back to fd when a
     head op has no rule; `missing_rule` then says which). maps_in_graph: compute the maps of the gradient
     methods in surgery.maps.FORMULAS inside the ONNX graph (the default), or in NumPy from A and dScore/dA.
+    labels: class names (a list, or a file: text one a line, a JSON list, a JSON object {index: name}) in place
+    of those in the model's metadata.
     """
 
     def __init__(self, model, layer=None, providers=None, *, device="auto", input_name=None, output_name=None,
-                 input_size=None, preprocess_preset=None, gradients="auto", maps_in_graph=True):
+                 input_size=None, preprocess_preset=None, gradients="auto", maps_in_graph=True, labels=None):
         proto = load_model(model) if isinstance(model, str) else model
         self.info = inspect_model(proto, input_name=input_name, output_name=output_name, input_size=input_size)
         names = layer if isinstance(layer, (list, tuple)) else [layer]
         self.layers = list(dict.fromkeys(self.info.resolve_layer(n).name for n in names))
         self.providers = list(providers) if providers else providers_for(device)
-        self.preset = preprocess_preset or self.info.preprocess or preprocess.DEFAULT_PRESET
+        self.preset = preprocess_preset or self.info.preprocess or DEFAULT_PRESET
         # where the preset came from: "option", "model" (its metadata) or "assumed" (nothing recorded)
         self.preset_source = "option" if preprocess_preset else "model" if self.info.preprocess else "assumed"
         if self.preset not in preprocess.PRESETS:
@@ -103,8 +111,11 @@ class Explainer:
             raise OnnxcamError(f"unknown gradients mode '{gradients}'; choose one of {', '.join(GRADIENT_MODES)}")
         self.gradients = gradients
         self.maps_in_graph = maps_in_graph
-        self.head = heads.kind_of(self.info)
+        self.head = self.info.head
         self.num_classes = heads.class_count(self.head, self.info.num_classes)  # classes that can be explained
+        if labels is not None:  # a file (text, JSON list or object) or a list: one name per class
+            self.info.labels = list(labels) if isinstance(labels, (list, tuple)) else read_labels(labels, self.num_classes)
+            self.info.labels_source = "option"
         self.missing_rule = None  # set when 'auto' fell back to finite differences: why
         self.fd_seconds = None  # estimated seconds per image of the finite differences, once they are planned
         # progress(what, done, total): called by the loops of many runs (Score-CAM's masked inputs,
@@ -221,6 +232,12 @@ class Explainer:
 
     def _plan(self, m, score="logit", unit=None, eigen_smooth=False) -> Plan:
         """The session that runs m, and whether its gradients come from rules; decided here only."""
+        if m.attention:
+            if not self.info.attention:
+                raise OnnxcamError(f"method '{m.name}' needs a vision transformer's attention (Softmax over its "
+                                   "tokens); this model has none")
+            spec = SessionSpec.attention(m.gradients is not None, score, unit)
+            return Plan(spec, m.gradients is not None and self._analytic(m, spec), False)
         in_graph = (self.maps_in_graph and m.name in FORMULAS and m.gradients is not None and not eigen_smooth
                     and self.gradients != "fd")
         if in_graph:
@@ -298,6 +315,8 @@ class Explainer:
         scores = outputs[self.info.logits_name].reshape(len(tensor), -1).astype(np.float32)
         _check_finite(scores, "class scores")
         targets = self._targets(spec, outputs, classes, scores)
+        if m.attention:
+            return self._explain_attention(m, plan, outputs, scores, targets)
         noisy = self._noisy_runs(spec, tensor, targets, samples, noise, seed) if m.gradients == SAMPLES else []
 
         maps = raw = None
@@ -322,6 +341,17 @@ class Explainer:
             maps=maps, raw=raw, targets=targets.astype(np.int64), scores=scores, method=m.name, layers=self.layers,
             gradients=_source(m, plan.analytic), saliency=None if saliency is None else np.float32(saliency),
         )
+
+    def _explain_attention(self, m, plan, outputs, scores, targets) -> Explanation:
+        """Rollout methods: one map on the patch grid from every block's attention (and its gradients)."""
+        names, grid = self.info.attention, self.info.auto_layer.tokens
+        data = AttentionData([outputs[a] for a in names],
+                             [outputs[grad_name(a)] for a in names] if plan.spec.layer_gradients else None,
+                             grid.prefix, grid.height, grid.width)
+        raw = np.maximum(m.map(data), 0)
+        maps = postprocess.combine([postprocess.scale_to(raw, self.info.size)])
+        return Explanation(maps=maps, raw=raw, targets=targets.astype(np.int64), scores=scores, method=m.name,
+                           layers=list(names), gradients=_source(m, plan.analytic))
 
     def _explain_in_graph(self, tensor, classes, m, spec) -> Explanation | None:
         """The maps of one run of the in-graph map model: only logits, targets and [N, h, w] maps come back."""

@@ -10,20 +10,23 @@ the graph explains its own top-1 class.
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+import onnxruntime as ort
 
-from onnxcam.errors import ModelError, OnnxcamError, UnsupportedOpError
+from onnxcam.errors import OnnxcamError, UnsupportedOpError
 from onnxcam.linear_head import linear_head_weights
 from onnxcam.model import ModelInfo
+from onnxcam.names import MAP_OUTPUT
 from onnxcam.surgery import CLASS_INPUT, TARGET_OUTPUT
 from onnxcam.surgery.builder import Builder
 from onnxcam.surgery.graph import augmented_graph, finish
 from onnxcam.surgery.maps import FORMULAS, heatmap, layer_maps
 
-MAP_OUTPUT = "onnxcam/map"
 METHODS = tuple(FORMULAS)
 
 
@@ -73,3 +76,22 @@ def _describe(model: onnx.ModelProto, info: ModelInfo, layers: list, method: str
     del model.metadata_props[:]
     model.metadata_props.extend(kept)
     model.metadata_props.add(key="onnxcam.export", value=json.dumps(meta))
+
+
+def ort_format(model: onnx.ModelProto) -> bytes:
+    """`model` in ONNX Runtime's ORT format, the only one that mobile and minimal builds load (they know it by
+    the .ort suffix). Optimized for the CPU provider as onnxruntime.tools.convert_onnx_models_to_ort does by
+    default (every level but the x86-only NCHWc layout), then saved by the installed ONNX Runtime."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3  # not the warning that the optional class input is an overridable initializer
+    options.add_session_config_entry("session.save_model_format", "ORT")
+    with tempfile.TemporaryDirectory() as folder:
+        options.optimized_model_filepath = os.path.join(folder, "model.ort")
+        try:
+            ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"],
+                                 disabled_optimizers=["NchwcTransformer"])
+            with open(options.optimized_model_filepath, "rb") as saved:
+                return saved.read()
+        except Exception as exc:  # onnxruntime's own exception types, or no file where a build cannot save
+            raise OnnxcamError(f"ONNX Runtime {ort.__version__} could not write the ORT format: {exc}") from None

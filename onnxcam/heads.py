@@ -18,11 +18,6 @@ from onnxcam.methods import softmax
 KINDS = ("softmax", "binary", "multilabel")
 
 
-def kind_of(info) -> str:
-    """The model's head kind: ModelInfo.head where the model front end tells it, else by the logits' width."""
-    return getattr(info, "head", None) or ("binary" if info.num_classes == 1 else "softmax")
-
-
 def class_count(kind: str, logits: int) -> int:
     """How many classes can be explained: a binary head's one logit stands for two."""
     return 2 if kind == "binary" else logits

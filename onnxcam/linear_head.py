@@ -9,7 +9,6 @@ from __future__ import annotations
 import numpy as np
 from onnx import numpy_helper
 
-from onnxcam import heads
 from onnxcam.errors import ModelError
 from onnxcam.model import ModelInfo, constants
 
@@ -57,7 +56,7 @@ def linear_head_weights(info: ModelInfo, layer: str) -> np.ndarray:
         w = w * attrs["alpha"].f
     if w.shape[0] != info.num_classes:
         fail(f"its linear layer has {w.shape[0]} outputs, the logits {info.num_classes}")
-    return np.concatenate([-w, w]) if heads.kind_of(info) == "binary" else w  # binary: class 0 scores -z
+    return np.concatenate([-w, w]) if info.head == "binary" else w  # binary: class 0 scores -z
 
 
 def _is_global_average(node, tensors) -> bool:

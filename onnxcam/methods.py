@@ -19,12 +19,12 @@ and are listed with `input_gradient` set.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
-from onnxcam.errors import OnnxcamError
+from onnxcam.names import method_names
 
 CHANNEL = "channel"  # needs only grad_dot: finite differences can stand in
 ELEMENTWISE = "elementwise"  # needs G itself: a backward rule for every head op
@@ -59,6 +59,7 @@ class Method:
     needs_linear_head: bool = False
     input_gradient: str | None = None  # None, "plain" or "guided": the method uses dScore/dx
     terms: bool = True  # map gives per-channel terms [N, K, h, w], summed over k (or projected: eigen-smooth)
+    attention: bool = False  # map takes an AttentionData (a transformer's attention probabilities), not a layer
 
     @property
     def needs(self) -> str:
@@ -66,8 +67,46 @@ class Method:
         parts = [{CHANNEL: "channel gradient sums (finite differences can stand in)", ELEMENTWISE: "gradients",
                   SAMPLES: "gradients of noisy copies"}.get(self.gradients, "")]
         parts += ["the linear head" if self.needs_linear_head else "",
+                  "a vision transformer's attention" if self.attention else "",
                   f"{self.input_gradient} input gradients" if self.input_gradient else ""]
         return ", ".join(p for p in parts if p) or "forward runs only"
+
+
+@dataclass(frozen=True)
+class AttentionData:
+    """A vision transformer's attention probabilities, block by block, and where its tokens lie."""
+
+    attention: list  # per block, [N, heads, T, T] (rows: the attending token; they sum to 1)
+    gradients: list | None  # per block, dScore/dattention (gradient-weighted rollout)
+    prefix: int  # tokens before the patch grid (class, distillation, registers)
+    height: int
+    width: int
+
+    def grid_row(self, relevance: np.ndarray) -> np.ndarray:
+        """[N, T, T] -> [N, h, w]: the class token's row over the grid tokens (without a class token, the mean of
+        the grid tokens' rows: what average pooling reads)."""
+        row = relevance[:, 0] if self.prefix else relevance[:, self.prefix:].mean(axis=1)
+        return row[:, self.prefix:].reshape(len(row), self.height, self.width)
+
+
+def attention_rollout(d: AttentionData) -> np.ndarray:
+    """Attention rollout (Abnar & Zuidema 2020, arXiv 2005.00928): R = prod_l (A_l + I) / 2 from the first block
+    to the last, A_l the block's attention averaged over heads (the identity: its residual connection)."""
+    n, _, t, _ = d.attention[0].shape
+    relevance = np.broadcast_to(np.eye(t), (n, t, t))
+    for a in d.attention:
+        relevance = ((np.float64(a).mean(axis=1) + np.eye(t)) / 2) @ relevance
+    return np.float32(d.grid_row(relevance))
+
+
+def gradient_rollout(d: AttentionData) -> np.ndarray:
+    """Gradient-weighted attention rollout (Chefer, Gur & Wolf, ICCV 2021, "Generic Attention-model
+    Explainability", arXiv 2103.15679): R <- R + mean_heads(relu(dA * A)) R over the blocks, from R = I."""
+    n, _, t, _ = d.attention[0].shape
+    relevance = np.broadcast_to(np.eye(t), (n, t, t))
+    for a, g in zip(d.attention, d.gradients):
+        relevance = relevance + np.maximum(np.float64(g) * a, 0).mean(axis=1) @ relevance
+    return np.float32(d.grid_row(relevance))
 
 
 def softmax(z: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -202,6 +241,11 @@ METHODS = {
                terms=False),
         Method("eigengradcam", "Eigen-Grad-CAM: first principal component of activations times gradients",
                eigengradcam, ELEMENTWISE, terms=False),
+        Method("attention-rollout", "Attention rollout: the attention of every block, multiplied through the "
+               "residual connections (vision transformers; class-agnostic)", attention_rollout, attention=True),
+        Method("gradient-rollout", "Gradient-weighted attention rollout (Chefer 2021): positive gradient x "
+               "attention, accumulated over the blocks (vision transformers)", gradient_rollout, ELEMENTWISE,
+               attention=True),
         Method("guided-backprop", "Guided Backprop: input gradients through ReLUs that pass positive gradients",
                None, input_gradient="guided"),
         Method("guided-gradcam", "Guided Grad-CAM: guided backprop times the upsampled Grad-CAM map", gradcam, CHANNEL,
@@ -210,12 +254,6 @@ METHODS = {
                input_gradient="plain"),
     )
 }
-ALIASES = {"gradcampp": "gradcam++", "smoothgradcampp": "smoothgradcam++"}
-
-
 def method_named(name: str) -> Method:
-    """The Method for a name or alias, or a user error listing the choices."""
-    name = ALIASES.get(name, name)
-    if name not in METHODS:
-        raise OnnxcamError(f"unknown method '{name}'; choose one of {', '.join(METHODS)}")
-    return METHODS[name]
+    """The Method for a name or alias (names.method_names' grammar), or a user error listing the choices."""
+    return METHODS[method_names([name])[0]]

@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 
 from onnxcam.errors import ImageError, OnnxcamError
+from onnxcam.names import DEFAULT_MAX_PIXELS
 
 
 @dataclass(frozen=True)
@@ -34,13 +35,12 @@ PRESETS = {
     "caffe": Preset((103.939, 116.779, 123.68), (1.0,) * 3, True, "Caffe/Keras-ResNet: BGR, minus ImageNet mean"),
     "unit": Preset((0.0,) * 3, (255.0,) * 3, False, "RGB, x / 255 (0..1)"),
     "raw": Preset((0.0,) * 3, (1.0,) * 3, False, "RGB, 0..255 as is"),
+    "bgr": Preset((0.0,) * 3, (1.0,) * 3, True, "BGR, 0..255 as is (Windows ML Bgr8, NominalRange_0_255)"),
 }
-DEFAULT_PRESET = "imagenet"
 
 
 # Images with more pixels than this are refused unless the caller raises the limit (`--max-pixels`):
 # a few-kilobyte PNG may declare 50000 x 50000 pixels and decode to gigabytes.
-DEFAULT_MAX_PIXELS = 100_000_000
 # The formats whose size `image_size` reads from the header; anything else is refused before decoding.
 FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WebP", "TIFF", "PNM")
 BACKGROUND = 255  # transparent pixels are composited over white, as a viewer shows them

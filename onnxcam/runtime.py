@@ -14,10 +14,10 @@ import onnxruntime as ort
 from onnx import helper
 
 from onnxcam.errors import ModelError, OnnxcamError
+from onnxcam.names import DEVICES
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
-DEVICES = ("auto", "cpu", "cuda")
 # cuDNN's exhaustive algorithm search (ORT's default) benchmarks every new input shape; onnxcam's runs vary
 # in batch (the last chunk of a folder, Score-CAM's and the finite differences' rows), so use its heuristic.
 PROVIDER_OPTIONS = {CUDA: {"cudnn_conv_algo_search": "HEURISTIC"}}

@@ -23,8 +23,10 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from onnxcam import chart, render
 from onnxcam.errors import ModelError, OnnxcamError
 from onnxcam.metrics import explanation_map, spearman
+from onnxcam.writer import json_bytes, picture_bytes
 
 PARAMETRIC = ("Conv", "ConvTranspose", "Gemm", "MatMul", "BatchNormalization", "InstanceNormalization",
               "LayerNormalization")
@@ -180,3 +182,50 @@ def randomization_test(model, x, methods, steps: int = STEPS, seed: int = 0, lay
         if progress:
             progress(k, len(plan))
     return results
+
+
+def report_files(results: list, model: str, image: str, rgb: np.ndarray, seed: int, label: str) -> dict:
+    """What the sanity command writes for one image, {name suffix: bytes}: "sanity.png" (the curves),
+    "sanity.maps.png" (the map at every step over `rgb`) and "sanity.json" (every correlation, the verdicts)."""
+    steps = results[0].steps
+    record = {
+        "model": model, "image": image, "seed": seed, "class": results[0].target, "label": label,
+        "pass_below": PASS_BELOW,
+        "steps": [{"step": k, "nodes": s.nodes, "initializers": s.initializers} for k, s in enumerate(steps, 1)],
+        "methods": {r.method: {"spearman": [None if c != c else round(c, 6) for c in r.correlations],
+                               "final": r.final, "passed": r.passed, "verdict": r.verdict(),
+                               "errors": {str(k): v for k, v in r.errors.items()}} for r in results},
+    }
+    return {"sanity.png": picture_bytes(curves_image(results, len(steps))),
+            "sanity.maps.png": picture_bytes(maps_image(results, rgb)), "sanity.json": json_bytes(record)}
+
+
+def curves_image(results: list, steps: int) -> np.ndarray:
+    """Each method's rank correlation with the trained model's map, step by step."""
+    xs = np.arange(steps + 1)
+    lowest = min([0.0] + [c for r in results for c in r.correlations if c == c])
+    series = [(r.method, xs, r.correlations) for r in results]
+    ticks = [(k, str(k)) for k in range(0, steps + 1, max(1, steps // 10))]
+    low = min(-0.25, np.floor(lowest * 4) / 4)
+    plot = chart.line_chart(series, "model randomization: rank correlation with the trained model's map",
+                            "cumulative re-initialization step (0: trained, 1: logits layer, ...)",
+                            "Spearman", ylim=(low, 1.0), size=(380, 640), xticks=ticks, markers=True,
+                            yticks=int(round((1.0 - low) / 0.25)) + 1)
+    return chart.side_by_side([plot, chart.legend([r.method for r in results], plot.shape[0], width=180)])
+
+
+def maps_image(results: list, rgb: np.ndarray) -> np.ndarray:
+    """One row per method: the overlay at each step."""
+    rows = []
+    for r in results:
+        tiles = [render.overlay(rgb, m) for m in r.maps]
+        labels = [f"{r.method}: trained" if k == 0 else f"step {k}: {correlation_text(c)}"
+                  for k, c in enumerate(r.correlations)]
+        rows.append(render.grid(tiles, labels, height=128))
+    width = max(row.shape[1] for row in rows)
+    return np.vstack([np.pad(row, ((0, 4), (0, width - row.shape[1]), (0, 0)), constant_values=255) for row in rows])
+
+
+def correlation_text(value) -> str:
+    """A correlation as printed: 3 decimals, or "flat" where the map had no ranking (NaN)."""
+    return "flat" if value is None or value != value else f"{value:.3f}"

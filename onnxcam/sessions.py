@@ -26,6 +26,7 @@ FORWARD = "forward"  # logits and the target layers' activations
 GRADIENTS = "gradients"  # ... and the target class, dScore/dA and/or dScore/dx
 MAPS = "maps"  # logits, the target class and each layer's map (the in-graph methods)
 HEAD = "head"  # the cut-off head: from one layer (an input) to the logits
+ATTENTION = "attention"  # logits and a transformer's attention probabilities (and with gradients, theirs)
 
 
 @dataclass(frozen=True)
@@ -43,25 +44,29 @@ class SessionSpec:
     @property
     def takes_class(self) -> bool:
         """Whether the session has the class input (the augmented models that differentiate a class score)."""
-        return self.kind in (GRADIENTS, MAPS)
+        return self.kind in (GRADIENTS, MAPS) or (self.kind == ATTENTION and self.layer_gradients)
 
     @staticmethod
-    def forward() -> "SessionSpec":
+    def forward() -> SessionSpec:
         return SessionSpec(FORWARD)
 
     @staticmethod
-    def gradients(layer_gradients: bool, input_gradient=None, score="logit", unit=None) -> "SessionSpec":
+    def gradients(layer_gradients: bool, input_gradient=None, score="logit", unit=None) -> SessionSpec:
         """Without any gradient, score and unit do not matter: the plain forward session."""
         if not layer_gradients and not input_gradient:
             return SessionSpec.forward()
         return SessionSpec(GRADIENTS, layer_gradients, input_gradient, score=score, unit=unit)
 
     @staticmethod
-    def maps(method: str, score="logit", unit=None) -> "SessionSpec":
+    def maps(method: str, score="logit", unit=None) -> SessionSpec:
         return SessionSpec(MAPS, method=method, score=score, unit=unit)
 
     @staticmethod
-    def head(layer: str) -> "SessionSpec":
+    def attention(gradients: bool, score="logit", unit=None) -> SessionSpec:
+        return SessionSpec(ATTENTION, gradients, score=score if gradients else "logit", unit=unit if gradients else None)
+
+    @staticmethod
+    def head(layer: str) -> SessionSpec:
         return SessionSpec(HEAD, layer=layer)
 
 
@@ -139,7 +144,8 @@ class Sessions:
         if spec.kind == MAPS:
             heads = {layer: linear_head_weights(info, layer) for layer in self.layers} if spec.method == "cam" else None
             return maps_model(info, self.layers, spec.method, spec.score, spec.unit, heads)
-        return augment(info, self.layers, gradients=spec.layer_gradients, input_gradient=spec.input_gradient,
+        tensors = list(info.attention) if spec.kind == ATTENTION else self.layers
+        return augment(info, tensors, gradients=spec.layer_gradients, input_gradient=spec.input_gradient,
                        score=spec.score, unit=spec.unit)
 
 

@@ -256,3 +256,71 @@ def test_pictures_none_writes_only_the_numbers_and_jpg_overlays(tmp_path):
     png = cv2.imread(str(tmp_path / "full" / "chelsea.gradcam.png"))
     grid = cv2.imread(str(tmp_path / "jpg" / "chelsea.grid.jpg"))
     assert grid is not None and grid.shape[0] == 224 + 22 and png.shape == (300, 451, 3)
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    """A 10-class model that records no preprocessing and no class names, and a picture for it."""
+    import onnx
+
+    import hostile_files as hf
+
+    onnx.save(hf.tiny(), str(tmp_path / "tiny.onnx"))
+    (tmp_path / "img.png").write_bytes(hf.encode(".png", hf.picture()))
+    return tmp_path / "tiny.onnx", tmp_path / "img.png"
+
+
+def test_the_banner_says_when_the_preprocessing_is_assumed(tmp_path, tiny):
+    model, image = tiny
+    assumed = run("run", model, image, "--out", tmp_path / "a")
+    assert assumed.exit_code == 0, assumed.output
+    lines = assumed.output.splitlines()
+    assert lines[:3] == [f"model     {model}", "provider  CPUExecutionProvider", "layer     relu_0  [N, 4, 7, 6]"]
+    assert lines[3].startswith("preprocess imagenet (assumed: the model records no preprocessing")
+    assert lines[4].startswith("method    gradcam  gradients ")
+    chosen = run("run", model, image, "--preprocess", "unit", "--out", tmp_path / "b")
+    recorded = run("run", DEMO, CHELSEA, "--out", tmp_path / "c")
+    assert chosen.exit_code == recorded.exit_code == 0
+    assert "assumed" not in chosen.output and "assumed" not in recorded.output
+    for command in (["eval", model, image, "--steps", 2, "--out", tmp_path / "d"],
+                    ["sanity", model, image, "--steps", 1, "--out", tmp_path / "e"]):
+        result = run(*command)
+        assert result.exit_code == 0, result.output
+        assert result.output.splitlines()[:5] == lines[:5], command[0]  # one banner for every command
+
+
+def test_numbers_that_are_class_names_target_those_classes(tmp_path, tiny):
+    """Labels 9, 8, ..., 0: `--target 3` is the class named 3 (index 6); index:3 is the index."""
+    model, image = tiny
+    labels = tmp_path / "labels.txt"
+    labels.write_text("".join(f"{9 - k}\n" for k in range(10)))
+    named = run("run", model, image, "--labels", labels, "--target", "3", "--out", tmp_path / "o")
+    assert named.exit_code == 0, named.output
+    assert "explain   6  3  [gradcam]" in named.output
+    indexed = run("run", model, image, "--labels", labels, "--target", "index:3", "--out", tmp_path / "o")
+    assert "explain   3  6  [gradcam]" in indexed.output
+    refused = run("run", model, image, "--labels", labels, "--target", "12", "--out", tmp_path / "o")
+    assert refused.exit_code == 1 and "or index:12 for the class index 12" in refused.stderr
+    plain = run("run", model, image, "--target", "3", "--out", tmp_path / "p")  # no names: 3 is the index
+    assert plain.exit_code == 0 and "explain   3  class 3  [gradcam]" in plain.output
+
+
+def test_one_method_grammar_in_every_command(tmp_path, tiny):
+    model, image = tiny
+    commas = run("run", model, image, "-m", "gradcam,layercam", "--out", tmp_path / "a")
+    repeated = run("run", model, image, "-m", "gradcam", "-m", "layercam", "--out", tmp_path / "b")
+    legacy = run("run", model, image, "--methods", "gradcam,layercam", "--out", tmp_path / "c")
+    for result, folder in ((commas, "a"), (repeated, "b"), (legacy, "c")):
+        assert result.exit_code == 0, result.output
+        assert os.listdir(tmp_path / folder) == ["img.grid.png"]
+    evaluated = run("eval", model, image, "-m", "gradcampp,xgradcam", "--steps", 2, "--out", tmp_path / "d")
+    assert evaluated.exit_code == 0, evaluated.output
+    assert list(json.loads((tmp_path / "d" / "eval.json").read_text())["summary"]) == ["gradcam++", "xgradcam"]
+    exported = run("export", model, "-o", tmp_path / "m.onnx", "-m", "gradcampp")
+    assert exported.exit_code == 0 and "method    gradcam++ at relu_0" in exported.output
+    for bad in (["-m", "scorecam"], ["-m", "gradcam,cam"], ["-m", "magic"]):
+        refused = run("export", model, "-o", tmp_path / "n.onnx", *bad)
+        assert refused.exit_code == 1 and refused.stderr.startswith("Error: "), refused.output
+    assert not (tmp_path / "n.onnx").exists()
+    sanity = run("sanity", model, image, "--target", "top-2", "--out", tmp_path / "e")
+    assert sanity.exit_code == 1 and "sanity explains one class" in sanity.stderr

@@ -123,8 +123,8 @@ def test_several_layers_are_averaged(demo_explainer):
 def test_maps_in_graph_return_only_the_maps():
     """Activations and gradients stay inside the run: the session's outputs are logits, targets, and
     one h x w map per layer; the explanation still equals the host path's, also for a unit seed."""
-    from onnxcam.surgery.maps import layer_map_name
     from onnxcam.surgery import TARGET_OUTPUT
+    from onnxcam.surgery.maps import layer_map_name
 
     layers = ["/_blocks.15/_project_conv/Conv_output_0", None]
     host = Explainer(DEMO, layer=layers, device="cpu", maps_in_graph=False)

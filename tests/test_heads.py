@@ -7,11 +7,11 @@ BinaryClassifierOutputTarget (class 1: z, class 0: -z), and central finite diffe
 import numpy as np
 import onnx
 import pytest
+from onnx import TensorProto, helper
 
 from onnxcam import Explainer, heads
 from onnxcam.export import MAP_OUTPUT, export
 from tinymodels import IN_SHAPE, Net, session
-from onnx import TensorProto, helper
 
 
 def _gap_linear(classes: int, sigmoid_output: bool, seed: int = 0) -> onnx.ModelProto:
@@ -100,3 +100,40 @@ def test_target_out_of_range_counts_two_classes_for_a_binary_head():
     ex = Explainer(_gap_linear(1, sigmoid_output=True), device="cpu")
     with pytest.raises(Exception, match="out of range; the model has 2 classes"):
         ex.explain(_inputs(1), target=2)
+
+
+def test_cli_shows_both_outcomes_of_a_binary_head_and_checks_the_labels_count(tmp_path):
+    """A logit of -3.4 is not '100% upside_down': the printout gives sigmoid's two outcomes with their names."""
+    import json
+
+    from click.testing import CliRunner
+
+    from onnxcam.cli import main
+
+    model = _gap_linear(1, sigmoid_output=True)
+    onnx.save(model, tmp_path / "binary.onnx")
+    x = _inputs(1)
+    np.save(tmp_path / "x.npy", x)
+    (tmp_path / "labels.json").write_text(json.dumps(["normal", "upside_down"]))
+    result = CliRunner().invoke(main, ["run", str(tmp_path / "binary.onnx"), str(tmp_path / "x.npy"), "--labels",
+                                       str(tmp_path / "labels.json"), "--out", str(tmp_path / "out"), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    p = float(session(model).run(None, {"x": x})[0][0, 0])
+    shown = {line.split()[-1]: float(line.split()[-3].rstrip("%")) / 100 for line in result.output.splitlines()
+             if line.strip().endswith(("normal", "upside_down")) and "%" in line}
+    assert shown == pytest.approx({"upside_down": p, "normal": 1 - p}, abs=1e-3)
+    (tmp_path / "three.txt").write_text("a\nb\nc\n")
+    result = CliRunner().invoke(main, ["run", str(tmp_path / "binary.onnx"), str(tmp_path / "x.npy"), "--labels",
+                                       str(tmp_path / "three.txt"), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 1 and "3" in result.stderr and "2" in result.stderr, result.output
+
+
+def test_a_ready_tensor_gets_no_preprocessing_notice(tmp_path):
+    from click.testing import CliRunner
+
+    from onnxcam.cli import main
+
+    onnx.save(_gap_linear(3, sigmoid_output=False), tmp_path / "m.onnx")
+    np.save(tmp_path / "x.npy", _inputs(1))
+    result = CliRunner().invoke(main, ["run", str(tmp_path / "m.onnx"), str(tmp_path / "x.npy"), "--out", str(tmp_path)])
+    assert result.exit_code == 0 and "assumed" not in result.output, result.output

@@ -52,7 +52,9 @@ def test_deletion_of_a_linear_model_has_a_closed_form():
     rows = metrics.deletion_inputs(x, x[0], steps=steps, layout="CHW")
     assert rows.shape == (steps + 1, 1, h, w)
     assert np.array_equal(rows[0], x) and not rows[-1].any()
-    probability = lambda batch: batch.reshape(len(batch), -1).mean(axis=1, keepdims=True) / values.mean()
+    def probability(batch):
+        return batch.reshape(len(batch), -1).mean(axis=1, keepdims=True) / values.mean()
+
     curve = metrics.curve(probability, rows, 0, rows=5)
     # after k deletions the largest k values are gone: remaining sum = sum of the 16 - k smallest
     remaining = np.array([values[k:].sum() for k in range(steps + 1)]) / values.sum()

@@ -3,11 +3,12 @@
 A tensor is a candidate only if its axes 2 and 3 are the image's rows and columns: layouts are followed
 through Transposes (NCHW -> NHWC -> NCHW is NCHW again) and ops that keep every index's meaning, and lost
 where an op mixes a spatial axis (a MatMul over W) or a Transpose leaves H and W swapped. Its shape must be
-known (Resize sizes computed from Shape ops are, by data propagation), and a quantized (integer) tensor is
-explained through its float twin.
+known (Resize sizes computed from Shape ops are, by data propagation; others by running the model once), and
+a quantized (integer) tensor is explained through its float twin.
 """
 
 import numpy as np
+import onnx
 import pytest
 
 from onnxcam.model import inspect_model
@@ -74,9 +75,17 @@ def test_computed_resize_sizes_get_static_shapes():
     assert [layer.op for layer in info.layers] == ["Conv", "Relu", "Resize", "Relu"]
 
 
-def test_data_dependent_resize_sizes_stay_unknown():
-    info = inspect_model(computed_resize(data_dependent=True))
-    assert [layer.op for layer in info.layers] == ["Conv", "Relu"]
+def test_data_dependent_resize_sizes_are_learned_by_running():
+    """Sizes no inference sees: one run of the model gives them, as ONNX Runtime computes them."""
+    model = computed_resize(data_dependent=True)
+    info = inspect_model(model)
+    assert [layer.op for layer in info.layers] == ["Conv", "Relu", "Resize", "Relu"]
+    resized = info.layers[2].name
+    probe = onnx.ModelProto.FromString(model.SerializeToString())
+    probe.graph.output.append(onnx.ValueInfoProto(name=resized))
+    x = np.random.default_rng(0).normal(size=(3, 3, 8, 8)).astype(np.float32)
+    assert session(probe).run([resized], {"x": x})[0].shape[1:] == info.layers[2].shape[1:] == (4, 12, 12)
+    assert info.layers[2].shape[0] is None  # the batch stays symbolic
 
 
 def test_quantized_layers_are_float_twins_that_keep_the_logits():

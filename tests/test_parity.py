@@ -26,10 +26,10 @@ import numpy as np
 import pytest
 
 from onnxcam import Explainer
-from onnxcam.surgery.maps import FORMULAS
 from onnxcam.model import inspect_model, load_model
 from onnxcam.runtime import make_session
 from onnxcam.surgery import CLASS_INPUT, augment, grad_name
+from onnxcam.surgery.maps import FORMULAS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(ROOT, "tests", "fixtures", "parity")

@@ -229,6 +229,7 @@ def profile(ex, model, plain, x: np.ndarray, kind: str, repeats: int, top: int =
 def torch_contenders(model_name: str, x: np.ndarray) -> dict:
     """pytorch-grad-cam's GradCAM on the torch twin, keyed 'pytorch-grad-cam (gradcam)'."""
     import torch
+
     from make_parity_fixtures import _stub_torchvision
 
     _stub_torchvision()  # pytorch-grad-cam imports torchvision, which does not import beside CPU torch
@@ -247,6 +248,7 @@ def torch_contenders(model_name: str, x: np.ndarray) -> dict:
 def torch_slow(model_name: str, method: str, x: np.ndarray) -> float:
     """Seconds for one pytorch-grad-cam Score-CAM or Ablation-CAM of x (batch 1), 32 rows per run as onnxcam."""
     import torch
+
     from make_parity_fixtures import _stub_torchvision
 
     _stub_torchvision()

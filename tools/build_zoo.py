@@ -666,7 +666,7 @@ def lsuv(model: Classifier, x: torch.Tensor) -> None:
         h.remove()
     for module in order:
         seen = {}
-        hook = module.register_forward_hook(lambda mod, i, o: seen.update(std=float(o.std())))  # returns None
+        hook = module.register_forward_hook(lambda mod, i, o, seen=seen: seen.update(std=float(o.std())))  # -> None
         model(x)
         hook.remove()
         module.weight.div_(seen["std"])

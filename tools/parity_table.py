@@ -65,7 +65,7 @@ def main(names: list) -> None:
     table = {}
     for name in networks:
         fx = tp.fixture(name)
-        kinds = dict((key, kind) for kind, key in tp.keys(name))
+        kinds = {key: kind for kind, key in tp.keys(name)}
         for key, _ in ROWS:
             if key.startswith("smooth:"):
                 key = key.split(":", 1)[1]

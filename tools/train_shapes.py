@@ -33,7 +33,6 @@ from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import make_shapes  # noqa: E402
-
 from onnxcam.preprocess import to_tensor  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent

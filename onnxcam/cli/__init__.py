@@ -1,10 +1,14 @@
-"""The `onnxcam` command line. Commands live one per module; heavy imports stay inside them
-so that `onnxcam --help` is instant."""
+"""The `onnxcam` command line: one module per command; each parses its options, calls the library and prints.
+
+Command modules import the library as `import onnxcam` and use `onnxcam.<module>` when they run: the package
+imports a submodule on first use (onnxcam/__init__.py), so `onnxcam --help` loads no ONNX, ONNX Runtime or
+OpenCV, and option choices come from onnxcam.names."""
 
 from __future__ import annotations
 
 import click
 
+from onnxcam.cli import eval, export, inspect, methods, report, run, sanity
 from onnxcam.cli.options import one_line
 from onnxcam.errors import Interrupted, OnnxcamError
 
@@ -33,11 +37,5 @@ def main():
     """Explain ONNX image classifiers with CAM / Grad-CAM heatmaps."""
 
 
-def _register():
-    from onnxcam.cli import eval, export, inspect, methods, run, sanity
-
-    for module in (run, inspect, export, methods, eval, sanity):
-        main.add_command(module.command)
-
-
-_register()
+for _module in (run, inspect, export, methods, eval, sanity, report):
+    main.add_command(_module.command)

@@ -1,4 +1,4 @@
-"""`onnxcam export MODEL -o OUT.onnx`: an ONNX model whose outputs include the heatmap."""
+"""`onnxcam export MODEL -o OUT.onnx`: an ONNX model whose outputs include the heatmap (onnxcam.export)."""
 
 from __future__ import annotations
 
@@ -6,36 +6,40 @@ import os
 
 import click
 
-from onnxcam.cli.options import model_args, model_options
-
-EXPORT_METHODS = ("cam", "gradcam", "gradcam++", "xgradcam", "layercam", "hirescam")  # onnxcam.export.TERMS
+import onnxcam
+from onnxcam import names
+from onnxcam.cli.options import layer_option, method_option, model_options
+from onnxcam.errors import OnnxcamError
 
 
 @click.command("export")
 @click.argument("model", type=click.Path(dir_okay=False))
-@click.option("-o", "--out", "out", required=True, type=click.Path(dir_okay=False), help="The explained model to write.")
-@click.option("-m", "--method", type=click.Choice(EXPORT_METHODS), default="gradcam", show_default=True)
-@click.option("-l", "--layer", "layers", multiple=True, metavar="NAME",
-              help="Target layer; repeat to average several. Default: the last conv-like layer.")
-@click.option("--class-input", type=click.Choice(("optional", "required")), default="optional", show_default=True,
+@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="The explained model to write.")
+@method_option(names.EXPORTABLE_METHODS)
+@layer_option
+@click.option("--class-input", type=click.Choice(names.CLASS_INPUT_MODES), default="optional", show_default=True,
               help="optional: may be left unfed (top-1); required: a plain input, for clients such as "
                    "onnxruntime-node that cannot feed an optional one.")
+@click.option("--format", "file_format", type=click.Choice(("onnx", "ort")), default="onnx", show_default=True,
+              help="ort: ONNX Runtime's ORT format (mobile and minimal builds), optimized for the CPU; OUT must end in .ort.")
 @model_options
-def command(model, out, method, layers, class_input, **kwargs):
+def command(model, out, methods, layers, class_input, file_format, model_args):
     """Write MODEL plus the METHOD heatmap as outputs: same inputs (and an optional class), one Run call."""
-    from onnxcam.errors import OnnxcamError
-    from onnxcam.export import MAP_OUTPUT, export
-    from onnxcam.model import inspect_model, load_model
-    from onnxcam.surgery import TARGET_OUTPUT
-    from onnxcam.writer import write_bytes
-
-    if os.path.abspath(out) == os.path.abspath(model):
-        raise OnnxcamError(f"refusing to overwrite the input model {model}; choose another -o path")
-    info = inspect_model(load_model(model), **model_args(kwargs))
-    names = list(dict.fromkeys(info.resolve_layer(n).name for n in (layers or [None])))
-    exported = export(info, names, method, class_input)
-    write_bytes(out, exported.SerializeToString())
+    methods = names.method_names(methods)
+    if len(methods) > 1 or methods[0] not in names.EXPORTABLE_METHODS:
+        raise OnnxcamError(f"export writes the map of one method among {', '.join(names.EXPORTABLE_METHODS)}; "
+                           f"got {', '.join(methods)}")
+    onnxcam.outputs.refuse_inputs([out], [model], option="-o path")
+    if file_format == "ort" and not out.lower().endswith(".ort"):
+        raise OnnxcamError(f"an ORT format model's name must end in .ort (ONNX Runtime knows the format by it): {out}")
+    info = onnxcam.model.inspect_model(onnxcam.model.load_model(model), **model_args)
+    layers = list(dict.fromkeys(info.resolve_layer(n).name for n in (layers or [None])))
+    exported = onnxcam.export.export(info, layers, methods[0], class_input)
+    data = onnxcam.export.ort_format(exported) if file_format == "ort" else exported.SerializeToString()
+    onnxcam.outputs.write({out: data}, [model], option="-o path")
     h, w = info.size
-    click.echo(f"wrote     {out}  ({os.path.getsize(out) / 1e6:.1f} MB, opset {info.opset}, IR {exported.ir_version})")
-    click.echo(f"method    {method} at {', '.join(names)}")
-    click.echo(f"outputs   {', '.join(o.name for o in info.model.graph.output)}, {MAP_OUTPUT} [N, {h}, {w}], {TARGET_OUTPUT} [N]")
+    kind = "ORT format, " if file_format == "ort" else ""
+    click.echo(f"wrote     {out}  ({os.path.getsize(out) / 1e6:.1f} MB, {kind}opset {info.opset}, IR {exported.ir_version})")
+    click.echo(f"method    {methods[0]} at {', '.join(layers)}")
+    outputs = [o.name for o in info.model.graph.output]
+    click.echo(f"outputs   {', '.join(outputs)}, {names.MAP_OUTPUT} [N, {h}, {w}], {names.TARGET_OUTPUT} [N]")

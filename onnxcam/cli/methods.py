@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import click
 
+import onnxcam
+
 
 @click.command("methods")
 def command():
     """List the CAM methods."""
-    from onnxcam.methods import METHODS
-
-    width = max(map(len, METHODS))
-    for m in METHODS.values():
-        needs = m.needs
-        click.echo(f"{m.name:{width}}  [{needs}]  {m.summary}")
+    table = onnxcam.methods.METHODS
+    width = max(map(len, table))
+    for m in table.values():
+        click.echo(f"{m.name:{width}}  [{m.needs}]  {m.summary}")

@@ -1,50 +1,103 @@
-"""Options and helpers shared by several commands (options, shape and message formatting, the progress bar)."""
+"""What the commands share: their common options (declared once each), the banner, the progress bar, and
+message formatting. Vocabularies come from onnxcam.names, so declaring an option imports no library module."""
 
 from __future__ import annotations
 
+import functools
 import sys
 
 import click
 
-DEVICES = ("auto", "cpu", "cuda")  # mirrors onnxcam.runtime.DEVICES without importing onnxruntime
+from onnxcam import names
 
 
-PRESET_NAMES = ("imagenet", "inception", "lite", "caffe", "unit", "raw")  # onnxcam.preprocess.PRESETS
-
-
-def explainer_options(fn):
-    """How to run the explainer: preprocessing preset, device, and where gradients come from."""
-    for decorator in reversed((
-        click.option("--preprocess", "preset", type=click.Choice(PRESET_NAMES),
-                     help="Preprocessing preset. Default: the model's own (metadata), else imagenet."),
-        click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True),
-        click.option("--gradients", type=click.Choice(("auto", "analytic", "fd")), default="auto", show_default=True,
-                     help="analytic: backward rules; fd: central differences of the head (channel-weight methods); "
-                          "auto: analytic, else fd where a head op has no rule."),
-    )):
+def _apply(fn, decorators):
+    for decorator in reversed(decorators):
         fn = decorator(fn)
     return fn
 
 
 def model_options(fn):
-    """How to read the model: which input, which output, which spatial size."""
-    for decorator in reversed((
+    """How to read the model (which input, which output, which spatial size), passed to the command as one
+    keyword, `model_args`: inspect_model's (and Explainer's) keyword arguments."""
+
+    @functools.wraps(fn)
+    def command(*args, input_name, output_name, input_size, **kwargs):
+        model_args = dict(input_name=input_name, output_name=output_name, input_size=input_size or None)
+        return fn(*args, model_args=model_args, **kwargs)
+
+    return _apply(command, (
         click.option("--input", "input_name", metavar="NAME", help="The image input, when the model has several."),
         click.option("--output", "output_name", metavar="NAME", help="The scores output, when the model has several."),
         click.option("--input-size", nargs=2, type=click.IntRange(1, 16384), metavar="H W",
                      help="Spatial size for models whose input size is dynamic."),
-    )):
-        fn = decorator(fn)
-    return fn
+    ))
 
 
-def model_args(kwargs: dict) -> dict:
-    """Pop the model options out of a command's kwargs, as inspect_model / Explainer keywords."""
-    return {
-        "input_name": kwargs.pop("input_name"),
-        "output_name": kwargs.pop("output_name"),
-        "input_size": kwargs.pop("input_size") or None,
-    }
+def explainer_options(fn):
+    """The model options, and how to run the explainer (preprocessing preset, device, where gradients come
+    from), passed to the command as one keyword, `explainer_args`: Explainer's keyword arguments."""
+
+    @functools.wraps(fn)
+    def command(*args, model_args, preset, device, gradients, **kwargs):
+        explainer_args = dict(model_args, preprocess_preset=preset, device=device, gradients=gradients)
+        return fn(*args, explainer_args=explainer_args, **kwargs)
+
+    return model_options(_apply(command, (
+        click.option("--preprocess", "preset", type=click.Choice(names.PRESETS),
+                     help=f"Preprocessing preset. Default: the model's own (metadata), else {names.DEFAULT_PRESET}."),
+        click.option("--device", type=click.Choice(names.DEVICES), default="auto", show_default=True),
+        click.option("--gradients", type=click.Choice(names.GRADIENT_MODES), default="auto", show_default=True,
+                     help="analytic: backward rules; fd: central differences of the head (channel-weight methods); "
+                          "auto: analytic, else fd where a head op has no rule."),
+    )))
+
+
+layer_option = click.option(
+    "-l", "--layer", "layers", multiple=True, metavar="NAME",
+    help="Target layer (a tensor or node name, 'onnxcam inspect' lists them); repeat to average several. "
+         "Default: the last conv-like layer.")
+
+
+scorecam_option = click.option(
+    "--scorecam-channels", type=click.IntRange(1), metavar="K",
+    help="Score-CAM: score only the K channels of largest activation mass (an approximation, faster; default: all).")
+
+
+def method_option(choices: tuple = names.METHODS):
+    """-m/--method, the same grammar in every command: a method name or alias, repeated or comma-separated for
+    several; names.method_names resolves the values (gradcam when none is given). A command that takes one
+    method, or a subset, says so in `choices`."""
+    what = "; repeat or comma-separate for several" if choices == names.METHODS else f": one of {', '.join(choices)}"
+    return click.option("-m", "--method", "methods", multiple=True, metavar="NAME",
+                        help=f"CAM method ('onnxcam methods' lists them){what}.  [default: {names.DEFAULT_METHOD}]")
+
+
+def target_option(top: bool = True):
+    """-t/--target, parsed by names.parse_target."""
+    what = ", or top-K (one map for each of the K best classes)" if top else ""
+    return click.option("-t", "--target", metavar="CLASS",
+                        help=f"Class to explain: an exact class name, a class index (index:N where the class names "
+                             f"are numbers){what}. Default: the top-1 class.")
+
+
+def banner(model: str, ex, methods=(), pictures: bool = True) -> None:
+    """The lines each explaining command starts with: the model, where it runs, the layers, the preprocessing
+    when it is a guess (for pictures: ready tensors get none), and each method with where its gradients come
+    from and what finite differences will cost."""
+    click.echo(f"model     {model}")
+    click.echo(f"provider  {ex.provider}")
+    for name in ex.layers:
+        click.echo(f"layer     {name}  {format_shape(ex.info.resolve_layer(name).shape)}")
+    if ex.preset_source == "assumed" and pictures:
+        click.echo(f"preprocess {ex.preset} (assumed: the model records no preprocessing; if it was trained with "
+                   "another, give --preprocess)")
+    for name in methods:
+        source = ex.gradient_source(name)
+        cost = f"about {ex.fd_seconds:.1f} s an image" if ex.fd_seconds is not None else ""
+        reasons = "; ".join(r for r in (ex.missing_rule, cost) if r)
+        why = f" ({reasons})" if reasons and source == "finite differences" else ""
+        click.echo(f"method    {name}" + (f"  gradients {source}{why}" if source else ""))
 
 
 def format_shape(dims) -> str:

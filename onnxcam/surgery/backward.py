@@ -12,6 +12,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxcam.errors import OnnxcamError, UnsupportedOpError
+from onnxcam.surgery import vjp_tokens  # noqa: F401  (its rules join the table)
 from onnxcam.surgery.builder import Builder, NeedsStaticShape
 from onnxcam.surgery.vjp import RULES, carries_no_gradient, unsupported
 

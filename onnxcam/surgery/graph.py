@@ -13,15 +13,11 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx import numpy_helper
 
-from onnxcam import heads
 from onnxcam.errors import ModelError
 from onnxcam.model import ModelInfo
+from onnxcam.names import CLASS_INPUT, SCORES, TARGET_OUTPUT
 from onnxcam.surgery.backward import backward
 from onnxcam.surgery.builder import Builder
-
-SCORES = ("logit", "probability")
-CLASS_INPUT = "onnxcam/class"
-TARGET_OUTPUT = "onnxcam/target"
 
 
 def grad_name(layer: str) -> str:
@@ -58,7 +54,7 @@ def augmented_graph(info: ModelInfo, layers: list, gradients: bool = True, input
         cls = gs.Variable(CLASS_INPUT, dtype=np.int64, shape=["N"])
         graph.inputs.append(cls)
         b = Builder(graph, info.opset)
-        target, seed = _class_seed(b, logits, heads.kind_of(info), info.num_classes, cls, score)
+        target, seed = _class_seed(b, logits, info.head, info.num_classes, cls, score)
         outputs.append(_named(b, target, TARGET_OUTPUT, np.int64, ["N"]))
         seeded = logits
         if unit is not None:

@@ -775,6 +775,8 @@ def _reverse(b, t, shape, axis):
 
 
 def _static_dim(node, shape, axis):
+    if shape is None:
+        raise NeedsStaticShape(node.inputs[0].name, None)
     d = shape[axis]
     if not isinstance(d, int):
         raise unsupported(node, f"along axis {axis} of symbolic size '{d}' (the batch axis)")
@@ -1029,7 +1031,7 @@ def _average_pool(b, node, g):
         taps = (np.arange(out_shape[2 + i]) * strides[i] - begin[i])[:, None] + np.arange(k[i]) * dilations[i]
         valid = np.multiply.outer(valid, ((taps >= 0) & (taps < in_shape[2 + i])).sum(axis=1))
     ones = b.const(np.ones([1, 1] + in_shape[2:]))
-    attrs = {key: v for key, v in node.attrs.items()}
+    attrs = dict(node.attrs)
     reciprocal = b.op("Div", b.op("AveragePool", ones, **attrs), b.const(np.maximum(valid, 1.0)))
     full = [(out_shape[2 + i] - 1) * strides[i] + (k[i] - 1) * dilations[i] + 1 for i in range(n)]
     end = [max(0, full[i] - begin[i] - in_shape[2 + i]) for i in range(n)]
@@ -1117,6 +1119,3 @@ def _interpolation_matrix(b, node, rank, axis, size_in, size_out, scales):
         out = b.op("Resize", eye, empty, b.const(np.zeros(0)) if b.opset < 13 else empty,
                    b.const(sizes, np.int64), **attrs)
     return b.op("Reshape", out, b.const([size_in, size_out], np.int64))
-
-
-from onnxcam.surgery import vjp_tokens  # noqa: E402,F401  (registers the transformer ops' rules)

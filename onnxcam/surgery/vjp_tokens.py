@@ -9,8 +9,15 @@ from __future__ import annotations
 import numpy as np
 
 from onnxcam.surgery.builder import NeedsStaticShape
-from onnxcam.surgery.vjp import (_constant_value, _normalize_backward, _optional_input, _str_attr, gelu_slope,
-                                 unsupported, vjp)
+from onnxcam.surgery.vjp import (
+    _constant_value,
+    _normalize_backward,
+    _optional_input,
+    _str_attr,
+    gelu_slope,
+    unsupported,
+    vjp,
+)
 
 
 @vjp("Gather")
@@ -22,7 +29,7 @@ def _gather(b, node, g):
         raise NeedsStaticShape(data.name, None)
     rank = len(data.shape)
     axis = node.attrs.get("axis", 0) % rank
-    if axis == 0:
+    if axis == 0 and not isinstance(data.shape[0], int):  # a leading axis of known size is not the batch (qkv)
         raise unsupported(node, "along the batch axis: the score of one image would depend on the others")
     size = data.shape[axis]
     if not isinstance(size, int):

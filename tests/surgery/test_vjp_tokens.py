@@ -7,8 +7,8 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
+from test_vjp import case, check_gradients
 
-from test_vjp import check_gradients, case
 from tinymodels import classifier
 
 TOKENS, WIDTH = 42, 4
@@ -108,3 +108,34 @@ FUSED_CASES = [
 @pytest.mark.parametrize("op, extra, outputs, attrs", FUSED_CASES)
 def test_fused_transformer_ops_match_finite_differences(op, extra, outputs, attrs):
     check_gradients(_fused_model(op, extra, outputs, **attrs), eps=1e-3)  # LayerNorm over 4 entries: curved
+
+
+def test_gather_on_a_leading_axis_that_is_not_the_batch():
+    """torchvision's attention stacks q, k, v on a leading axis of size 3 and Gathers them apart."""
+    from tinymodels import Net
+
+    def body(n):
+        t = tokens(n)
+        qkv = n.op("Transpose", n.op("Reshape", n.op("MatMul", t, n.randn(WIDTH, 3 * WIDTH, scale=0.5)),
+                                     n.ints([0, TOKENS, 3, WIDTH])), perm=[2, 0, 1, 3])  # [3, N, T, C]
+        q, k = n.op("Gather", qkv, n.ints(0), axis=0), n.op("Gather", qkv, n.ints(1), axis=0)
+        return n.op("Mul", q, n.op("Tanh", k))
+
+    net = Net(13)
+    check_gradients(classifier(net, body(net)))
+
+
+def test_global_pooling_input_is_a_candidate_where_the_layout_was_lost():
+    """Swin: channels-last windows reshaped into tokens and back, then permuted to NCHW before the pooling. The
+    pooled tensor is NCHW by the pooling's definition: a candidate (and the automatic layer), its gradient exact."""
+    from onnxcam.model import inspect_model
+    from tinymodels import CLASSES, Net
+
+    net = Net(13)
+    mixed = net.op("MatMul", tokens(net), net.randn(WIDTH, WIDTH, scale=0.5))  # [N, 42, 4]
+    nhwc = net.op("Reshape", mixed, net.ints([0, 7, 6, WIDTH]))
+    pooled_input = net.op("Transpose", net.op("Tanh", nhwc), perm=[0, 3, 1, 2])
+    model = classifier(net, net.op("GlobalAveragePool", pooled_input), classes=CLASSES)
+    info = inspect_model(model)
+    assert info.auto_layer.name == pooled_input
+    check_gradients(model, layers=(pooled_input,))

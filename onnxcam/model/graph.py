@@ -1,0 +1,86 @@
+"""Graph walks that the other model modules share: constants, and which tensors a tensor depends on."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+# Inputs that give another tensor's shape, sizes, axes or positions, not its values: a tensor that reaches the
+# scores only through them (or through Shape / Size, which read nothing but the shape) carries no gradient to
+# them. op -> positions of such inputs; None: every input.
+SHAPE_OPERANDS = {
+    "Shape": None, "Size": None,
+    "Reshape": (1,), "Expand": (1,), "Tile": (1,), "ConstantOfShape": (0,), "Resize": (1, 2, 3), "Upsample": (1,),
+    "Slice": (1, 2, 3, 4), "Pad": (1, 3), "Squeeze": (1,), "Unsqueeze": (1,), "Split": (1,), "TopK": (1,),
+    "OneHot": (1,), "CenterCropPad": (1,), "ReduceMean": (1,), "ReduceSum": (1,), "ReduceMax": (1,),
+    "ReduceMin": (1,), "ReduceProd": (1,), "ReduceL1": (1,), "ReduceL2": (1,), "ReduceLogSum": (1,),
+    "ReduceLogSumExp": (1,), "ReduceSumSquare": (1,),
+}
+
+
+def constants(graph) -> dict:
+    """name -> TensorProto of the initializers and Constant node outputs (not decoded: callers convert the
+    few they read with numpy_helper.to_array)."""
+    tensors = {t.name: t for t in graph.initializer}
+    tensors.update((n.output[0], a.t) for n in graph.node if n.op_type == "Constant"
+                   for a in n.attribute if a.name == "value")
+    return tensors
+
+
+def ancestors(name, producers) -> set:
+    """Every tensor that `name` is computed from, itself included."""
+    seen, stack = set(), [name]
+    while stack:
+        n = stack.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        if n in producers:
+            stack.extend(i for i in producers[n].input if i)
+    return seen
+
+
+def data_ancestors(name, producers) -> set:
+    """The tensors whose values `name` is computed from, itself included: not those that only set a shape
+    (`SHAPE_OPERANDS`), so not a layer whose one consumer is a Shape node that sizes a Reshape."""
+    seen, stack = set(), [name]
+    while stack:
+        n = stack.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        node = producers.get(n)
+        if node is None:
+            continue
+        skipped = SHAPE_OPERANDS.get(node.op_type, ()) if node.domain in ("", "ai.onnx") else ()
+        stack.extend(i for k, i in enumerate(node.input) if i and skipped is not None and k not in skipped)
+    return seen
+
+
+def args(node, positions) -> list:
+    """The node's inputs at these positions, "" for optional ones left out."""
+    return [node.input[i] if i < len(node.input) else "" for i in positions]
+
+
+def inline_constant_branches(model) -> None:
+    """Replace each If whose condition is a constant by the nodes of the branch it always takes (Keras exports
+    wrap every BatchNormalization in an If on the constant `keras_learning_phase`): the taken branch's nodes and
+    initializers join the graph, its outputs feed the If's outputs through Identity nodes. Nested Ifs too."""
+    graph = model.graph
+    while True:
+        values = constants(graph)
+        found = next(((k, n) for k, n in enumerate(graph.node) if n.op_type == "If" and n.input[0] in values), None)
+        if found is None:
+            return
+        k, node = found
+        taken = "then_branch" if bool(np.asarray(numpy_helper.to_array(values[node.input[0]])).reshape(-1)[0]) \
+            else "else_branch"
+        branch = next(a.g for a in node.attribute if a.name == taken)
+        nodes = list(branch.node) + [helper.make_node("Identity", [inner.name], [outer], name=f"{node.name}/{outer}")
+                                     for inner, outer in zip(branch.output, node.output)]
+        graph.initializer.extend(branch.initializer)
+        graph.value_info.extend(branch.value_info)
+        rest = [onnx.NodeProto.FromString(n.SerializeToString()) for n in graph.node[k + 1:]]
+        del graph.node[k:]
+        graph.node.extend(nodes + rest)

@@ -1,0 +1,280 @@
+"""What `onnxcam run` makes of each image: its explanations (every method, every class asked for), the
+per-image JSON record, the overlays and maps, and where they go; plus the rules every command's outputs
+follow (inputs read from folders the same way, no output replacing an input, folders created once).
+
+Each image is explained in memory first and its files written after, atomically and all or none
+(writer.write_files), so a failure leaves no partial output for that image. `Background` draws, encodes and
+writes one batch while the caller explains the next.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from onnxcam import heads, names, postprocess, render
+from onnxcam.errors import ImageError, OnnxcamError, OutputError
+from onnxcam.preprocess import load_image, load_tensor
+from onnxcam.writer import json_bytes, npy_bytes, picture_bytes, write_files
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How `run` explains each image and what it writes (the command's options, typed)."""
+
+    out: str | None = None  # output folder; None: next to each image
+    pictures: str = "png"  # names.PICTURE_FORMATS, or "none"
+    npy: bool = False
+    as_json: bool = False
+    top: int = 5  # predictions listed
+    box_threshold: float = 0.2
+    max_pixels: int = names.DEFAULT_MAX_PIXELS
+    unit_count: int | None = None  # the N channels that contribute most to the class, as a picture
+    # Explainer.explain keywords
+    score: str = "logit"
+    unit: tuple | None = None
+    aug_smooth: bool = False
+    eigen_smooth: bool = False
+    samples: int = 25
+    noise: float = 0.15
+    seed: int = 0
+    scorecam_channels: int | None = None
+
+    def explain_args(self) -> dict:
+        return dict(score=self.score, unit=self.unit, aug_smooth=self.aug_smooth, eigen_smooth=self.eigen_smooth,
+                    samples=self.samples, noise=self.noise, seed=self.seed, scorecam_channels=self.scorecam_channels)
+
+
+@dataclass
+class ImageResult:
+    """One image as explained in its batch."""
+
+    image: str
+    rgb: np.ndarray  # the picture the overlays are drawn on (black for a tensor input)
+    probabilities: np.ndarray  # [C]
+    explanations: list  # an Explanation of this image alone per (method, class)
+    units: list | None  # [(channel, contribution, activation map)], the most contributing first
+    seconds: float  # this image's share of its batch's time
+
+
+@dataclass
+class Report:
+    """What `run` shows and writes for one image: files are encoded, the JSON record among them."""
+
+    image: str
+    predictions: list  # [{"class", "label", "probability", "logit"}], best first
+    explanations: list  # [{"method", "target": {"class", "label"}, "gradients", "box", "flat"}]
+    units: list | None  # [{"channel", "contribution"}]
+    files: dict = field(default_factory=dict)  # path -> bytes
+
+    def write(self) -> None:
+        write_files(self.files)  # all of this image's files, or none of them
+
+
+class Run:
+    """One `onnxcam run`: the same explainer, methods, target and options for every image."""
+
+    def __init__(self, ex, model: str, methods: list, target: names.Target, opts: RunOptions, inputs: list,
+                 started: float):
+        self.ex, self.model, self.methods, self.target, self.opts = ex, model, methods, target, opts
+        self.inputs = inputs  # every input of the run: no output may replace one
+        self.setup = time.perf_counter() - started
+
+    def explain(self, images: list) -> tuple:
+        """([ImageResult], [(image, error)]) for a batch, in one run per (method, class); images that cannot
+        be read are failures. An error of the batched run itself propagates (retry with `explain_each`)."""
+        t0 = time.perf_counter()
+        loaded, failures = [], []
+        for image in images:
+            try:
+                loaded.append((image, self._load(image)))
+            except OnnxcamError as error:
+                failures.append((image, error))
+        if not loaded:
+            return [], failures
+        ex, args = self.ex, self.opts.explain_args()
+        x = np.concatenate([ex.prepare(data) for _, data in loaded])
+        first = ex.explain(x, method=self.methods[0], target=self.target.index, **args)
+        ranked = np.argsort(-first.scores, axis=1)
+        targets = [first.targets] if self.target.top == 1 else [ranked[:, k] for k in range(self.target.top)]
+        results = [first if (m == self.methods[0] and k == 0) else ex.explain(x, method=m, target=t, **args)
+                   for m in self.methods for k, t in enumerate(targets)]
+        units = ex.units(x, target=first.targets, count=self.opts.unit_count)[1] if self.opts.unit_count else None
+        seconds = (time.perf_counter() - t0) / len(loaded)
+        items = []
+        for i, (image, data) in enumerate(loaded):
+            rgb = data if data.dtype == np.uint8 else blank_picture(first.maps.shape[1:])
+            items.append(ImageResult(image, rgb, heads.probabilities(first.scores[i:i + 1], self.ex.head)[0], [r.item(i) for r in results],
+                                     units[i] if units else None, seconds))
+        return items, failures
+
+    def explain_each(self, images: list) -> tuple:
+        """`explain` one image at a time, so one bad image (NaN, a flat model error) does not sink its batch."""
+        items, failures = [], []
+        for image in images:
+            try:
+                done, failed = self.explain([image])
+            except OnnxcamError as error:
+                done, failed = [], [(image, error)]
+            items += done
+            failures += failed
+        return items, failures
+
+    def _load(self, image: str) -> np.ndarray:
+        """The picture (RGB uint8) or, for a .npy file, the ready input tensor."""
+        if names.is_tensor_file(image):
+            return load_tensor(image)
+        return load_image(image, max_pixels=self.opts.max_pixels)
+
+    def report(self, item: ImageResult) -> Report:
+        """The image's predictions, boxes, pictures, maps and JSON record, named and encoded."""
+        ex, opts = self.ex, self.opts
+        label = ex.info.label
+        probabilities = item.probabilities
+        best = np.argsort(-probabilities)[:opts.top]
+        logits = heads.class_score(item.explanations[0].scores[[0] * len(best)], best, "logit", ex.head)
+        report = Report(item.image, [{"class": int(c), "label": label(int(c)), "probability": float(probabilities[c]),
+                                      "logit": float(z)} for c, z in zip(best, logits)], [], None)
+        one_method, pictures, fmt = len(self.methods) == 1, opts.pictures != "none", opts.pictures
+        files, tiles, captions = {}, [], []
+        h, w = item.rgb.shape[:2]
+        for res in item.explanations:
+            cls, heat, flat = int(res.targets[0]), res.maps[0], bool(res.flat[0])
+            tag = f"{res.method}.c{cls}" if one_method and len(item.explanations) > 1 else res.method
+            heat_on_image = cv2.resize(heat, (w, h))  # for the box and the overlay alike
+            found = None if flat else postprocess.box(heat_on_image, opts.box_threshold)
+            report.explanations.append({"method": res.method, "target": {"class": cls, "label": label(cls)},
+                                        "gradients": res.gradients, "box": list(found) if found else None,
+                                        "flat": flat})
+            if pictures:
+                tiles.append(render.overlay(item.rgb, heat_on_image, box=found))
+                captions.append(f"{res.method}: {label(cls)}")
+                if one_method:
+                    files[f"{tag}.{fmt}"] = picture_bytes(tiles[-1], fmt)
+                if res.saliency is not None:
+                    files[f"{tag}.saliency.{fmt}"] = picture_bytes(render.saliency_image(res.saliency[0]), fmt)
+            if opts.npy:
+                files[f"{tag}.npy"] = npy_bytes(heat)
+        if pictures and not one_method:
+            files[f"grid.{fmt}"] = picture_bytes(render.grid(tiles, captions), fmt)
+        if item.units is not None:
+            report.units = [{"channel": k, "contribution": c} for k, c, _ in item.units]
+            if pictures:
+                unit_tiles = [render.overlay(item.rgb, postprocess.scale_to(m[None], ex.info.size)[0])
+                              for _, _, m in item.units]
+                unit_captions = [f"unit {k}: {c:+.3f}" for k, c, _ in item.units]
+                files[f"units.{fmt}"] = picture_bytes(render.grid(unit_tiles, unit_captions), fmt)
+        report.files = {self._path(item.image, name): data for name, data in files.items()}
+        if opts.as_json:
+            path = self._path(item.image, f"{self.methods[0] if one_method else 'grid'}.json")
+            report.files[path] = json_bytes({
+                "image": item.image, "model": self.model, "layers": ex.layers, "provider": ex.provider,
+                "preprocess": ex.preset, "score": opts.score, "predictions": report.predictions,
+                "explanations": report.explanations, "units": report.units,
+                "timings_s": {"setup": round(self.setup, 6), "image": round(item.seconds, 6)},
+                "outputs": [*report.files, path],
+            })
+        return report
+
+    def _path(self, image: str, name: str) -> str:
+        path = output_path(image, name, self.opts.out)
+        refuse_inputs([path], [*self.inputs, image])
+        return path
+
+
+class Background:
+    """Reports (pictures drawn and encoded, files written, lines printed) run on a background thread while the
+    caller explains the next batch, so encoding overlaps ONNX Runtime. At most one batch waits, which bounds
+    memory; reports keep their order. On Ctrl-C the batch under way is finished."""
+
+    def __init__(self):
+        self.pool = ThreadPoolExecutor(max_workers=1)
+        self.pending = None
+        self.failures = []  # (image, error) of images whose outputs could not be written
+
+    def submit(self, report) -> None:
+        """Run report() -> [(image, error)] once the previous batch's report is done."""
+        self.wait()
+        self.pending = self.pool.submit(report)
+
+    def wait(self) -> None:
+        if self.pending is not None:
+            pending, self.pending = self.pending, None
+            self.failures += pending.result()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.pool.shutdown(wait=True)
+
+
+def input_paths(items, tensors: bool = True) -> list:
+    """Input arguments with each folder replaced by its pictures (names.IMAGE_SUFFIXES, and .npy input tensors
+    when `tensors`), sorted, not recursive. Other paths stay as given: reading them says what is wrong."""
+    suffixes = names.IMAGE_SUFFIXES + ((names.TENSOR_SUFFIX,) if tensors else ())
+    paths = []
+    for item in items:
+        if not os.path.isdir(item):
+            paths.append(item)
+            continue
+        found = sorted(os.path.join(item, f) for f in os.listdir(item)
+                       if f.lower().endswith(suffixes) and os.path.isfile(os.path.join(item, f)))
+        if not found:
+            raise ImageError(f"no images in the folder {item} (looked for {', '.join(suffixes)})")
+        paths.extend(found)
+    return paths
+
+
+def output_path(image: str, name: str, out: str | None) -> str:
+    """`IMAGE-stem.NAME` in the folder `out`, or next to the image."""
+    stem = os.path.splitext(os.path.basename(image))[0]
+    return os.path.join(out or os.path.dirname(image) or ".", f"{stem}.{name}")
+
+
+def refuse_inputs(paths, inputs, option: str = "--out folder") -> None:
+    """No output replaces an input: a user error naming the first output path that would."""
+    real = {os.path.realpath(i) for i in inputs}
+    for path in paths:
+        if os.path.realpath(path) in real:
+            raise OnnxcamError(f"refusing to overwrite the input {path}; choose another {option}")
+
+
+def check_distinct_outputs(images: list, out: str | None) -> None:
+    """Two inputs with the same name stem would write the same files: refuse before anything is written."""
+    seen = {}
+    for image in images:
+        folder = os.path.realpath(out or os.path.dirname(image) or ".")
+        key = (folder, os.path.splitext(os.path.basename(image))[0])
+        if key in seen and os.path.realpath(seen[key]) != os.path.realpath(image):
+            raise OnnxcamError(f"{seen[key]} and {image} would write the same output files in {folder}; "
+                               "rename one, or run them with different --out folders")
+        seen.setdefault(key, image)
+
+
+def write(files: dict, inputs: list, option: str = "--out folder") -> list:
+    """Write {path: bytes}, all or none, into folders created as needed; none may replace an input. Returns
+    the paths."""
+    refuse_inputs(files, inputs, option)
+    for folder in dict.fromkeys(os.path.dirname(path) or "." for path in files):
+        make_folder(folder)
+    write_files(files)
+    return list(files)
+
+
+def blank_picture(size: tuple) -> np.ndarray:
+    """A black RGB picture of (height, width): what the maps of an input tensor are drawn over."""
+    return np.zeros((*size, 3), np.uint8)
+
+
+def make_folder(path: str) -> None:
+    """Create an output folder (and its parents) unless it exists."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create the output folder {path}: {exc.strerror or exc}") from None

@@ -1,0 +1,113 @@
+"""Vision transformers against pytorch-grad-cam 1.5.7 with its `reshape_transform` at blocks[-1].norm1.
+
+Fixtures (tools/make_transformer_fixtures.py): narrow timm models with seeded weights, exported by torch.onnx,
+and pytorch-grad-cam's maps on two photos: a ViT with a class token, a DeiT with a distillation token, a ViT
+with four register tokens, and a ViT with average pooling and no class token.
+"""
+
+import os
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from conftest import ROOT
+from onnxcam import Explainer
+from onnxcam.export import MAP_OUTPUT, export
+from onnxcam.model.tokens import grid_name
+
+FIXTURES = os.path.join(ROOT, "tests", "fixtures", "transformers")
+NAMES = ("vit_cls", "deit_distilled", "vit_registers", "vit_avgpool")
+METHODS = {"GradCAM": "gradcam", "HiResCAM": "hirescam", "GradCAMPlusPlus": "gradcam++", "LayerCAM": "layercam",
+           "EigenCAM": "eigencam"}
+NORM1 = "/blocks/blocks.1/norm1/LayerNormalization_output_0"
+
+
+def _load(name):
+    return os.path.join(FIXTURES, f"{name}.onnx"), dict(np.load(os.path.join(FIXTURES, f"{name}.npz")))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_token_layers_are_found_on_their_grid(name):
+    path, fx = _load(name)
+    ex = Explainer(path, device="cpu")
+    auto = ex.info.auto_layer
+    assert auto.tokens is not None and auto.tokens.prefix == int(fx["prefix"])
+    assert (auto.tokens.height, auto.tokens.width) == (4, 4) and auto.shape[1:] == (32, 4, 4)
+    if name != "vit_avgpool":  # class-token pooling: the last block's output reaches the logits only through it
+        assert auto.name == grid_name(NORM1)
+    plain = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {"input": fx["input"]})[0]
+    np.testing.assert_allclose(ex.logits(fx["input"]), plain, rtol=1e-5, atol=1e-5)  # the twin changes nothing
+
+
+@pytest.mark.parametrize("maps_in_graph", [True, False], ids=["in-graph", "numpy"])
+@pytest.mark.parametrize("name", NAMES)
+def test_maps_equal_pytorch_grad_cam(name, maps_in_graph):
+    path, fx = _load(name)
+    ex = Explainer(path, layer=NORM1, device="cpu", maps_in_graph=maps_in_graph)
+    for reference, method in METHODS.items():
+        res = ex.explain(fx["input"], method, target=fx["targets"])
+        assert np.abs(res.maps - fx[reference]).max() <= 1e-3, (name, method)
+
+
+@pytest.mark.parametrize("name", ["vit_cls", "deit_distilled"])
+def test_export_of_a_transformer(name):
+    path, fx = _load(name)
+    ex = Explainer(path, device="cpu")
+    model = export(ex.info, ex.layers, "gradcam")
+    onnx.checker.check_model(model)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    heat = session.run([MAP_OUTPUT], {"input": fx["input"], "onnxcam/class": fx["targets"]})[0]
+    assert np.abs(heat - fx["GradCAM"]).max() <= 1e-3
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_rollouts_equal_the_torch_reference(name):
+    """Attention rollout and gradient-weighted rollout, from the Softmax outputs of the ONNX graph, against the
+    same formulas in torch on timm's own attention probabilities (tools/make_transformer_fixtures.py)."""
+    path, fx = _load(name)
+    ex = Explainer(path, device="cpu")
+    assert len(ex.info.attention) == 2  # one Softmax [N, heads, T, T] per block
+    for method, key in (("attention-rollout", "rollout"), ("gradient-rollout", "gradient_rollout")):
+        res = ex.explain(fx["input"], method, target=fx["targets"])
+        want = np.maximum(fx[key], 0)
+        assert np.abs(res.raw - want).max() <= 1e-4 * np.abs(want).max(), (name, method)
+        np.testing.assert_array_equal(res.targets, fx["targets"])
+
+
+def test_rollout_needs_a_transformer():
+    from conftest import DEMO
+    from onnxcam import OnnxcamError
+
+    with pytest.raises(OnnxcamError, match="needs a vision transformer's attention"):
+        Explainer(DEMO, device="cpu").explain(np.zeros((1, 3, 224, 224), np.float32), "attention-rollout")
+
+
+def test_a_model_fused_by_the_transformer_optimizer_gives_the_same_maps(tmp_path):
+    """onnxruntime.transformers.optimizer writes com.microsoft SkipLayerNormalization and BiasGelu into the ViT:
+    their backward rules give the unoptimized export's maps."""
+    from onnxruntime.transformers import optimizer
+
+    path, fx = _load("vit_cls")
+    fused = optimizer.optimize_model(path, model_type="vit", num_heads=2, hidden_size=32)
+    fused.save_model_to_file(str(tmp_path / "fused.onnx"))
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "fused.onnx")).graph.node if n.domain == "com.microsoft"}
+    assert {"SkipLayerNormalization", "BiasGelu"} <= ops
+    plain, optimized = Explainer(path, device="cpu"), Explainer(str(tmp_path / "fused.onnx"), device="cpu")
+    assert plain.layers == optimized.layers
+    for method in ("gradcam", "hirescam", "gradcam++", "layercam", "gradient-rollout"):
+        a = plain.explain(fx["input"], method, target=fx["targets"])
+        b = optimized.explain(fx["input"], method, target=fx["targets"])
+        assert b.gradients == "analytic" and np.abs(a.maps - b.maps).max() <= 1e-4, method
+
+
+def test_inspect_shows_token_layers_with_their_grid_and_prefix():
+    from click.testing import CliRunner
+
+    from onnxcam.cli import main
+
+    result = CliRunner().invoke(main, ["inspect", _load("deit_distilled")[0]])
+    assert result.exit_code == 0, result.output
+    assert f"{grid_name(NORM1)}" in result.output and "tokens: 2 prefix + 4x4 grid" in result.output
+    assert "attention   2 blocks" in result.output
