@@ -4,9 +4,12 @@
     python tools/bench.py --model resnet50 --batches 1  # full-width ResNet-50 (built by tools/resnet50.py)
     python tools/bench.py --device cuda --torch         # also pytorch-grad-cam on the same weights
     python tools/bench.py --batches 1 --folder 256      # also `onnxcam run DIR` vs plain batched forward
+    python tools/bench.py --profile guided              # ORT's profiler: where a Guided Grad-CAM run's time goes
 
 Prints medians of repeated runs in one process and ratios: method / plain forward, and
-pytorch-grad-cam / onnxcam. Calls are interleaved round by round so that drifts in machine
+pytorch-grad-cam / onnxcam. Each method is timed twice: for the top-1 class (target=None, chosen
+inside the graph) and for a class given explicitly (target=c, one per image, c = the image's top-1
+class, so both do the same work). Calls are interleaved round by round so that drifts in machine
 load hit every contender alike. Both sides get the same prepared input tensor (image decoding
 excluded); onnxcam's time includes its post-processing. Also prints surgery and session
 building time and the process's peak memory.
@@ -15,6 +18,8 @@ building time and the process's peak memory.
 from __future__ import annotations
 
 import argparse
+import collections
+import json
 import os
 import resource
 import statistics
@@ -28,26 +33,26 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # (onnxcam's own sessions do not spin: onnxcam.runtime.session_options); set before torch loads.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("TQDM_DISABLE", "1")  # pytorch-grad-cam's Score-CAM / Ablation-CAM progress bars
-sys.path.insert(0, os.path.join(ROOT, "tools"))
+sys.path[:0] = [ROOT, os.path.join(ROOT, "tools")]  # this checkout's onnxcam, not an installed one
 
 from onnxcam import Explainer  # noqa: E402
-from onnxcam.runtime import make_session  # noqa: E402
+from onnxcam.runtime import make_session, session_options  # noqa: E402
 from onnxcam.surgery import augment  # noqa: E402
 
 DEMO = os.path.join(ROOT, "models", "efficientnet_lite0.onnx")
-FAST = ("cam", "gradcam", "gradcam++", "layercam", "xgradcam", "guided-gradcam")
+FAST = ("cam", "gradcam", "gradcam++", "layercam", "xgradcam", "hirescam", "guided-gradcam")
 SLOW = ("ablationcam", "scorecam")  # K extra head / model runs per image: timed once, batch 1
 
 
-def interleaved_medians(fns: dict, repeats: int, warmup: int = 2) -> dict:
+def interleaved_medians(fns: dict, repeats: int, warmup: int = 2, clock=time.perf_counter) -> dict:
     """Median seconds per callable, timing them in turn each round."""
     times = {name: [] for name in fns}
     for round_ in range(repeats + warmup):
         for name, fn in fns.items():
-            t0 = time.perf_counter()
+            t0 = clock()
             fn()
             if round_ >= warmup:
-                times[name].append(time.perf_counter() - t0)
+                times[name].append(clock() - t0)
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
@@ -88,6 +93,14 @@ def main():
     parser.add_argument("--torch", action="store_true", help="also pytorch-grad-cam (needs torch and grad-cam)")
     parser.add_argument("--maps-in-numpy", action="store_true",
                         help="compute gradient CAMs in NumPy from A and dScore/dA, not inside the graph")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="cpu: the process's CPU time (all threads; onnxcam's threads do not spin), which other "
+                             "jobs on a shared machine disturb far less than the wall time")
+    parser.add_argument("--no-explicit", action="store_true", help="time target=None only, not also target=c")
+    parser.add_argument("--profile", choices=("layer", "guided", "plain"),
+                        help="instead of timing methods, profile one augmented graph with ORT's profiler: layer "
+                             "gradients only (the CAM family), or also the guided (Guided Grad-CAM) or plain "
+                             "(SmoothGrad) input gradient; prints the op types and nodes that take the time")
     parser.add_argument("--folder", type=int, default=0, metavar="N",
                         help="also time `onnxcam run DIR` (Grad-CAM, batch 16) on N images against decoding, "
                              "preprocessing and a plain batched forward of the same images")
@@ -110,23 +123,46 @@ def main():
     print(f"inspect {inspect_s:.2f} s   surgery {surgery_s:.2f} s   gradient session {session_s:.2f} s")
 
     image = ex.prepare(args.image)
+    if args.profile:
+        for batch in map(int, args.batches.split(",")):
+            profile(ex, model if args.profile == "layer" else None, plain, np.repeat(image, batch, axis=0),
+                    args.profile, args.repeats)
+        return
+    top1 = int(ex.logits(image).argmax())
     for batch in map(int, args.batches.split(",")):
         x = np.repeat(image, batch, axis=0)
+        explicit = [top1] * batch
         for m in methods:  # build every session before timing
             ex.explain(x, method=m)
+            if not args.no_explicit:
+                ex.explain(x, method=m, target=explicit)
         fns = {"forward": lambda x=x: plain.run(None, {ex.info.input_name: x})}
-        fns.update({m: (lambda m=m, x=x: ex.explain(x, method=m)) for m in methods})
+        for m in methods:
+            fns[m] = lambda m=m, x=x: ex.explain(x, method=m)
+            if not args.no_explicit:
+                fns[m + " target=c"] = lambda m=m, x=x, c=explicit: ex.explain(x, method=m, target=c)
         cams = {}
         if args.torch:
             cams = torch_contenders(args.model, x)
             fns.update(cams)
-        medians = interleaved_medians(fns, args.repeats)
-        print(f"\nbatch {batch}  ({args.repeats} rounds, median ms; ratio to the plain forward)")
-        for name, t in medians.items():
-            print(f"  {name:24} {t * 1e3:9.2f} ms   {t / medians['forward']:6.2f}x")
+        medians = interleaved_medians(fns, args.repeats, clock=time.process_time if args.clock == "cpu" else time.perf_counter)
+        forward = medians["forward"]
+        print(f"\nbatch {batch}  ({args.repeats} rounds, median {'CPU ' if args.clock == 'cpu' else ''}ms; "
+              "ratio to the plain forward)")
+        print(f"  {'':24} {'target=None':>20}   {'' if args.no_explicit else f'target={top1} (explicit)':>22}"
+              f"{'' if args.no_explicit else '   explicit / None'}")
+        print(f"  {'forward':24} {forward * 1e3:9.2f} ms  {1:6.2f}x")
+        for m in methods:
+            t = medians[m]
+            line = f"  {m:24} {t * 1e3:9.2f} ms  {t / forward:6.2f}x"
+            if not args.no_explicit:
+                c = medians[m + " target=c"]
+                line += f"   {c * 1e3:9.2f} ms  {c / forward:6.2f}x   {c / t:8.2f}"
+            print(line)
         for name in cams:
             ours = medians[name.split(" ")[-1].strip("()")]
-            print(f"  {name} / onnxcam: {medians[name] / ours:.2f}x")
+            print(f"  {name:24} {medians[name] * 1e3:9.2f} ms  {medians[name] / forward:6.2f}x   "
+                  f"pytorch-grad-cam / onnxcam: {medians[name] / ours:.2f}x")
     if args.slow:
         for m in SLOW:
             t0 = time.perf_counter()
@@ -139,6 +175,55 @@ def main():
         folder_throughput(path, args.image, args.folder, args.device)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"\npeak memory (max RSS) {peak:.0f} MB")
+
+
+def profile(ex, model, plain, x: np.ndarray, kind: str, repeats: int, top: int = 12) -> None:
+    """ORT's profiler on the augmented graph (`model`, or built here with the `kind` of input gradient): mean
+    kernel time per run by op type, split into the model's own nodes, onnxcam's backward and map nodes, and
+    the layout reorders ORT inserts (NCHWc, CPU); then the slowest nodes."""
+    if model is None:
+        model = augment(ex.info, ex.layers, input_gradient=kind)
+    options = session_options()
+    options.enable_profiling = True
+    session = make_session(model, ex.providers, options)
+    feed = {ex.info.input_name: x}
+    for _ in range(2):
+        session.run(None, feed)
+    run_times, forward_times = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        session.run(None, feed)
+        run_times.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        plain.run(None, feed)
+        forward_times.append(time.perf_counter() - t0)
+    path = session.end_profiling()
+    try:
+        with open(path) as f:
+            events = json.load(f)
+    finally:
+        os.remove(path)
+    runs = repeats + 2
+    by_op, by_node = collections.Counter(), collections.Counter()
+    for event in events:
+        if event.get("cat") != "Node" or not event["name"].endswith("_kernel_time"):
+            continue
+        node = event["name"][:-len("_kernel_time")]
+        op = event["args"].get("op_name", "?")
+        part = "onnxcam" if node.startswith("onnxcam/") else "layout" if op.startswith("Reorder") else "model"
+        by_op[(part, op)] += event["dur"] / 1e3 / runs
+        by_node[(op, node)] += event["dur"] / 1e3 / runs
+    run, forward = statistics.median(run_times), statistics.median(forward_times)
+    print(f"\nprofile: {kind} gradients, batch {len(x)}, {repeats} runs (profiling on: slower than plain timing)")
+    print(f"  run {run * 1e3:.2f} ms, plain forward {forward * 1e3:.2f} ms ({run / forward:.2f}x); kernel time per run: "
+          + ", ".join(f"{part} {sum(t for (p, _), t in by_op.items() if p == part):.2f} ms"
+                      for part in ("model", "layout", "onnxcam")))
+    total = sum(by_op.values())
+    for (part, op), t in by_op.most_common(top):
+        print(f"  {part:8} {op:24} {t:8.2f} ms  {t / total:6.1%}")
+    print("  slowest nodes:")
+    for (op, node), t in by_node.most_common(top // 2):
+        print(f"    {op:22} {t:8.2f} ms  {node}")
 
 
 def torch_contenders(model_name: str, x: np.ndarray) -> dict:

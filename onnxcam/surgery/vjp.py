@@ -118,8 +118,10 @@ def _transpose(b, node, g):
 
 @vjp("Relu")
 def _relu(b, node, g):
-    """Guided backpropagation (Springenberg 2015) also drops negative incoming gradients."""
-    positive = b.op("Greater", b.fwd(node.inputs[0]), b.const(0.0))
+    """Guided backpropagation (Springenberg 2015) also drops negative incoming gradients. The mask is read off
+    the output (y > 0 exactly where x > 0): reading the input would keep ONNX Runtime from fusing the
+    activation into the Conv before it, which costs the forward pass a separate pass and two layout reorders."""
+    positive = b.op("Greater", b.fwd(node.outputs[0]), b.const(0.0))
     if b.guided:
         positive = b.op("And", positive, b.op("Greater", g[0], b.const(0.0)))
     return [b.mask(g[0], positive)]
@@ -127,16 +129,17 @@ def _relu(b, node, g):
 
 @vjp("Clip")
 def _clip(b, node, g):
-    x = b.fwd(node.inputs[0])
+    """min < y < max exactly where min < x < max: read off the output, as for Relu, so Conv + Clip stay fused."""
+    y = b.fwd(node.outputs[0])
     if b.opset < 11:
         lo, hi = node.attrs.get("min"), node.attrs.get("max")
     else:
         lo, hi = [None if t is None else b.fwd(t) for t in (_optional_input(node, 1), _optional_input(node, 2))]
     conditions = []
     if lo is not None:
-        conditions.append(b.op("Greater", x, lo))
+        conditions.append(b.op("Greater", y, lo))
     if hi is not None:
-        conditions.append(b.op("Less", x, hi))
+        conditions.append(b.op("Less", y, hi))
     if not conditions:
         return [g[0]]
     inside = conditions[0] if len(conditions) == 1 else b.op("And", *conditions)
@@ -275,8 +278,13 @@ def _conv(b, node, g):
     begin, end = _conv_pads(node, in_shape[2:], out_shape[2:], k, strides, dilations)
     group = node.attrs.get("group", 1)
     reach = [(k[i] - 1) * dilations[i] for i in range(spatial)]
-    if all(st == 1 for st in strides) and all(reach[i] >= begin[i] for i in range(spatial)):
-        return [_conv_backward_as_conv(b, g[0], w, group, dilations, reach, begin, in_shape, out_shape), None, None]
+    if all(reach[i] >= begin[i] for i in range(spatial)):
+        if all(st == 1 for st in strides):
+            return [_conv_backward_as_conv(b, g[0], w, group, dilations, reach, begin, in_shape, out_shape), None, None]
+        if group > 1 and _static(w)[1] == 1:  # depthwise: ORT's ConvTranspose does a GEMM and col2im per channel
+            spread, spread_shape = _spread(b, g[0], out_shape, strides)
+            return [_conv_backward_as_conv(b, spread, w, group, dilations, reach, begin, in_shape, spread_shape),
+                    None, None]
     output_padding = [
         in_shape[2 + i] + begin[i] + end[i] - ((out_shape[2 + i] - 1) * strides[i] + reach[i] + 1)
         for i in range(spatial)
@@ -289,12 +297,22 @@ def _conv(b, node, g):
     return [dx, None, None]
 
 
+def _spread(b, g, out_shape, strides):
+    """g with strides - 1 zeros between its entries along each spatial axis, by a depthwise ConvTranspose of
+    a 1x1 kernel of ones (cheaper than Reshape + Pad, DepthToSpace or Resize + mask); and its shape."""
+    spatial, channels = len(strides), out_shape[1]
+    size = [(out_shape[2 + i] - 1) * strides[i] + 1 for i in range(spatial)]
+    spread = b.op("ConvTranspose", g, b.const(np.ones([channels, 1] + [1] * spatial)), group=channels,
+                  strides=strides, kernel_shape=[1] * spatial)
+    return spread, out_shape[:2] + size
+
+
 def _conv_backward_as_conv(b, g, w, group, dilations, reach, begin, in_shape, out_shape):
     """For stride 1, dX = Conv(g, W'): W' is W flipped in space with in and out channels swapped per group,
     the pads reach - begin before and whatever makes the input's size after (g cut short where it reaches
     past what any dX entry reads). The same sums as ConvTranspose, but ONNX Runtime's Conv kernels are far
-    faster on depthwise and grouped convolutions (EfficientNet-lite0's input gradient: 3x). Strided convs
-    keep ConvTranspose: spreading g with zeros (Reshape, Pad) cost more than it saved."""
+    faster on depthwise and grouped convolutions. A strided depthwise conv comes here with g spread by `_spread`; strided dense and grouped convs keep
+    ConvTranspose, which is as fast as any alternative measured there (tools/bench_conv_backward.py)."""
     m, c_per_group, *k = _static(w)
     spatial = len(k)
     flipped = b.fwd(w)

@@ -364,6 +364,23 @@ CONV_VARIANTS = [
 
 WHERE_OPSETS_MATTER = ("SAME", "VALID", "stride2", "group")  # Conv-1 vs Conv-11: auto_pad wording, default pads
 
+# Strided depthwise convs go through a spread gradient and a stride-1 Conv (dense ones through ConvTranspose)
+STRIDED_DEPTHWISE_VARIANTS = [
+    ("depthwise-stride2-SAME_UPPER-k3", _conv(C, (3, 3), group=C, strides=[2, 2], auto_pad="SAME_UPPER")),  # TF: 0,0,1,1
+    ("depthwise-stride2-SAME_LOWER-k2", _conv(C, (2, 2), group=C, strides=[2, 2], auto_pad="SAME_LOWER")),
+    ("depthwise-stride3-pad1", _conv(C, (3, 3), group=C, strides=[3, 3], pads=[1, 1, 1, 1])),
+    ("depthwise-stride2,3-k3x2-pads0,1,1,0", _conv(C, (3, 2), group=C, strides=[2, 3], pads=[0, 1, 1, 0])),
+    ("depthwise-x2-stride2-k5-pads1,2,2,1", _conv(2 * C, (5, 5), group=C, strides=[2, 2], pads=[1, 2, 2, 1])),
+    ("depthwise-stride2-dilation2-pad2", _conv(C, (3, 3), group=C, strides=[2, 2], dilations=[2, 2], pads=[2, 2, 2, 2])),
+    ("depthwise-stride2-dilation2,1-nopad", _conv(C, (2, 3), group=C, strides=[2, 2], dilations=[2, 1])),
+    ("depthwise-stride2-k2-pads2", _conv(C, (2, 2), group=C, strides=[2, 2], pads=[2, 2, 2, 2])),  # beyond the reach
+    ("depthwise-stride2-k3-pads0,0,3,3", _conv(C, (3, 3), group=C, strides=[2, 2], pads=[0, 0, 3, 3])),  # g cut short
+    ("depthwise-1d-stride2-k3-pad1", lambda n: n.op("Conv", _one_d(n), n.randn(C, 1, 3, scale=3**-0.5),
+                                                     kernel_shape=[3], strides=[2], pads=[1, 1], group=C)),
+    ("stride3-k5-pad2", _conv(5, (5, 5), strides=[3, 3], pads=[2, 2, 2, 2])),
+    ("group2-stride2-pad1", _conv(6, (3, 3), group=2, strides=[2, 2], pads=[1, 1, 1, 1])),
+]
+
 
 def _batch_norm(epsilon, const=Net.const):
     def body(n):
@@ -382,6 +399,7 @@ POOL_CASES = [
         if any(w in label for w in WHERE_OPSETS_MATTER)
         for o in (7, 18)
     ],
+    *[case(f"Conv-{label}", o, body) for label, body in STRIDED_DEPTHWISE_VARIANTS for o in (7, 11, 13, 18, 21)],
     *[case("BatchNormalization", o, _batch_norm(None)) for o in (7, 9, 14, 15)],
     case("BatchNormalization-eps0.1", 15, _batch_norm(0.1)),
     case("BatchNormalization-params-from-Constant-nodes", 15, _batch_norm(1e-3, const=Net.const_node)),
@@ -899,6 +917,20 @@ def test_rule_matches_finite_differences(opset, body, kinks, a_scale, eps):
     check_gradients(classifier(net, body(net)), kinks=kinks, eps=eps)
 
 
+def test_strided_depthwise_backward_is_a_spread_and_a_conv():
+    """The speed route (the values are checked above): no per-channel kxk ConvTranspose for a strided depthwise conv,
+    only the 1x1 spread; and the activation masks read Clip's output, so Conv + Clip can stay fused."""
+    net = Net(13)
+    body = clip(net, _conv(C, (3, 3), group=C, strides=[2, 2], auto_pad="SAME_UPPER")(net), 0.0, 6.0)
+    graph = augment(inspect_model(classifier(net, body)), ["A"]).graph
+    transposed = [n for n in graph.node if n.op_type == "ConvTranspose"]
+    assert len(transposed) == 1, [n.name for n in transposed]
+    assert next(a.ints for a in transposed[0].attribute if a.name == "kernel_shape") == [1, 1]
+    clip_node = next(n for n in graph.node if n.op_type == "Clip")
+    readers = {n.op_type for n in graph.node if clip_node.input[0] in n.input}
+    assert readers == {"Clip"}, readers
+
+
 def test_two_layers_and_an_op_without_rule_before_the_target():
     """Cos lies before B (not between B and the score): no rule needed; A and B each get their own gradient."""
     net = Net(13)
@@ -1078,7 +1110,8 @@ HALF_CASES = [
         "Gelu-tanh-opset20", "Where-A>0.1,2A,Sigmoid(A)-opset16", "ReduceMax-axes2,3-keepdims-0-opset18",
         "Split-1,2,1-middle-unused-opset13", "Elu-default-opset7", "Mish-opset18", "ReduceL2-axes2,3-opset18",
         "GlobalMaxPool-opset13", "Expand-GAP(A)-to-1CHW-opset13", "Tile-1,2,1,3-opset13", "Sum-A,Tanh(A),c-opset13",
-        "LRN-size5-alpha2-beta0.5-bias2-opset13",
+        "LRN-size5-alpha2-beta0.5-bias2-opset13", "Conv-depthwise-stride2-SAME_UPPER-k3-opset13",
+        "Conv-depthwise-x2-stride2-k5-pads1,2,2,1-opset18", "Conv-stride3-k5-pad2-opset11", "Relu-opset14", "Clip-min-max-opset13",
     }
 ]
 
