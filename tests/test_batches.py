@@ -98,3 +98,22 @@ def test_onnx_runtime_errors_keep_their_telling_line():
     with pytest.raises(ModelError, match=r"index: 0 Got: 1 Expected: 2") as caught:
         _run_session(session, ["logits"], {"input": np.zeros((1, 3, 96, 96), np.float32)})
     assert "\n" not in str(caught.value) and "Please fix" not in str(caught.value)
+
+
+def test_huge_initializers_go_around_graph_surgery(dynamic, monkeypatch):
+    """Initializers over HUGE_BYTES (protobuf cannot copy a message over 2 GB) travel by name around the surgery:
+    with the bound lowered so that every weight tensor goes around, the maps stay the same."""
+    import onnxcam.surgery.graph as surgery_graph
+
+    x = _inputs(dynamic, 2)
+    want = {m: dynamic.explain(x, method=m).maps for m in ("gradcam", "guided-backprop")}
+    monkeypatch.setattr(surgery_graph, "HUGE_BYTES", 4096)
+    monkeypatch.setenv("ONNXCAM_CACHE_DIR", "off")  # the surgery must run
+    imported = []
+    import_onnx = surgery_graph.gs.import_onnx
+    monkeypatch.setattr(surgery_graph.gs, "import_onnx", lambda m: imported.append(m) or import_onnx(m))
+    ex = Explainer(RESNET, device="cpu")
+    for method, maps in want.items():
+        assert np.abs(ex.explain(x, method=method).maps - maps).max() < 1e-5, method
+    assert imported and all(any(e.value == surgery_graph._STAND_IN for t in m.graph.initializer
+                                for e in t.external_data) for m in imported)

@@ -484,7 +484,6 @@ def test_an_op_without_rule_or_shape_in_the_head_is_explained_or_one_line(tmp_pa
 
 @pytest.mark.skipif(os.environ.get("ONNXCAM_LARGE_TESTS") != "1",
                     reason="writes a 2.24 GB file and needs about 8 GB of memory: set ONNXCAM_LARGE_TESTS=1")
-@owner("model (inspect_model and shapes copy and probe the whole model with SerializeToString; runtime.make_session takes such models)")
 def test_a_model_with_more_than_2_gb_of_external_data(tmp_path, image):
     """A valid model whose 2.24 GB initializer (zeros, a sparse file) is summed into the scores."""
     m = hf.tiny()

@@ -122,7 +122,9 @@ def inspect_model(
     if opset < 7:
         raise ModelError(f"the model uses opset {opset}; onnxcam (and ONNX Runtime) need opset 7 or newer")
     check_nodes(model)
-    model = onnx.ModelProto.FromString(model.SerializeToString())  # we edit shapes: work on a copy
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)  # we edit shapes: work on a copy (CopyFrom: no 2 GB protobuf limit, unlike serializing)
+    model = copy
     inline_constant_branches(model)
     image_input = _pick_input(model, input_name)
     output = _pick_output(model.graph, output_name)

@@ -42,7 +42,7 @@ def augmented_graph(info: ModelInfo, layers: list, gradients: bool = True, input
     """
     assert input_gradient in (None, "plain", "guided"), input_gradient
     assert score in SCORES, score
-    graph = gs.import_onnx(info.model)
+    graph = _import(info)
     tensors = graph.tensors()
     logits = tensors[info.logits_name]
     outputs = list(graph.outputs)
@@ -87,7 +87,7 @@ def finish(graph: gs.Graph, info: ModelInfo, class_default: bool = True) -> onnx
 
 def cut_head(info: ModelInfo, layer: str) -> onnx.ModelProto:
     """The sub-model from `layer` (as an input) to the logits; the image input stays only if still needed."""
-    graph = gs.import_onnx(info.model)
+    graph = _import(info)
     tensors = graph.tensors()
     a = tensors[layer]
     a.inputs.clear()
@@ -161,9 +161,47 @@ def _named(b: Builder, tensor, name, dtype, shape):
     return out
 
 
+# Initializers of this many bytes or more go around graph surgery, not through it: protobuf cannot copy a
+# message over 2 GB, and no rule reads their values. A data-less stand-in takes their place in the surgery's
+# graph, and the exported model gets the real tensor back by name.
+HUGE_BYTES = 1 << 30
+_STAND_IN = "onnxcam-stand-in"
+
+
+def _import(info: ModelInfo) -> gs.Graph:
+    model = info.model
+    if not any(_bytes(t) >= HUGE_BYTES for t in model.graph.initializer):
+        return gs.import_onnx(model)
+    hollow = onnx.ModelProto(ir_version=model.ir_version)
+    hollow.opset_import.extend(model.opset_import)
+    hollow.functions.extend(model.functions)
+    for part in ("node", "input", "output", "value_info", "sparse_initializer"):
+        getattr(hollow.graph, part).extend(getattr(model.graph, part))
+    for tensor in model.graph.initializer:
+        if _bytes(tensor) < HUGE_BYTES:
+            hollow.graph.initializer.append(tensor)
+            continue
+        stand_in = hollow.graph.initializer.add(name=tensor.name, data_type=tensor.data_type, dims=tensor.dims)
+        stand_in.data_location = onnx.TensorProto.EXTERNAL
+        stand_in.external_data.add(key="location", value=_STAND_IN)
+    return gs.import_onnx(hollow)
+
+
+def _bytes(tensor) -> int:
+    try:
+        itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
+    except Exception:  # strings, and types NumPy does not know: small in practice
+        return 0
+    return itemsize * int(np.prod(tensor.dims, dtype=np.int64))
+
+
 def _export(graph, info: ModelInfo) -> onnx.ModelProto:
     graph.cleanup().toposort()
     model = gs.export_onnx(graph)
+    originals = {t.name: t for t in info.model.graph.initializer}
+    for tensor in model.graph.initializer:
+        if any(e.key == "location" and e.value == _STAND_IN for e in tensor.external_data):
+            tensor.CopyFrom(originals[tensor.name])
     model.ir_version = info.model.ir_version  # gs writes onnx's newest IR, which ORT may not load
     del model.metadata_props[:]
     return model
