@@ -1,8 +1,8 @@
 """Vision transformers against pytorch-grad-cam 1.5.7 with its `reshape_transform` at blocks[-1].norm1.
 
-Fixtures (tools/make_transformer_fixtures.py): narrow timm models with seeded weights, exported by torch.onnx,
-and pytorch-grad-cam's maps on two photos: a ViT with a class token, a DeiT with a distillation token, a ViT
-with four register tokens, and a ViT with average pooling and no class token.
+Fixtures (tools/make_transformer_fixtures.py): narrow timm models with seeded weights, exported by torch.onnx's
+legacy and dynamo exporters, and pytorch-grad-cam's maps on two photos: a ViT with a class token, a DeiT with a
+distillation token, a ViT with four register tokens, and a ViT with average pooling and no class token.
 """
 
 import os
@@ -22,30 +22,34 @@ NAMES = ("vit_cls", "deit_distilled", "vit_registers", "vit_avgpool")
 METHODS = {"GradCAM": "gradcam", "HiResCAM": "hirescam", "GradCAMPlusPlus": "gradcam++", "LayerCAM": "layercam",
            "EigenCAM": "eigencam"}
 NORM1 = "/blocks/blocks.1/norm1/LayerNormalization_output_0"
+EXPORTERS = {"legacy": ("", NORM1), "dynamo": ("_dynamo", "layer_norm_2")}  # file suffix, blocks[-1].norm1's tensor
 
 
-def _load(name):
-    return os.path.join(FIXTURES, f"{name}.onnx"), dict(np.load(os.path.join(FIXTURES, f"{name}.npz")))
+def _load(name, exporter="legacy"):
+    suffix = EXPORTERS[exporter][0]
+    return os.path.join(FIXTURES, f"{name}{suffix}.onnx"), dict(np.load(os.path.join(FIXTURES, f"{name}.npz")))
 
 
+@pytest.mark.parametrize("exporter", EXPORTERS)
 @pytest.mark.parametrize("name", NAMES)
-def test_token_layers_are_found_on_their_grid(name):
-    path, fx = _load(name)
+def test_token_layers_are_found_on_their_grid(name, exporter):
+    path, fx = _load(name, exporter)
     ex = Explainer(path, device="cpu")
     auto = ex.info.auto_layer
     assert auto.tokens is not None and auto.tokens.prefix == int(fx["prefix"])
     assert (auto.tokens.height, auto.tokens.width) == (4, 4) and auto.shape[1:] == (32, 4, 4)
     if name != "vit_avgpool":  # class-token pooling: the last block's output reaches the logits only through it
-        assert auto.name == grid_name(NORM1)
+        assert auto.name == grid_name(EXPORTERS[exporter][1])
     plain = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {"input": fx["input"]})[0]
     np.testing.assert_allclose(ex.logits(fx["input"]), plain, rtol=1e-5, atol=1e-5)  # the twin changes nothing
 
 
+@pytest.mark.parametrize("exporter", EXPORTERS)
 @pytest.mark.parametrize("maps_in_graph", [True, False], ids=["in-graph", "numpy"])
 @pytest.mark.parametrize("name", NAMES)
-def test_maps_equal_pytorch_grad_cam(name, maps_in_graph):
-    path, fx = _load(name)
-    ex = Explainer(path, layer=NORM1, device="cpu", maps_in_graph=maps_in_graph)
+def test_maps_equal_pytorch_grad_cam(name, maps_in_graph, exporter):
+    path, fx = _load(name, exporter)
+    ex = Explainer(path, layer=EXPORTERS[exporter][1], device="cpu", maps_in_graph=maps_in_graph)
     for reference, method in METHODS.items():
         res = ex.explain(fx["input"], method, target=fx["targets"])
         assert np.abs(res.maps - fx[reference]).max() <= 1e-3, (name, method)
@@ -62,11 +66,12 @@ def test_export_of_a_transformer(name):
     assert np.abs(heat - fx["GradCAM"]).max() <= 1e-3
 
 
+@pytest.mark.parametrize("exporter", EXPORTERS)
 @pytest.mark.parametrize("name", NAMES)
-def test_rollouts_equal_the_torch_reference(name):
+def test_rollouts_equal_the_torch_reference(name, exporter):
     """Attention rollout and gradient-weighted rollout, from the Softmax outputs of the ONNX graph, against the
     same formulas in torch on timm's own attention probabilities (tools/make_transformer_fixtures.py)."""
-    path, fx = _load(name)
+    path, fx = _load(name, exporter)
     ex = Explainer(path, device="cpu")
     assert len(ex.info.attention) == 2  # one Softmax [N, heads, T, T] per block
     for method, key in (("attention-rollout", "rollout"), ("gradient-rollout", "gradient_rollout")):

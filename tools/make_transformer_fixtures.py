@@ -4,7 +4,7 @@ rest on the patch grid row-major) at `blocks[-1].norm1`, the layer its tutorials
 (Abnar & Zuidema 2020) and gradient-weighted rollout (Chefer et al. 2021) written here in torch, from the
 attention probabilities that timm's own blocks compute (hooked at `attn_drop`).
 
-    pip install torch==2.13.0 timm grad-cam==1.5.7   (torchvision imported through the shim below)
+    pip install torch==2.13.0 timm grad-cam==1.5.7 onnxscript   (torchvision through tools/torchvision_shim.py)
     python tools/make_transformer_fixtures.py          # tests/fixtures/transformers/*.onnx and *.npz
 
 tests/test_transformers.py compares onnxcam with these files, without torch.
@@ -117,6 +117,10 @@ def main() -> None:
         path = os.path.join(OUT, f"{name}.onnx")
         torch.onnx.export(model, torch.from_numpy(x), path, input_names=["input"], output_names=["logits"],
                           opset_version=17, dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}}, dynamo=False)
+        # the same weights through the dynamo exporter (needs onnxscript), at the opset it writes best
+        torch.onnx.export(model, (torch.from_numpy(x),), input_names=["input"], output_names=["logits"],
+                          opset_version=18, dynamo=True, dynamic_shapes={"x": {0: torch.export.Dim("N")}},
+                          external_data=False).save(os.path.join(OUT, f"{name}_dynamo.onnx"))
         with torch.no_grad():
             logits = model(torch.from_numpy(x)).numpy()
         targets = logits.argmax(axis=1)

@@ -499,7 +499,7 @@ def class_names(case: Case, model: onnx.ModelProto) -> list:
 
 
 def onnxcam_top1(json_path: str) -> dict:
-    """Row 0's top-1 from `run --json` (a multi-row .npy is reported as its first row today)."""
+    """The top-1 from one image's `run --json` record."""
     with open(json_path) as f:
         report = json.load(f)
     top = report["predictions"][0]
@@ -531,7 +531,8 @@ def run_case(case: Case, work: str, images: dict) -> list:
             rc, sec, err = _onnxcam(["run", model, source, "--json", "--npy", "--out", os.path.join(out, kind),
                                      "--device", "cpu", *options])
             got = {"rc": rc, "seconds": sec, "error": err if rc else ""}
-            stem = os.path.join(out, kind, os.path.splitext(os.path.basename(source))[0] + ".gradcam")
+            row_of = "[0]" if kind == "on_npy" and len(x) > 1 else ""  # a .npy of N rows is N images: a[0] ...
+            stem = os.path.join(out, kind, os.path.splitext(os.path.basename(source))[0] + row_of + ".gradcam")
             if rc == 0:
                 got.update(onnxcam_top1(stem + ".json"))
                 if kind == "on_image":
