@@ -125,7 +125,7 @@ class Explainer:
         cache_key = None
         if isinstance(model, str) and cache.folder() is not None:
             cache_key = {"model": cache.model_digest(proto), "layers": self.layers, "input": input_name,
-                         "output": output_name, "size": list(input_size) if input_size else None}
+                         "output": output_name, "size": list(self.info.size)}
         self.sessions = Sessions(self.info, self.layers, self.providers, cache_key)
         self._head_weights = {}
         self._quantization_step = None  # the smallest useful finite-difference step (QDQ models), once known

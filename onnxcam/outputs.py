@@ -237,6 +237,20 @@ def input_paths(items, tensors: bool = True) -> list:
     return paths
 
 
+def tensor_shape(paths: list) -> tuple | None:
+    """The shape of the first ready input tensor (.npy) among `paths`, read from its header: it fixes a model's
+    dynamic spatial size as --input-size does for pictures. None without one (or unreadable: reading it later
+    says why)."""
+    for path in paths:
+        if names.is_tensor_file(path):
+            try:
+                shape = np.load(path, mmap_mode="r", allow_pickle=False).shape
+            except Exception:  # not a .npy after all: its own read reports it
+                return None
+            return shape if len(shape) == 4 else None
+    return None
+
+
 # The middle parts of the names onnxcam writes (STEM.TAG.ext: img.gradcam.png, img.gradcam.c3.saliency.jpg,
 # img.grid.png, img.sanity.maps.png, eval.curves.png): a folder's files named so are its outputs, not inputs.
 _OWN_TAGS = {*names.METHODS, "saliency", "grid", "units", "sanity", "maps", "curves"}

@@ -70,9 +70,10 @@ def command(model, images, methods, grid, layers, target, labels, unit, batch_si
                            explainer_args, run_options, ray_address, actors, gpus_per_actor)
     started = time.perf_counter()
     opts = onnxcam.outputs.RunOptions(unit=names.parse_unit(unit), **run_options)
+    paths = onnxcam.outputs.input_paths(images)
+    explainer_args["input_size"] = explainer_args["input_size"] or onnxcam.outputs.tensor_shape(paths)
     if opts.pictures == "none" and not (opts.npy or opts.as_json):
         raise click.UsageError("--pictures none leaves nothing to write; add --npy and/or --json")
-    paths = onnxcam.outputs.input_paths(images)
     onnxcam.outputs.check_distinct_outputs(paths, opts.out)
     methods = names.method_names([*methods, *([grid] if grid else [])])
     ex = onnxcam.Explainer(model, layer=list(layers) or None, labels=labels, **explainer_args)

@@ -245,7 +245,8 @@ def _dims(value_info) -> list:
 
 
 def _pin_input_shape(value_info, input_size):
-    """Fix the input's spatial size (batch stays symbolic) and return (layout, shape)."""
+    """Fix the input's spatial size (batch stays symbolic) and return (layout, shape). input_size: (height, width),
+    or the 4-D shape of a ready input tensor, whose spatial axes give a dynamic size."""
     dims = value_info.type.tensor_type.shape.dim
     raw = _dims(value_info)
     elem = value_info.type.tensor_type.elem_type
@@ -263,6 +264,8 @@ def _pin_input_shape(value_info, input_size):
     if not isinstance(raw[channel_axis], int) or raw[channel_axis] <= 0:
         raise ModelError(f"input '{value_info.name}' has shape {raw}: its channel count is not fixed")
     fixed = [raw[a] for a in spatial_axes if isinstance(raw[a], int) and raw[a] > 0]
+    if input_size is not None and len(input_size) == 4:  # a ready tensor's shape: it fixes a dynamic size only
+        input_size = None if len(fixed) == 2 else tuple(int(input_size[a]) for a in spatial_axes)
     if input_size is not None and len(fixed) == 2 and tuple(fixed) != tuple(input_size):
         raise ModelError(f"input '{value_info.name}' has the fixed spatial size {fixed[0]}x{fixed[1]}; --input-size "
                          f"{input_size[0]} {input_size[1]} applies only to models whose size is dynamic")

@@ -369,3 +369,30 @@ def test_an_if_on_a_constant_is_inlined():
     want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     got = ort.InferenceSession(info.model.SerializeToString(), providers=["CPUExecutionProvider"]).run(["logits"], {"x": x})[0]
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_a_ready_tensor_fixes_a_dynamic_size(tmp_path):
+    """A .npy for a model with dynamic H and W needs no --input-size: its own shape gives the size."""
+    from click.testing import CliRunner
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnxcam.cli import main
+
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["A"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["A"], ["R"]),
+             helper.make_node("GlobalAveragePool", ["R"], ["g"]),
+             helper.make_node("Flatten", ["g"], ["f"]),
+             helper.make_node("MatMul", ["f", "fc"], ["logits"])]
+    inits = [numpy_helper.from_array(rng.normal(size=(4, 3, 3, 3)).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.normal(size=(4, 2)).astype(np.float32), "fc")]
+    graph = helper.make_graph(nodes, "dyn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 2])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "dyn.onnx"))
+    np.save(tmp_path / "x.npy", rng.normal(size=(1, 3, 12, 20)).astype(np.float32))
+    result = CliRunner().invoke(main, ["run", str(tmp_path / "dyn.onnx"), str(tmp_path / "x.npy"), "--npy",
+                                       "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert np.load(tmp_path / "out" / "x.gradcam.npy").shape == (12, 20)
