@@ -39,8 +39,16 @@ ENV = "ONNXCAM_CACHE_DIR"  # a folder, or "off" to disable
 TRAILER = b"onnxcam-hmac-1"  # then the 32-byte HMAC: the last bytes of an entry
 _TAIL = len(TRAILER) + 32
 # Messages that may hold tensors: walked field by field; any other message is small and hashed serialized.
-_HOLDS_TENSORS = {"ModelProto", "GraphProto", "NodeProto", "AttributeProto", "FunctionProto", "TrainingInfoProto",
-                  "SparseTensorProto", "TensorProto"}
+_HOLDS_TENSORS = {
+    "ModelProto",
+    "GraphProto",
+    "NodeProto",
+    "AttributeProto",
+    "FunctionProto",
+    "TrainingInfoProto",
+    "SparseTensorProto",
+    "TensorProto",
+}
 
 
 def folder() -> str | None:
@@ -94,9 +102,18 @@ def _hash_message(message, h) -> None:
 
 def describe(model_digest_: str, parts: dict, providers: list) -> bytes:
     """Everything an entry depends on, as bytes: what its name and its HMAC are made of."""
-    return json.dumps({"model": model_digest_, "parts": parts, "providers": providers, "cpu": _cpu(),
-                       "onnxcam": _source_digest(), "onnxruntime": ort.__version__}, sort_keys=True,
-                      default=str).encode()
+    return json.dumps(
+        {
+            "model": model_digest_,
+            "parts": parts,
+            "providers": providers,
+            "cpu": _cpu(),
+            "onnxcam": _source_digest(),
+            "onnxruntime": ort.__version__,
+        },
+        sort_keys=True,
+        default=str,
+    ).encode()
 
 
 def entry_path(model_digest_: str, parts: dict, providers: list) -> str | None:
@@ -185,7 +202,7 @@ def load(path: str, providers: list, secret: bytes, description: bytes):
         return None
     if len(tail) != _TAIL or not tail.startswith(TRAILER):
         return None
-    if not hmac.compare_digest(tail[len(TRAILER):], _mac(secret, description, data)):
+    if not hmac.compare_digest(tail[len(TRAILER) :], _mac(secret, description, data)):
         return None
     options = session_options(ort.GraphOptimizationLevel.ORT_DISABLE_ALL)  # optimized already
     try:

@@ -6,17 +6,43 @@ import cv2
 import numpy as np
 
 # tab20-like colours (RGB): distinguishable for up to 20 series
-PALETTE = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
-           (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207), (174, 199, 232), (255, 187, 120),
-           (152, 223, 138), (255, 152, 150), (197, 176, 213), (196, 156, 148), (247, 182, 210), (199, 199, 199),
-           (219, 219, 141), (158, 218, 229))
+PALETTE = (
+    (31, 119, 180),
+    (255, 127, 14),
+    (44, 160, 44),
+    (214, 39, 40),
+    (148, 103, 189),
+    (140, 86, 75),
+    (227, 119, 194),
+    (127, 127, 127),
+    (188, 189, 34),
+    (23, 190, 207),
+    (174, 199, 232),
+    (255, 187, 120),
+    (152, 223, 138),
+    (255, 152, 150),
+    (197, 176, 213),
+    (196, 156, 148),
+    (247, 182, 210),
+    (199, 199, 199),
+    (219, 219, 141),
+    (158, 218, 229),
+)
 FONT = cv2.FONT_HERSHEY_SIMPLEX
 MARGIN = (56, 20, 34, 46)  # left, right, top, bottom
 
 
-def line_chart(series: list, title: str, xlabel: str, ylabel: str, ylim: tuple = (0.0, 1.0),
-               size: tuple = (380, 520), xticks: list | None = None, markers: bool = False,
-               yticks: int = 5) -> np.ndarray:
+def line_chart(
+    series: list,
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    ylim: tuple = (0.0, 1.0),
+    size: tuple = (380, 520),
+    xticks: list | None = None,
+    markers: bool = False,
+    yticks: int = 5,
+) -> np.ndarray:
     """An RGB uint8 [H, W, 3] chart of `series` = [(label, xs, ys), ...], colours in PALETTE order.
     NaN values leave a gap. xticks: [(x, text), ...]; default: 5 evenly spaced values. yticks: how
     many evenly spaced horizontal grid lines, ylim included."""

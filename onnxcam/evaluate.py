@@ -86,8 +86,10 @@ def read_boxes(path: str, images: list) -> dict:
                 except ValueError as exc:
                     raise ValueError(f"'{name}': {exc}") from None
     except (KeyError, TypeError, ValueError, IndexError) as exc:
-        raise OnnxcamError(f"{path} is neither {{\"image.png\": [[x0, y0, x1, y1], ...]}} nor COCO-style "
-                           f"(images, annotations with bbox [x, y, w, h]): {exc}") from None
+        raise OnnxcamError(
+            f'{path} is neither {{"image.png": [[x0, y0, x1, y1], ...]}} nor COCO-style '
+            f"(images, annotations with bbox [x, y, w, h]): {exc}"
+        ) from None
     base = os.path.dirname(os.path.abspath(path))
     by_key = {os.path.normpath(k): v for k, v in table.items() if v}
     found = {}
@@ -97,8 +99,10 @@ def read_boxes(path: str, images: list) -> dict:
                 found[image] = by_key[key]
                 break
     if images and not found:
-        raise OnnxcamError(f"no image of the {len(images)} given has an entry in {path}; its keys must be the "
-                           "images' file names (or paths)")
+        raise OnnxcamError(
+            f"no image of the {len(images)} given has an entry in {path}; its keys must be the "
+            "images' file names (or paths)"
+        )
     return found
 
 
@@ -152,12 +156,19 @@ class Evaluation:
                 deletion = metrics.deletion_inputs(x[i], heat, opts.steps, item_layout)
                 insertion = metrics.insertion_inputs(x[i], heat, opts.steps, item_layout, opts.blur)
                 probs = metrics.curve(self.probabilities, np.concatenate([deletion, insertion]), target, ROWS)
-                del_curve, ins_curve = probs[:len(deletion)], probs[len(deletion):]
+                del_curve, ins_curve = probs[: len(deletion)], probs[len(deletion) :]
                 self.curves[method]["deletion"].append(del_curve)
                 self.curves[method]["insertion"].append(ins_curve)
-                row = {"image": path, "target": target, "label": info.label(target), "y": float(y[i]),
-                       "o": float(o[i]), "deletion_auc": metrics.auc(del_curve),
-                       "insertion_auc": metrics.auc(ins_curve), "flat": bool(res.flat[i])}
+                row = {
+                    "image": path,
+                    "target": target,
+                    "label": info.label(target),
+                    "y": float(y[i]),
+                    "o": float(o[i]),
+                    "deletion_auc": metrics.auc(del_curve),
+                    "insertion_auc": metrics.auc(ins_curve),
+                    "flat": bool(res.flat[i]),
+                }
                 if path in truth:
                     row.update(self._localization(heat, truth[path], images[i].shape[:2], info.size))
                 self.rows[method].append(row)
@@ -215,14 +226,25 @@ class Evaluation:
         writer = csv.writer(text, lineterminator="\n")
         writer.writerow(["method"] + keys)
         for method, s in summary.items():
-            writer.writerow([method] + ["" if s[k] is None else (round(s[k], 6) if isinstance(s[k], float) else s[k])
-                                        for k in keys])
+            writer.writerow(
+                [method] + ["" if s[k] is None else (round(s[k], 6) if isinstance(s[k], float) else s[k]) for k in keys]
+            )
         ex, opts = self.ex, self.options
         report = {
-            "model": model, "provider": ex.provider, "layers": ex.layers, "preprocess": ex.preset, "boxes": boxes,
-            "options": dict(steps=opts.steps, blur=opts.blur, tolerance=opts.tolerance,
-                            box_threshold=opts.box_threshold, iou=opts.iou),
-            "summary": summary, "images": self.rows,
+            "model": model,
+            "provider": ex.provider,
+            "layers": ex.layers,
+            "preprocess": ex.preset,
+            "boxes": boxes,
+            "options": dict(
+                steps=opts.steps,
+                blur=opts.blur,
+                tolerance=opts.tolerance,
+                box_threshold=opts.box_threshold,
+                iou=opts.iou,
+            ),
+            "summary": summary,
+            "images": self.rows,
         }
         data = (json_bytes(report), text.getvalue().encode(), picture_bytes(curves_image(summary, opts.steps)))
         inputs = [model, *([boxes] if boxes else []), *(row["image"] for rows in self.rows.values() for row in rows)]
@@ -248,8 +270,13 @@ def curves_image(summary: dict, steps: int) -> np.ndarray:
     for kind in ("deletion", "insertion"):
         series = [(m, xs, s[f"{kind}_curve"]) for m, s in summary.items()]
         aucs = "lower" if kind == "deletion" else "higher"
-        panels.append(chart.line_chart(series, f"{kind} (AUC: {aucs} is better)",
-                                       f"fraction of pixels {'removed' if kind == 'deletion' else 'inserted'}",
-                                       "class probability"))
+        panels.append(
+            chart.line_chart(
+                series,
+                f"{kind} (AUC: {aucs} is better)",
+                f"fraction of pixels {'removed' if kind == 'deletion' else 'inserted'}",
+                "class probability",
+            )
+        )
     panels.append(chart.legend(list(summary), panels[0].shape[0]))
     return chart.side_by_side(panels)

@@ -38,8 +38,10 @@ FLAT = 0.5
 # Finite differences that would take longer than this per image are refused in "auto" mode (not silently run).
 FD_LIMIT_S = 60.0
 # How to go on when a backward rule is missing, in the words of the commands that explain (run, eval, sanity).
-RULE_HINT = ("pick a later layer ('onnxcam inspect' lists them), or take the channel weights from finite "
-             "differences (--gradients fd, gradients='fd') with a method such as gradcam")
+RULE_HINT = (
+    "pick a later layer ('onnxcam inspect' lists them), or take the channel weights from finite "
+    "differences (--gradients fd, gradients='fd') with a method such as gradcam"
+)
 
 
 @dataclass
@@ -59,11 +61,19 @@ class Explanation:
 
     def item(self, i: int) -> Explanation:
         """The explanation of image i alone (arrays keep their batch axis, of length 1)."""
-        def one(a):
-            return None if a is None else a[i:i + 1]
 
-        return replace(self, maps=one(self.maps), raw=one(self.raw), targets=one(self.targets),
-                       scores=one(self.scores), saliency=one(self.saliency), flat=one(self.flat))
+        def one(a):
+            return None if a is None else a[i : i + 1]
+
+        return replace(
+            self,
+            maps=one(self.maps),
+            raw=one(self.raw),
+            targets=one(self.targets),
+            scores=one(self.scores),
+            saliency=one(self.saliency),
+            flat=one(self.flat),
+        )
 
     def _repr_html_(self) -> str:
         """Jupyter shows the maps and each image's top-5 classes (onnxcam.report.explanation_html)."""
@@ -95,8 +105,21 @@ class Explainer:
     of those in the model's metadata.
     """
 
-    def __init__(self, model, layer=None, providers=None, *, device="auto", input_name=None, output_name=None,
-                 input_size=None, preprocess_preset=None, gradients="auto", maps_in_graph=True, labels=None):
+    def __init__(
+        self,
+        model,
+        layer=None,
+        providers=None,
+        *,
+        device="auto",
+        input_name=None,
+        output_name=None,
+        input_size=None,
+        preprocess_preset=None,
+        gradients="auto",
+        maps_in_graph=True,
+        labels=None,
+    ):
         proto = load_model(model) if isinstance(model, str) else model
         self.info = inspect_model(proto, input_name=input_name, output_name=output_name, input_size=input_size)
         names = layer if isinstance(layer, (list, tuple)) else [layer]
@@ -106,7 +129,9 @@ class Explainer:
         # where the preset came from: "option", "model" (its metadata) or "assumed" (nothing recorded)
         self.preset_source = "option" if preprocess_preset else "model" if self.info.preprocess else "assumed"
         if self.preset not in preprocess.PRESETS:
-            raise OnnxcamError(f"unknown preprocessing preset '{self.preset}'; choose one of {', '.join(preprocess.PRESETS)}")
+            raise OnnxcamError(
+                f"unknown preprocessing preset '{self.preset}'; choose one of {', '.join(preprocess.PRESETS)}"
+            )
         if gradients not in GRADIENT_MODES:
             raise OnnxcamError(f"unknown gradients mode '{gradients}'; choose one of {', '.join(GRADIENT_MODES)}")
         self.gradients = gradients
@@ -114,7 +139,9 @@ class Explainer:
         self.head = self.info.head
         self.num_classes = heads.class_count(self.head, self.info.num_classes)  # classes that can be explained
         if labels is not None:  # a file (text, JSON list or object) or a list: one name per class
-            self.info.labels = list(labels) if isinstance(labels, (list, tuple)) else read_labels(labels, self.num_classes)
+            self.info.labels = (
+                list(labels) if isinstance(labels, (list, tuple)) else read_labels(labels, self.num_classes)
+            )
             self.info.labels_source = "option"
         self.missing_rule = None  # set when 'auto' fell back to finite differences: why
         self.fd_seconds = None  # estimated seconds per image of the finite differences, once they are planned
@@ -124,8 +151,13 @@ class Explainer:
         # Sessions are cached on disk by the loaded model's content (cache.py); models given in memory are not.
         cache_key = None
         if isinstance(model, str) and cache.folder() is not None:
-            cache_key = {"model": cache.model_digest(proto), "layers": self.layers, "input": input_name,
-                         "output": output_name, "size": list(self.info.size)}
+            cache_key = {
+                "model": cache.model_digest(proto),
+                "layers": self.layers,
+                "input": input_name,
+                "output": output_name,
+                "size": list(self.info.size),
+            }
         self.sessions = Sessions(self.info, self.layers, self.providers, cache_key)
         self._head_weights = {}
         self._quantization_step = None  # the smallest useful finite-difference step (QDQ models), once known
@@ -142,7 +174,9 @@ class Explainer:
             tensor = x[None] if x.ndim == 3 else x
             expected = tuple(d for d in info.input_shape[1:])
             if tensor.ndim != 4 or tuple(tensor.shape[1:]) != expected:
-                raise OnnxcamError(f"input tensor has shape {list(x.shape)}; the model takes [N, {', '.join(map(str, expected))}]")
+                raise OnnxcamError(
+                    f"input tensor has shape {list(x.shape)}; the model takes [N, {', '.join(map(str, expected))}]"
+                )
             return np.ascontiguousarray(tensor, dtype=info.input_dtype)
         items = x if isinstance(x, (list, tuple)) else [x]
         images = [preprocess.load_image(i) if isinstance(i, str) else _check_rgb(i) for i in items]
@@ -155,15 +189,27 @@ class Explainer:
         return self.sessions.run_model(SessionSpec.forward(), tensor)[self.info.logits_name].reshape(len(tensor), -1)
 
     def gradient_source(self, method: str) -> str | None:
-        """"analytic" or "finite differences" for this method, None if it needs no gradient."""
+        """ "analytic" or "finite differences" for this method, None if it needs no gradient."""
         m = method_named(method)
         if m.gradients is None and not m.input_gradient:
             return None
         return "analytic" if self._plan(m).analytic else "finite differences"
 
-    def explain(self, x, method: str = "gradcam", target=None, *, score: str = "logit", unit=None,
-                aug_smooth: bool = False, eigen_smooth: bool = False, samples: int = 25, noise: float = 0.15,
-                seed: int = 0, scorecam_channels: int | None = None) -> Explanation:
+    def explain(
+        self,
+        x,
+        method: str = "gradcam",
+        target=None,
+        *,
+        score: str = "logit",
+        unit=None,
+        aug_smooth: bool = False,
+        eigen_smooth: bool = False,
+        samples: int = 25,
+        noise: float = 0.15,
+        seed: int = 0,
+        scorecam_channels: int | None = None,
+    ) -> Explanation:
         """Explain x for `target` (class index, one per image, or None for the top-1 class).
 
         score: "logit" or "probability" of the class. unit: (tensor, channel[, i, j]) explains that
@@ -187,8 +233,15 @@ class Explainer:
             raise OnnxcamError(f"explaining a unit needs a gradient method with backward rules, not {m.name}")
         if scorecam_channels is not None and scorecam_channels < 1:
             raise OnnxcamError(f"scorecam_channels must be at least 1, not {scorecam_channels}")
-        options = dict(score=score, unit=unit, eigen_smooth=eigen_smooth, samples=samples, noise=noise, seed=seed,
-                       channels=scorecam_channels)
+        options = dict(
+            score=score,
+            unit=unit,
+            eigen_smooth=eigen_smooth,
+            samples=samples,
+            noise=noise,
+            seed=seed,
+            channels=scorecam_channels,
+        )
         t1 = time.perf_counter()
         if aug_smooth:
             res = self._augmented(tensor, classes, m, plan, options)
@@ -224,8 +277,10 @@ class Explainer:
             weights = LayerData(activations=a, gradients=g, directional=directional).grad_dot(np.ones_like(a))
             weights = weights / (a.shape[2] * a.shape[3])
         contribution = weights * a.mean(axis=(2, 3))
-        ranked = [[(int(k), float(contribution[n, k]), a[n, k]) for k in np.argsort(-contribution[n])[:count]]
-                  for n in range(len(tensor))]
+        ranked = [
+            [(int(k), float(contribution[n, k]), a[n, k]) for k in np.argsort(-contribution[n])[:count]]
+            for n in range(len(tensor))
+        ]
         return targets.astype(np.int64), ranked
 
     # -- planning ------------------------------------------------------------------------------------------
@@ -234,19 +289,27 @@ class Explainer:
         """The session that runs m, and whether its gradients come from rules; decided here only."""
         if m.attention:
             if not self.info.attention:
-                raise OnnxcamError(f"method '{m.name}' needs a vision transformer's attention (Softmax over its "
-                                   "tokens); this model has none")
+                raise OnnxcamError(
+                    f"method '{m.name}' needs a vision transformer's attention (Softmax over its "
+                    "tokens); this model has none"
+                )
             spec = SessionSpec.attention(m.gradients is not None, score, unit)
             return Plan(spec, m.gradients is not None and self._analytic(m, spec), False)
-        in_graph = (self.maps_in_graph and m.name in FORMULAS and m.gradients is not None and not eigen_smooth
-                    and self.gradients != "fd")
+        in_graph = (
+            self.maps_in_graph
+            and m.name in FORMULAS
+            and m.gradients is not None
+            and not eigen_smooth
+            and self.gradients != "fd"
+        )
         if in_graph:
             spec = SessionSpec.maps(m.name, score, unit)
             if self._analytic(m, spec):
                 return Plan(spec, True, True)
         wants = m.gradients is not None or m.input_gradient is not None
-        analytic = wants and self._analytic(m, SessionSpec.gradients(m.gradients is not None, m.input_gradient,
-                                                                     score, unit))
+        analytic = wants and self._analytic(
+            m, SessionSpec.gradients(m.gradients is not None, m.input_gradient, score, unit)
+        )
         layer_gradients = analytic and m.map is not None and m.gradients is not None
         return Plan(SessionSpec.gradients(layer_gradients, m.input_gradient, score, unit), analytic, False)
 
@@ -286,7 +349,8 @@ class Explainer:
         if self.gradients == "auto" and seconds > FD_LIMIT_S:
             raise OnnxcamError(
                 f"{self.missing_rule}, and finite differences instead would take about {seconds / 60:.0f} min an "
-                f"image; {RULE_HINT.split(', or ')[0]}, or ask for them with --gradients fd (gradients='fd')")
+                f"image; {RULE_HINT.split(', or ')[0]}, or ask for them with --gradients fd (gradients='fd')"
+            )
 
     # -- explaining ----------------------------------------------------------------------------------------
 
@@ -303,8 +367,9 @@ class Explainer:
         first.maps = np.mean(np.float32([maps for _, maps in results]), axis=0)
         return first
 
-    def _explain(self, tensor, classes, m, plan, *, score, unit, eigen_smooth, samples, noise, seed,
-                 channels) -> Explanation:
+    def _explain(
+        self, tensor, classes, m, plan, *, score, unit, eigen_smooth, samples, noise, seed, channels
+    ) -> Explanation:
         if plan.in_graph:
             res = self._explain_in_graph(tensor, classes, m, plan.spec)
             if res is not None:  # None: a map with NaN or Inf, which the NumPy path below traces to A or dScore/dA
@@ -323,8 +388,9 @@ class Explainer:
         if m.map is not None:
             scaled = []
             for layer in self.layers:
-                layer_map = self._layer_map(m, layer, outputs, noisy, tensor, targets, scores, score, eigen_smooth,
-                                            channels)
+                layer_map = self._layer_map(
+                    m, layer, outputs, noisy, tensor, targets, scores, score, eigen_smooth, channels
+                )
                 raw = layer_map if raw is None else raw
                 scaled.append(postprocess.scale_to(layer_map, self.info.size))
             maps = postprocess.combine(scaled)
@@ -338,20 +404,37 @@ class Explainer:
             else:
                 maps = postprocess.normalize(np.abs(saliency).max(axis=1))
         return Explanation(
-            maps=maps, raw=raw, targets=targets.astype(np.int64), scores=scores, method=m.name, layers=self.layers,
-            gradients=_source(m, plan.analytic), saliency=None if saliency is None else np.float32(saliency),
+            maps=maps,
+            raw=raw,
+            targets=targets.astype(np.int64),
+            scores=scores,
+            method=m.name,
+            layers=self.layers,
+            gradients=_source(m, plan.analytic),
+            saliency=None if saliency is None else np.float32(saliency),
         )
 
     def _explain_attention(self, m, plan, outputs, scores, targets) -> Explanation:
         """Rollout methods: one map on the patch grid from every block's attention (and its gradients)."""
         names, grid = self.info.attention, self.info.auto_layer.tokens
-        data = AttentionData([outputs[a] for a in names],
-                             [outputs[grad_name(a)] for a in names] if plan.spec.layer_gradients else None,
-                             grid.prefix, grid.height, grid.width)
+        data = AttentionData(
+            [outputs[a] for a in names],
+            [outputs[grad_name(a)] for a in names] if plan.spec.layer_gradients else None,
+            grid.prefix,
+            grid.height,
+            grid.width,
+        )
         raw = np.maximum(m.map(data), 0)
         maps = postprocess.combine([postprocess.scale_to(raw, self.info.size)])
-        return Explanation(maps=maps, raw=raw, targets=targets.astype(np.int64), scores=scores, method=m.name,
-                           layers=list(names), gradients=_source(m, plan.analytic))
+        return Explanation(
+            maps=maps,
+            raw=raw,
+            targets=targets.astype(np.int64),
+            scores=scores,
+            method=m.name,
+            layers=list(names),
+            gradients=_source(m, plan.analytic),
+        )
 
     def _explain_in_graph(self, tensor, classes, m, spec) -> Explanation | None:
         """The maps of one run of the in-graph map model: only logits, targets and [N, h, w] maps come back."""
@@ -362,8 +445,15 @@ class Explainer:
         if not all(np.isfinite(r).all() for r in raw):
             return None
         maps = postprocess.combine([postprocess.scale_to(r, self.info.size) for r in raw])
-        return Explanation(maps=maps, raw=raw[0], targets=outputs[TARGET_OUTPUT].astype(np.int64), scores=scores,
-                           method=m.name, layers=self.layers, gradients="analytic")
+        return Explanation(
+            maps=maps,
+            raw=raw[0],
+            targets=outputs[TARGET_OUTPUT].astype(np.int64),
+            scores=scores,
+            method=m.name,
+            layers=self.layers,
+            gradients="analytic",
+        )
 
     def _layer_map(self, m, layer, outputs, noisy, tensor, targets, scores, score, eigen_smooth, channels):
         """One layer's map at layer resolution, after ReLU."""
@@ -408,10 +498,17 @@ class Explainer:
         if self._quantization_step is None:
             self._quantization_step = 2 * finite_diff.quantization_step(self.info.model)
         floor = self._quantization_step
-        return lambda pattern: finite_diff.channel_derivatives(run_head, layer, activations, pattern, targets, extra,
-                                                   score_of=lambda z, c: self._score_of(z, c, score), min_step=floor,
-                                                   progress=lambda done, total: self._report(
-                                                       "finite differences", done, total))
+        return lambda pattern: finite_diff.channel_derivatives(
+            run_head,
+            layer,
+            activations,
+            pattern,
+            targets,
+            extra,
+            score_of=lambda z, c: self._score_of(z, c, score),
+            min_step=floor,
+            progress=lambda done, total: self._report("finite differences", done, total),
+        )
 
     def _masked_scores(self, tensor, activations, targets, score) -> np.ndarray:
         """Score-CAM: [N, K] scores of the model on x * (min-max normalized, upsampled A_k). Masks are made
@@ -421,12 +518,16 @@ class Explainer:
         forward = SessionSpec.forward()
         for i in range(n):
             for start in range(0, k, BATCH_ROWS):
-                m = postprocess.upsample_align_corners(activations[i:i + 1, start:start + BATCH_ROWS], self.info.size)[0]
+                m = postprocess.upsample_align_corners(
+                    activations[i : i + 1, start : start + BATCH_ROWS], self.info.size
+                )[0]
                 lo = m.min(axis=(1, 2), keepdims=True)
                 m = (m - lo) / (m.max(axis=(1, 2), keepdims=True) - lo + 1e-8)
-                rows = tensor[i:i + 1] * (m[:, None] if self.info.layout == "NCHW" else m[:, :, :, None])
+                rows = tensor[i : i + 1] * (m[:, None] if self.info.layout == "NCHW" else m[:, :, :, None])
                 logits = self.sessions.run_model(forward, rows.astype(tensor.dtype))[self.info.logits_name]
-                out[i, start:start + len(m)] = self._score_of(logits.reshape(len(m), -1), np.full(len(m), targets[i]), score)
+                out[i, start : start + len(m)] = self._score_of(
+                    logits.reshape(len(m), -1), np.full(len(m), targets[i]), score
+                )
                 self._report("masked inputs", i * k + start + len(m), n * k)
         return out
 
@@ -444,7 +545,9 @@ class Explainer:
                 rows = np.repeat(a[None], len(channels), axis=0)
                 rows[np.arange(len(channels)), channels] = value
                 feeds = {layer: rows.astype(dtype)}
-                feeds.update({name: np.repeat(v[i:i + 1], len(channels), axis=0) for name, v in (extra or {}).items()})
+                feeds.update(
+                    {name: np.repeat(v[i : i + 1], len(channels), axis=0) for name, v in (extra or {}).items()}
+                )
                 logits = run_head(feeds).reshape(len(channels), -1)
                 out[i, channels] = self._score_of(logits, np.full(len(channels), targets[i]), score)
                 self._report("ablated channels", i * k + channels[-1] + 1, n * k)
@@ -507,7 +610,9 @@ def _source(m, analytic: bool) -> str | None:
 
 def _check_rgb(image) -> np.ndarray:
     if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise OnnxcamError("an image array must be HxWx3 uint8 RGB (or pass a float tensor in the model's input layout)")
+        raise OnnxcamError(
+            "an image array must be HxWx3 uint8 RGB (or pass a float tensor in the model's input layout)"
+        )
     return image
 
 

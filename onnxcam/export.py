@@ -41,8 +41,10 @@ def export(info: ModelInfo, layers: list, method: str = "gradcam", class_input: 
     try:
         graph = augmented_graph(info, layers, gradients=True)
     except UnsupportedOpError as error:
-        raise error.with_hint("an explained model needs a backward rule for every op between the layer and the "
-                              "scores: choose a later --layer ('onnxcam inspect' lists them)") from None
+        raise error.with_hint(
+            "an explained model needs a backward rule for every op between the layer and the "
+            "scores: choose a later --layer ('onnxcam inspect' lists them)"
+        ) from None
     b = Builder(graph, info.opset, prefix="onnxcam/map")
     heads = {layer: linear_head_weights(info, layer) for layer in layers} if method == "cam" else None
     shapes = [next(lay.shape[2:] for lay in info.layers if lay.name == layer) for layer in layers]
@@ -70,8 +72,14 @@ def _describe(model: onnx.ModelProto, info: ModelInfo, layers: list, method: str
     for value in list(model.graph.input) + list(model.graph.output):
         if value.name in docs:
             value.doc_string = docs[value.name]
-    meta = {"method": method, "layers": layers, "image_input": info.input_name, "layout": info.layout,
-            "logits": info.logits_name, "inputs_and_outputs": docs}
+    meta = {
+        "method": method,
+        "layers": layers,
+        "image_input": info.input_name,
+        "layout": info.layout,
+        "logits": info.logits_name,
+        "inputs_and_outputs": docs,
+    }
     kept = [p for p in info.model.metadata_props if not p.key.startswith("onnxcam.export")]
     del model.metadata_props[:]
     model.metadata_props.extend(kept)
@@ -89,8 +97,12 @@ def ort_format(model: onnx.ModelProto) -> bytes:
     with tempfile.TemporaryDirectory() as folder:
         options.optimized_model_filepath = os.path.join(folder, "model.ort")
         try:
-            ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"],
-                                 disabled_optimizers=["NchwcTransformer"])
+            ort.InferenceSession(
+                model.SerializeToString(),
+                options,
+                providers=["CPUExecutionProvider"],
+                disabled_optimizers=["NchwcTransformer"],
+            )
             with open(options.optimized_model_filepath, "rb") as saved:
                 return saved.read()
         except Exception as exc:  # onnxruntime's own exception types, or no file where a build cannot save

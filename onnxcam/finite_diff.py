@@ -24,13 +24,25 @@ RELATIVE_STEP = 1e-2
 def quantization_step(model) -> float:
     """The largest QuantizeLinear scale in a model (0 if none): steps below it see a staircase, not a slope."""
     tensors = constants(model.graph)
-    scales = [float(np.max(np.abs(numpy_helper.to_array(tensors[n.input[1]])))) for n in model.graph.node
-              if n.op_type == "QuantizeLinear" and n.input[1] in tensors]
+    scales = [
+        float(np.max(np.abs(numpy_helper.to_array(tensors[n.input[1]]))))
+        for n in model.graph.node
+        if n.op_type == "QuantizeLinear" and n.input[1] in tensors
+    ]
     return max(scales, default=0.0)
 
 
-def channel_derivatives(run_head, layer: str, activations: np.ndarray, pattern: np.ndarray, classes: np.ndarray,
-                        extra_feeds: dict | None, score_of, min_step: float = 0.0, progress=None) -> np.ndarray:
+def channel_derivatives(
+    run_head,
+    layer: str,
+    activations: np.ndarray,
+    pattern: np.ndarray,
+    classes: np.ndarray,
+    extra_feeds: dict | None,
+    score_of,
+    min_step: float = 0.0,
+    progress=None,
+) -> np.ndarray:
     """[N, K]: d score_n / d eps along `pattern` restricted to each channel, by central differences.
 
     run_head: feeds -> logits [rows, ...] of the head cut off at `layer` (any number of rows).
@@ -45,7 +57,7 @@ def channel_derivatives(run_head, layer: str, activations: np.ndarray, pattern: 
     for i in range(n):
         a = activations[i].astype(np.float32)
         eps = max(RELATIVE_STEP * max(float(np.abs(a).mean()), 1e-6), min_step)
-        feeds_i = {name: value[i:i + 1] for name, value in (extra_feeds or {}).items()}
+        feeds_i = {name: value[i : i + 1] for name, value in (extra_feeds or {}).items()}
         for start in range(0, k, ROWS // 2):
             channels = range(start, min(start + ROWS // 2, k))
             rows = np.repeat(a[None], 2 * len(channels), axis=0)
@@ -56,7 +68,7 @@ def channel_derivatives(run_head, layer: str, activations: np.ndarray, pattern: 
             feeds.update({name: np.repeat(v, len(rows), axis=0) for name, v in feeds_i.items()})
             logits = run_head(feeds).reshape(len(rows), -1)
             scores = score_of(logits, np.full(len(rows), classes[i])).astype(np.float64)
-            out[i, start:start + len(channels)] = (scores[0::2] - scores[1::2]) / (2 * eps)
+            out[i, start : start + len(channels)] = (scores[0::2] - scores[1::2]) / (2 * eps)
             if progress is not None:
                 progress(i * k + start + len(channels), n * k)
     return out.astype(np.float32)

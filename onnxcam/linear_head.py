@@ -30,7 +30,9 @@ def linear_head_weights(info: ModelInfo, layer: str) -> np.ndarray:
         return nodes[0] if len(nodes) == 1 else None
 
     def fail(why):
-        raise ModelError(f"method 'cam' needs a head '{layer}' -> global average pool -> linear layer; {why}. Use gradcam, which equals CAM on such heads.")
+        raise ModelError(
+            f"method 'cam' needs a head '{layer}' -> global average pool -> linear layer; {why}. Use gradcam, which equals CAM on such heads."
+        )
 
     node = single_next(layer)
     while node is not None and node.op_type in _NO_OPS:
@@ -65,5 +67,9 @@ def _is_global_average(node, tensors) -> bool:
     if node.op_type != "ReduceMean":
         return False
     axes = [a.ints for a in node.attribute if a.name == "axes"]
-    axes = list(axes[0]) if axes else (numpy_helper.to_array(tensors[node.input[1]]).tolist() if len(node.input) > 1 else [])
+    axes = (
+        list(axes[0])
+        if axes
+        else (numpy_helper.to_array(tensors[node.input[1]]).tolist() if len(node.input) > 1 else [])
+    )
     return sorted(a % 4 for a in axes) == [2, 3]

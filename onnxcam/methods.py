@@ -64,11 +64,18 @@ class Method:
     @property
     def needs(self) -> str:
         """What running it takes, in words (for `onnxcam methods`)."""
-        parts = [{CHANNEL: "channel gradient sums (finite differences can stand in)", ELEMENTWISE: "gradients",
-                  SAMPLES: "gradients of noisy copies"}.get(self.gradients, "")]
-        parts += ["the linear head" if self.needs_linear_head else "",
-                  "a vision transformer's attention" if self.attention else "",
-                  f"{self.input_gradient} input gradients" if self.input_gradient else ""]
+        parts = [
+            {
+                CHANNEL: "channel gradient sums (finite differences can stand in)",
+                ELEMENTWISE: "gradients",
+                SAMPLES: "gradients of noisy copies",
+            }.get(self.gradients, "")
+        ]
+        parts += [
+            "the linear head" if self.needs_linear_head else "",
+            "a vision transformer's attention" if self.attention else "",
+            f"{self.input_gradient} input gradients" if self.input_gradient else "",
+        ]
         return ", ".join(p for p in parts if p) or "forward runs only"
 
 
@@ -85,8 +92,8 @@ class AttentionData:
     def grid_row(self, relevance: np.ndarray) -> np.ndarray:
         """[N, T, T] -> [N, h, w]: the class token's row over the grid tokens (without a class token, the mean of
         the grid tokens' rows: what average pooling reads)."""
-        row = relevance[:, 0] if self.prefix else relevance[:, self.prefix:].mean(axis=1)
-        return row[:, self.prefix:].reshape(len(row), self.height, self.width)
+        row = relevance[:, 0] if self.prefix else relevance[:, self.prefix :].mean(axis=1)
+        return row[:, self.prefix :].reshape(len(row), self.height, self.width)
 
 
 def attention_rollout(d: AttentionData) -> np.ndarray:
@@ -164,14 +171,14 @@ def _gradcampp_weights(a, g1, g2, g3) -> np.ndarray:
 def gradcampp(d: LayerData) -> np.ndarray:
     """Grad-CAM++: w_k = sum_ij relu(G_kij) a_kij, a = G^2 / (2 G^2 + sum_ab A_kab G^3)."""
     g = d.gradients
-    return weighted(_gradcampp_weights(d.activations, g, g ** 2, g ** 3), d.activations)
+    return weighted(_gradcampp_weights(d.activations, g, g**2, g**3), d.activations)
 
 
 def smoothgradcampp(d: LayerData) -> np.ndarray:
     """Smooth Grad-CAM++ (Omeiza 2019, arXiv 1908.01224): Grad-CAM++ with each derivative term
     (G, G^2, G^3) averaged over noisy copies of the input; A is the clean image's."""
     gs = np.stack(d.gradient_samples)
-    return weighted(_gradcampp_weights(d.activations, gs.mean(0), (gs ** 2).mean(0), (gs ** 3).mean(0)), d.activations)
+    return weighted(_gradcampp_weights(d.activations, gs.mean(0), (gs**2).mean(0), (gs**3).mean(0)), d.activations)
 
 
 def layercam(d: LayerData) -> np.ndarray:
@@ -198,7 +205,7 @@ def scorecam(d: LayerData) -> np.ndarray:
     a = d.activations
     if d.channels is None or d.channels >= a.shape[1]:
         return weighted(np.float32(softmax(d.masked_scores(a), axis=1)), a)
-    kept = np.argsort(-a.sum(axis=(2, 3)), axis=1, kind="stable")[:, :d.channels]  # [N, channels]
+    kept = np.argsort(-a.sum(axis=(2, 3)), axis=1, kind="stable")[:, : d.channels]  # [N, channels]
     scores = d.masked_scores(np.take_along_axis(a, kept[:, :, None, None], axis=1))
     weights = np.zeros(a.shape[:2], np.float32)
     np.put_along_axis(weights, kept, np.float32(softmax(scores, axis=1)), axis=1)
@@ -224,36 +231,83 @@ def eigengradcam(d: LayerData) -> np.ndarray:
 METHODS = {
     m.name: m
     for m in (
-        Method("cam", "CAM: activations weighted by the linear head's class weights (GAP -> linear heads)", cam,
-               needs_linear_head=True),
+        Method(
+            "cam",
+            "CAM: activations weighted by the linear head's class weights (GAP -> linear heads)",
+            cam,
+            needs_linear_head=True,
+        ),
         Method("gradcam", "Grad-CAM: activations weighted by their spatially averaged gradients", gradcam, CHANNEL),
         Method("gradcam++", "Grad-CAM++: positive gradients weighted by higher-order terms", gradcampp, ELEMENTWISE),
-        Method("smoothgradcam++", "Smooth Grad-CAM++: Grad-CAM++ terms averaged over noisy inputs", smoothgradcampp,
-               SAMPLES),
+        Method(
+            "smoothgradcam++",
+            "Smooth Grad-CAM++: Grad-CAM++ terms averaged over noisy inputs",
+            smoothgradcampp,
+            SAMPLES,
+        ),
         Method("xgradcam", "XGrad-CAM: gradients weighted by normalized activations", xgradcam, CHANNEL),
         Method("layercam", "LayerCAM: activations times positive gradients, per location", layercam, ELEMENTWISE),
         Method("hirescam", "HiResCAM: activations times gradients, per location", hirescam, ELEMENTWISE),
-        Method("gradcam-elementwise", "Grad-CAM elementwise: positive part of activations times gradients",
-               gradcam_elementwise, ELEMENTWISE),
+        Method(
+            "gradcam-elementwise",
+            "Grad-CAM elementwise: positive part of activations times gradients",
+            gradcam_elementwise,
+            ELEMENTWISE,
+        ),
         Method("scorecam", "Score-CAM: softmax of the scores of the input masked by each channel", scorecam),
         Method("ablationcam", "Ablation-CAM: score drop when each channel is ablated (head runs only)", ablationcam),
-        Method("eigencam", "Eigen-CAM: first principal component of the activations (class-agnostic)", eigencam,
-               terms=False),
-        Method("eigengradcam", "Eigen-Grad-CAM: first principal component of activations times gradients",
-               eigengradcam, ELEMENTWISE, terms=False),
-        Method("attention-rollout", "Attention rollout: the attention of every block, multiplied through the "
-               "residual connections (vision transformers; class-agnostic)", attention_rollout, attention=True),
-        Method("gradient-rollout", "Gradient-weighted attention rollout (Chefer 2021): positive gradient x "
-               "attention, accumulated over the blocks (vision transformers)", gradient_rollout, ELEMENTWISE,
-               attention=True),
-        Method("guided-backprop", "Guided Backprop: input gradients through ReLUs that pass positive gradients",
-               None, input_gradient="guided"),
-        Method("guided-gradcam", "Guided Grad-CAM: guided backprop times the upsampled Grad-CAM map", gradcam, CHANNEL,
-               input_gradient="guided"),
-        Method("smoothgrad", "SmoothGrad: input gradients averaged over noisy copies of the input", None, SAMPLES,
-               input_gradient="plain"),
+        Method(
+            "eigencam",
+            "Eigen-CAM: first principal component of the activations (class-agnostic)",
+            eigencam,
+            terms=False,
+        ),
+        Method(
+            "eigengradcam",
+            "Eigen-Grad-CAM: first principal component of activations times gradients",
+            eigengradcam,
+            ELEMENTWISE,
+            terms=False,
+        ),
+        Method(
+            "attention-rollout",
+            "Attention rollout: the attention of every block, multiplied through the "
+            "residual connections (vision transformers; class-agnostic)",
+            attention_rollout,
+            attention=True,
+        ),
+        Method(
+            "gradient-rollout",
+            "Gradient-weighted attention rollout (Chefer 2021): positive gradient x "
+            "attention, accumulated over the blocks (vision transformers)",
+            gradient_rollout,
+            ELEMENTWISE,
+            attention=True,
+        ),
+        Method(
+            "guided-backprop",
+            "Guided Backprop: input gradients through ReLUs that pass positive gradients",
+            None,
+            input_gradient="guided",
+        ),
+        Method(
+            "guided-gradcam",
+            "Guided Grad-CAM: guided backprop times the upsampled Grad-CAM map",
+            gradcam,
+            CHANNEL,
+            input_gradient="guided",
+        ),
+        Method(
+            "smoothgrad",
+            "SmoothGrad: input gradients averaged over noisy copies of the input",
+            None,
+            SAMPLES,
+            input_gradient="plain",
+        ),
     )
 }
+
+
 def method_named(name: str) -> Method:
     """The Method for a name or alias (names.method_names' grammar), or a user error listing the choices."""
     return METHODS[method_names([name])[0]]

@@ -81,8 +81,9 @@ def step_counts(pixels: int, steps: int = STEPS) -> np.ndarray:
     return np.round(np.arange(steps + 1) * pixels / steps).astype(np.int64)
 
 
-def reveal(start: np.ndarray, end: np.ndarray, heatmap: np.ndarray, steps: int = STEPS,
-           layout: str = "CHW") -> np.ndarray:
+def reveal(
+    start: np.ndarray, end: np.ndarray, heatmap: np.ndarray, steps: int = STEPS, layout: str = "CHW"
+) -> np.ndarray:
     """[steps + 1, ...] copies of one input `start` ([C, H, W] or [H, W, C]) in which the first
     round(k * H * W / steps) pixels of `ranking(heatmap)` (all channels) take their values from `end`,
     k = 0..steps. Deletion: start = x, end = the baseline; insertion: start = blurred x, end = x."""
@@ -104,21 +105,24 @@ def blurred(x: np.ndarray, sigma: float | None = None, layout: str = "CHW") -> n
     chw = layout in ("CHW", "NCHW")
     hwc = np.moveaxis(x, 0, -1) if chw else x
     sigma = max(hwc.shape[:2]) / 16 if sigma is None else sigma
-    out = cv2.GaussianBlur(np.ascontiguousarray(hwc, np.float32), (0, 0), sigmaX=sigma, sigmaY=sigma,
-                           borderType=cv2.BORDER_REFLECT)
+    out = cv2.GaussianBlur(
+        np.ascontiguousarray(hwc, np.float32), (0, 0), sigmaX=sigma, sigmaY=sigma, borderType=cv2.BORDER_REFLECT
+    )
     out = out.reshape(hwc.shape)
     return np.ascontiguousarray(np.moveaxis(out, -1, 0) if chw else out, dtype=x.dtype)
 
 
-def deletion_inputs(x: np.ndarray, heatmap: np.ndarray, steps: int = STEPS, layout: str = "CHW",
-                    baseline: float = 0.0) -> np.ndarray:
+def deletion_inputs(
+    x: np.ndarray, heatmap: np.ndarray, steps: int = STEPS, layout: str = "CHW", baseline: float = 0.0
+) -> np.ndarray:
     """[steps + 1, ...] the input with its top-ranked pixels set to `baseline` (0 in input tensor
     space: the preprocessing's mean colour), a fraction k / steps of the pixels at row k."""
     return reveal(x, np.full_like(x, baseline), heatmap, steps, layout)
 
 
-def insertion_inputs(x: np.ndarray, heatmap: np.ndarray, steps: int = STEPS, layout: str = "CHW",
-                     sigma: float | None = None) -> np.ndarray:
+def insertion_inputs(
+    x: np.ndarray, heatmap: np.ndarray, steps: int = STEPS, layout: str = "CHW", sigma: float | None = None
+) -> np.ndarray:
     """[steps + 1, ...] a blurred copy of the input into which its top-ranked pixels are put back,
     a fraction k / steps of the pixels at row k (row 0: all blurred; the last: the input itself)."""
     return reveal(blurred(x, sigma, layout), x, heatmap, steps, layout)
@@ -134,7 +138,7 @@ def auc(curve: np.ndarray) -> float:
 def curve(probability, inputs: np.ndarray, target: int, rows: int = 64) -> np.ndarray:
     """The class probability along a deletion or insertion sequence, run in batches of `rows`.
     probability: [M, ...] inputs -> [M, C] class probabilities (the model)."""
-    return np.concatenate([probability(inputs[i:i + rows])[:, target] for i in range(0, len(inputs), rows)])
+    return np.concatenate([probability(inputs[i : i + rows])[:, target] for i in range(0, len(inputs), rows)])
 
 
 # -- localization ---------------------------------------------------------------------------
@@ -195,8 +199,9 @@ def point_in_mask(point: tuple, mask: np.ndarray, tolerance: float = POINTING_TO
     return bool(np.min(np.hypot(xs + 0.5 - point[0], ys + 0.5 - point[1])) <= tolerance)
 
 
-def pointing_game(heatmap: np.ndarray, boxes=None, mask: np.ndarray | None = None,
-                  tolerance: float = POINTING_TOLERANCE) -> bool:
+def pointing_game(
+    heatmap: np.ndarray, boxes=None, mask: np.ndarray | None = None, tolerance: float = POINTING_TOLERANCE
+) -> bool:
     """Pointing game (Zhang et al. 2016): a hit if the map's maximum lies within `tolerance` pixels
     of the object, given as boxes (x0, y0, x1, y1) or as an [H, W] bool mask (the mask wins if both)."""
     point = peak(heatmap)
@@ -227,8 +232,9 @@ def cam_box(heatmap: np.ndarray, threshold: float = BOX_THRESHOLD):
     return (x0, y0, x1 + 1, y1 + 1)
 
 
-def localization_hit(heatmap: np.ndarray, boxes, threshold: float = BOX_THRESHOLD,
-                     iou_threshold: float = IOU_THRESHOLD) -> bool:
+def localization_hit(
+    heatmap: np.ndarray, boxes, threshold: float = BOX_THRESHOLD, iou_threshold: float = IOU_THRESHOLD
+) -> bool:
     """CAM localization: correct if `cam_box(heatmap)` has IoU >= iou_threshold with a true box."""
     found = cam_box(heatmap, threshold)
     return found is not None and max((iou(found, b) for b in boxes), default=0.0) >= iou_threshold

@@ -23,10 +23,25 @@ SCORES = ("logit", "probability")  # what the map explains: the class's logit or
 DEFAULT_MAX_PIXELS = 100_000_000  # preprocess.load_image refuses larger images unless told
 
 # methods.METHODS, in its order, and its aliases
-METHODS = ("cam", "gradcam", "gradcam++", "smoothgradcam++", "xgradcam", "layercam", "hirescam",
-           "gradcam-elementwise", "scorecam", "ablationcam", "eigencam", "eigengradcam", "attention-rollout",
-           "gradient-rollout", "guided-backprop",
-           "guided-gradcam", "smoothgrad")
+METHODS = (
+    "cam",
+    "gradcam",
+    "gradcam++",
+    "smoothgradcam++",
+    "xgradcam",
+    "layercam",
+    "hirescam",
+    "gradcam-elementwise",
+    "scorecam",
+    "ablationcam",
+    "eigencam",
+    "eigengradcam",
+    "attention-rollout",
+    "gradient-rollout",
+    "guided-backprop",
+    "guided-gradcam",
+    "smoothgrad",
+)
 DEFAULT_METHOD = "gradcam"
 ALIASES = {"gradcampp": "gradcam++", "smoothgradcampp": "smoothgradcam++"}
 EXPORTABLE_METHODS = ("cam", "gradcam", "gradcam++", "xgradcam", "layercam", "hirescam")  # the in-graph formulas
@@ -39,8 +54,21 @@ TARGET_OUTPUT = "onnxcam/target"
 
 # Pictures that preprocess.load_image reads (PNG, JPEG, BMP, GIF, WebP, TIFF, PNM), by file name suffix: the
 # files a folder stands for. A .npy file is a ready input tensor.
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".pbm", ".pgm", ".ppm",
-                  ".pnm", ".pam")
+IMAGE_SUFFIXES = (
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".bmp",
+    ".gif",
+    ".webp",
+    ".tif",
+    ".tiff",
+    ".pbm",
+    ".pgm",
+    ".ppm",
+    ".pnm",
+    ".pam",
+)
 TENSOR_SUFFIX = ".npy"
 PICTURE_FORMATS = ("png", "jpg")  # writer.PICTURE_FORMATS: overlays, grids and saliency pictures
 
@@ -84,8 +112,10 @@ def parse_target(text: str | None, labels: list | None, num_classes: int) -> Tar
     if index is None:
         raise OnnxcamError(f"unknown class name '{text}'; give a class index, an exact name from the labels, or top-K")
     if not index[1] and any(_INTEGER.fullmatch(name) for name in labels):
-        raise OnnxcamError(f"no class is named '{text}', and this model's class names are numbers: give a name "
-                           f"from its labels, or index:{text} for the class index {text}")
+        raise OnnxcamError(
+            f"no class is named '{text}', and this model's class names are numbers: give a name "
+            f"from its labels, or index:{text} for the class index {text}"
+        )
     if not 0 <= int(index[2]) < num_classes:  # before NumPy sees it: 10**20 overflows int64
         raise OnnxcamError(f"target class {index[2]} is out of range; the model has {num_classes} classes")
     return Target(int(index[2]))

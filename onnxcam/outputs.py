@@ -47,8 +47,16 @@ class RunOptions:
     scorecam_channels: int | None = None
 
     def explain_args(self) -> dict:
-        return dict(score=self.score, unit=self.unit, aug_smooth=self.aug_smooth, eigen_smooth=self.eigen_smooth,
-                    samples=self.samples, noise=self.noise, seed=self.seed, scorecam_channels=self.scorecam_channels)
+        return dict(
+            score=self.score,
+            unit=self.unit,
+            aug_smooth=self.aug_smooth,
+            eigen_smooth=self.eigen_smooth,
+            samples=self.samples,
+            noise=self.noise,
+            seed=self.seed,
+            scorecam_channels=self.scorecam_channels,
+        )
 
 
 @dataclass
@@ -80,8 +88,9 @@ class Report:
 class Run:
     """One `onnxcam run`: the same explainer, methods, target and options for every image."""
 
-    def __init__(self, ex, model: str, methods: list, target: names.Target, opts: RunOptions, inputs: list,
-                 started: float):
+    def __init__(
+        self, ex, model: str, methods: list, target: names.Target, opts: RunOptions, inputs: list, started: float
+    ):
         self.ex, self.model, self.methods, self.target, self.opts = ex, model, methods, target, opts
         self.inputs = inputs  # every input of the run: no output may replace one
         self.setup = time.perf_counter() - started
@@ -102,20 +111,34 @@ class Run:
         tensors = [ex.prepare(data) for _, data in loaded]
         x = np.concatenate(tensors)
         # a .npy of N rows is N images, named a[0].npy ... a[N-1].npy (their outputs: a[0].gradcam.png ...)
-        loaded = [(image if len(t) == 1 else "{0}[{2}]{1}".format(*os.path.splitext(image), j), data)
-                  for (image, data), t in zip(loaded, tensors) for j in range(len(t))]
+        loaded = [
+            (image if len(t) == 1 else "{0}[{2}]{1}".format(*os.path.splitext(image), j), data)
+            for (image, data), t in zip(loaded, tensors)
+            for j in range(len(t))
+        ]
         first = ex.explain(x, method=self.methods[0], target=self.target.index, **args)
         ranked = np.argsort(-first.scores, axis=1)
         targets = [first.targets] if self.target.top == 1 else [ranked[:, k] for k in range(self.target.top)]
-        results = [first if (m == self.methods[0] and k == 0) else ex.explain(x, method=m, target=t, **args)
-                   for m in self.methods for k, t in enumerate(targets)]
+        results = [
+            first if (m == self.methods[0] and k == 0) else ex.explain(x, method=m, target=t, **args)
+            for m in self.methods
+            for k, t in enumerate(targets)
+        ]
         units = ex.units(x, target=first.targets, count=self.opts.unit_count)[1] if self.opts.unit_count else None
         seconds = (time.perf_counter() - t0) / len(loaded)
         items = []
         for i, (image, data) in enumerate(loaded):
             rgb = data if data.dtype == np.uint8 else blank_picture(first.maps.shape[1:])
-            items.append(ImageResult(image, rgb, heads.probabilities(first.scores[i:i + 1], self.ex.head)[0], [r.item(i) for r in results],
-                                     units[i] if units else None, seconds))
+            items.append(
+                ImageResult(
+                    image,
+                    rgb,
+                    heads.probabilities(first.scores[i : i + 1], self.ex.head)[0],
+                    [r.item(i) for r in results],
+                    units[i] if units else None,
+                    seconds,
+                )
+            )
         return items, failures
 
     def explain_each(self, images: list) -> tuple:
@@ -141,10 +164,17 @@ class Run:
         ex, opts = self.ex, self.opts
         label = ex.info.label
         probabilities = item.probabilities
-        best = np.argsort(-probabilities)[:opts.top]
+        best = np.argsort(-probabilities)[: opts.top]
         logits = heads.class_score(item.explanations[0].scores[[0] * len(best)], best, "logit", ex.head)
-        report = Report(item.image, [{"class": int(c), "label": label(int(c)), "probability": float(probabilities[c]),
-                                      "logit": float(z)} for c, z in zip(best, logits)], [], None)
+        report = Report(
+            item.image,
+            [
+                {"class": int(c), "label": label(int(c)), "probability": float(probabilities[c]), "logit": float(z)}
+                for c, z in zip(best, logits)
+            ],
+            [],
+            None,
+        )
         one_method, pictures, fmt = len(self.methods) == 1, opts.pictures != "none", opts.pictures
         files, tiles, captions = {}, [], []
         h, w = item.rgb.shape[:2]
@@ -153,9 +183,15 @@ class Run:
             tag = f"{res.method}.c{cls}" if one_method and len(item.explanations) > 1 else res.method
             heat_on_image = cv2.resize(heat, (w, h))  # for the box and the overlay alike
             found = None if flat else postprocess.box(heat_on_image, opts.box_threshold)
-            report.explanations.append({"method": res.method, "target": {"class": cls, "label": label(cls)},
-                                        "gradients": res.gradients, "box": list(found) if found else None,
-                                        "flat": flat})
+            report.explanations.append(
+                {
+                    "method": res.method,
+                    "target": {"class": cls, "label": label(cls)},
+                    "gradients": res.gradients,
+                    "box": list(found) if found else None,
+                    "flat": flat,
+                }
+            )
             if pictures:
                 tiles.append(render.overlay(item.rgb, heat_on_image, box=found))
                 captions.append(f"{res.method}: {label(cls)}")
@@ -170,20 +206,29 @@ class Run:
         if item.units is not None:
             report.units = [{"channel": k, "contribution": c} for k, c, _ in item.units]
             if pictures:
-                unit_tiles = [render.overlay(item.rgb, postprocess.scale_to(m[None], ex.info.size)[0])
-                              for _, _, m in item.units]
+                unit_tiles = [
+                    render.overlay(item.rgb, postprocess.scale_to(m[None], ex.info.size)[0]) for _, _, m in item.units
+                ]
                 unit_captions = [f"unit {k}: {c:+.3f}" for k, c, _ in item.units]
                 files[f"units.{fmt}"] = picture_bytes(render.grid(unit_tiles, unit_captions), fmt)
         report.files = {self._path(item.image, name): data for name, data in files.items()}
         if opts.as_json:
             path = self._path(item.image, f"{self.methods[0] if one_method else 'grid'}.json")
-            report.files[path] = json_bytes({
-                "image": item.image, "model": self.model, "layers": ex.layers, "provider": ex.provider,
-                "preprocess": ex.preset, "score": opts.score, "predictions": report.predictions,
-                "explanations": report.explanations, "units": report.units,
-                "timings_s": {"setup": round(self.setup, 6), "image": round(item.seconds, 6)},
-                "outputs": [*report.files, path],
-            })
+            report.files[path] = json_bytes(
+                {
+                    "image": item.image,
+                    "model": self.model,
+                    "layers": ex.layers,
+                    "provider": ex.provider,
+                    "preprocess": ex.preset,
+                    "score": opts.score,
+                    "predictions": report.predictions,
+                    "explanations": report.explanations,
+                    "units": report.units,
+                    "timings_s": {"setup": round(self.setup, 6), "image": round(item.seconds, 6)},
+                    "outputs": [*report.files, path],
+                }
+            )
         return report
 
     def _path(self, image: str, name: str) -> str:
@@ -228,9 +273,11 @@ def input_paths(items, tensors: bool = True) -> list:
         if not os.path.isdir(item):
             paths.append(item)
             continue
-        found = sorted(os.path.join(item, f) for f in os.listdir(item)
-                       if f.lower().endswith(suffixes) and os.path.isfile(os.path.join(item, f))
-                       and not is_own_output(f))
+        found = sorted(
+            os.path.join(item, f)
+            for f in os.listdir(item)
+            if f.lower().endswith(suffixes) and os.path.isfile(os.path.join(item, f)) and not is_own_output(f)
+        )
         if not found:
             raise ImageError(f"no images in the folder {item} (looked for {', '.join(suffixes)})")
         paths.extend(found)
@@ -284,8 +331,10 @@ def check_distinct_outputs(images: list, out: str | None) -> None:
         folder = os.path.realpath(out or os.path.dirname(image) or ".")
         key = (folder, os.path.splitext(os.path.basename(image))[0])
         if key in seen and os.path.realpath(seen[key]) != os.path.realpath(image):
-            raise OnnxcamError(f"{seen[key]} and {image} would write the same output files in {folder}; "
-                               "rename one, or run them with different --out folders")
+            raise OnnxcamError(
+                f"{seen[key]} and {image} would write the same output files in {folder}; "
+                "rename one, or run them with different --out folders"
+            )
         seen.setdefault(key, image)
 
 

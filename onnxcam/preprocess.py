@@ -31,7 +31,9 @@ class Preset:
 
 
 PRESETS = {
-    "imagenet": Preset((123.675, 116.28, 103.53), (58.395, 57.12, 57.375), False, "torchvision: RGB, /255, ImageNet mean/std"),
+    "imagenet": Preset(
+        (123.675, 116.28, 103.53), (58.395, 57.12, 57.375), False, "torchvision: RGB, /255, ImageNet mean/std"
+    ),
     "inception": Preset((127.5,) * 3, (127.5,) * 3, False, "TF/Keras: RGB, (x - 127.5) / 127.5"),
     "lite": Preset((127.0,) * 3, (128.0,) * 3, False, "EfficientNet-Lite: RGB, (x - 127) / 128"),
     "caffe": Preset((103.939, 116.779, 123.68), (1.0,) * 3, True, "Caffe/Keras-ResNet: BGR, minus ImageNet mean"),
@@ -71,8 +73,10 @@ def _check_file_size(size: int, path: str, max_pixels: int) -> None:
     if size == 0:
         raise ImageError(f"empty image file: {path}")
     if size > max_file_size(max_pixels):
-        raise ImageError(f"{path} is {size} bytes, too large for an image of at most {max_pixels} pixels; "
-                         "raise --max-pixels if it is really one")
+        raise ImageError(
+            f"{path} is {size} bytes, too large for an image of at most {max_pixels} pixels; "
+            "raise --max-pixels if it is really one"
+        )
 
 
 def decode_image(data, path: str = "image", max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
@@ -88,8 +92,10 @@ def decode_image(data, path: str = "image", max_pixels: int = DEFAULT_MAX_PIXELS
         )
     image, log = _decode(data, cv2.IMREAD_COLOR)  # applies EXIF orientation, drops alpha, 16-bit -> 8-bit
     if image is None and "CV_IO_MAX_IMAGE_PIXELS" in log:
-        raise ImageError(f"{path} declares {width}x{height} pixels, more than OpenCV's own limit; set the "
-                         "environment variable OPENCV_IO_MAX_IMAGE_PIXELS higher before starting onnxcam")
+        raise ImageError(
+            f"{path} declares {width}x{height} pixels, more than OpenCV's own limit; set the "
+            "environment variable OPENCV_IO_MAX_IMAGE_PIXELS higher before starting onnxcam"
+        )
     if image is None:
         raise ImageError(f"not a readable image: {path} (a damaged or truncated {kind} file{log})")
     if alpha:
@@ -204,7 +210,7 @@ class _StderrStandIn:
             if self._fd is not None:
                 data = text.encode(getattr(self._original, "encoding", None) or "utf-8", "backslashreplace")
                 while data:
-                    data = data[os.write(self._fd, data):]
+                    data = data[os.write(self._fd, data) :]
                 return len(text)
         return self._original.write(text)
 
@@ -243,8 +249,13 @@ def _composite(data: np.ndarray, color: np.ndarray) -> np.ndarray:
 
 
 _DIHEDRAL = (
-    lambda a: a, lambda a: a[:, ::-1], lambda a: a[::-1], lambda a: a[::-1, ::-1],
-    lambda a: a.swapaxes(0, 1), lambda a: a.swapaxes(0, 1)[:, ::-1], lambda a: a.swapaxes(0, 1)[::-1],
+    lambda a: a,
+    lambda a: a[:, ::-1],
+    lambda a: a[::-1],
+    lambda a: a[::-1, ::-1],
+    lambda a: a.swapaxes(0, 1),
+    lambda a: a.swapaxes(0, 1)[:, ::-1],
+    lambda a: a.swapaxes(0, 1)[::-1],
     lambda a: a.swapaxes(0, 1)[::-1, ::-1],
 )
 
@@ -271,9 +282,16 @@ def image_size(data, path: str = "image") -> tuple:
     return kind, width, height, alpha
 
 
-_OTHER_SIGNATURES = ((b"\x00\x00\x00\x0cjP  ", "JPEG 2000"), (b"\xff\x4f\xff\x51", "JPEG 2000"),
-                     (b"#?RADIANCE", "Radiance HDR"), (b"#?RGBE", "Radiance HDR"), (b"PF", "PFM"),
-                     (b"Pf", "PFM"), (b"\x59\xa6\x6a\x95", "Sun raster"), (b"\x76\x2f\x31\x01", "OpenEXR"))
+_OTHER_SIGNATURES = (
+    (b"\x00\x00\x00\x0cjP  ", "JPEG 2000"),
+    (b"\xff\x4f\xff\x51", "JPEG 2000"),
+    (b"#?RADIANCE", "Radiance HDR"),
+    (b"#?RGBE", "Radiance HDR"),
+    (b"PF", "PFM"),
+    (b"Pf", "PFM"),
+    (b"\x59\xa6\x6a\x95", "Sun raster"),
+    (b"\x76\x2f\x31\x01", "OpenEXR"),
+)
 
 
 def _parse_header(b: memoryview):
@@ -306,7 +324,7 @@ def _png_has_trns(b: bytes) -> bool:
     """Whether a tRNS chunk (palette or colour-key transparency) comes before the image data."""
     pos = 8
     while pos + 8 <= len(b):
-        length, kind = struct.unpack(">I4s", b[pos:pos + 8])
+        length, kind = struct.unpack(">I4s", b[pos : pos + 8])
         if kind in (b"tRNS", b"IDAT", b"IEND"):
             return kind == b"tRNS"
         pos += 12 + length
@@ -325,9 +343,9 @@ def _jpeg_size(b: bytes):
         if marker in (0x01, *range(0xD0, 0xD8)):  # standalone markers
             pos += 2
             continue
-        length = struct.unpack(">H", b[pos + 2:pos + 4])[0]
+        length = struct.unpack(">H", b[pos + 2 : pos + 4])[0]
         if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF):
-            height, width = struct.unpack(">HH", b[pos + 5:pos + 9])
+            height, width = struct.unpack(">HH", b[pos + 5 : pos + 9])
             return "JPEG", width, height, False
         if marker in (0xD9, 0xDA) or length < 2:  # end of image or start of scan before any frame header
             return None
@@ -390,11 +408,11 @@ def _tiff_directory(b, offset: int, order: str, big: bool) -> tuple:
     """({tag: (count, first value or None)}, next directory's offset) of the directory at `offset`."""
     count_fmt, entry, value_at = ("Q", 20, 12) if big else ("H", 12, 8)
     size = struct.calcsize(count_fmt)
-    count = struct.unpack(order + count_fmt, b[offset:offset + size])[0]
+    count = struct.unpack(order + count_fmt, b[offset : offset + size])[0]
     start = offset + size
     tags = {}
     for i in range(min(count, 4096)):
-        e = b[start + i * entry:start + (i + 1) * entry]
+        e = b[start + i * entry : start + (i + 1) * entry]
         tag, kind = struct.unpack(order + "HH", e[:4])
         n = struct.unpack(order + ("Q" if big else "I"), e[4:value_at])[0]
         fmt = {3: "H", 4: "I", 16: "Q"}.get(kind)
@@ -403,10 +421,10 @@ def _tiff_directory(b, offset: int, order: str, big: bool) -> tuple:
             where, at = e, value_at  # the values are in the entry if they fit, else at the offset it holds
             if n * struct.calcsize(fmt) > entry - value_at:
                 where, at = b, struct.unpack(order + ("Q" if big else "I"), e[value_at:entry])[0]
-            value = struct.unpack(order + fmt, where[at:at + struct.calcsize(fmt)])[0]
+            value = struct.unpack(order + fmt, where[at : at + struct.calcsize(fmt)])[0]
         tags[tag] = (n, value)
     end = start + count * entry
-    following = struct.unpack(order + ("Q" if big else "I"), b[end:end + (8 if big else 4)])[0]
+    following = struct.unpack(order + ("Q" if big else "I"), b[end : end + (8 if big else 4)])[0]
     return tags, following
 
 
@@ -417,15 +435,19 @@ def _check_tiff_page(tags: dict) -> None:
     samples = tags.get(277, (1, 1))[1] or 1
     bits = tags.get(258, (1, 8))[1] or 8
     if samples > TIFF_MAX_SAMPLES or bits > TIFF_MAX_BITS:
-        raise _Refused(f"its TIFF header declares {samples} samples of {bits} bits a pixel (onnxcam reads at most "
-                       f"{TIFF_MAX_SAMPLES} of {TIFF_MAX_BITS})")
+        raise _Refused(
+            f"its TIFF header declares {samples} samples of {bits} bits a pixel (onnxcam reads at most "
+            f"{TIFF_MAX_SAMPLES} of {TIFF_MAX_BITS})"
+        )
     planes = samples if tags.get(284, (1, 1))[1] == 2 else 1  # PlanarConfiguration 2: one plane per sample
     if 322 in tags or 323 in tags:
         tile_w, tile_h = tags.get(322, (1, 0))[1] or 0, tags.get(323, (1, 0))[1] or 0
         limit = max(TIFF_MAX_TILE_PIXELS, 4 * width * height)
         if tile_w <= 0 or tile_h <= 0 or tile_w * tile_h > limit:
-            raise _Refused(f"its TIFF header declares {tile_w}x{tile_h} pixel tiles for a {width}x{height} image "
-                           f"(at most {limit} pixels a tile)")
+            raise _Refused(
+                f"its TIFF header declares {tile_w}x{tile_h} pixel tiles for a {width}x{height} image "
+                f"(at most {limit} pixels a tile)"
+            )
         blocks = -(-width // tile_w) * -(-height // tile_h) * planes
         counted = (324, 325)
     else:
@@ -434,8 +456,9 @@ def _check_tiff_page(tags: dict) -> None:
         counted = (273, 279)
     for tag in counted:
         if tags.get(tag, (0, None))[0] > blocks:
-            raise _Refused(f"its TIFF header lists {tags[tag][0]} data blocks where a {width}x{height} image has "
-                           f"{blocks}")
+            raise _Refused(
+                f"its TIFF header lists {tags[tag][0]} data blocks where a {width}x{height} image has {blocks}"
+            )
 
 
 def _pnm_size(b: bytes):
@@ -485,15 +508,19 @@ def to_tensor(images: list, size: tuple, layout: str, channels: int, preset: str
     dtype = np.dtype(dtype)
     integer = dtype in INTEGER_INPUTS
     if dtype.kind != "f" and not integer:
-        raise OnnxcamError(f"the model's image input is {dtype}; onnxcam feeds images to float, uint8 (pixels "
-                           "0..255) or int8 (pixel - 128) inputs only; pass a ready input tensor instead")
+        raise OnnxcamError(
+            f"the model's image input is {dtype}; onnxcam feeds images to float, uint8 (pixels "
+            "0..255) or int8 (pixel - 128) inputs only; pass a ready input tensor instead"
+        )
     p = PRESETS[preset]
     h, w = size
     batch = []
     for rgb in images:
         interpolation = cv2.INTER_AREA if rgb.shape[0] > h or rgb.shape[1] > w else cv2.INTER_LINEAR
         x = cv2.resize(rgb, (w, h), interpolation=interpolation).astype(np.float32)
-        mean, std = (np.float32(-INTEGER_INPUTS[dtype]), np.float32(1)) if integer else (np.float32(p.mean), np.float32(p.std))
+        mean, std = (
+            (np.float32(-INTEGER_INPUTS[dtype]), np.float32(1)) if integer else (np.float32(p.mean), np.float32(p.std))
+        )
         if p.bgr:
             x = x[..., ::-1]
         if channels == 1:

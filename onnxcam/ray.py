@@ -43,28 +43,31 @@ from onnxcam.runtime import CPU, CUDA, PROVIDER_OPTIONS, cuda_available
 TABLE = "results.parquet"  # the name of run_folder's table in the output folder
 MAP_TYPES = ("float32", "float16", "uint8")  # uint8: round(map * 255)
 
-_PREDICTION = pa.struct([("class", pa.int64()), ("label", pa.string()), ("probability", pa.float64()),
-                         ("logit", pa.float64())])
+_PREDICTION = pa.struct(
+    [("class", pa.int64()), ("label", pa.string()), ("probability", pa.float64()), ("logit", pa.float64())]
+)
 # One row per image and explanation (method, and class with top-K): the fields of `onnxcam run --json`'s record
 # (outputs.Run.report). An image that failed has its path, method and error, and nulls elsewhere.
-SCHEMA = pa.schema([
-    ("path", pa.string()),
-    ("error", pa.string()),
-    ("model", pa.string()),
-    ("layers", pa.list_(pa.string())),
-    ("provider", pa.string()),
-    ("preprocess", pa.string()),
-    ("score", pa.string()),
-    ("predictions", pa.list_(_PREDICTION)),
-    ("method", pa.string()),
-    ("target", pa.struct([("class", pa.int64()), ("label", pa.string())])),
-    ("gradients", pa.string()),
-    ("box", pa.list_(pa.int64(), 4)),  # x0, y0, x1, y1, inclusive, in image pixels; null for a flat map
-    ("flat", pa.bool_()),
-    ("units", pa.list_(pa.struct([("channel", pa.int64()), ("contribution", pa.float64())]))),
-    ("outputs", pa.list_(pa.string())),
-    ("timings_s", pa.struct([("setup", pa.float64()), ("image", pa.float64())])),
-])
+SCHEMA = pa.schema(
+    [
+        ("path", pa.string()),
+        ("error", pa.string()),
+        ("model", pa.string()),
+        ("layers", pa.list_(pa.string())),
+        ("provider", pa.string()),
+        ("preprocess", pa.string()),
+        ("score", pa.string()),
+        ("predictions", pa.list_(_PREDICTION)),
+        ("method", pa.string()),
+        ("target", pa.struct([("class", pa.int64()), ("label", pa.string())])),
+        ("gradients", pa.string()),
+        ("box", pa.list_(pa.int64(), 4)),  # x0, y0, x1, y1, inclusive, in image pixels; null for a flat map
+        ("flat", pa.bool_()),
+        ("units", pa.list_(pa.struct([("channel", pa.int64()), ("contribution", pa.float64())]))),
+        ("outputs", pa.list_(pa.string())),
+        ("timings_s", pa.struct([("setup", pa.float64()), ("image", pa.float64())])),
+    ]
+)
 
 
 @dataclass(frozen=True)
@@ -86,9 +89,17 @@ class Settings:
             raise OnnxcamError("pictures, .npy maps and JSON files need an output folder (RunOptions.out)")
 
 
-def explain_dataset(ds: ray.data.Dataset, model: str, settings: Settings = Settings(), *,
-                    explainer: dict | None = None, batch_size: int = 16, actors: int | tuple = 1,
-                    num_cpus: float = 1, num_gpus: float = 0) -> ray.data.Dataset:
+def explain_dataset(
+    ds: ray.data.Dataset,
+    model: str,
+    settings: Settings = Settings(),
+    *,
+    explainer: dict | None = None,
+    batch_size: int = 16,
+    actors: int | tuple = 1,
+    num_cpus: float = 1,
+    num_gpus: float = 0,
+) -> ray.data.Dataset:
     """A dataset of result rows (SCHEMA, plus a `map` column when settings.maps: [H, W] at the model's input
     size, zeros where the row has an error) for a dataset of images.
 
@@ -101,11 +112,20 @@ def explain_dataset(ds: ray.data.Dataset, model: str, settings: Settings = Setti
     settings.check()
     if "path" not in ds.columns():
         raise OnnxcamError(f"the dataset needs a 'path' column (it has {', '.join(ds.columns())})")
-    pool = ray.data.ActorPoolStrategy(min_size=actors[0], max_size=actors[1]) if isinstance(actors, tuple) \
+    pool = (
+        ray.data.ActorPoolStrategy(min_size=actors[0], max_size=actors[1])
+        if isinstance(actors, tuple)
         else ray.data.ActorPoolStrategy(size=actors)
-    return ds.map_batches(_Worker, fn_constructor_args=(model, settings, explainer or {}, num_gpus),
-                          batch_size=batch_size, batch_format="numpy", compute=pool, num_cpus=num_cpus,
-                          num_gpus=num_gpus or None)
+    )
+    return ds.map_batches(
+        _Worker,
+        fn_constructor_args=(model, settings, explainer or {}, num_gpus),
+        batch_size=batch_size,
+        batch_format="numpy",
+        compute=pool,
+        num_cpus=num_cpus,
+        num_gpus=num_gpus or None,
+    )
 
 
 class _Worker:
@@ -113,8 +133,9 @@ class _Worker:
 
     def __init__(self, model: str, settings: Settings, explainer: dict, num_gpus: float):
         started = time.perf_counter()
-        ex = Explainer(model, providers=_providers(num_gpus), labels=settings.labels and list(settings.labels),
-                       **explainer)
+        ex = Explainer(
+            model, providers=_providers(num_gpus), labels=settings.labels and list(settings.labels), **explainer
+        )
         self.run = _BatchRun(ex, model, list(settings.methods), settings.target, settings.options, [], started)
         self.settings = settings
         self.fs = _filesystem(settings.options.out)
@@ -139,12 +160,23 @@ class _Worker:
             written, error = self._write(report.files), None
         except OnnxcamError as exc:
             return self._failed(item.image, exc)
-        shared = {"path": item.image, "error": error, "model": run.model, "layers": list(run.ex.layers),
-                  "provider": run.ex.provider, "preprocess": run.ex.preset, "score": run.opts.score,
-                  "predictions": report.predictions, "units": report.units, "outputs": written,
-                  "timings_s": {"setup": run.setup, "image": item.seconds}}
-        return [{**shared, **entry, "map": _quantize(res.maps[0], self.settings.maps)}
-                for entry, res in zip(report.explanations, item.explanations)]
+        shared = {
+            "path": item.image,
+            "error": error,
+            "model": run.model,
+            "layers": list(run.ex.layers),
+            "provider": run.ex.provider,
+            "preprocess": run.ex.preset,
+            "score": run.opts.score,
+            "predictions": report.predictions,
+            "units": report.units,
+            "outputs": written,
+            "timings_s": {"setup": run.setup, "image": item.seconds},
+        }
+        return [
+            {**shared, **entry, "map": _quantize(res.maps[0], self.settings.maps)}
+            for entry, res in zip(report.explanations, item.explanations)
+        ]
 
     def _write(self, files: dict) -> list:
         """Write {path: bytes}, all or none; returns the paths."""
@@ -165,8 +197,9 @@ class _Worker:
         table = pa.Table.from_pylist([{k: v for k, v in row.items() if k != "map"} for row in rows], SCHEMA)
         if self.settings.maps is None:
             return table
-        return table.append_column("map", _tensor_column([row.get("map") for row in rows], self.run.ex.info.size,
-                                                         self.settings.maps))
+        return table.append_column(
+            "map", _tensor_column([row.get("map") for row in rows], self.run.ex.info.size, self.settings.maps)
+        )
 
 
 class _BatchRun(outputs.Run):
@@ -187,8 +220,9 @@ class _BatchRun(outputs.Run):
             return rgb
         if names.is_tensor_file(image):
             if "bytes" in batch or _is_uri(image):
-                raise ImageError(f"{image}: .npy input tensors are read from local paths only; "
-                                 "give a 'tensor' column instead")
+                raise ImageError(
+                    f"{image}: .npy input tensors are read from local paths only; give a 'tensor' column instead"
+                )
             return _one_tensor(load_tensor(image), image)
         if "bytes" in batch:
             return decode_image(batch["bytes"][i], image, max_pixels)
@@ -197,9 +231,18 @@ class _BatchRun(outputs.Run):
         return load_image(image, max_pixels)
 
 
-def run_folder(model: str, images: list, settings: Settings, *, address: str | None = None,
-               explainer: dict | None = None, batch_size: int = 16, actors: int | None = None,
-               num_gpus: float = 0, progress=None) -> tuple:
+def run_folder(
+    model: str,
+    images: list,
+    settings: Settings,
+    *,
+    address: str | None = None,
+    explainer: dict | None = None,
+    batch_size: int = 16,
+    actors: int | None = None,
+    num_gpus: float = 0,
+    progress=None,
+) -> tuple:
     """`onnxcam run MODEL DIR --ray`: explain `images` (paths every node reads, or URIs) on the cluster at
     `address` (None: a local one started here, or $RAY_ADDRESS) and write OUT/results.parquet (OUT:
     settings.options.out) whole, or nothing. actors: default one per CPU (per GPU with num_gpus) of the
@@ -224,8 +267,15 @@ def run_folder(model: str, images: list, settings: Settings, *, address: str | N
             actors = max(1, int(resources.get("GPU", 0) / num_gpus) if num_gpus else int(resources.get("CPU", 1)))
         blocks = max(1, -(-len(images) // batch_size))
         ds = ray.data.from_items([{"path": p} for p in images], override_num_blocks=blocks)
-        results = explain_dataset(ds, model, settings, explainer=explainer, batch_size=batch_size,
-                                  actors=min(actors, blocks), num_gpus=num_gpus)
+        results = explain_dataset(
+            ds,
+            model,
+            settings,
+            explainer=explainer,
+            batch_size=batch_size,
+            actors=min(actors, blocks),
+            num_gpus=num_gpus,
+        )
         return write_table(results, _join(out, TABLE), progress)
     finally:
         if started:
@@ -241,8 +291,11 @@ def write_table(results: ray.data.Dataset, path: str, progress=None) -> tuple:
     try:
         for table in results.iter_batches(batch_format="pyarrow", batch_size=None):
             if writer is None:
-                writer = pq.ParquetWriter(tmp, table.schema) if fs is None else \
-                    pq.ParquetWriter(_uri_path(path), table.schema, filesystem=fs[0])
+                writer = (
+                    pq.ParquetWriter(tmp, table.schema)
+                    if fs is None
+                    else pq.ParquetWriter(_uri_path(path), table.schema, filesystem=fs[0])
+                )
             writer.write_table(table)
             failed = table.filter(pc.is_valid(table["error"])).select(["path", "error"]).to_pylist()
             failures += list(dict.fromkeys((r["path"], r["error"]) for r in failed))
@@ -273,8 +326,10 @@ def _refuse_overwriting(images: list, out: str) -> None:
         real = _real(image)
         parts = os.path.basename(real).split(".")
         if os.path.dirname(real) == folder and any(".".join(parts[:k]) in stems for k in range(1, len(parts) - 1)):
-            raise OutputError(f"{image} lies in the output folder and is named like an output of another input, "
-                              "which could replace it; choose another output folder")
+            raise OutputError(
+                f"{image} lies in the output folder and is named like an output of another input, "
+                "which could replace it; choose another output folder"
+            )
 
 
 def _quiet_init(address: str | None):
@@ -307,8 +362,11 @@ def list_images(uri: str) -> list:
     if info.type == pyarrow.fs.FileType.File:
         return [uri]
     base = uri.rstrip("/")
-    found = sorted(f"{base}/{f.base_name}" for f in fs.get_file_info(pyarrow.fs.FileSelector(root))
-                   if f.type == pyarrow.fs.FileType.File and f.base_name.lower().endswith(suffixes))
+    found = sorted(
+        f"{base}/{f.base_name}"
+        for f in fs.get_file_info(pyarrow.fs.FileSelector(root))
+        if f.type == pyarrow.fs.FileType.File and f.base_name.lower().endswith(suffixes)
+    )
     if not found:
         raise ImageError(f"no images in {uri} (looked for {', '.join(suffixes)})")
     return found
@@ -332,8 +390,13 @@ def _gpu_memory() -> int | None:
     """Bytes of memory of this actor's GPU, from nvidia-smi; None where it cannot tell."""
     ids = ray.get_gpu_ids()
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits",
-                              "-i", str(ids[0])], capture_output=True, text=True, timeout=10, check=True).stdout
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits", "-i", str(ids[0])],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout
         return int(out.split()[0]) << 20
     except (OSError, subprocess.SubprocessError, ValueError, IndexError):
         return None

@@ -62,12 +62,20 @@ def write_report(folder: str) -> Written:
     """Write FOLDER/report.html over the folder's JSON records (atomically); say what it holds."""
     found = scan(folder)
     if not (found.items or found.evaluation or found.sanity):
-        raise OnnxcamError(f"nothing to report in {folder}: no JSON written by `onnxcam run --json`, `eval` or "
-                           "`sanity`" + (f" ({len(found.notices)} other JSON files)" if found.notices else ""))
+        raise OnnxcamError(
+            f"nothing to report in {folder}: no JSON written by `onnxcam run --json`, `eval` or "
+            "`sanity`" + (f" ({len(found.notices)} other JSON files)" if found.notices else "")
+        )
     path = os.path.join(folder, REPORT_NAME)
     write_files({path: page(found).encode("utf-8")})
-    return Written(path, len(found.items), sum(bool(i["problems"]) for i in found.items), len(found.notices),
-                   found.evaluation is not None, len(found.sanity))
+    return Written(
+        path,
+        len(found.items),
+        sum(bool(i["problems"]) for i in found.items),
+        len(found.notices),
+        found.evaluation is not None,
+        len(found.sanity),
+    )
 
 
 def scan(folder: str) -> Folder:
@@ -117,10 +125,29 @@ def _failed(name, why) -> dict:
 
 
 def _item(**fields) -> dict:
-    item = {"name": "", "image": None, "json": "", "picture": None, "predictions": [], "confidence": None,
-            "top": None, "explanations": [], "methods": [], "flat": False, "layers": [], "model": None,
-            "provider": None, "preprocess": None, "score": None, "timings": {}, "pictures": [], "units": [],
-            "eval": None, "problems": [], "urls": {}}
+    item = {
+        "name": "",
+        "image": None,
+        "json": "",
+        "picture": None,
+        "predictions": [],
+        "confidence": None,
+        "top": None,
+        "explanations": [],
+        "methods": [],
+        "flat": False,
+        "layers": [],
+        "model": None,
+        "provider": None,
+        "preprocess": None,
+        "score": None,
+        "timings": {},
+        "pictures": [],
+        "units": [],
+        "eval": None,
+        "problems": [],
+        "urls": {},
+    }
     item.update(fields)
     return item
 
@@ -133,8 +160,13 @@ def run_item(folder: str, name: str, record: dict, files: set) -> dict:
     predictions = []
     for p in _list(record.get("predictions"), "predictions", problems):
         if isinstance(p, dict) and _int(p.get("class")) is not None and _number(p.get("probability")) is not None:
-            predictions.append({"class": _int(p["class"]), "label": _text(p.get("label")) or f"class {p['class']}",
-                                "probability": _number(p["probability"])})
+            predictions.append(
+                {
+                    "class": _int(p["class"]),
+                    "label": _text(p.get("label")) or f"class {p['class']}",
+                    "probability": _number(p["probability"]),
+                }
+            )
         else:
             problems.append("a prediction without a class index and a probability")
     if not predictions:
@@ -155,17 +187,29 @@ def run_item(folder: str, name: str, record: dict, files: set) -> dict:
     units = record.get("units") if isinstance(record.get("units"), list) else []
     layers = record.get("layers") if isinstance(record.get("layers"), list) else []
     return _item(
-        name=os.path.basename(image) if image else name, image=image, json=name, picture=grid or first,
-        predictions=predictions[:5], confidence=predictions[0]["probability"] if predictions else None,
-        top=_class_name(predictions[0]) if predictions else None, explanations=explanations,
-        methods=list(dict.fromkeys(e["method"] for e in explanations)), flat=any(e["flat"] for e in explanations),
+        name=os.path.basename(image) if image else name,
+        image=image,
+        json=name,
+        picture=grid or first,
+        predictions=predictions[:5],
+        confidence=predictions[0]["probability"] if predictions else None,
+        top=_class_name(predictions[0]) if predictions else None,
+        explanations=explanations,
+        methods=list(dict.fromkeys(e["method"] for e in explanations)),
+        flat=any(e["flat"] for e in explanations),
         layers=[t for t in layers if isinstance(t, str)],
-        model=_text(record.get("model")), provider=_text(record.get("provider")),
-        preprocess=_text(record.get("preprocess")), score=_text(record.get("score")),
+        model=_text(record.get("model")),
+        provider=_text(record.get("provider")),
+        preprocess=_text(record.get("preprocess")),
+        score=_text(record.get("score")),
         timings={k: _number(v) for k, v in timings.items() if _number(v) is not None},
-        units=[{"channel": _int(u.get("channel")), "contribution": _number(u.get("contribution"))}
-               for u in units if isinstance(u, dict)],
-        pictures=others, urls={n: url(n) for n in [grid, first, *others] + [e["picture"] for e in explanations] if n},
+        units=[
+            {"channel": _int(u.get("channel")), "contribution": _number(u.get("contribution"))}
+            for u in units
+            if isinstance(u, dict)
+        ],
+        pictures=others,
+        urls={n: url(n) for n in [grid, first, *others] + [e["picture"] for e in explanations] if n},
         problems=[f"{name}: {p}" for p in dict.fromkeys(problems)],
     )
 
@@ -173,8 +217,16 @@ def run_item(folder: str, name: str, record: dict, files: set) -> dict:
 def _explanation(folder, stem, e, outputs, files, problems) -> dict:
     if not isinstance(e, dict):
         problems.append("an explanation that is not an object")
-        return {"method": "?", "class": None, "label": None, "box": None, "flat": False, "gradients": None,
-                "picture": None, "map": None}
+        return {
+            "method": "?",
+            "class": None,
+            "label": None,
+            "box": None,
+            "flat": False,
+            "gradients": None,
+            "picture": None,
+            "map": None,
+        }
     method = _text(e.get("method")) or "?"
     target = e.get("target") if isinstance(e.get("target"), dict) else {}
     cls = _int(target.get("class"))
@@ -182,10 +234,21 @@ def _explanation(folder, stem, e, outputs, files, problems) -> dict:
     picture = next((f"{stem}.{t}{x}" for t in tags for x in PICTURE_EXTENSIONS if f"{stem}.{t}{x}" in outputs), None)
     npy = next((f"{stem}.{t}.npy" for t in tags if f"{stem}.{t}.npy" in outputs and f"{stem}.{t}.npy" in files), None)
     box = e.get("box")
-    box = [int(v) for v in box] if isinstance(box, list) and len(box) == 4 and all(
-        _int(v) is not None for v in box) else None
-    out = {"method": method, "class": cls, "label": _text(target.get("label")), "box": box,
-           "flat": e.get("flat") is True, "gradients": _text(e.get("gradients")), "picture": picture, "map": None}
+    box = (
+        [int(v) for v in box]
+        if isinstance(box, list) and len(box) == 4 and all(_int(v) is not None for v in box)
+        else None
+    )
+    out = {
+        "method": method,
+        "class": cls,
+        "label": _text(target.get("label")),
+        "box": box,
+        "flat": e.get("flat") is True,
+        "gradients": _text(e.get("gradients")),
+        "picture": picture,
+        "map": None,
+    }
     if npy:
         try:
             out["map"] = embedded_map(os.path.join(folder, npy))
@@ -242,17 +305,23 @@ def _add_eval(found, data, error, files):
     if error or not isinstance(summary, dict):
         found.notices.append(f"eval.json: {error or 'no summary: not written by onnxcam eval'} (table left out)")
         return
-    rows = {m: {k: v for k, v in s.items() if _number(v) is not None or v is None}
-            for m, s in summary.items() if isinstance(m, str) and isinstance(s, dict)}
-    found.evaluation = {"summary": rows, "data": data, "curves": "eval.curves.png" if "eval.curves.png" in files
-                        else None}
+    rows = {
+        m: {k: v for k, v in s.items() if _number(v) is not None or v is None}
+        for m, s in summary.items()
+        if isinstance(m, str) and isinstance(s, dict)
+    }
+    found.evaluation = {
+        "summary": rows,
+        "data": data,
+        "curves": "eval.curves.png" if "eval.curves.png" in files else None,
+    }
 
 
 def _attach_eval_rows(found):
     """eval's per-image values on the card of the same image (by path as given, else by file name)."""
     images = found.evaluation["data"].get("images")
     by_path, by_name = {}, {}
-    for method, rows in (images.items() if isinstance(images, dict) else ()):
+    for method, rows in images.items() if isinstance(images, dict) else ():
         for row in rows if isinstance(rows, list) else ():
             if isinstance(row, dict) and isinstance(row.get("image"), str):
                 values = {k: v for k, v in row.items() if _number(v) is not None and k not in ("target",)}
@@ -268,22 +337,35 @@ def _add_sanity(found, name, data, error, files):
     if error or not isinstance(methods, dict):
         found.notices.append(f"{name}: {error or 'no methods: not written by onnxcam sanity'} (left out)")
         return
-    stem = name[:-len(".sanity.json")]
+    stem = name[: -len(".sanity.json")]
     rows = {}
     for method, r in methods.items():
         if isinstance(r, dict) and isinstance(r.get("spearman"), list):
-            rows[str(method)] = {"spearman": [_number(c) for c in r["spearman"]],
-                                 "verdict": _text(r.get("verdict")) or "", "passed": r.get("passed") is True}
-    found.sanity.append({
-        "name": name, "image": _text(data.get("image")) or stem, "label": _text(data.get("label")),
-        "class": _int(data.get("class")), "methods": rows,
-        "steps": [len(s["nodes"]) if isinstance(s, dict) and isinstance(s.get("nodes"), list) else None
-                  for s in data.get("steps") or []] if isinstance(data.get("steps"), list) else [],
-        "pictures": [p for p in (f"{stem}.sanity.png", f"{stem}.sanity.maps.png") if p in files],
-    })
+            rows[str(method)] = {
+                "spearman": [_number(c) for c in r["spearman"]],
+                "verdict": _text(r.get("verdict")) or "",
+                "passed": r.get("passed") is True,
+            }
+    found.sanity.append(
+        {
+            "name": name,
+            "image": _text(data.get("image")) or stem,
+            "label": _text(data.get("label")),
+            "class": _int(data.get("class")),
+            "methods": rows,
+            "steps": [
+                len(s["nodes"]) if isinstance(s, dict) and isinstance(s.get("nodes"), list) else None
+                for s in data.get("steps") or []
+            ]
+            if isinstance(data.get("steps"), list)
+            else [],
+            "pictures": [p for p in (f"{stem}.sanity.png", f"{stem}.sanity.maps.png") if p in files],
+        }
+    )
 
 
 # -- the page ---------------------------------------------------------------------------------------------------
+
 
 def page(found: Folder) -> str:
     """The whole report as one HTML string."""
@@ -308,18 +390,22 @@ def page(found: Folder) -> str:
     with open(os.path.join(ASSETS, "report.js"), encoding="utf-8") as f:
         js = f.read()
     parts = [
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n",
-        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n",
-        "<meta name=\"color-scheme\" content=\"light dark\">\n",
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n',
+        '<meta name="color-scheme" content="light dark">\n',
         # the page may show pictures of its folder and run its own inline code; nothing else, nothing fetched
         "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; img-src 'self' data: file:; "
         "style-src 'unsafe-inline'; script-src 'unsafe-inline'\">\n",
         f"<title>{_h(title)}</title>\n<style>\n{css}</style>\n</head>\n<body>\n",
-        f"<header><h1>{_h(title)}</h1><p class=\"meta\">{_h(summary)}</p>{_toc(found)}</header>\n<main>\n",
-        _notices(found), _gallery(found), _eval_section(found.evaluation), _sanity_section(found.sanity),
-        "</main>\n", DETAIL,
-        f"<script type=\"application/json\" id=\"data\">{script_json({'items': items})}</script>\n",
-        f"<script type=\"application/json\" id=\"maps\">{script_json(maps)}</script>\n",
+        f'<header><h1>{_h(title)}</h1><p class="meta">{_h(summary)}</p>{_toc(found)}</header>\n<main>\n',
+        _notices(found),
+        _gallery(found),
+        _eval_section(found.evaluation),
+        _sanity_section(found.sanity),
+        "</main>\n",
+        DETAIL,
+        f'<script type="application/json" id="data">{script_json({"items": items})}</script>\n',
+        f'<script type="application/json" id="maps">{script_json(maps)}</script>\n',
         f"<script>\n{js}</script>\n</body>\n</html>\n",
     ]
     return "".join(parts)
@@ -368,15 +454,21 @@ def _toc(found) -> str:
     links += [("notices", "Notices")] if found.notices else []
     if len(links) < 2:
         return ""
-    return ("<nav aria-label=\"Sections\"><ul class=\"toc\">"
-            + "".join(f"<li><a href=\"#{i}\">{t}</a></li>" for i, t in links) + "</ul></nav>")
+    return (
+        '<nav aria-label="Sections"><ul class="toc">'
+        + "".join(f'<li><a href="#{i}">{t}</a></li>' for i, t in links)
+        + "</ul></nav>"
+    )
 
 
 def _notices(found) -> str:
     if not found.notices:
         return ""
-    return ("<section id=\"notices\" aria-labelledby=\"notices-h\"><h2 id=\"notices-h\">Notices</h2><ul>"
-            + "".join(f"<li>{_h(n)}</li>" for n in found.notices) + "</ul></section>\n")
+    return (
+        '<section id="notices" aria-labelledby="notices-h"><h2 id="notices-h">Notices</h2><ul>'
+        + "".join(f"<li>{_h(n)}</li>" for n in found.notices)
+        + "</ul></section>\n"
+    )
 
 
 def _gallery(found) -> str:
@@ -422,10 +514,17 @@ DETAIL = """<dialog id="detail" aria-labelledby="detail-title">
 """
 
 EVAL_HEADINGS = {  # eval.json summary keys the table shows first, with their headings; others follow as named
-    "images": "images", "images_with_boxes": "with boxes", "localization": "loc. acc %",
-    "pointing_game": "pointing %", "energy_in_box": "energy %",
-    "average_drop": "avg drop %", "increase_in_confidence": "incr conf %", "deletion_auc": "deletion AUC",
-    "insertion_auc": "insertion AUC", "flat_maps": "flat maps", "seconds_per_image": "s / image",
+    "images": "images",
+    "images_with_boxes": "with boxes",
+    "localization": "loc. acc %",
+    "pointing_game": "pointing %",
+    "energy_in_box": "energy %",
+    "average_drop": "avg drop %",
+    "increase_in_confidence": "incr conf %",
+    "deletion_auc": "deletion AUC",
+    "insertion_auc": "insertion AUC",
+    "flat_maps": "flat maps",
+    "seconds_per_image": "s / image",
 }
 
 
@@ -435,19 +534,25 @@ def _eval_section(evaluation) -> str:
     summary = evaluation["summary"]
     keys = [k for k in EVAL_HEADINGS if any(k in s for s in summary.values())]
     keys += list(dict.fromkeys(k for s in summary.values() for k in s if k not in EVAL_HEADINGS))
-    head = "".join(f"<th scope=\"col\" class=\"n\">{_h(EVAL_HEADINGS.get(k, k))}</th>" for k in keys)
-    body = "".join(f"<tr><th scope=\"row\">{_h(m)}</th>"
-                   + "".join(f"<td class=\"n\">{_cell(s.get(k))}</td>" for k in keys) + "</tr>"
-                   for m, s in summary.items())
+    head = "".join(f'<th scope="col" class="n">{_h(EVAL_HEADINGS.get(k, k))}</th>' for k in keys)
+    body = "".join(
+        f'<tr><th scope="row">{_h(m)}</th>' + "".join(f'<td class="n">{_cell(s.get(k))}</td>' for k in keys) + "</tr>"
+        for m, s in summary.items()
+    )
     data = evaluation["data"]
     meta = " · ".join(_h(f"{k} {data[k]}") for k in ("model", "provider", "preprocess") if _text(data.get(k)))
-    curves = (f"<figure><img src=\"{_src(evaluation['curves'])}\" alt=\"Mean deletion and insertion curves of each "
-              f"method\" loading=\"lazy\"><figcaption>Deletion (lower is better) and insertion (higher is better) "
-              f"curves, averaged over the images</figcaption></figure>" if evaluation["curves"] else
-              "<p class=\"problem\">eval.curves.png is missing</p>")
-    return (f"<section id=\"evaluation\" aria-labelledby=\"eval-h\"><h2 id=\"eval-h\">Evaluation</h2>"
-            f"<p class=\"meta\">{meta}</p><div class=\"scroll\"><table><thead><tr><th scope=\"col\">method</th>"
-            f"{head}</tr></thead><tbody>{body}</tbody></table></div>{curves}</section>\n")
+    curves = (
+        f'<figure><img src="{_src(evaluation["curves"])}" alt="Mean deletion and insertion curves of each '
+        f'method" loading="lazy"><figcaption>Deletion (lower is better) and insertion (higher is better) '
+        f"curves, averaged over the images</figcaption></figure>"
+        if evaluation["curves"]
+        else '<p class="problem">eval.curves.png is missing</p>'
+    )
+    return (
+        f'<section id="evaluation" aria-labelledby="eval-h"><h2 id="eval-h">Evaluation</h2>'
+        f'<p class="meta">{meta}</p><div class="scroll"><table><thead><tr><th scope="col">method</th>'
+        f"{head}</tr></thead><tbody>{body}</tbody></table></div>{curves}</section>\n"
+    )
 
 
 def _cell(value) -> str:
@@ -461,29 +566,39 @@ def _cell(value) -> str:
 def _sanity_section(runs) -> str:
     if not runs:
         return ""
-    out = ["<section id=\"sanity\" aria-labelledby=\"sanity-h\"><h2 id=\"sanity-h\">Sanity: model randomization</h2>"]
+    out = ['<section id="sanity" aria-labelledby="sanity-h"><h2 id="sanity-h">Sanity: model randomization</h2>']
     for r in runs:
         methods = list(r["methods"])
         steps = max([len(m["spearman"]) for m in r["methods"].values()] + [0])
         target = f" · class {r['class']} {r['label'] or ''}" if r["class"] is not None else ""
-        out.append(f"<article><h3>{_h(r['image'])}{_h(target)}</h3><ul>"
-                   + "".join(f"<li class=\"{'pass' if m['passed'] else 'problem'}\">"
-                             f"{_h(m['verdict'] or n + (': passes' if m['passed'] else ': fails'))}</li>"
-                             for n, m in r["methods"].items()) + "</ul>")
-        head = "".join(f"<th scope=\"col\" class=\"n\">{_h(m)}</th>" for m in methods)
+        out.append(
+            f"<article><h3>{_h(r['image'])}{_h(target)}</h3><ul>"
+            + "".join(
+                f'<li class="{"pass" if m["passed"] else "problem"}">'
+                f"{_h(m['verdict'] or n + (': passes' if m['passed'] else ': fails'))}</li>"
+                for n, m in r["methods"].items()
+            )
+            + "</ul>"
+        )
+        head = "".join(f'<th scope="col" class="n">{_h(m)}</th>' for m in methods)
         rows = []
         for k in range(steps):
             nodes = r["steps"][k - 1] if 0 < k <= len(r["steps"]) else None
             what = "trained model" if k == 0 else f"+ {nodes} layer{'s' * (nodes != 1)}" if nodes is not None else ""
-            cells = "".join(f"<td class=\"n\">{_corr(r['methods'][m]['spearman'], k)}</td>" for m in methods)
-            rows.append(f"<tr><th scope=\"row\" class=\"n\">{k}</th><td>{_h(what)}</td>{cells}</tr>")
-        out.append(f"<div class=\"scroll\"><table><caption>Spearman rank correlation with the trained model's map, "
-                   f"re-initializing from the logits down</caption><thead><tr><th scope=\"col\">step</th>"
-                   f"<th scope=\"col\">re-initialized</th>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
-                   "</div>")
-        out += [f"<figure><img src=\"{_src(p)}\" alt=\"{_h(p)}: "
-                f"{'correlation curves' if p.endswith('.sanity.png') else 'maps at each step'}\" loading=\"lazy\">"
-                f"</figure>" for p in r["pictures"]]
+            cells = "".join(f'<td class="n">{_corr(r["methods"][m]["spearman"], k)}</td>' for m in methods)
+            rows.append(f'<tr><th scope="row" class="n">{k}</th><td>{_h(what)}</td>{cells}</tr>')
+        out.append(
+            f'<div class="scroll"><table><caption>Spearman rank correlation with the trained model\'s map, '
+            f're-initializing from the logits down</caption><thead><tr><th scope="col">step</th>'
+            f'<th scope="col">re-initialized</th>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+            "</div>"
+        )
+        out += [
+            f'<figure><img src="{_src(p)}" alt="{_h(p)}: '
+            f'{"correlation curves" if p.endswith(".sanity.png") else "maps at each step"}" loading="lazy">'
+            f"</figure>"
+            for p in r["pictures"]
+        ]
         out.append("</article>")
     out.append("</section>\n")
     return "".join(out)
@@ -495,6 +610,7 @@ def _corr(values, k) -> str:
 
 
 # -- notebooks --------------------------------------------------------------------------------------------------
+
 
 def explanation_html(res, images=None, labels=None, head=None) -> str:
     """An Explanation as HTML for Jupyter: per image, the map (over `images`, RGB uint8 arrays, when given),
@@ -517,23 +633,31 @@ def explanation_html(res, images=None, labels=None, head=None) -> str:
             picture = render.overlay(np.zeros((*heat.shape, 3), np.uint8), heat, alpha=1.0)
         scale = 224 / max(picture.shape[:2])
         if scale < 1:
-            picture = cv2.resize(picture, (round(picture.shape[1] * scale), round(picture.shape[0] * scale)),
-                                 interpolation=cv2.INTER_AREA)
+            picture = cv2.resize(
+                picture,
+                (round(picture.shape[1] * scale), round(picture.shape[0] * scale)),
+                interpolation=cv2.INTER_AREA,
+            )
         uri = "data:image/png;base64," + base64.b64encode(picture_bytes(picture)).decode("ascii")
         target = int(res.targets[i])
         flat = res.flat is not None and bool(res.flat[i])
         top = np.argsort(-probs[i])[:5]
-        rows = "".join(f"<tr><td style=\"text-align:right\">{probs[i, c]:.1%}</td><td>{_h(name(int(c)))}</td></tr>"
-                       for c in top)
+        rows = "".join(
+            f'<tr><td style="text-align:right">{probs[i, c]:.1%}</td><td>{_h(name(int(c)))}</td></tr>' for c in top
+        )
         what = "overlay" if images is not None else "map"
         cells.append(
-            f"<figure style=\"display:inline-block;vertical-align:top;margin:4px 12px 4px 0\">"
-            f"<img src=\"{uri}\" alt=\"{_h(res.method)} {what} for {_h(name(target))}\">"
+            f'<figure style="display:inline-block;vertical-align:top;margin:4px 12px 4px 0">'
+            f'<img src="{uri}" alt="{_h(res.method)} {what} for {_h(name(target))}">'
             f"<figcaption>{_h(res.method)}: {_h(name(target))}{' (flat map)' if flat else ''}"
-            f"<table style=\"font-size:90%\">{rows}</table></figcaption></figure>")
+            f'<table style="font-size:90%">{rows}</table></figcaption></figure>'
+        )
     more = len(res.maps) - NOTEBOOK_IMAGES
     layers = ", ".join(res.layers)
-    return (f"<div class=\"onnxcam\">{''.join(cells)}"
-            f"<p style=\"font-size:90%\">layer {_h(layers)}" + (f" · gradients {_h(res.gradients)}" if res.gradients
-                                                                else "")
-            + (f" · {more} more images not shown" if more > 0 else "") + "</p></div>")
+    return (
+        f'<div class="onnxcam">{"".join(cells)}'
+        f'<p style="font-size:90%">layer {_h(layers)}'
+        + (f" · gradients {_h(res.gradients)}" if res.gradients else "")
+        + (f" · {more} more images not shown" if more > 0 else "")
+        + "</p></div>"
+    )

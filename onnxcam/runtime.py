@@ -34,11 +34,13 @@ def cuda_available() -> bool:
         return False
     probe = helper.make_model(
         helper.make_graph(
-            [helper.make_node("Identity", ["x"], ["y"])], "probe",
+            [helper.make_node("Identity", ["x"], ["y"])],
+            "probe",
             [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
             [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])],
         ),
-        opset_imports=[helper.make_opsetid("", 13)], ir_version=7,
+        opset_imports=[helper.make_opsetid("", 13)],
+        ir_version=7,
     )
     ort.set_default_logger_severity(4)
     try:
@@ -84,7 +86,9 @@ def with_options(providers: list) -> list:
     return [(p, PROVIDER_OPTIONS[p]) if isinstance(p, str) and p in PROVIDER_OPTIONS else p for p in providers]
 
 
-def make_session(model: onnx.ModelProto, providers: list, options: ort.SessionOptions | None = None) -> ort.InferenceSession:
+def make_session(
+    model: onnx.ModelProto, providers: list, options: ort.SessionOptions | None = None
+) -> ort.InferenceSession:
     """A session with every graph optimization (or the given options); a model ONNX Runtime rejects is a
     one-line ModelError. Models over protobuf's 2 GB limit (what external data is for) are handed over as a
     copy without their large initializers, whose data ORT reads from OrtValues instead (`_within_limit`)."""
@@ -118,8 +122,9 @@ def _within_limit(model: onnx.ModelProto, options: ort.SessionOptions) -> tuple:
         if tensor.data_location == onnx.TensorProto.EXTERNAL or (small is not None and len(small) <= LARGE_INITIALIZER):
             hollow.graph.initializer.append(tensor)
             continue
-        stub = hollow.graph.initializer.add(name=tensor.name, data_type=tensor.data_type, dims=tensor.dims,
-                                            data_location=onnx.TensorProto.EXTERNAL)
+        stub = hollow.graph.initializer.add(
+            name=tensor.name, data_type=tensor.data_type, dims=tensor.dims, data_location=onnx.TensorProto.EXTERNAL
+        )
         stub.external_data.add(key="location", value="onnxcam-in-memory")
         names.append(tensor.name)
         arrays.append(numpy_helper.to_array(tensor))

@@ -28,8 +28,15 @@ from onnxcam.errors import ModelError, OnnxcamError
 from onnxcam.metrics import explanation_map, spearman
 from onnxcam.writer import json_bytes, picture_bytes
 
-PARAMETRIC = ("Conv", "ConvTranspose", "Gemm", "MatMul", "BatchNormalization", "InstanceNormalization",
-              "LayerNormalization")
+PARAMETRIC = (
+    "Conv",
+    "ConvTranspose",
+    "Gemm",
+    "MatMul",
+    "BatchNormalization",
+    "InstanceNormalization",
+    "LayerNormalization",
+)
 STATISTICS = {"BatchNormalization": (3, 4)}  # running mean and variance: statistics, not weights
 STEPS = 10
 PASS_BELOW = 0.5  # a method depends on the model when the final correlation falls below this
@@ -76,25 +83,34 @@ class SanityResult:
     def verdict(self) -> str:
         n = sum(len(s.nodes) for s in self.steps)
         if self.passed:
-            text = (f"{self.method}: depends on the model: with all {n} layers re-initialized, the map's rank "
-                    f"correlation with the trained model's map falls to {self.final:.2f} (below {PASS_BELOW}: passes)")
+            text = (
+                f"{self.method}: depends on the model: with all {n} layers re-initialized, the map's rank "
+                f"correlation with the trained model's map falls to {self.final:.2f} (below {PASS_BELOW}: passes)"
+            )
         else:
-            text = (f"{self.method}: does NOT depend much on the model: with all {n} layers re-initialized, the map's "
-                    f"rank correlation with the trained model's map is still {self.final:.2f} (not below "
-                    f"{PASS_BELOW}: fails; the map shows the input more than what the model learned)")
+            text = (
+                f"{self.method}: does NOT depend much on the model: with all {n} layers re-initialized, the map's "
+                f"rank correlation with the trained model's map is still {self.final:.2f} (not below "
+                f"{PASS_BELOW}: fails; the map shows the input more than what the model learned)"
+            )
         top = self.after_logits_layer
         if top is not None and top >= TOP_LAYER_WARN and len(self.steps) > 1:
-            text += (f"; but re-initializing the logits layer ({self.steps[0].nodes[0]}) alone leaves it at {top:.2f}: "
-                     "the map hardly depends on what the top layer learned")
+            text += (
+                f"; but re-initializing the logits layer ({self.steps[0].nodes[0]}) alone leaves it at {top:.2f}: "
+                "the map hardly depends on what the top layer learned"
+            )
         return text
 
 
 def parameter_groups(model: onnx.ModelProto) -> list:
     """[(node name, op type, [initializer names])] of the parametric nodes, logits end first; an
     initializer shared by several nodes belongs to the one nearest the logits."""
-    floats = {t.name for t in model.graph.initializer
-              if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
-                                 onnx.TensorProto.BFLOAT16)}
+    floats = {
+        t.name
+        for t in model.graph.initializer
+        if t.data_type
+        in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16)
+    }
     seen, groups = set(), []
     for index, node in reversed(list(enumerate(model.graph.node))):
         if node.op_type not in PARAMETRIC:
@@ -111,8 +127,10 @@ def cascade(model: onnx.ModelProto, steps: int = STEPS) -> list:
     """[Step]: the logits layer alone, then the other parametric nodes in steps - 1 contiguous blocks."""
     groups = parameter_groups(model)
     if not groups:
-        raise ModelError("no weights to re-initialize: the model has no float initializers feeding "
-                         f"{', '.join(PARAMETRIC)} (quantized weights and Constant nodes are not handled)")
+        raise ModelError(
+            "no weights to re-initialize: the model has no float initializers feeding "
+            f"{', '.join(PARAMETRIC)} (quantized weights and Constant nodes are not handled)"
+        )
     if steps < 1:
         raise OnnxcamError("the randomization test needs at least 1 step")
     if len(groups) <= steps:
@@ -122,8 +140,12 @@ def cascade(model: onnx.ModelProto, steps: int = STEPS) -> list:
     else:
         rest = np.array_split(np.arange(1, len(groups)), steps - 1)  # contiguous, sizes differ by at most 1
         blocks = [[groups[0]]] + [[groups[i] for i in chunk] for chunk in rest]
-    return [Step(nodes=[n for n, _, _ in b], initializers=[i for _, _, names in b for i in names],
-                 ops=[op for _, op, _ in b]) for b in blocks]
+    return [
+        Step(
+            nodes=[n for n, _, _ in b], initializers=[i for _, _, names in b for i in names], ops=[op for _, op, _ in b]
+        )
+        for b in blocks
+    ]
 
 
 def randomized(model: onnx.ModelProto, names, seed: int = 0) -> onnx.ModelProto:
@@ -143,8 +165,9 @@ def randomized(model: onnx.ModelProto, names, seed: int = 0) -> onnx.ModelProto:
     return copy
 
 
-def randomization_test(model, x, methods, steps: int = STEPS, seed: int = 0, layer=None, target=None,
-                       progress=None, **explainer_options) -> list:
+def randomization_test(
+    model, x, methods, steps: int = STEPS, seed: int = 0, layer=None, target=None, progress=None, **explainer_options
+) -> list:
     """[SanityResult] per method for one input x (an image path, RGB array or input tensor).
 
     model: a path or ModelProto; layer: as for Explainer (None: the automatic layer, kept for every
@@ -162,8 +185,15 @@ def randomization_test(model, x, methods, steps: int = STEPS, seed: int = 0, lay
     for method in methods:
         res = ex.explain(tensor, method=method, target=target)
         heat = explanation_map(res.maps, res.saliency)[0]
-        results.append(SanityResult(method=res.method, target=int(res.targets[0]), steps=plan,
-                                    correlations=[spearman(heat, heat)], maps=[heat]))
+        results.append(
+            SanityResult(
+                method=res.method,
+                target=int(res.targets[0]),
+                steps=plan,
+                correlations=[spearman(heat, heat)],
+                maps=[heat],
+            )
+        )
     done = []
     for k, step in enumerate(plan, start=1):
         done += step.initializers
@@ -189,15 +219,29 @@ def report_files(results: list, model: str, image: str, rgb: np.ndarray, seed: i
     "sanity.maps.png" (the map at every step over `rgb`) and "sanity.json" (every correlation, the verdicts)."""
     steps = results[0].steps
     record = {
-        "model": model, "image": image, "seed": seed, "class": results[0].target, "label": label,
+        "model": model,
+        "image": image,
+        "seed": seed,
+        "class": results[0].target,
+        "label": label,
         "pass_below": PASS_BELOW,
         "steps": [{"step": k, "nodes": s.nodes, "initializers": s.initializers} for k, s in enumerate(steps, 1)],
-        "methods": {r.method: {"spearman": [None if c != c else round(c, 6) for c in r.correlations],
-                               "final": r.final, "passed": r.passed, "verdict": r.verdict(),
-                               "errors": {str(k): v for k, v in r.errors.items()}} for r in results},
+        "methods": {
+            r.method: {
+                "spearman": [None if c != c else round(c, 6) for c in r.correlations],
+                "final": r.final,
+                "passed": r.passed,
+                "verdict": r.verdict(),
+                "errors": {str(k): v for k, v in r.errors.items()},
+            }
+            for r in results
+        },
     }
-    return {"sanity.png": picture_bytes(curves_image(results, len(steps))),
-            "sanity.maps.png": picture_bytes(maps_image(results, rgb)), "sanity.json": json_bytes(record)}
+    return {
+        "sanity.png": picture_bytes(curves_image(results, len(steps))),
+        "sanity.maps.png": picture_bytes(maps_image(results, rgb)),
+        "sanity.json": json_bytes(record),
+    }
 
 
 def curves_image(results: list, steps: int) -> np.ndarray:
@@ -207,10 +251,17 @@ def curves_image(results: list, steps: int) -> np.ndarray:
     series = [(r.method, xs, r.correlations) for r in results]
     ticks = [(k, str(k)) for k in range(0, steps + 1, max(1, steps // 10))]
     low = min(-0.25, np.floor(lowest * 4) / 4)
-    plot = chart.line_chart(series, "model randomization: rank correlation with the trained model's map",
-                            "cumulative re-initialization step (0: trained, 1: logits layer, ...)",
-                            "Spearman", ylim=(low, 1.0), size=(380, 640), xticks=ticks, markers=True,
-                            yticks=int(round((1.0 - low) / 0.25)) + 1)
+    plot = chart.line_chart(
+        series,
+        "model randomization: rank correlation with the trained model's map",
+        "cumulative re-initialization step (0: trained, 1: logits layer, ...)",
+        "Spearman",
+        ylim=(low, 1.0),
+        size=(380, 640),
+        xticks=ticks,
+        markers=True,
+        yticks=int(round((1.0 - low) / 0.25)) + 1,
+    )
     return chart.side_by_side([plot, chart.legend([r.method for r in results], plot.shape[0], width=180)])
 
 
@@ -219,8 +270,10 @@ def maps_image(results: list, rgb: np.ndarray) -> np.ndarray:
     rows = []
     for r in results:
         tiles = [render.overlay(rgb, m) for m in r.maps]
-        labels = [f"{r.method}: trained" if k == 0 else f"step {k}: {correlation_text(c)}"
-                  for k, c in enumerate(r.correlations)]
+        labels = [
+            f"{r.method}: trained" if k == 0 else f"step {k}: {correlation_text(c)}"
+            for k, c in enumerate(r.correlations)
+        ]
         rows.append(render.grid(tiles, labels, height=128))
     width = max(row.shape[1] for row in rows)
     return np.vstack([np.pad(row, ((0, 4), (0, width - row.shape[1]), (0, 0)), constant_values=255) for row in rows])

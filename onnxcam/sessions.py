@@ -63,7 +63,9 @@ class SessionSpec:
 
     @staticmethod
     def attention(gradients: bool, score="logit", unit=None) -> SessionSpec:
-        return SessionSpec(ATTENTION, gradients, score=score if gradients else "logit", unit=unit if gradients else None)
+        return SessionSpec(
+            ATTENTION, gradients, score=score if gradients else "logit", unit=unit if gradients else None
+        )
 
     @staticmethod
     def head(layer: str) -> SessionSpec:
@@ -101,8 +103,9 @@ class Sessions:
         if spec not in self._sessions:
             model = self._models.pop(spec, None)
             key = None if self.cache_key is None else {**self.cache_key, "session": repr(spec)}
-            self._sessions[spec] = cache.cached_session(key, self.providers,
-                                                        lambda: model if model is not None else self._surgery(spec))
+            self._sessions[spec] = cache.cached_session(
+                key, self.providers, lambda: model if model is not None else self._surgery(spec)
+            )
         return self._sessions[spec]
 
     def run(self, spec: SessionSpec, feeds: dict, names: list | None = None) -> dict:
@@ -113,7 +116,7 @@ class Sessions:
         step = self.batch or max(rows, 1)
         chunks = []
         for start in range(0, rows, step):
-            part = {name: value[start:start + step] for name, value in feeds.items()}
+            part = {name: value[start : start + step] for name, value in feeds.items()}
             count = len(next(iter(part.values())))
             if count < step:  # a fixed batch: pad with copies of the last row, dropped below
                 part = {name: np.concatenate([v, np.repeat(v[-1:], step - count, axis=0)]) for name, v in part.items()}
@@ -145,8 +148,14 @@ class Sessions:
             heads = {layer: linear_head_weights(info, layer) for layer in self.layers} if spec.method == "cam" else None
             return maps_model(info, self.layers, spec.method, spec.score, spec.unit, heads)
         tensors = list(info.attention) if spec.kind == ATTENTION else self.layers
-        return augment(info, tensors, gradients=spec.layer_gradients, input_gradient=spec.input_gradient,
-                       score=spec.score, unit=spec.unit)
+        return augment(
+            info,
+            tensors,
+            gradients=spec.layer_gradients,
+            input_gradient=spec.input_gradient,
+            score=spec.score,
+            unit=spec.unit,
+        )
 
 
 def _run_session(session, names, feed) -> list:

@@ -92,8 +92,9 @@ def check_target(path: str, protected=()) -> None:
         except OSError:
             continue
         if same:  # a user error (exit 1, as README promises), not a failure to write
-            raise OnnxcamError(f"refusing to overwrite the input {other} with the output {path}; "
-                               "choose another output path")
+            raise OnnxcamError(
+                f"refusing to overwrite the input {other} with the output {path}; choose another output path"
+            )
 
 
 def write_files(files: dict, protected=()) -> None:
@@ -140,8 +141,10 @@ def picture_bytes(rgb: np.ndarray, fmt: str = "png") -> bytes:
 
     h, w = rgb.shape[:2]
     if max(h, w) > MAX_SIDE.get(fmt, max(h, w)):
-        raise OutputError(f"a {w}x{h} picture cannot be a {fmt.upper()} file (at most {MAX_SIDE[fmt]} pixels a side); "
-                          "use --pictures png")
+        raise OutputError(
+            f"a {w}x{h} picture cannot be a {fmt.upper()} file (at most {MAX_SIDE[fmt]} pixels a side); "
+            "use --pictures png"
+        )
     with quiet_opencv():
         try:
             params = [v for name, value in PICTURE_FORMATS[fmt].items() for v in (getattr(cv2, name), value)]

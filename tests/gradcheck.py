@@ -24,8 +24,17 @@ def session(model: onnx.ModelProto) -> ort.InferenceSession:
 STEPS = (1e-6, 3e-6, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3)
 
 
-def check_layer_gradient(info, layer: str, x: np.ndarray, classes, steps=STEPS, directions: int = 3,
-                         seed: int = 0, float32_head: bool = False, points: int = 8) -> float:
+def check_layer_gradient(
+    info,
+    layer: str,
+    x: np.ndarray,
+    classes,
+    steps=STEPS,
+    directions: int = 3,
+    seed: int = 0,
+    float32_head: bool = False,
+    points: int = 8,
+) -> float:
     """Worst relative error |fd - <G, v>| / |<G, v>| over `directions` unit directions v.
 
     info: the ModelInfo of the model; layer: a candidate tensor name; x: the model's input
@@ -65,7 +74,8 @@ def check_layer_gradient(info, layer: str, x: np.ndarray, classes, steps=STEPS, 
         feed = {layer: perturbed.reshape(-1, *a.shape[1:]).astype(head_dtype)}
         if needs_image:
             feed[info.input_name] = np.tile(x, (len(perturbed),) + (1,) * (x.ndim - 1)).astype(
-                np.float32 if float32_head else x.dtype)
+                np.float32 if float32_head else x.dtype
+            )
         logits = head.run([info.logits_name], feed)[0].reshape(len(perturbed), n, -1).astype(np.float64)
         return logits[:, np.arange(n), target].sum(axis=1)
 
@@ -81,9 +91,10 @@ def check_layer_gradient(info, layer: str, x: np.ndarray, classes, steps=STEPS, 
         v /= np.linalg.norm(v)
         t = (eps[:, None] * np.arange(1, points + 1) / points).ravel()
         s = scores(np.stack([a] + [a + e * v for e in t] + [a - e * v for e in t]))
-        plus, minus = (s[1:len(t) + 1] - s[0]), (s[0] - s[len(t) + 1:])  # f(t) - f(0), f(0) - f(-t)
-        fd = np.concatenate([_slopes((plus + minus) / 2, t, len(eps)), _slopes(plus, t, len(eps)),
-                             _slopes(minus, t, len(eps))])  # central, forward, backward; each per step
+        plus, minus = (s[1 : len(t) + 1] - s[0]), (s[0] - s[len(t) + 1 :])  # f(t) - f(0), f(0) - f(-t)
+        fd = np.concatenate(
+            [_slopes((plus + minus) / 2, t, len(eps)), _slopes(plus, t, len(eps)), _slopes(minus, t, len(eps))]
+        )  # central, forward, backward; each per step
         analytic = float((g * v).sum())
         worst = max(worst, float(np.min(np.abs(fd - analytic))) / abs(analytic))
     return worst

@@ -67,11 +67,13 @@ def with_huge_constant(model: onnx.ModelProto, dims=(100_000, 100_000)) -> onnx.
     m = copy(model)
     logits = m.graph.output[0].name
     m.graph.initializer.append(numpy_helper.from_array(np.array(dims, np.int64), "huge_shape"))
-    m.graph.node.extend([
-        helper.make_node("ConstantOfShape", ["huge_shape"], ["huge"], name="huge"),
-        helper.make_node("ReduceSum", ["huge"], ["huge_sum"], name="huge_sum", keepdims=0),
-        helper.make_node("Add", [logits, "huge_sum"], ["scores"], name="add_huge"),
-    ])
+    m.graph.node.extend(
+        [
+            helper.make_node("ConstantOfShape", ["huge_shape"], ["huge"], name="huge"),
+            helper.make_node("ReduceSum", ["huge"], ["huge_sum"], name="huge_sum", keepdims=0),
+            helper.make_node("Add", [logits, "huge_sum"], ["scores"], name="add_huge"),
+        ]
+    )
     del m.graph.output[:]
     m.graph.output.append(helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", CLASSES]))
     return m
@@ -105,7 +107,10 @@ def fully_convolutional() -> onnx.ModelProto:
     """x [N, 3, H, W] (dynamic size) -> Conv 'A' -> Relu -> GlobalAveragePool -> Flatten -> MatMul -> logits."""
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])
     out = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", CLASSES])
-    inits = [numpy_helper.from_array(_weights(4, 3, 3, 3), "w"), numpy_helper.from_array(_weights(4, CLASSES, seed=1), "fc")]
+    inits = [
+        numpy_helper.from_array(_weights(4, 3, 3, 3), "w"),
+        numpy_helper.from_array(_weights(4, CLASSES, seed=1), "fc"),
+    ]
     nodes = [
         helper.make_node("Conv", ["x", "w"], ["A"], name="conv", pads=[1, 1, 1, 1]),
         helper.make_node("Relu", ["A"], ["r"], name="relu"),
@@ -120,8 +125,12 @@ def vector_input() -> onnx.ModelProto:
     """x [N, 12] -> MatMul -> logits: no image-like input."""
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 12])
     out = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", CLASSES])
-    return _model([helper.make_node("MatMul", ["x", "fc"], ["logits"], name="fc")], [x],
-                  [numpy_helper.from_array(_weights(12, CLASSES), "fc")], out)
+    return _model(
+        [helper.make_node("MatMul", ["x", "fc"], ["logits"], name="fc")],
+        [x],
+        [numpy_helper.from_array(_weights(12, CLASSES), "fc")],
+        out,
+    )
 
 
 def no_spatial_layer(pool_first: bool) -> onnx.ModelProto:
@@ -131,14 +140,21 @@ def no_spatial_layer(pool_first: bool) -> onnx.ModelProto:
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", c, h, w])
     out = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", CLASSES])
     if pool_first:
-        nodes = [helper.make_node("GlobalAveragePool", ["x"], ["g"], name="gap"),
-                 helper.make_node("Conv", ["g", "w"], ["c"], name="conv1x1"),
-                 helper.make_node("Flatten", ["c"], ["f"], name="flat"),
-                 helper.make_node("MatMul", ["f", "fc"], ["logits"], name="fc")]
-        inits = [numpy_helper.from_array(_weights(4, c, 1, 1), "w"), numpy_helper.from_array(_weights(4, CLASSES), "fc")]
+        nodes = [
+            helper.make_node("GlobalAveragePool", ["x"], ["g"], name="gap"),
+            helper.make_node("Conv", ["g", "w"], ["c"], name="conv1x1"),
+            helper.make_node("Flatten", ["c"], ["f"], name="flat"),
+            helper.make_node("MatMul", ["f", "fc"], ["logits"], name="fc"),
+        ]
+        inits = [
+            numpy_helper.from_array(_weights(4, c, 1, 1), "w"),
+            numpy_helper.from_array(_weights(4, CLASSES), "fc"),
+        ]
     else:
-        nodes = [helper.make_node("Flatten", ["x"], ["f"], name="flat"),
-                 helper.make_node("MatMul", ["f", "fc"], ["logits"], name="fc")]
+        nodes = [
+            helper.make_node("Flatten", ["x"], ["f"], name="flat"),
+            helper.make_node("MatMul", ["f", "fc"], ["logits"], name="fc"),
+        ]
         inits = [numpy_helper.from_array(_weights(c * h * w, CLASSES), "fc")]
     return _model(nodes, [x], inits, out)
 
@@ -174,8 +190,12 @@ def palette_png(transparent: bool) -> bytes:
 
 def exif_jpeg(image: np.ndarray, orientation: int) -> bytes:
     """A JPEG of `image` with an EXIF APP1 segment holding only the Orientation tag (0x0112)."""
-    tiff = (b"MM\x00\x2a\x00\x00\x00\x08" + struct.pack(">H", 1)
-            + struct.pack(">HHIHH", 0x0112, 3, 1, orientation, 0) + struct.pack(">I", 0))
+    tiff = (
+        b"MM\x00\x2a\x00\x00\x00\x08"
+        + struct.pack(">H", 1)
+        + struct.pack(">HHIHH", 0x0112, 3, 1, orientation, 0)
+        + struct.pack(">I", 0)
+    )
     app1 = b"Exif\x00\x00" + tiff
     jpg = encode(".jpg", image)
     return jpg[:2] + b"\xff\xe1" + struct.pack(">H", len(app1) + 2) + app1 + jpg[2:]
@@ -185,8 +205,12 @@ def bomb(kind: str, width: int = 50_000, height: int = 50_000) -> bytes:
     """A small file whose header declares width x height pixels (with too little data for them)."""
     if kind == "png":
         raw = zlib.compress(b"\x00" * (1 + 3 * width) * 2, 9)
-        return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-                + png_chunk(b"IDAT", raw) + png_chunk(b"IEND", b""))
+        return (
+            b"\x89PNG\r\n\x1a\n"
+            + png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + png_chunk(b"IDAT", raw)
+            + png_chunk(b"IEND", b"")
+        )
     if kind == "jpg":
         sof = b"\xff\xc0" + struct.pack(">HBHHB", 17, 8, height, width, 3) + b"\x01\x11\x00\x02\x11\x00\x03\x11\x00"
         return b"\xff\xd8" + sof + b"\xff\xd9"
@@ -196,8 +220,13 @@ def bomb(kind: str, width: int = 50_000, height: int = 50_000) -> bytes:
         dib = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 24, 0, 0, 2835, 2835, 0, 0)
         return b"BM" + struct.pack("<IHHI", 54 + 16, 0, 0, 54) + dib + b"\x00" * 16
     if kind == "webp":
-        vp8x = b"VP8X" + struct.pack("<I", 10) + b"\x00\x00\x00\x00" + (width - 1).to_bytes(3, "little") + (
-            height - 1).to_bytes(3, "little")
+        vp8x = (
+            b"VP8X"
+            + struct.pack("<I", 10)
+            + b"\x00\x00\x00\x00"
+            + (width - 1).to_bytes(3, "little")
+            + (height - 1).to_bytes(3, "little")
+        )
         return b"RIFF" + struct.pack("<I", 4 + len(vp8x)) + b"WEBP" + vp8x
     if kind == "tiff":
         entries = struct.pack("<HHII", 256, 4, 1, width) + struct.pack("<HHII", 257, 4, 1, height)

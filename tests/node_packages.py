@@ -20,8 +20,13 @@ def install() -> str | None:
         return "npm is not installed, and tests/node/node_modules is missing"
     # --ignore-scripts: the package's binaries are in its tarball; its install script only fetches extras.
     try:
-        done = subprocess.run([npm, "ci", "--ignore-scripts", "--no-audit", "--no-fund", "--loglevel=error"],
-                              cwd=NODE_DIR, capture_output=True, text=True, timeout=600)
+        done = subprocess.run(
+            [npm, "ci", "--ignore-scripts", "--no-audit", "--no-fund", "--loglevel=error"],
+            cwd=NODE_DIR,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
     except subprocess.TimeoutExpired:
         return "`npm ci` in tests/node took more than 10 minutes"
     if done.returncode != 0 or not os.path.isdir(ONNXRUNTIME_NODE):

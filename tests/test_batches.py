@@ -81,11 +81,24 @@ def test_cli_runs_more_images_than_the_batch_and_a_many_row_npy(pinned, tmp_path
     path, batch = pinned
     ex = Explainer(path, device="cpu")
     np.save(tmp_path / "rows.npy", _inputs(ex, batch + 1))
-    result = CliRunner().invoke(main, ["run", path, CHELSEA, COFFEE, CHELSEA.replace("chelsea", "coffee"),
-                                       "--out", str(tmp_path / "a"), "--device", "cpu"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "run",
+            path,
+            CHELSEA,
+            COFFEE,
+            CHELSEA.replace("chelsea", "coffee"),
+            "--out",
+            str(tmp_path / "a"),
+            "--device",
+            "cpu",
+        ],
+    )
     assert result.exit_code == 0, result.output
-    result = CliRunner().invoke(main, ["run", path, str(tmp_path / "rows.npy"), "--out", str(tmp_path / "b"),
-                                       "--npy", "--device", "cpu"])
+    result = CliRunner().invoke(
+        main, ["run", path, str(tmp_path / "rows.npy"), "--out", str(tmp_path / "b"), "--npy", "--device", "cpu"]
+    )
     assert result.exit_code == 0, result.output
 
 
@@ -115,5 +128,6 @@ def test_huge_initializers_go_around_graph_surgery(dynamic, monkeypatch):
     ex = Explainer(RESNET, device="cpu")
     for method, maps in want.items():
         assert np.abs(ex.explain(x, method=method).maps - maps).max() < 1e-5, method
-    assert imported and all(any(e.value == surgery_graph._STAND_IN for t in m.graph.initializer
-                                for e in t.external_data) for m in imported)
+    assert imported and all(
+        any(e.value == surgery_graph._STAND_IN for t in m.graph.initializer for e in t.external_data) for m in imported
+    )

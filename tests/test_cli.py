@@ -22,8 +22,13 @@ def run(*args):
 def test_run_on_the_demo_writes_overlay_npy_json(tmp_path):
     result = run("run", DEMO, CHELSEA, "--out", tmp_path, "--npy", "--json", "--device", "cpu")
     assert result.exit_code == 0, result.output
-    for line in ("provider  CPUExecutionProvider", "layer     /_head_act/Clip_output_0",
-                 "method    gradcam  gradients analytic", "Egyptian cat", "explain   285  Egyptian cat  [gradcam]"):
+    for line in (
+        "provider  CPUExecutionProvider",
+        "layer     /_head_act/Clip_output_0",
+        "method    gradcam  gradients analytic",
+        "Egyptian cat",
+        "explain   285  Egyptian cat  [gradcam]",
+    ):
         assert line in result.output
     assert sorted(os.listdir(tmp_path)) == ["chelsea.gradcam.json", "chelsea.gradcam.npy", "chelsea.gradcam.png"]
 
@@ -96,8 +101,17 @@ def _bad_files(tmp_path):
     }
 
 
-CASES = ["missing model", "missing image", "non-image", "empty image", "non-onnx", "unknown layer", "bad target",
-         "unknown class", "unknown method"]
+CASES = [
+    "missing model",
+    "missing image",
+    "non-image",
+    "empty image",
+    "non-onnx",
+    "unknown layer",
+    "bad target",
+    "unknown class",
+    "unknown method",
+]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -141,8 +155,17 @@ def test_a_failed_write_fails_that_image_only(tmp_path):
 
 def test_readme_example_runs_as_a_console_script(tmp_path):
     """The README's first example, through the installed entry point: no traceback, files written."""
-    cmd = [sys.executable, "-m", "onnxcam", "run", "models/efficientnet_lite0.onnx", "examples/chelsea.png",
-           "--out", str(tmp_path), "--json"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "onnxcam",
+        "run",
+        "models/efficientnet_lite0.onnx",
+        "examples/chelsea.png",
+        "--out",
+        str(tmp_path),
+        "--json",
+    ]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""  # ORT's provider probing stays quiet
@@ -151,8 +174,9 @@ def test_readme_example_runs_as_a_console_script(tmp_path):
 
 
 def test_methods_grid_top_k_units_and_boxes(tmp_path):
-    result = run("run", DEMO, CHELSEA, "--out", tmp_path, "--methods", "gradcam,layercam,eigencam",
-                 "--units", "4", "--json")
+    result = run(
+        "run", DEMO, CHELSEA, "--out", tmp_path, "--methods", "gradcam,layercam,eigencam", "--units", "4", "--json"
+    )
     assert result.exit_code == 0, result.output
     assert sorted(os.listdir(tmp_path)) == ["chelsea.grid.json", "chelsea.grid.png", "chelsea.units.png"]
     summary = json.loads((tmp_path / "chelsea.grid.json").read_text())
@@ -191,8 +215,11 @@ def test_a_folder_in_batches_equals_images_one_by_one(tmp_path):
     assert single.exit_code == 0, single.output
     batched = np.load(tmp_path / "batched" / "b.gradcam.npy")
     assert np.abs(batched - np.load(tmp_path / "single" / "b.gradcam.npy")).max() < 1e-5
-    assert sorted(f for f in os.listdir(tmp_path / "batched") if f.endswith(".png")) == \
-        ["a.gradcam.png", "b.gradcam.png", "c.gradcam.png"]
+    assert sorted(f for f in os.listdir(tmp_path / "batched") if f.endswith(".png")) == [
+        "a.gradcam.png",
+        "b.gradcam.png",
+        "c.gradcam.png",
+    ]
     empty = tmp_path / "empty"
     empty.mkdir()
     result = run("run", DEMO, empty)
@@ -230,8 +257,12 @@ def test_explainer_reports_each_many_run_loop():
     ex.gradients = "fd"
     ex.explain(CHELSEA, "xgradcam")
     k = ex.info.auto_layer.shape[1]
-    for what, total in (("masked inputs", 2 * k), ("ablated channels", k), ("noisy samples", 3),
-                        ("finite differences", k)):
+    for what, total in (
+        ("masked inputs", 2 * k),
+        ("ablated channels", k),
+        ("noisy samples", 3),
+        ("finite differences", k),
+    ):
         done = [d for w, d, t in calls if w == what]
         assert done == sorted(done) and done[-1] == total and {t for w, _, t in calls if w == what} == {total}, what
 
@@ -242,15 +273,20 @@ def test_pictures_none_writes_only_the_numbers_and_jpg_overlays(tmp_path):
     lean = run("run", DEMO, CHELSEA, "--json", "--npy", "--pictures", "none", "--out", tmp_path / "lean")
     assert full.exit_code == lean.exit_code == 0, lean.output
     assert sorted(os.listdir(tmp_path / "lean")) == ["chelsea.gradcam.json", "chelsea.gradcam.npy"]
-    np.testing.assert_array_equal(np.load(tmp_path / "full" / "chelsea.gradcam.npy"),
-                                  np.load(tmp_path / "lean" / "chelsea.gradcam.npy"))
-    boxes = [json.loads((tmp_path / d / "chelsea.gradcam.json").read_text())["explanations"][0]["box"]
-             for d in ("full", "lean")]
+    np.testing.assert_array_equal(
+        np.load(tmp_path / "full" / "chelsea.gradcam.npy"), np.load(tmp_path / "lean" / "chelsea.gradcam.npy")
+    )
+    boxes = [
+        json.loads((tmp_path / d / "chelsea.gradcam.json").read_text())["explanations"][0]["box"]
+        for d in ("full", "lean")
+    ]
     assert boxes[0] == boxes[1] is not None
     refused = run("run", DEMO, CHELSEA, "--pictures", "none", "--out", tmp_path / "none")
     assert refused.exit_code == 2 and "--pictures none leaves nothing to write" in refused.stderr
     assert not (tmp_path / "none").exists()
-    jpg = run("run", DEMO, CHELSEA, "--pictures", "jpg", "--methods", "gradcam,guided-backprop", "--out", tmp_path / "jpg")
+    jpg = run(
+        "run", DEMO, CHELSEA, "--pictures", "jpg", "--methods", "gradcam,guided-backprop", "--out", tmp_path / "jpg"
+    )
     assert jpg.exit_code == 0, jpg.output
     assert sorted(os.listdir(tmp_path / "jpg")) == ["chelsea.grid.jpg", "chelsea.guided-backprop.saliency.jpg"]
     png = cv2.imread(str(tmp_path / "full" / "chelsea.gradcam.png"))
@@ -282,8 +318,10 @@ def test_the_banner_says_when_the_preprocessing_is_assumed(tmp_path, tiny):
     recorded = run("run", DEMO, CHELSEA, "--out", tmp_path / "c")
     assert chosen.exit_code == recorded.exit_code == 0
     assert "assumed" not in chosen.output and "assumed" not in recorded.output
-    for command in (["eval", model, image, "--steps", 2, "--out", tmp_path / "d"],
-                    ["sanity", model, image, "--steps", 1, "--out", tmp_path / "e"]):
+    for command in (
+        ["eval", model, image, "--steps", 2, "--out", tmp_path / "d"],
+        ["sanity", model, image, "--steps", 1, "--out", tmp_path / "e"],
+    ):
         result = run(*command)
         assert result.exit_code == 0, result.output
         assert result.output.splitlines()[:5] == lines[:5], command[0]  # one banner for every command

@@ -38,6 +38,7 @@ def say(request):
             with capture.global_and_fixture_disabled():
                 reporter.ensure_newline()
                 reporter.write_line(f"test_cpp: {line}")
+
     return write
 
 
@@ -52,9 +53,11 @@ def _library():
     wheel = sorted(glob.glob(os.path.join(os.path.dirname(ort.__file__), "capi", "libonnxruntime.so*")))
     version = tuple(int(v) for v in ort.__version__.split(".")[:2])
     if not wheel or version < HEADERS:
-        pytest.fail(f"no ONNX Runtime library >= {HEADERS[0]}.{HEADERS[1]} to link: onnxruntime-node is not there "
-                    f"({missing or 'no library for this machine'}) and the onnxruntime {ort.__version__} wheel "
-                    f"{'is too old' if wheel else 'ships none'}")
+        pytest.fail(
+            f"no ONNX Runtime library >= {HEADERS[0]}.{HEADERS[1]} to link: onnxruntime-node is not there "
+            f"({missing or 'no library for this machine'}) and the onnxruntime {ort.__version__} wheel "
+            f"{'is too old' if wheel else 'ships none'}"
+        )
     return wheel[0], f"ONNX Runtime {ort.__version__} (the PyPI wheel; onnxruntime-node: {missing})"
 
 
@@ -75,8 +78,10 @@ def program(tmp_path_factory, say):
     os.symlink(os.path.abspath(library), root / "lib" / "libonnxruntime.so.1")  # the library's soname
     os.symlink("libonnxruntime.so.1", root / "lib" / "libonnxruntime.so")
     build = tmp_path_factory.mktemp("build")
-    steps = [[cmake, "-S", EXAMPLE, "-B", str(build), f"-DONNXRUNTIME_ROOT={root}", f"-DCMAKE_CXX_COMPILER={compiler}"],
-             [cmake, "--build", str(build), "--parallel", "2"]]
+    steps = [
+        [cmake, "-S", EXAMPLE, "-B", str(build), f"-DONNXRUNTIME_ROOT={root}", f"-DCMAKE_CXX_COMPILER={compiler}"],
+        [cmake, "--build", str(build), "--parallel", "2"],
+    ]
     log = ""
     for step in steps:
         done = subprocess.run(step, capture_output=True, text=True, timeout=600)
@@ -84,8 +89,10 @@ def program(tmp_path_factory, say):
         assert done.returncode == 0, f"{' '.join(step)} failed:\n{log}"
     with_opencv = "images and PNG overlays" in log
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout.splitlines()[0]
-    say(f"built examples/cpp with {version}, against {what}, "
-        f"{'with OpenCV' if with_opencv else 'without OpenCV (raw tensors only)'}")
+    say(
+        f"built examples/cpp with {version}, against {what}, "
+        f"{'with OpenCV' if with_opencv else 'without OpenCV (raw tensors only)'}"
+    )
     for line in log.splitlines():
         if "warning" in line.lower():
             say(line)
@@ -102,9 +109,16 @@ def models(tmp_path_factory):
     jobs["ort"] = [DEMO, "--method", "layercam", "--format", "ort"]
     jobs["nhwc"] = [NHWC, "--method", "gradcam++"]
     paths = {name: str(folder / f"{name}.{'ort' if name == 'ort' else 'onnx'}") for name in jobs}
-    running = {name: subprocess.Popen([sys.executable, "-m", "onnxcam", "export", "-o", paths[name]] + args,
-                                      cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-               for name, args in jobs.items()}
+    running = {
+        name: subprocess.Popen(
+            [sys.executable, "-m", "onnxcam", "export", "-o", paths[name]] + args,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for name, args in jobs.items()
+    }
     for name, job in running.items():
         output = job.communicate(timeout=600)[0]
         assert job.returncode == 0, f"onnxcam export {name}: {output}"
@@ -135,7 +149,9 @@ def test_cpp_map_equals_the_python_map(program, models, batch, demo_explainer, t
     maps, classes = _run(program[0], [models[method], "--tensor", tensor, ",".join(map(str, SHAPE))], tmp_path / "m")
     ref = demo_explainer.explain(x, method=method)
     diff = float(np.abs(maps - ref.maps).max())
-    say(f"{method:9s} batch of 2: C++ classes {classes}, Python {[int(t) for t in ref.targets]}, max |C++ - Python| = {diff:.1e}")
+    say(
+        f"{method:9s} batch of 2: C++ classes {classes}, Python {[int(t) for t in ref.targets]}, max |C++ - Python| = {diff:.1e}"
+    )
     assert classes == list(ref.targets) == [285, 967]
     assert diff <= 1e-5
 
@@ -192,13 +208,15 @@ def test_cpp_errors_are_one_line_and_write_nothing(program, models, batch, tmp_p
     binary, _ = program
     x, tensor = batch
     out = tmp_path / "m"
-    cases = [([], 2, "no MODEL"),
-             ([DEMO, "--tensor", tensor, "2,3,224,224"], 1, "is not an onnxcam export"),
-             ([models["gradcam"], "--tensor", tensor, "1,3,224,224"], 1, "does not hold exactly 150528 float32 values"),
-             ([models["gradcam"], "--tensor", tensor, "2,3,225,224"], 1, "does not fit the model's input ?,3,224,224"),
-             ([models["gradcam"], "--tensor", tensor, "2,3,224,224", "--class", "1000"], 1, "out of range"),
-             ([models["gradcam"], "--tensor", tensor, "2,x,224,224"], 2, "bad dimension 'x'"),
-             ([str(tmp_path / "missing.onnx"), "--tensor", tensor, "2,3,224,224"], 1, "onnxruntime: Load model")]
+    cases = [
+        ([], 2, "no MODEL"),
+        ([DEMO, "--tensor", tensor, "2,3,224,224"], 1, "is not an onnxcam export"),
+        ([models["gradcam"], "--tensor", tensor, "1,3,224,224"], 1, "does not hold exactly 150528 float32 values"),
+        ([models["gradcam"], "--tensor", tensor, "2,3,225,224"], 1, "does not fit the model's input ?,3,224,224"),
+        ([models["gradcam"], "--tensor", tensor, "2,3,224,224", "--class", "1000"], 1, "out of range"),
+        ([models["gradcam"], "--tensor", tensor, "2,x,224,224"], 2, "bad dimension 'x'"),
+        ([str(tmp_path / "missing.onnx"), "--tensor", tensor, "2,3,224,224"], 1, "onnxruntime: Load model"),
+    ]
     for args, status, message in cases:
         done = subprocess.run([binary] + args + ["--out", str(out)], capture_output=True, text=True, timeout=120)
         assert done.returncode == status, (args, done.stderr)

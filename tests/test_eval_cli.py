@@ -36,8 +36,25 @@ def images(tmp_path_factory):
 @pytest.fixture(scope="module")
 def evaluated(images, tmp_path_factory):
     out = tmp_path_factory.mktemp("eval")
-    result = run("eval", SHAPES, images, "--method", "gradcam", "--method", "cam", "--boxes", images / "boxes.json",
-                 "--out", out, "--batch-size", 4, "--steps", 8, "--device", "cpu")
+    result = run(
+        "eval",
+        SHAPES,
+        images,
+        "--method",
+        "gradcam",
+        "--method",
+        "cam",
+        "--boxes",
+        images / "boxes.json",
+        "--out",
+        out,
+        "--batch-size",
+        4,
+        "--steps",
+        8,
+        "--device",
+        "cpu",
+    )
     return result, out
 
 
@@ -82,8 +99,23 @@ def test_eval_prints_the_table_and_writes_json_csv_png(evaluated):
 
 def test_eval_is_the_same_in_any_batch_size_and_with_coco_boxes(images, evaluated, tmp_path):
     _, out = evaluated
-    result = run("eval", SHAPES, *sorted(images.glob("*.png")), "--method", "gradcam", "--boxes", images / "coco.json",
-                 "--out", tmp_path, "--batch-size", 1, "--steps", 8, "--device", "cpu")
+    result = run(
+        "eval",
+        SHAPES,
+        *sorted(images.glob("*.png")),
+        "--method",
+        "gradcam",
+        "--boxes",
+        images / "coco.json",
+        "--out",
+        tmp_path,
+        "--batch-size",
+        1,
+        "--steps",
+        8,
+        "--device",
+        "cpu",
+    )
     assert result.exit_code == 0, result.output
     ours = json.loads((tmp_path / "eval.json").read_text())["summary"]["gradcam"]
     before = json.loads((out / "eval.json").read_text())["summary"]["gradcam"]
@@ -92,8 +124,19 @@ def test_eval_is_the_same_in_any_batch_size_and_with_coco_boxes(images, evaluate
 
 
 def test_eval_without_boxes_skips_localization(images, tmp_path):
-    result = run("eval", SHAPES, images / "shape_00000.png", "--method", "gradcam", "--out", tmp_path,
-                 "--steps", 4, "--device", "cpu")
+    result = run(
+        "eval",
+        SHAPES,
+        images / "shape_00000.png",
+        "--method",
+        "gradcam",
+        "--out",
+        tmp_path,
+        "--steps",
+        4,
+        "--device",
+        "cpu",
+    )
     assert result.exit_code == 0, result.output
     assert "(no --boxes: no localization metrics)" in result.output
     s = json.loads((tmp_path / "eval.json").read_text())["summary"]["gradcam"]
@@ -116,11 +159,15 @@ def test_eval_errors(images, tmp_path):
 
 def test_sanity_cli_on_the_shapes_model(images, tmp_path):
     image = images / "shape_00000.png"
-    result = run("sanity", SHAPES, image, "--method", "gradcam", "--steps", 3, "--seed", 1, "--out", tmp_path,
-                 "--device", "cpu")
+    result = run(
+        "sanity", SHAPES, image, "--method", "gradcam", "--steps", 3, "--seed", 1, "--out", tmp_path, "--device", "cpu"
+    )
     assert result.exit_code == 0, result.output
-    assert sorted(os.listdir(tmp_path)) == ["shape_00000.sanity.json", "shape_00000.sanity.maps.png",
-                                            "shape_00000.sanity.png"]
+    assert sorted(os.listdir(tmp_path)) == [
+        "shape_00000.sanity.json",
+        "shape_00000.sanity.maps.png",
+        "shape_00000.sanity.png",
+    ]
     report = json.loads((tmp_path / "shape_00000.sanity.json").read_text())
     curve = report["methods"]["gradcam"]["spearman"]
     assert len(curve) == 4 and curve[0] == pytest.approx(1.0)
@@ -129,8 +176,21 @@ def test_sanity_cli_on_the_shapes_model(images, tmp_path):
     assert report["methods"]["gradcam"]["passed"] and report["methods"]["gradcam"]["final"] < 0.5
     assert "gradcam: depends on the model" in result.output
     assert len(report["steps"]) == 3 and report["steps"][0]["nodes"][0].endswith("Gemm")
-    again = run("sanity", SHAPES, image, "--method", "gradcam", "--steps", 3, "--seed", 1, "--out", tmp_path / "again",
-                "--device", "cpu")
+    again = run(
+        "sanity",
+        SHAPES,
+        image,
+        "--method",
+        "gradcam",
+        "--steps",
+        3,
+        "--seed",
+        1,
+        "--out",
+        tmp_path / "again",
+        "--device",
+        "cpu",
+    )
     assert again.exit_code == 0, again.output
     assert json.loads((tmp_path / "again" / "shape_00000.sanity.json").read_text())["methods"] == report["methods"]
 
@@ -157,8 +217,21 @@ def test_cascade_and_randomized_weights():
 
 def test_sanity_tells_guided_backprop_apart_on_relu_layers(images, tmp_path):
     """On a ReLU network guided backprop barely reacts to a re-initialized classifier (Adebayo et al.)."""
-    result = run("sanity", SHAPES, images / "shape_00000.png", "--method", "gradcam", "--method", "guided-backprop",
-                 "--steps", 2, "--out", tmp_path, "--device", "cpu")
+    result = run(
+        "sanity",
+        SHAPES,
+        images / "shape_00000.png",
+        "--method",
+        "gradcam",
+        "--method",
+        "guided-backprop",
+        "--steps",
+        2,
+        "--out",
+        tmp_path,
+        "--device",
+        "cpu",
+    )
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "shape_00000.sanity.json").read_text())["methods"]
     assert report["gradcam"]["spearman"][1] < 0.5 < 0.8 < report["guided-backprop"]["spearman"][1]

@@ -21,8 +21,9 @@ def test_read_boxes_matches_names_paths_and_single_boxes(tmp_path):
         (tmp_path / name).write_bytes(b"x")
     images = pictures(input_paths([str(tmp_path), str(tmp_path / "sub" / "c.png")], tensors=False))
     assert [os.path.basename(p) for p in images] == ["a.png", "b.jpg", "c.png"]
-    (tmp_path / "boxes.json").write_text(json.dumps({"a.png": [1, 2, 3, 4], "sub/c.png": [[0, 0, 5, 5], [6, 6, 8, 9]],
-                                                     "b.jpg": []}))
+    (tmp_path / "boxes.json").write_text(
+        json.dumps({"a.png": [1, 2, 3, 4], "sub/c.png": [[0, 0, 5, 5], [6, 6, 8, 9]], "b.jpg": []})
+    )
     found = read_boxes(str(tmp_path / "boxes.json"), images)
     assert found == {images[0]: [(1, 2, 3, 4)], images[2]: [(0, 0, 5, 5), (6, 6, 8, 9)]}
     coco = {"images": [{"id": 7, "file_name": "b.jpg"}], "annotations": [{"image_id": 7, "bbox": [10, 20, 5, 5]}]}
@@ -66,9 +67,9 @@ def test_evaluation_against_plain_onnx_runtime(tmp_path):
     res = ex.explain(x, "gradcam")
     for i, row in enumerate(rows):
         target, heat = int(res.targets[i]), res.maps[i]
-        assert row["target"] == int(np.argmax(probabilities(x[i:i + 1])))
-        assert row["y"] == pytest.approx(probabilities(x[i:i + 1])[0, target], rel=1e-5)
-        masked = x[i:i + 1] * heat[None, None]
+        assert row["target"] == int(np.argmax(probabilities(x[i : i + 1])))
+        assert row["y"] == pytest.approx(probabilities(x[i : i + 1])[0, target], rel=1e-5)
+        masked = x[i : i + 1] * heat[None, None]
         assert row["o"] == pytest.approx(probabilities(masked.astype(np.float32))[0, target], rel=1e-5, abs=1e-7)
         deletion = probabilities(metrics.deletion_inputs(x[i], heat, 4, "CHW"))[:, target]
         insertion = probabilities(metrics.insertion_inputs(x[i], heat, 4, "CHW"))[:, target]
@@ -80,8 +81,10 @@ def test_evaluation_against_plain_onnx_runtime(tmp_path):
         # the map's peak pixel centre, scaled from the 7 x 6 input to the 30 x 40 picture
         r, c = np.unravel_index(np.argmax(heat), heat.shape)
         point = ((c + 0.5) * 40 / 6, (r + 0.5) * 30 / 7)
-        near = [np.hypot(max(x0 - point[0], 0, point[0] - x1), max(y0 - point[1], 0, point[1] - y1)) <= 3.0
-                for x0, y0, x1, y1 in truth[paths[i]]]
+        near = [
+            np.hypot(max(x0 - point[0], 0, point[0] - x1), max(y0 - point[1], 0, point[1] - y1)) <= 3.0
+            for x0, y0, x1, y1 in truth[paths[i]]
+        ]
         assert row["pointing_game"] == any(near)
         scaled = [(x0 * 6 / 40, y0 * 7 / 30, x1 * 6 / 40, y1 * 7 / 30) for x0, y0, x1, y1 in truth[paths[i]]]
         assert row["localization"] == (row["iou"] >= 0.2) and 0 <= row["iou"] <= 1

@@ -52,11 +52,14 @@ def test_augmented_model_keeps_the_logits(demo_explainer):
     assert np.abs(logits - plain).max() < 1e-5
 
 
-@pytest.mark.parametrize("layer, step", [
-    ("/_head_act/Clip_output_0", 1e-2),  # linear head: large steps are exact and beat fp32 rounding
-    ("/_blocks.15/Clip_1_output_0", 3e-4),  # ReLU6 kinks downstream: small steps stay on one linear piece
-    ("/_blocks.10/Add_output_0", 3e-4),
-])
+@pytest.mark.parametrize(
+    "layer, step",
+    [
+        ("/_head_act/Clip_output_0", 1e-2),  # linear head: large steps are exact and beat fp32 rounding
+        ("/_blocks.15/Clip_1_output_0", 3e-4),  # ReLU6 kinks downstream: small steps stay on one linear piece
+        ("/_blocks.10/Add_output_0", 3e-4),
+    ],
+)
 def test_gradient_matches_finite_differences(demo_explainer, layer, step):
     """dScore/dA from the appended ONNX nodes vs central differences of the cut-off head (ORT forward only)."""
     info = demo_explainer.info
@@ -130,7 +133,10 @@ def test_maps_in_graph_return_only_the_maps():
     host = Explainer(DEMO, layer=layers, device="cpu", maps_in_graph=False)
     device = Explainer(DEMO, layer=layers, device="cpu")
     for kwargs in ({}, {"target": 281, "score": "probability"}, {"unit": (host.layers[1], 5)}):
-        a, b = host.explain([CHELSEA, COFFEE], "gradcam++", **kwargs), device.explain([CHELSEA, COFFEE], "gradcam++", **kwargs)
+        a, b = (
+            host.explain([CHELSEA, COFFEE], "gradcam++", **kwargs),
+            device.explain([CHELSEA, COFFEE], "gradcam++", **kwargs),
+        )
         np.testing.assert_array_equal(a.targets, b.targets)
         assert np.abs(a.maps - b.maps).max() < 1e-5
         assert np.abs(a.raw - b.raw).max() <= 1e-5 * np.abs(a.raw).max()  # raw maps are not normalized

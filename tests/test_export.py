@@ -99,9 +99,21 @@ def test_node_client_gets_the_same_map(tmp_path, demo_explainer, two_images):
     def run_node(class_input, classes):
         model = tmp_path / f"demo.{class_input}.onnx"
         onnx.save(export(demo_explainer.info, demo_explainer.layers, "gradcam", class_input), str(model))
-        done = subprocess.run([node, os.path.join(NODE_DIR, "run_exported.mjs"), str(model), str(tmp_path / "x.f32"),
-                               ",".join(map(str, two_images.shape)), str(tmp_path / "map.f32")] + classes,
-                              capture_output=True, text=True, timeout=120, cwd=NODE_DIR)
+        done = subprocess.run(
+            [
+                node,
+                os.path.join(NODE_DIR, "run_exported.mjs"),
+                str(model),
+                str(tmp_path / "x.f32"),
+                ",".join(map(str, two_images.shape)),
+                str(tmp_path / "map.f32"),
+            ]
+            + classes,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=NODE_DIR,
+        )
         assert done.returncode == 0, done.stderr
         reply = json.loads(done.stdout.strip().splitlines()[-1])
         return reply, np.frombuffer((tmp_path / "map.f32").read_bytes(), "<f4").reshape(2, 224, 224)
@@ -117,8 +129,9 @@ def test_node_client_gets_the_same_map(tmp_path, demo_explainer, two_images):
 def test_export_hint_names_only_what_export_has(tmp_path):
     """A quantized model has no backward rule through its integers: export says to choose another layer,
     never to use an option (--gradients) that export does not have."""
-    result = CliRunner().invoke(main, ["export", os.path.join(ROOT, "models", "zoo", "resnet_qdq.onnx"),
-                                       "-o", str(tmp_path / "q.onnx")])
+    result = CliRunner().invoke(
+        main, ["export", os.path.join(ROOT, "models", "zoo", "resnet_qdq.onnx"), "-o", str(tmp_path / "q.onnx")]
+    )
     assert result.exit_code == 3, result.output
     assert "no backward rule for" in result.stderr and "--layer" in result.stderr
     assert "--gradients" not in result.stderr and not (tmp_path / "q.onnx").exists()

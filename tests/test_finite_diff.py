@@ -12,10 +12,13 @@ from onnxcam.cli import main
 from tinymodels import Net, classifier
 
 
-@pytest.mark.parametrize("layer, tolerance", [
-    ("/_head_act/Clip_output_0", 1e-3),  # GAP -> linear head: exact but for float32 rounding of the scores
-    ("/_blocks.10/Add_output_0", 5e-2),  # ReLU6 kinks downstream: central differences average across them
-])
+@pytest.mark.parametrize(
+    "layer, tolerance",
+    [
+        ("/_head_act/Clip_output_0", 1e-3),  # GAP -> linear head: exact but for float32 rounding of the scores
+        ("/_blocks.10/Add_output_0", 5e-2),  # ReLU6 kinks downstream: central differences average across them
+    ],
+)
 def test_fd_gradcam_matches_analytic_on_the_demo(layer, tolerance):
     analytic = Explainer(DEMO, layer=layer, device="cpu", gradients="analytic").explain(CHELSEA)
     fd = Explainer(DEMO, layer=layer, device="cpu", gradients="fd").explain(CHELSEA)
@@ -58,7 +61,7 @@ def test_auto_falls_back_to_fd_for_an_op_without_a_rule(tmp_path):
     assert res.gradients == "finite differences"
     assert ex.missing_rule == "no backward rule for Softsign (node 'squash')"
     for i, cls in enumerate((3, 7)):
-        expected = _softsign_gradcam_closed_form(model, x[i:i + 1], cls)[0]
+        expected = _softsign_gradcam_closed_form(model, x[i : i + 1], cls)[0]
         assert np.abs(res.raw[i] - expected).max() < 1e-3 * max(expected.max(), 1e-6)
 
     with pytest.raises(UnsupportedOpError, match=r"no backward rule for Softsign \(node 'squash'\)"):
@@ -72,8 +75,11 @@ def test_cli_says_which_gradients_ran(tmp_path):
     np.save(x, np.random.default_rng(2).normal(size=(1, 3, 7, 6)).astype(np.float32))
     result = CliRunner().invoke(main, ["run", path, str(x)])
     assert result.exit_code == 0, result.output
-    assert ("method    gradcam  gradients finite differences (no backward rule for Softsign (node 'squash'); about "
-            in result.output and " s an image)" in result.output)
+    assert (
+        "method    gradcam  gradients finite differences (no backward rule for Softsign (node 'squash'); about "
+        in result.output
+        and " s an image)" in result.output
+    )
 
     result = CliRunner().invoke(main, ["run", path, str(x), "--gradients", "analytic"])
     assert result.exit_code == 3

@@ -19,13 +19,19 @@ def _gap_linear(classes: int, sigmoid_output: bool, seed: int = 0) -> onnx.Model
     (-> Sigmoid -> probs)."""
     net = Net(13, seed=seed)
     c, h, w = IN_SHAPE
-    a = net.op("Relu", net.op("Conv", "x", net.randn(4, c, 3, 3, scale=0.5), kernel_shape=[3, 3], pads=[1] * 4),
-               name="relu")
+    a = net.op(
+        "Relu", net.op("Conv", "x", net.randn(4, c, 3, 3, scale=0.5), kernel_shape=[3, 3], pads=[1] * 4), name="relu"
+    )
     flat = net.op("Flatten", net.op("GlobalAveragePool", a), axis=1)
     logits = net.op("Gemm", flat, net.randn(classes, 4), net.randn(classes, scale=0.1), transB=1, name="fc")
     out = net.op("Sigmoid", logits) if sigmoid_output else logits
-    graph = helper.make_graph(net.nodes, "head", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", c, h, w])],
-                              [helper.make_tensor_value_info(out, TensorProto.FLOAT, ["N", classes])], net.initializers)
+    graph = helper.make_graph(
+        net.nodes,
+        "head",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", c, h, w])],
+        [helper.make_tensor_value_info(out, TensorProto.FLOAT, ["N", classes])],
+        net.initializers,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     return model
@@ -115,16 +121,41 @@ def test_cli_shows_both_outcomes_of_a_binary_head_and_checks_the_labels_count(tm
     x = _inputs(1)
     np.save(tmp_path / "x.npy", x)
     (tmp_path / "labels.json").write_text(json.dumps(["normal", "upside_down"]))
-    result = CliRunner().invoke(main, ["run", str(tmp_path / "binary.onnx"), str(tmp_path / "x.npy"), "--labels",
-                                       str(tmp_path / "labels.json"), "--out", str(tmp_path / "out"), "--device", "cpu"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "run",
+            str(tmp_path / "binary.onnx"),
+            str(tmp_path / "x.npy"),
+            "--labels",
+            str(tmp_path / "labels.json"),
+            "--out",
+            str(tmp_path / "out"),
+            "--device",
+            "cpu",
+        ],
+    )
     assert result.exit_code == 0, result.output
     p = float(session(model).run(None, {"x": x})[0][0, 0])
-    shown = {line.split()[-1]: float(line.split()[-3].rstrip("%")) / 100 for line in result.output.splitlines()
-             if line.strip().endswith(("normal", "upside_down")) and "%" in line}
+    shown = {
+        line.split()[-1]: float(line.split()[-3].rstrip("%")) / 100
+        for line in result.output.splitlines()
+        if line.strip().endswith(("normal", "upside_down")) and "%" in line
+    }
     assert shown == pytest.approx({"upside_down": p, "normal": 1 - p}, abs=1e-3)
     (tmp_path / "three.txt").write_text("a\nb\nc\n")
-    result = CliRunner().invoke(main, ["run", str(tmp_path / "binary.onnx"), str(tmp_path / "x.npy"), "--labels",
-                                       str(tmp_path / "three.txt"), "--out", str(tmp_path / "out")])
+    result = CliRunner().invoke(
+        main,
+        [
+            "run",
+            str(tmp_path / "binary.onnx"),
+            str(tmp_path / "x.npy"),
+            "--labels",
+            str(tmp_path / "three.txt"),
+            "--out",
+            str(tmp_path / "out"),
+        ],
+    )
     assert result.exit_code == 1 and "3" in result.stderr and "2" in result.stderr, result.output
 
 
@@ -135,5 +166,7 @@ def test_a_ready_tensor_gets_no_preprocessing_notice(tmp_path):
 
     onnx.save(_gap_linear(3, sigmoid_output=False), tmp_path / "m.onnx")
     np.save(tmp_path / "x.npy", _inputs(1))
-    result = CliRunner().invoke(main, ["run", str(tmp_path / "m.onnx"), str(tmp_path / "x.npy"), "--out", str(tmp_path)])
+    result = CliRunner().invoke(
+        main, ["run", str(tmp_path / "m.onnx"), str(tmp_path / "x.npy"), "--out", str(tmp_path)]
+    )
     assert result.exit_code == 0 and "assumed" not in result.output, result.output

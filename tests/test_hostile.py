@@ -34,8 +34,12 @@ from onnxcam.model import inspect_model, load_model
 from onnxcam.preprocess import load_image, load_tensor
 from tinymodels import Net, classifier, computed_resize
 
-BOUNDED = settings(max_examples=40, deadline=None, derandomize=True,
-                   suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+BOUNDED = settings(
+    max_examples=40,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 
 def run(*args):
@@ -123,15 +127,18 @@ def _corrupt(kind):
     return model
 
 
-@pytest.mark.parametrize("kind, message", [
-    ("unknown op", "No Op registered for Flatt:n"),
-    ("undefined input", "reads 'nowhere', which no node"),
-    ("wrong arity", "has input size 1 not in range"),
-    ("wrong attribute type", "mismatch in attribute axis"),
-    ("inference fails", "shape inference fails at Flatten node"),
-    ("unknown element type", "declares element type 88"),
-    ("initializer without type", "has no valid element type"),
-])
+@pytest.mark.parametrize(
+    "kind, message",
+    [
+        ("unknown op", "No Op registered for Flatt:n"),
+        ("undefined input", "reads 'nowhere', which no node"),
+        ("wrong arity", "has input size 1 not in range"),
+        ("wrong attribute type", "mismatch in attribute axis"),
+        ("inference fails", "shape inference fails at Flatten node"),
+        ("unknown element type", "declares element type 88"),
+        ("initializer without type", "has no valid element type"),
+    ],
+)
 def test_corrupt_graphs(tmp_path, image, kind, message):
     path = save(_corrupt(kind), tmp_path / "m.onnx")
     refused_writes_nothing(tmp_path, ["run", path, image], 3, message)
@@ -162,8 +169,14 @@ def external_model(folder, location="w.bin"):
     """tiny() with every initializer in one external file next to it; returns the model's path."""
     folder.mkdir(exist_ok=True)
     path = folder / "model.onnx"
-    onnx.save_model(hf.tiny(), str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=location, size_threshold=0)
+    onnx.save_model(
+        hf.tiny(),
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=location,
+        size_threshold=0,
+    )
     return path
 
 
@@ -220,14 +233,17 @@ def test_external_data_outside_the_folder_is_refused_before_reading(tmp_path, im
     refused_writes_nothing(tmp_path, ["run", path, image], 3, "points outside the model's folder")
 
 
-@pytest.mark.parametrize("edit, message", [
-    ("missing", "is missing"),
-    ("length beyond the file", "the file is truncated"),
-    ("offset beyond the file", "the file is truncated"),
-    ("huge dims", "declares shape"),
-    ("bad offset", "non-integer offset"),
-    ("a folder", "not a regular file"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        ("missing", "is missing"),
+        ("length beyond the file", "the file is truncated"),
+        ("offset beyond the file", "the file is truncated"),
+        ("huge dims", "declares shape"),
+        ("bad offset", "non-integer offset"),
+        ("a folder", "not a regular file"),
+    ],
+)
 def test_external_data_broken(tmp_path, image, edit, message):
     path = external_model(tmp_path / "m")
     data = tmp_path / "m" / "w.bin"
@@ -283,8 +299,18 @@ def test_huge_intermediate_tensor_is_refused_before_onnx_runtime(tmp_path, image
 def test_several_inputs(tmp_path, image):
     path = save(hf.with_second_input(hf.tiny(), feeds_scores=False), tmp_path / "two.onnx")
     refused_writes_nothing(tmp_path, ["run", path, image], 3, "choose the image one with --input NAME")
-    result = run("run", path, image, "--input", "x", "--output", hf.tiny().graph.output[0].name,
-                 "--out", tmp_path / "out", "--npy")
+    result = run(
+        "run",
+        path,
+        image,
+        "--input",
+        "x",
+        "--output",
+        hf.tiny().graph.output[0].name,
+        "--out",
+        tmp_path / "out",
+        "--npy",
+    )
     assert result.exit_code == 0, result.output
     assert (tmp_path / "out" / "img.gradcam.npy").is_file()
     refused_writes_nothing(tmp_path, ["run", path, image, "--input", "nope"], 3, "no model input named 'nope'")
@@ -310,11 +336,14 @@ def test_dynamic_spatial_size_asks_for_input_size(tmp_path, image):
     assert np.load(tmp_path / "out" / "img.gradcam.npy").shape == (9, 11)
 
 
-@pytest.mark.parametrize("model, message", [
-    (hf.vector_input, "no image-like (4-D) input; inputs: x ['N', 12]"),
-    (lambda: hf.no_spatial_layer(pool_first=False), "no candidate target layer"),
-    (lambda: hf.no_spatial_layer(pool_first=True), "(ops in the model: Conv, Flatten, GlobalAveragePool, MatMul)"),
-])
+@pytest.mark.parametrize(
+    "model, message",
+    [
+        (hf.vector_input, "no image-like (4-D) input; inputs: x ['N', 12]"),
+        (lambda: hf.no_spatial_layer(pool_first=False), "no candidate target layer"),
+        (lambda: hf.no_spatial_layer(pool_first=True), "(ops in the model: Conv, Flatten, GlobalAveragePool, MatMul)"),
+    ],
+)
 def test_nothing_to_explain(tmp_path, image, model, message):
     path = save(model(), tmp_path / "m.onnx")
     refused_writes_nothing(tmp_path, ["run", path, image], 3, message)
@@ -331,7 +360,9 @@ def test_resize_to_computed_sizes(tmp_path, image):
 
 
 def test_unknown_layer_suggests_close_names(tmp_path, image, tiny_path):
-    result = refused_writes_nothing(tmp_path, ["run", tiny_path, image, "--layer", "relu_00"], 3, "no target layer named")
+    result = refused_writes_nothing(
+        tmp_path, ["run", tiny_path, image, "--layer", "relu_00"], 3, "no target layer named"
+    )
     assert "Did you mean: relu_0" in result.stderr
 
 
@@ -349,19 +380,25 @@ def test_probability_output_is_explained_at_the_logits(tmp_path, image, tail, at
     path = save(with_probs, tmp_path / "probs.onnx")
     result = run("run", path, image, "--npy", "--out", tmp_path / "out")
     assert result.exit_code == 0, result.output
-    np.testing.assert_allclose(np.load(tmp_path / "out" / "img.gradcam.npy"),
-                               Explainer(plain, device="cpu").explain(str(image)).maps[0], atol=1e-6)
+    np.testing.assert_allclose(
+        np.load(tmp_path / "out" / "img.gradcam.npy"),
+        Explainer(plain, device="cpu").explain(str(image)).maps[0],
+        atol=1e-6,
+    )
     assert "(before the output's softmax)" in run("inspect", path).output
 
 
 # -- models: NaN, Inf, flat maps ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("body, what", [
-    (lambda n: n.op("Log", n.op("Sub", n.op("Neg", n.op("Relu", "A")), n.const(1.0))), "NaN in the class scores"),
-    (lambda n: n.op("Div", "A", n.const(0.0)), "in the class scores"),
-    (lambda n: n.op("Sqrt", n.op("Mul", "A", n.const(0.0))), "Inf in the gradients at 'mul_"),
-])
+@pytest.mark.parametrize(
+    "body, what",
+    [
+        (lambda n: n.op("Log", n.op("Sub", n.op("Neg", n.op("Relu", "A")), n.const(1.0))), "NaN in the class scores"),
+        (lambda n: n.op("Div", "A", n.const(0.0)), "in the class scores"),
+        (lambda n: n.op("Sqrt", n.op("Mul", "A", n.const(0.0))), "Inf in the gradients at 'mul_"),
+    ],
+)
 def test_nan_or_inf_is_named(tmp_path, image, body, what):
     path = save(hf.tiny(body), tmp_path / "m.onnx")
     refused_writes_nothing(tmp_path, ["run", path, image], 1, what)
@@ -395,16 +432,23 @@ def test_a_normal_map_is_not_flat(tmp_path, image, tiny_path):
 # -- images -------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name, content, message", [
-    ("text.jpg", b"this is not a picture", "not a readable image"),
-    ("random.png", np.random.default_rng(1).bytes(3000), "not a readable image"),
-    ("empty.png", b"", "empty image file"),
-    ("truncated.png", hf.encode(".png", hf.picture())[:500], "a damaged or truncated PNG file"),
-    ("truncated.jpg", hf.encode(".jpg", hf.picture())[:300], "a damaged or truncated JPEG file"),
-    ("short-data.png", hf.bomb("png", 200, 200), "libpng error: Not enough image data"),
-    ("radiance.hdr", b"#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n\n-Y 2 +X 2\n" + b"\x00" * 16, "Radiance HDR images are not"),
-    ("zero.jpg", hf.bomb("jpg", 0, 20), "declares 0x20 pixels"),
-])
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("text.jpg", b"this is not a picture", "not a readable image"),
+        ("random.png", np.random.default_rng(1).bytes(3000), "not a readable image"),
+        ("empty.png", b"", "empty image file"),
+        ("truncated.png", hf.encode(".png", hf.picture())[:500], "a damaged or truncated PNG file"),
+        ("truncated.jpg", hf.encode(".jpg", hf.picture())[:300], "a damaged or truncated JPEG file"),
+        ("short-data.png", hf.bomb("png", 200, 200), "libpng error: Not enough image data"),
+        (
+            "radiance.hdr",
+            b"#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n\n-Y 2 +X 2\n" + b"\x00" * 16,
+            "Radiance HDR images are not",
+        ),
+        ("zero.jpg", hf.bomb("jpg", 0, 20), "declares 0x20 pixels"),
+    ],
+)
 def test_bad_image_files(tmp_path, tiny_path, name, content, message):
     path = tmp_path / name
     path.write_bytes(content)
@@ -444,8 +488,12 @@ def test_opencv_keeps_its_own_limit_behind_ours(tmp_path, tiny_path):
     imported) still refuses the bomb from its header, and the message says which knob to turn."""
     path = tmp_path / "bomb.png"
     path.write_bytes(hf.bomb("png"))
-    refused_writes_nothing(tmp_path, ["run", tiny_path, path, "--max-pixels", 3 * 10**9], 4,
-                           "set the environment variable OPENCV_IO_MAX_IMAGE_PIXELS")
+    refused_writes_nothing(
+        tmp_path,
+        ["run", tiny_path, path, "--max-pixels", 3 * 10**9],
+        4,
+        "set the environment variable OPENCV_IO_MAX_IMAGE_PIXELS",
+    )
 
 
 def test_a_file_too_big_for_the_pixel_limit_is_not_read(tmp_path, tiny_path):
@@ -457,7 +505,9 @@ def test_a_file_too_big_for_the_pixel_limit_is_not_read(tmp_path, tiny_path):
 
 
 def test_max_pixels_option(tmp_path, tiny_path, image):
-    refused_writes_nothing(tmp_path, ["run", tiny_path, image, "--max-pixels", 1000], 4, "(1200), more than the limit of 1000")
+    refused_writes_nothing(
+        tmp_path, ["run", tiny_path, image, "--max-pixels", 1000], 4, "(1200), more than the limit of 1000"
+    )
     result = run("run", tiny_path, image, "--max-pixels", 1200, "--out", tmp_path / "out")
     assert result.exit_code == 0, result.output
 
@@ -501,8 +551,10 @@ def test_rgba_is_composited_over_white(tmp_path):
     np.testing.assert_allclose(rgb[:, 4:], np.broadcast_to([227, 127, 127], (4, 2, 3)), atol=1)
 
 
-@pytest.mark.parametrize("orientation, turn", [(1, lambda a: a), (3, lambda a: a[::-1, ::-1]),
-                                                (6, lambda a: np.rot90(a, -1)), (8, lambda a: np.rot90(a, 1))])
+@pytest.mark.parametrize(
+    "orientation, turn",
+    [(1, lambda a: a), (3, lambda a: a[::-1, ::-1]), (6, lambda a: np.rot90(a, -1)), (8, lambda a: np.rot90(a, 1))],
+)
 def test_exif_orientation_is_honoured(tmp_path, tiny_path, orientation, turn):
     """cv2.imdecode (IMREAD_COLOR) applies the EXIF Orientation tag, as cv2.imread does."""
     bgr = np.zeros((40, 60, 3), np.uint8)
@@ -523,8 +575,12 @@ def test_rgba_with_exif_orientation_keeps_alpha_aligned(tmp_path):
     """IMREAD_UNCHANGED (for alpha) ignores EXIF orientation: the alpha is turned the way the colours were."""
     bgra = np.zeros((40, 60, 4), np.uint8)
     bgra[:10, :20] = (1, 0, 0, 255)  # an opaque (near-)black block top-left; the rest is transparent
-    tiff = (b"MM\x00\x2a\x00\x00\x00\x08" + b"\x00\x01" + b"\x01\x12\x00\x03\x00\x00\x00\x01\x00\x06\x00\x00"
-            + b"\x00\x00\x00\x00")
+    tiff = (
+        b"MM\x00\x2a\x00\x00\x00\x08"
+        + b"\x00\x01"
+        + b"\x01\x12\x00\x03\x00\x00\x00\x01\x00\x06\x00\x00"
+        + b"\x00\x00\x00\x00"
+    )
     png = hf.encode(".png", bgra)
     path = tmp_path / "rotated.png"
     path.write_bytes(png[:33] + hf.png_chunk(b"eXIf", tiff) + png[33:])
@@ -606,8 +662,12 @@ def test_inputs_that_would_write_the_same_outputs_are_refused_up_front(tmp_path,
     for folder in ("a", "b"):
         (tmp_path / folder).mkdir()
         (tmp_path / folder / "cat.png").write_bytes(hf.encode(".png", hf.picture()))
-    refused_writes_nothing(tmp_path, ["run", tiny_path, tmp_path / "a" / "cat.png", tmp_path / "b" / "cat.png"], 1,
-                           "would write the same output files")
+    refused_writes_nothing(
+        tmp_path,
+        ["run", tiny_path, tmp_path / "a" / "cat.png", tmp_path / "b" / "cat.png"],
+        1,
+        "would write the same output files",
+    )
 
 
 def test_an_unwritable_output_folder(tmp_path, tiny_path, image):
@@ -635,9 +695,13 @@ def test_batch_reports_every_failure_and_exits_non_zero(tmp_path, tiny_path, ima
     assert result.exit_code == 1
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("Error: 5 of 6 images failed: ")
-    for name, why in [("missing.png", "image file not found"), ("text.png", "not a readable image"),
-                      ("empty.jpg", "empty image file"), ("bomb.png", "--max-pixels"),
-                      ("truncated.png", "damaged or truncated PNG")]:
+    for name, why in [
+        ("missing.png", "image file not found"),
+        ("text.png", "not a readable image"),
+        ("empty.jpg", "empty image file"),
+        ("bomb.png", "--max-pixels"),
+        ("truncated.png", "damaged or truncated PNG"),
+    ]:
         assert f"{name}: " in last and why in last.split(f"{name}: ", 1)[1], (name, last)
     assert sorted(os.listdir(tmp_path / "out")) == ["img.gradcam.json", "img.gradcam.png"]
 
@@ -701,8 +765,19 @@ def test_the_console_script_keeps_decoder_noise_off_the_terminal(tmp_path, tiny_
     (tmp_path / "short.png").write_bytes(hf.bomb("png", 300, 300))
     (tmp_path / "cut.tif").write_bytes(hf.encode(".tiff", hf.picture())[:100])
     (tmp_path / "bomb.gif").write_bytes(hf.bomb("gif"))
-    cmd = [sys.executable, "-m", "onnxcam", "run", str(tiny_path), str(tmp_path / "short.png"), str(tmp_path / "cut.tif"),
-           str(tmp_path / "bomb.gif"), str(image), "--out", str(tmp_path / "out")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "onnxcam",
+        "run",
+        str(tiny_path),
+        str(tmp_path / "short.png"),
+        str(tmp_path / "cut.tif"),
+        str(tmp_path / "bomb.gif"),
+        str(image),
+        "--out",
+        str(tmp_path / "out"),
+    ]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 1, done.stderr
     assert "libpng" not in done.stderr.replace("libpng error: Not enough image data)", "")  # only inside our line
@@ -732,16 +807,33 @@ def _try_image(tmp, data: bytes):
 
 
 @BOUNDED
-@given(data=st.binary(max_size=3000), prefix=st.sampled_from([b"", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR",
-                                                             b"\xff\xd8", b"GIF89a", b"BM", b"RIFF\x00\x00\x00\x00WEBP",
-                                                             b"II*\x00", b"MM\x00*", b"P6\n", b"P7\n"]))
+@given(
+    data=st.binary(max_size=3000),
+    prefix=st.sampled_from(
+        [
+            b"",
+            b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR",
+            b"\xff\xd8",
+            b"GIF89a",
+            b"BM",
+            b"RIFF\x00\x00\x00\x00WEBP",
+            b"II*\x00",
+            b"MM\x00*",
+            b"P6\n",
+            b"P7\n",
+        ]
+    ),
+)
 def test_image_loader_random_bytes_only_image_errors(tmp_path_factory, data, prefix):
     _try_image(tmp_path_factory.mktemp("fuzz"), prefix + data)
 
 
 @BOUNDED
-@given(kind=st.sampled_from(sorted(_REAL)), cut=st.floats(0, 1), flips=st.lists(
-    st.tuples(st.floats(0, 1, exclude_max=True), st.integers(0, 255)), max_size=6))
+@given(
+    kind=st.sampled_from(sorted(_REAL)),
+    cut=st.floats(0, 1),
+    flips=st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(0, 255)), max_size=6),
+)
 def test_image_loader_damaged_real_images_only_image_errors(tmp_path_factory, kind, cut, flips):
     data = bytearray(_REAL[kind])
     for where, value in flips:
@@ -788,8 +880,11 @@ _TINY_PROBS = hf.with_tail(hf.with_feature_output(hf.tiny()), "Softmax", axis=1)
 
 
 @BOUNDED
-@given(source=st.sampled_from([_TINY, _TINY_PROBS]), cut=st.floats(0, 1), flips=st.lists(
-    st.tuples(st.floats(0, 1, exclude_max=True), st.integers(0, 255)), min_size=1, max_size=4))
+@given(
+    source=st.sampled_from([_TINY, _TINY_PROBS]),
+    cut=st.floats(0, 1),
+    flips=st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(0, 255)), min_size=1, max_size=4),
+)
 def test_mutated_models_only_onnxcam_errors_up_to_the_map(tmp_path_factory, source, cut, flips):
     """A few bytes changed (and, 1 time in 6, the file cut short): refused as ModelError, or explained."""
     data = bytearray(source)
@@ -804,10 +899,17 @@ def demo_bytes():
         return f.read()
 
 
-@settings(max_examples=15, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-@given(length=st.integers(1, 300_000), tail=st.booleans(), flips=st.lists(
-    st.tuples(st.integers(0, 60_000), st.integers(0, 255)), max_size=4))
+@settings(
+    max_examples=15,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(
+    length=st.integers(1, 300_000),
+    tail=st.booleans(),
+    flips=st.lists(st.tuples(st.integers(0, 60_000), st.integers(0, 255)), max_size=4),
+)
 def test_model_loader_mutated_demo_prefixes_only_model_errors(tmp_path_factory, demo_bytes, length, tail, flips):
     """Prefixes of the real model (and, with `tail`, all of it) with a few bytes changed in its node section."""
     data = bytearray(demo_bytes if tail else demo_bytes[:length])
@@ -824,7 +926,9 @@ def test_model_loader_mutated_demo_prefixes_only_model_errors(tmp_path_factory, 
 def vjp_helpers():
     """check_gradients and the pooling kink helper of tests/surgery/test_vjp.py (not a package: load by path;
     loaded on first use, so that only these tests notice if that file is broken)."""
-    spec = importlib.util.spec_from_file_location("_vjp_for_hostile", os.path.join(ROOT, "tests", "surgery", "test_vjp.py"))
+    spec = importlib.util.spec_from_file_location(
+        "_vjp_for_hostile", os.path.join(ROOT, "tests", "surgery", "test_vjp.py")
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -887,8 +991,11 @@ def test_pool_rules_with_random_attributes(data):
     k = [data.draw(st.integers(1, 3), f"k{i}") for i in range(2)]
     assume(k != [1, 1] or op == "AveragePool")
     s = [data.draw(st.integers(1, 3), f"s{i}") for i in range(2)]
-    d = [data.draw(st.integers(1, 2), f"d{i}") for i in range(2)] if opset >= (19 if op == "AveragePool" else 10) \
+    d = (
+        [data.draw(st.integers(1, 2), f"d{i}") for i in range(2)]
+        if opset >= (19 if op == "AveragePool" else 10)
         else [1, 1]
+    )
     pads = [data.draw(st.integers(0, k[i % 2] - 1), f"p{i}") for i in range(4)]  # ORT: pads smaller than the kernel
     ceil = data.draw(st.booleans(), "ceil_mode")
     attrs = dict(kernel_shape=k, strides=s, pads=pads, ceil_mode=int(ceil))

@@ -33,8 +33,12 @@ from onnxcam.errors import ImageError, OnnxcamError, OutputError
 from onnxcam.preprocess import load_image
 from test_hostile import assert_refused, external_model, files_under, run, save
 
-SMALL = settings(max_examples=12, deadline=None, derandomize=True,
-                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+SMALL = settings(
+    max_examples=12,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 
 
 def owner(who: str):
@@ -70,16 +74,29 @@ def plain_logits(model, x) -> np.ndarray:
 def cli(*args, env=None, preexec_fn=None, timeout=240):
     """`python -m onnxcam ...` as a real process (signals, file descriptors, resource limits)."""
     environment = dict(os.environ, **(env or {}))
-    return subprocess.run([sys.executable, "-m", "onnxcam", *map(str, args)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout, env=environment, preexec_fn=preexec_fn)
+    return subprocess.run(
+        [sys.executable, "-m", "onnxcam", *map(str, args)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=environment,
+        preexec_fn=preexec_fn,
+    )
 
 
 def patched_cli(patch: str, *args, env=None, timeout=240):
     """The CLI in a process where `patch` (Python source) ran first: to stop it at a chosen moment."""
     code = textwrap.dedent(patch) + "\nfrom onnxcam.cli import main\nmain(prog_name='onnxcam')\n"
     environment = dict(os.environ, **(env or {}))
-    return subprocess.run([sys.executable, "-c", code, *map(str, args)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout, env=environment)
+    return subprocess.run(
+        [sys.executable, "-c", code, *map(str, args)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=environment,
+    )
 
 
 def temporaries(folder) -> list:
@@ -114,8 +131,14 @@ def _external_tiny(folder, seed):
     """tiny(seed) saved with its weights in w.bin; returns (path, the model with the data in memory)."""
     folder.mkdir(exist_ok=True)
     model = hf.tiny(seed=seed)
-    onnx.save_model(hf.copy(model), str(folder / "model.onnx"), save_as_external_data=True,
-                    all_tensors_to_one_file=True, location="w.bin", size_threshold=0)
+    onnx.save_model(
+        hf.copy(model),
+        str(folder / "model.onnx"),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="w.bin",
+        size_threshold=0,
+    )
     return folder / "model.onnx", model
 
 
@@ -150,11 +173,13 @@ def test_model_replaced_while_it_is_read_cannot_poison_the_cache(tmp_path, fresh
         return proto
 
     monkeypatch.setattr(onnxcam.explainer, "load_model", load_then_replace)
-    np.testing.assert_allclose(Explainer(str(path), device="cpu").explain(_x()).scores, plain_logits(first, _x()),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        Explainer(str(path), device="cpu").explain(_x()).scores, plain_logits(first, _x()), rtol=1e-5, atol=1e-5
+    )
     monkeypatch.setattr(onnxcam.explainer, "load_model", real)
-    np.testing.assert_allclose(Explainer(str(path), device="cpu").explain(_x()).scores, plain_logits(second, _x()),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        Explainer(str(path), device="cpu").explain(_x()).scores, plain_logits(second, _x()), rtol=1e-5, atol=1e-5
+    )
 
 
 def _tamper(kind, entry: str, other: str, model):
@@ -199,8 +224,9 @@ def _integer_input(dtype, scale: float, zero: float) -> onnx.ModelProto:
     name = m.graph.input[0].name
     for node in m.graph.node:
         node.input[:] = ["x_real" if i == name else i for i in node.input]
-    m.graph.initializer.extend([numpy_helper.from_array(np.float32(scale), "q_scale"),
-                                numpy_helper.from_array(np.float32(zero), "q_zero")])
+    m.graph.initializer.extend(
+        [numpy_helper.from_array(np.float32(scale), "q_scale"), numpy_helper.from_array(np.float32(zero), "q_zero")]
+    )
     m.graph.node.insert(0, helper.make_node("Cast", [name], ["x_cast"], to=TensorProto.FLOAT))
     m.graph.node.insert(1, helper.make_node("Sub", ["x_cast", "q_zero"], ["x_shift"]))
     m.graph.node.insert(2, helper.make_node("Mul", ["x_shift", "q_scale"], ["x_real"]))
@@ -248,7 +274,7 @@ def test_energy_in_box_counts_pixel_centres_in_the_box(values):
 
 
 @settings(max_examples=200, deadline=None, derandomize=True)
-@given(st.lists(st.one_of(st.floats(), st.integers(-10**30, 10**30)), min_size=4, max_size=4))
+@given(st.lists(st.one_of(st.floats(), st.integers(-(10**30), 10**30)), min_size=4, max_size=4))
 def test_check_box_accepts_exactly_finite_ordered_boxes(values):
     good = all(np.isfinite(float(v)) for v in values) and values[2] > values[0] and values[3] > values[1]
     if good:
@@ -273,8 +299,9 @@ def test_eval_refuses_a_box_with_infinity_before_the_work(tmp_path, image, tiny_
 
 def test_eval_refuses_a_200000_deep_json(tmp_path, image, tiny_path):
     boxes = _boxes_file(tmp_path, "[" * 200_000 + "]" * 200_000)
-    assert_refused(run("eval", tiny_path, image, "--boxes", boxes, "--out", tmp_path / "out"), 1,
-                   "cannot read the boxes file")
+    assert_refused(
+        run("eval", tiny_path, image, "--boxes", boxes, "--out", tmp_path / "out"), 1, "cannot read the boxes file"
+    )
 
 
 # == files destroyed or created where they must not be ======================================================
@@ -456,14 +483,24 @@ def _head_with(kind):
     flatten, matmul = m.graph.node[2], m.graph.node[3]
     if kind == "Loop":
         body = helper.make_graph(
-            [helper.make_node("Identity", ["cond_in"], ["cond_out"]), helper.make_node("Identity", ["v_in"], ["v_out"])],
-            "body", [helper.make_tensor_value_info("i", TensorProto.INT64, []),
-                     helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
-                     helper.make_tensor_value_info("v_in", TensorProto.FLOAT, None)],
-            [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
-             helper.make_tensor_value_info("v_out", TensorProto.FLOAT, None)])
-        m.graph.initializer.extend([numpy_helper.from_array(np.array(1, np.int64), "trips"),
-                                    numpy_helper.from_array(np.array(True), "cond")])
+            [
+                helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+                helper.make_node("Identity", ["v_in"], ["v_out"]),
+            ],
+            "body",
+            [
+                helper.make_tensor_value_info("i", TensorProto.INT64, []),
+                helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+                helper.make_tensor_value_info("v_in", TensorProto.FLOAT, None),
+            ],
+            [
+                helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+                helper.make_tensor_value_info("v_out", TensorProto.FLOAT, None),
+            ],
+        )
+        m.graph.initializer.extend(
+            [numpy_helper.from_array(np.array(1, np.int64), "trips"), numpy_helper.from_array(np.array(True), "cond")]
+        )
         node = helper.make_node("Loop", ["trips", "cond", flatten.output[0]], ["looped"], body=body, name="loop")
     else:
         m.opset_import.append(helper.make_opsetid("com.microsoft", 1))
@@ -482,8 +519,10 @@ def test_an_op_without_rule_or_shape_in_the_head_is_explained_or_one_line(tmp_pa
         assert_refused(result, 3, "")
 
 
-@pytest.mark.skipif(os.environ.get("ONNXCAM_LARGE_TESTS") != "1",
-                    reason="writes a 2.24 GB file and needs about 8 GB of memory: set ONNXCAM_LARGE_TESTS=1")
+@pytest.mark.skipif(
+    os.environ.get("ONNXCAM_LARGE_TESTS") != "1",
+    reason="writes a 2.24 GB file and needs about 8 GB of memory: set ONNXCAM_LARGE_TESTS=1",
+)
 def test_a_model_with_more_than_2_gb_of_external_data(tmp_path, image):
     """A valid model whose 2.24 GB initializer (zeros, a sparse file) is summed into the scores."""
     m = hf.tiny()
@@ -493,8 +532,12 @@ def test_a_model_with_more_than_2_gb_of_external_data(tmp_path, image):
     for k, v in (("location", "big.bin"), ("offset", "0"), ("length", str(560_000_000 * 4))):
         big.external_data.add(key=k, value=v)
     m.graph.initializer.append(big)
-    m.graph.node.extend([helper.make_node("ReduceSum", ["big"], ["big_sum"], keepdims=0),
-                         helper.make_node("Add", [logits, "big_sum"], ["scores"])])
+    m.graph.node.extend(
+        [
+            helper.make_node("ReduceSum", ["big"], ["big_sum"], keepdims=0),
+            helper.make_node("Add", [logits, "big_sum"], ["scores"]),
+        ]
+    )
     m.graph.output[0].name = "scores"
     (tmp_path / "m").mkdir()
     onnx.save(m, str(tmp_path / "m" / "model.onnx"))
@@ -512,8 +555,11 @@ def test_a_sparse_initializer(tmp_path, image):
     dense = m.graph.initializer.pop(0)
     w = numpy_helper.to_array(dense)
     flat = np.flatnonzero(w)
-    sparse = onnx.SparseTensorProto(values=numpy_helper.from_array(w.reshape(-1)[flat], dense.name),
-                                    indices=numpy_helper.from_array(flat.astype(np.int64), "idx"), dims=w.shape)
+    sparse = onnx.SparseTensorProto(
+        values=numpy_helper.from_array(w.reshape(-1)[flat], dense.name),
+        indices=numpy_helper.from_array(flat.astype(np.int64), "idx"),
+        dims=w.shape,
+    )
     m.graph.sparse_initializer.append(sparse)
     path = save(m, tmp_path / "m.onnx")
     result = run("run", path, image, "--npy", "--input-size", 9, 11, "--out", tmp_path / "out")
@@ -555,8 +601,9 @@ def test_any_unit_index_is_a_unit_or_one_line(tmp_path, image, tiny_path, unit):
 def test_a_negative_seed_is_one_line(tmp_path, image, tiny_path, command):
     method = "smoothgrad" if command == "run" else "gradcam"
     args = ["--steps", "2"] if command == "sanity" else ["--samples", "2"]
-    _one_line_or_success(run(command, tiny_path, image, "--method", method, "--seed", "-1", *args,
-                             "--out", tmp_path / "out"))
+    _one_line_or_success(
+        run(command, tiny_path, image, "--method", method, "--seed", "-1", *args, "--out", tmp_path / "out")
+    )
 
 
 @pytest.mark.parametrize("count", [1, 3])
@@ -597,12 +644,24 @@ def _tiled_tiff(width: int, height: int, tile: int) -> bytes:
     import zlib
 
     data = zlib.compress(b"\x00" * (1 << 16), 9)
-    tags = {256: (3, width), 257: (3, height), 258: (3, 8), 259: (3, 8), 262: (3, 1), 277: (3, 1),
-            322: (4, tile), 323: (4, tile), 324: (4, None), 325: (4, len(data))}
+    tags = {
+        256: (3, width),
+        257: (3, height),
+        258: (3, 8),
+        259: (3, 8),
+        262: (3, 1),
+        277: (3, 1),
+        322: (4, tile),
+        323: (4, tile),
+        324: (4, None),
+        325: (4, len(data)),
+    }
     at = 8 + 2 + 12 * len(tags) + 4
-    entries = b"".join(struct.pack("<HHI", tag, kind, 1) + (struct.pack("<HH", v, 0) if kind == 3 else
-                                                          struct.pack("<I", at if v is None else v))
-                       for tag, (kind, v) in sorted(tags.items()))
+    entries = b"".join(
+        struct.pack("<HHI", tag, kind, 1)
+        + (struct.pack("<HH", v, 0) if kind == 3 else struct.pack("<I", at if v is None else v))
+        for tag, (kind, v) in sorted(tags.items())
+    )
     return b"II*\x00" + struct.pack("<IH", 8, len(tags)) + entries + struct.pack("<I", 0) + data
 
 
@@ -623,23 +682,30 @@ def test_a_tiff_with_ordinary_tiles_still_loads(tmp_path):
 
 def _full_disk(limit: int):
     """A process in which no file may grow past `limit` bytes (writes fail with EFBIG, as on a full disk)."""
+
     def limit_files():
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
     return limit_files
 
 
 def test_a_full_cache_disk_never_fails_a_run(tmp_path, fresh_cache):
     env = {"ONNXCAM_CACHE_DIR": str(fresh_cache), "XDG_STATE_HOME": os.environ["XDG_STATE_HOME"]}
-    done = cli("run", DEMO, CHELSEA, "--out", tmp_path / "out", "--pictures", "jpg", env=env,
-               preexec_fn=_full_disk(1 << 20))
+    done = cli(
+        "run", DEMO, CHELSEA, "--out", tmp_path / "out", "--pictures", "jpg", env=env, preexec_fn=_full_disk(1 << 20)
+    )
     assert done.returncode == 0, done.stderr
     assert os.listdir(tmp_path / "out") == ["chelsea.gradcam.jpg"]
     assert temporaries(fresh_cache) == []
 
 
-@settings(max_examples=20, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=20,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 @given(name=st.text(st.characters(codec="utf-8", exclude_characters="/\0"), min_size=1, max_size=12))
 @example(name="a\x1b[2Kb")
 @example(name="\x1b[1A\x0b")
@@ -647,7 +713,7 @@ def test_names_are_printed_escaped(tmp_path, tiny_path, name):
     """A (missing) image named with escape sequences: the Error line holds no control character."""
     result = run("run", tiny_path, tmp_path / f"{name}.png", "--out", tmp_path / "out")
     assert result.exit_code == 4
-    assert not any(ord(c) < 32 or 0x7f <= ord(c) < 0xa0 for c in result.stderr.rstrip("\n")), repr(result.stderr)
+    assert not any(ord(c) < 32 or 0x7F <= ord(c) < 0xA0 for c in result.stderr.rstrip("\n")), repr(result.stderr)
 
 
 def test_opencv_never_prints_its_own_error_lines(tmp_path, tiny_path):
@@ -667,8 +733,19 @@ def test_no_warning_is_lost_while_images_are_decoded(tmp_path):
     folder.mkdir()
     for i in range(40):
         (folder / f"img{i:02d}.png").write_bytes(hf.encode(".png", hf.picture(600, 800, seed=i)))
-    done = cli("run", path, folder, "--out", tmp_path / "out", "--batch-size", "4", "--pictures", "none", "--json",
-               env={"ONNXCAM_CACHE_DIR": "off"})
+    done = cli(
+        "run",
+        path,
+        folder,
+        "--out",
+        tmp_path / "out",
+        "--batch-size",
+        "4",
+        "--pictures",
+        "none",
+        "--json",
+        env={"ONNXCAM_CACHE_DIR": "off"},
+    )
     assert done.returncode == 0, done.stderr
     assert done.stderr.count("Warning: flat map") == 40, done.stderr
 
@@ -717,9 +794,13 @@ def test_check_target_refuses_inputs_under_any_name(tmp_path):
 def test_a_set_is_rolled_back_when_a_rename_fails(tmp_path, monkeypatch):
     (tmp_path / "a").write_bytes(b"old a")
     real = os.replace
-    monkeypatch.setattr(writer.os, "replace",
-                        lambda src, dst: (_ for _ in ()).throw(OSError(36, "File name too long"))
-                        if str(dst).endswith("c") else real(src, dst))
+    monkeypatch.setattr(
+        writer.os,
+        "replace",
+        lambda src, dst: (
+            (_ for _ in ()).throw(OSError(36, "File name too long")) if str(dst).endswith("c") else real(src, dst)
+        ),
+    )
     with pytest.raises(OutputError, match="File name too long"):
         writer.write_files({str(tmp_path / "a"): b"new a", str(tmp_path / "b"): b"new b", str(tmp_path / "c"): b"c"})
     monkeypatch.undo()

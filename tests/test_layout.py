@@ -22,8 +22,9 @@ def _loaded_after(code: str) -> list:
 
 def test_import_onnxcam_and_the_help_load_no_heavy_module():
     assert _loaded_after("import onnxcam, onnxcam.names") == []
-    help_of = ("from onnxcam.cli import main\n"
-               "try:\n    main([{}'--help'], prog_name='onnxcam')\nexcept SystemExit:\n    pass")
+    help_of = (
+        "from onnxcam.cli import main\ntry:\n    main([{}'--help'], prog_name='onnxcam')\nexcept SystemExit:\n    pass"
+    )
     assert _loaded_after(help_of.format("")) == []
     for command in ("run", "eval", "sanity", "export", "inspect", "methods"):
         assert _loaded_after(help_of.format(f"'{command}', ")) == [], command
@@ -58,8 +59,9 @@ def _top_level_imports(name: str, tree, modules) -> set:
         if isinstance(node, ast.Import):
             out |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module:  # a submodule, else a name of the module
-            out |= {f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
-                    for a in node.names}
+            out |= {
+                f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module for a in node.names
+            }
     return {m for m in out if m in modules and m != name}
 
 
@@ -81,7 +83,7 @@ def test_module_level_imports_form_no_cycle():
         state[node] = "open"
         for nxt in sorted(graph[node]):
             if state.get(nxt) == "open":
-                raise AssertionError("import cycle: " + " -> ".join(path[path.index(nxt):] + [nxt]))
+                raise AssertionError("import cycle: " + " -> ".join(path[path.index(nxt) :] + [nxt]))
             if nxt not in state:
                 visit(nxt, path + [nxt])
         state[node] = "done"

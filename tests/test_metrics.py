@@ -52,6 +52,7 @@ def test_deletion_of_a_linear_model_has_a_closed_form():
     rows = metrics.deletion_inputs(x, x[0], steps=steps, layout="CHW")
     assert rows.shape == (steps + 1, 1, h, w)
     assert np.array_equal(rows[0], x) and not rows[-1].any()
+
     def probability(batch):
         return batch.reshape(len(batch), -1).mean(axis=1, keepdims=True) / values.mean()
 
@@ -147,7 +148,7 @@ def test_scale_boxes_follows_a_straight_resize():
 def test_spearman_and_ranks():
     assert metrics.rankdata([10, 20, 20, 5]).tolist() == [2, 3.5, 3.5, 1]
     a = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
-    assert metrics.spearman(a, a ** 3) == pytest.approx(1.0)  # monotone: 1 whatever the values
+    assert metrics.spearman(a, a**3) == pytest.approx(1.0)  # monotone: 1 whatever the values
     assert metrics.spearman(a, -a) == pytest.approx(-1.0)
     # the textbook formula without ties: 1 - 6 sum d^2 / (n (n^2 - 1))
     b = np.array([2.0, 1.0, 4.0, 3.0, 5.0])

@@ -23,8 +23,11 @@ def convnext_branch(net):
     y = net.op("Transpose", "A", perm=NHWC)
     y = net.op("LayerNormalization", y, net.const(np.full(CHANNELS, 1.2)), net.const(np.full(CHANNELS, 0.1)), axis=-1)
     y = net.op("Add", net.op("MatMul", y, net.randn(CHANNELS, 8)), net.randn(8))
-    gelu = net.op("Mul", net.op("Mul", y, net.const(0.5)),
-                  net.op("Add", net.op("Erf", net.op("Div", y, net.const(np.sqrt(2.0)))), net.const(1.0)))
+    gelu = net.op(
+        "Mul",
+        net.op("Mul", y, net.const(0.5)),
+        net.op("Add", net.op("Erf", net.op("Div", y, net.const(np.sqrt(2.0)))), net.const(1.0)),
+    )
     return net.op("Transpose", net.op("Mul", gelu, net.randn(8)), perm=NCHW)
 
 
@@ -48,13 +51,17 @@ def matmul_on_nchw(net):
     return net.op("Relu", net.op("MatMul", "A", net.randn(6, 6)))
 
 
-@pytest.mark.parametrize("body, candidate", [
-    (convnext_branch, True),
-    (swapped_twice, True),
-    (swapped_then_relu, False),
-    (matmul_over_w, False),
-    (matmul_on_nchw, False),
-], ids=lambda v: getattr(v, "__name__", str(v)))
+@pytest.mark.parametrize(
+    "body, candidate",
+    [
+        (convnext_branch, True),
+        (swapped_twice, True),
+        (swapped_then_relu, False),
+        (matmul_over_w, False),
+        (matmul_on_nchw, False),
+    ],
+    ids=lambda v: getattr(v, "__name__", str(v)),
+)
 def test_layouts_through_transposes(body, candidate):
     net = Net(opset=17)
     feature = body(net)
@@ -94,14 +101,27 @@ def test_quantized_layers_are_float_twins_that_keep_the_logits():
     net = Net(opset=13)
     q = net.op("QuantizeLinear", "A", net.const(0.05), net.const(128, np.uint8))
     w = net.const(net.rng.integers(-20, 20, (4, CHANNELS, 3, 3)), np.int8)
-    conv = net.op("QLinearConv", q, net.const(0.05), net.const(128, np.uint8), w, net.const(0.01),
-                  net.const(0, np.int8), net.const(0.04), net.const(100, np.uint8), pads=[1, 1, 1, 1], name="qconv")
+    conv = net.op(
+        "QLinearConv",
+        q,
+        net.const(0.05),
+        net.const(128, np.uint8),
+        w,
+        net.const(0.01),
+        net.const(0, np.int8),
+        net.const(0.04),
+        net.const(100, np.uint8),
+        pads=[1, 1, 1, 1],
+        name="qconv",
+    )
     pooled = net.op("MaxPool", conv, kernel_shape=[2, 2], name="pool")
     feature = net.op("DequantizeLinear", pooled, net.const(0.04), net.const(100, np.uint8))
     model = classifier(net, feature)
     info = inspect_model(model)
     assert [(layer.name, layer.op, layer.node) for layer in info.layers[1:3]] == [
-        (f"{conv}/dequantized", "QLinearConv", "qconv"), (f"{pooled}/dequantized", "MaxPool", "pool")]
+        (f"{conv}/dequantized", "QLinearConv", "qconv"),
+        (f"{pooled}/dequantized", "MaxPool", "pool"),
+    ]
     x = np.random.default_rng(0).normal(size=(2, 3, 7, 6)).astype(np.float32)
     logits = model.graph.output[0].name
     twin = f"{conv}/dequantized"

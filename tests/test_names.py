@@ -21,8 +21,11 @@ def test_the_library_agrees_with_names():
     assert inspect.signature(explainer.Explainer.explain).parameters["method"].default == names.DEFAULT_METHOD
     assert names.EXPORTABLE_METHODS == tuple(FORMULAS) == export.METHODS
     assert names.PICTURE_FORMATS == tuple(writer.PICTURE_FORMATS)
-    assert (names.CLASS_INPUT, names.TARGET_OUTPUT, names.MAP_OUTPUT) == (surgery.CLASS_INPUT, surgery.TARGET_OUTPUT,
-                                                                          export.MAP_OUTPUT)
+    assert (names.CLASS_INPUT, names.TARGET_OUTPUT, names.MAP_OUTPUT) == (
+        surgery.CLASS_INPUT,
+        surgery.TARGET_OUTPUT,
+        export.MAP_OUTPUT,
+    )
 
 
 def test_export_takes_exactly_the_class_input_modes():

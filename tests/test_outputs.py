@@ -62,8 +62,9 @@ def test_output_names_and_guards(tmp_path):
     assert outputs.output_path("in/cat.v2.png", "grid.jpg", "out") == os.path.join("out", "cat.v2.grid.jpg")
     image = tmp_path / "x.png"
     with pytest.raises(OnnxcamError, match="refusing to overwrite the input .*x.png; choose another -o path"):
-        outputs.refuse_inputs([str(tmp_path / "y.png"), str(tmp_path / "sub" / ".." / "x.png")], [str(image)],
-                              "-o path")
+        outputs.refuse_inputs(
+            [str(tmp_path / "y.png"), str(tmp_path / "sub" / ".." / "x.png")], [str(image)], "-o path"
+        )
     outputs.check_distinct_outputs(["a/cat.png", "a/cat.png", "b/dog.png"], "out")  # the same image twice is fine
     with pytest.raises(OnnxcamError, match="would write the same output files"):
         outputs.check_distinct_outputs(["a/cat.png", "b/cat.jpg"], "out")
@@ -85,12 +86,31 @@ def test_the_record_lists_exactly_the_files_written(tmp_path):
     assert len(record["predictions"]) == 3 and record["score"] == "logit" and record["units"] is None
     probabilities = [p["probability"] for p in record["predictions"]]
     assert probabilities == sorted(probabilities, reverse=True)
-    assert set(record) == {"image", "model", "layers", "provider", "preprocess", "score", "predictions",
-                           "explanations", "units", "timings_s", "outputs"}
+    assert set(record) == {
+        "image",
+        "model",
+        "layers",
+        "provider",
+        "preprocess",
+        "score",
+        "predictions",
+        "explanations",
+        "units",
+        "timings_s",
+        "outputs",
+    }
 
 
 def test_run_options_are_typed_and_carry_the_explain_keywords():
     opts = outputs.RunOptions(score="probability", unit=("A", 1), samples=3, scorecam_channels=8)
-    assert opts.explain_args() == dict(score="probability", unit=("A", 1), aug_smooth=False, eigen_smooth=False,
-                                       samples=3, noise=0.15, seed=0, scorecam_channels=8)
+    assert opts.explain_args() == dict(
+        score="probability",
+        unit=("A", 1),
+        aug_smooth=False,
+        eigen_smooth=False,
+        samples=3,
+        noise=0.15,
+        seed=0,
+        scorecam_channels=8,
+    )
     assert opts.max_pixels == names.DEFAULT_MAX_PIXELS and opts.pictures in names.PICTURE_FORMATS

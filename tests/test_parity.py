@@ -41,7 +41,7 @@ SLOW = {
     ("demo", "scorecam"): (
         "Score-CAM runs the whole model once per channel: 1280 runs of EfficientNet-Lite0 at 224x224, "
         "26-39 s on 2 CPU cores, over the 30 s budget (ONNXCAM_PARITY_SLOW=1 runs it)"
-    ),
+    )
 }
 SMOOTH_SAMPLES = 4
 # (network, key) -> why a 1e-3 bound on the max difference cannot hold there. These cases assert the
@@ -53,7 +53,7 @@ LOOSER = {
         "moves torch's float64 gradient by 2.9e-3 of its max, and onnxcam's own graph with ONNX Runtime's "
         "fusions off vs on differs by 9.1e-3. onnxcam vs torch (float32 or float64): 6.7e-3 at 41 of 150528 "
         "elements, in patches around a few flipped ReLU6 masks; 99.9th percentile 4.6e-4"
-    ),
+    )
 }
 LOOSE_TOLERANCE = 2e-2
 
@@ -83,16 +83,20 @@ def model_path(name: str) -> str:
     with open(path, "rb") as f:
         digest = hashlib.sha256(f.read()).hexdigest()
     if digest != str(fx["model_sha256"]):
-        pytest.fail(f"{fx['model']} changed since tests/fixtures/parity/{name}.npz was made; "
-                    f"run: python tools/make_parity_fixtures.py {name}", pytrace=False)
+        pytest.fail(
+            f"{fx['model']} changed since tests/fixtures/parity/{name}.npz was made; "
+            f"run: python tools/make_parity_fixtures.py {name}",
+            pytrace=False,
+        )
     return path
 
 
 @functools.cache
 def explainer(name: str, layers: tuple, maps_in_graph: bool = False) -> Explainer:
     """Analytic gradients only: a finite-difference fallback would not be the parity being tested."""
-    return Explainer(model_path(name), layer=list(layers), device="cpu", gradients="analytic",
-                     maps_in_graph=maps_in_graph)
+    return Explainer(
+        model_path(name), layer=list(layers), device="cpu", gradients="analytic", maps_in_graph=maps_in_graph
+    )
 
 
 def split(key: str) -> tuple:
@@ -105,9 +109,14 @@ def explain(name: str, key: str, maps_in_graph: bool = False, **options):
     fx = fixture(name)
     method, variant = split(key)
     layers = tuple(fx["layers2"] if variant == "layers2" else fx["layers"])
-    return explainer(name, layers, maps_in_graph).explain(fx["input"], method=method, target=fx["targets"],
-                                           aug_smooth=variant == "aug_smooth",
-                                           eigen_smooth=variant == "eigen_smooth", **options)
+    return explainer(name, layers, maps_in_graph).explain(
+        fx["input"],
+        method=method,
+        target=fx["targets"],
+        aug_smooth=variant == "aug_smooth",
+        eigen_smooth=variant == "eigen_smooth",
+        **options,
+    )
 
 
 def reference(name: str, kind: str, key: str) -> np.ndarray:
@@ -172,15 +181,23 @@ def test_matches_pytorch_grad_cam(name, kind, key):
 def in_graph_cases() -> list:
     """The maps computed inside the graph (surgery.maps.FORMULAS with gradients; the Explainer's default, while the
     other parity tests take the NumPy path from A and dScore/dA), where fixtures have them."""
-    return [pytest.param(name, key, id=f"{name}-{key}") for name in networks() for kind, key in keys(name)
-            if kind == "map" and split(key)[0] in FORMULAS and split(key)[0] != "cam"
-            and split(key)[1] in ("", "layers2", "aug_smooth")]
+    return [
+        pytest.param(name, key, id=f"{name}-{key}")
+        for name in networks()
+        for kind, key in keys(name)
+        if kind == "map"
+        and split(key)[0] in FORMULAS
+        and split(key)[0] != "cam"
+        and split(key)[1] in ("", "layers2", "aug_smooth")
+    ]
 
 
 @pytest.mark.parametrize("name,key", in_graph_cases())
 def test_maps_in_graph_match_pytorch_grad_cam(name, key):
     d = differences(name, "map", key, maps_in_graph=True)
-    assert d.max() <= tolerance(name, key), f"{name} {key} (in-graph maps): differs from pytorch-grad-cam by {d.max():.2e}"
+    assert d.max() <= tolerance(name, key), (
+        f"{name} {key} (in-graph maps): differs from pytorch-grad-cam by {d.max():.2e}"
+    )
 
 
 def test_fixtures_present():
@@ -194,8 +211,9 @@ def plain_input_gradient(name: str) -> np.ndarray:
     """dScore/dx of the fixture's input and targets, NCHW, from onnxcam's augmented model."""
     fx = fixture(name)
     info = inspect_model(load_model(model_path(name)))
-    session = make_session(augment(info, list(fx["layers"]), gradients=False, input_gradient="plain"),
-                           ["CPUExecutionProvider"])
+    session = make_session(
+        augment(info, list(fx["layers"]), gradients=False, input_gradient="plain"), ["CPUExecutionProvider"]
+    )
     (g,) = session.run([grad_name(info.input_name)], {info.input_name: fx["input"], CLASS_INPUT: fx["targets"]})
     return g if info.layout == "NCHW" else g.transpose(0, 3, 1, 2)
 
@@ -217,8 +235,10 @@ def smooth_cases() -> list:
     global-average-pooling + linear head dScore/dA does not depend on the input, so the noise does nothing)."""
     out = []
     for name in networks():
-        out += [pytest.param(name, "smoothgradcam++", id=f"{name}-smoothgradcam++"),
-                pytest.param(name, "smoothgrad", id=f"{name}-smoothgrad")]
+        out += [
+            pytest.param(name, "smoothgradcam++", id=f"{name}-smoothgradcam++"),
+            pytest.param(name, "smoothgrad", id=f"{name}-smoothgrad"),
+        ]
         if "layers2" in fixture(name):
             out.append(pytest.param(name, "smoothgradcam++@layers2", id=f"{name}-smoothgradcam++@layers2"))
     return out
@@ -236,8 +256,15 @@ def _smooth_output(name, key, seed):
 
 
 # where the gradient depends on the input: resnet's mid layer, vgg's Gemm -> Relu -> Gemm head
-@pytest.mark.parametrize("name,key", [("resnet", "smoothgradcam++@layers2"), ("vgg", "smoothgradcam++"),
-                                      ("resnet", "smoothgrad"), ("keras_nhwc", "smoothgrad")])
+@pytest.mark.parametrize(
+    "name,key",
+    [
+        ("resnet", "smoothgradcam++@layers2"),
+        ("vgg", "smoothgradcam++"),
+        ("resnet", "smoothgrad"),
+        ("keras_nhwc", "smoothgrad"),
+    ],
+)
 def test_smooth_noise_follows_the_seed(name, key):
     if name not in networks():
         pytest.skip(f"no parity fixture for {name}")

@@ -59,8 +59,24 @@ def folder(tmp_path_factory):
 def plain(folder, tmp_path_factory):
     """`onnxcam run --json --npy` on the folder: {image name: JSON record}, the output folder, its messages."""
     out = tmp_path_factory.mktemp("plain")
-    result = CliRunner().invoke(main, ["run", DEMO, str(folder), "--methods", ",".join(METHODS), "--json", "--npy",
-                                       "--pictures", "none", "--out", str(out), "-b", "4"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "run",
+            DEMO,
+            str(folder),
+            "--methods",
+            ",".join(METHODS),
+            "--json",
+            "--npy",
+            "--pictures",
+            "none",
+            "--out",
+            str(out),
+            "-b",
+            "4",
+        ],
+    )
     assert result.exit_code == 1, result.output  # the three bad files
     records = {}
     for path in glob.glob(str(out / "*.grid.json")):
@@ -88,16 +104,35 @@ def _same_record(row, record, method):
         assert abs(got["probability"] - want["probability"]) < 1e-5 and abs(got["logit"] - want["logit"]) < 1e-4
         # ranks may swap only between near-equal probabilities
         assert got["class"] == want["class"] or abs(got["probability"] - want["probability"]) < 1e-5
-        assert got["label"] == next(p["label"] for p in record["predictions"] + row["predictions"]
-                                    if p["class"] == got["class"])
+        assert got["label"] == next(
+            p["label"] for p in record["predictions"] + row["predictions"] if p["class"] == got["class"]
+        )
 
 
 def test_cli_rows_equal_plain_run(cluster, folder, plain, tmp_path):
     records, plain_out, plain_output = plain
     out = tmp_path / "ray"
     assert {r["image"] for r in records.values()} <= set(glob.glob(str(folder / "*")))
-    result = CliRunner().invoke(main, ["run", DEMO, str(folder), "--ray", "--methods", ",".join(METHODS), "--npy",
-                                       "--pictures", "none", "--out", str(out), "-b", "4", "--actors", "2"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "run",
+            DEMO,
+            str(folder),
+            "--ray",
+            "--methods",
+            ",".join(METHODS),
+            "--npy",
+            "--pictures",
+            "none",
+            "--out",
+            str(out),
+            "-b",
+            "4",
+            "--actors",
+            "2",
+        ],
+    )
     assert result.exit_code == 1, result.output
     assert "3 of 9 images failed" in result.output
     rows = pq.read_table(out / "results.parquet").to_pylist()
@@ -111,8 +146,9 @@ def test_cli_rows_equal_plain_run(cluster, folder, plain, tmp_path):
             assert row["path"] == record["image"]
             stem = os.path.splitext(name)[0]
             assert row["outputs"] == [str(out / f"{stem}.{m}.npy") for m in METHODS]
-            np.testing.assert_allclose(np.load(out / f"{stem}.{method}.npy"),
-                                       np.load(plain_out / f"{stem}.{method}.npy"), rtol=0, atol=1e-6)
+            np.testing.assert_allclose(
+                np.load(out / f"{stem}.{method}.npy"), np.load(plain_out / f"{stem}.{method}.npy"), rtol=0, atol=1e-6
+            )
     for name in BAD:
         for method in METHODS:
             error = by_name[name, method]["error"]
@@ -138,7 +174,7 @@ def test_maps_and_bytes_rows(cluster, folder, plain):
     assert not by_name["text.jpg", "gradcam"]["map"].any()
 
 
-@pytest.mark.parametrize("kind, step", [("float16", 2.0 ** -12), ("uint8", 0.5 / 255)])
+@pytest.mark.parametrize("kind, step", [("float16", 2.0**-12), ("uint8", 0.5 / 255)])
 def test_quantized_maps_round_trip_parquet(tmp_path, kind, step):
     """float16 and uint8 maps (rounded) come back from Parquet within half a step of the float32 map."""
     import pyarrow as pa
@@ -159,11 +195,12 @@ def test_killed_actor_every_image_once(cluster, tmp_path):
     paths = []
     for i in range(48):
         path = str(tmp_path / f"crop{i:02d}.png")
-        cv2.imwrite(path, image[i * 2:i * 2 + 160, i * 4:i * 4 + 200])
+        cv2.imwrite(path, image[i * 2 : i * 2 + 160, i * 4 : i * 4 + 200])
         paths.append(path)
     ds = ray.data.from_items([{"path": p} for p in paths], override_num_blocks=24)
-    batches = iter(explain_dataset(ds, DEMO, batch_size=2, actors=1).iter_batches(batch_format="pyarrow",
-                                                                                 batch_size=None))
+    batches = iter(
+        explain_dataset(ds, DEMO, batch_size=2, actors=1).iter_batches(batch_format="pyarrow", batch_size=None)
+    )
     first = next(batches)
     seen, setups = first["path"].to_pylist(), {t["setup"] for t in first["timings_s"].to_pylist()}
     workers = _actor_processes()
@@ -198,8 +235,12 @@ def test_gpu_fraction_caps_cuda_memory(monkeypatch):
     monkeypatch.setattr(on_ray, "cuda_available", lambda: True)
     monkeypatch.setattr(on_ray, "_gpu_memory", lambda: 80 << 30)
     (name, options), cpu = on_ray._providers(0.25)
-    assert (name, cpu, options["device_id"], options["gpu_mem_limit"]) == ("CUDAExecutionProvider",
-                                                                           "CPUExecutionProvider", 0, 20 << 30)
+    assert (name, cpu, options["device_id"], options["gpu_mem_limit"]) == (
+        "CUDAExecutionProvider",
+        "CPUExecutionProvider",
+        0,
+        20 << 30,
+    )
     assert "gpu_mem_limit" not in on_ray._providers(1)[0][1]
     assert on_ray._providers(0) is None  # CPU actors: the explainer's device option decides
 
@@ -214,13 +255,25 @@ def test_outputs_never_replace_inputs(cluster, folder, tmp_path):
     a folder, such a file is taken for an earlier run's output and not read; given by name, it is an input.)"""
     shutil.copytree(folder, tmp_path / "in")
     shutil.copy(tmp_path / "in" / "chelsea.png", tmp_path / "in" / "chelsea.gradcam.png")
-    result = CliRunner().invoke(main, ["run", DEMO, str(tmp_path / "in"), str(tmp_path / "in" / "chelsea.gradcam.png"),
-                                       "--ray", "--out", str(tmp_path / "in")])
+    result = CliRunner().invoke(
+        main,
+        [
+            "run",
+            DEMO,
+            str(tmp_path / "in"),
+            str(tmp_path / "in" / "chelsea.gradcam.png"),
+            "--ray",
+            "--out",
+            str(tmp_path / "in"),
+        ],
+    )
     assert result.exit_code == 5 and "chelsea.gradcam.png lies in the output folder" in result.output, result.output
 
 
 def test_import_onnxcam_without_ray():
     """Only onnxcam.ray imports ray: the library and the CLI load without it."""
-    code = ("import sys, onnxcam, onnxcam.cli, onnxcam.cli.run\n"
-            "assert 'ray' not in sys.modules and 'pyarrow' not in sys.modules")
+    code = (
+        "import sys, onnxcam, onnxcam.cli, onnxcam.cli.run\n"
+        "assert 'ray' not in sys.modules and 'pyarrow' not in sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)

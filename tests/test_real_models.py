@@ -119,8 +119,21 @@ def test_run_answers_as_the_package_and_points_at_the_object(suite, images, name
     if kind == "npy":
         source = str(tmp_path / f"{image}.npy")
         np.save(source, x)
-    result = CliRunner().invoke(main, ["run", path, source, "--json", "--npy", "--out", str(tmp_path / "out"),
-                                       "--device", "cpu", *rm.run_options(case, str(tmp_path))])
+    result = CliRunner().invoke(
+        main,
+        [
+            "run",
+            path,
+            source,
+            "--json",
+            "--npy",
+            "--out",
+            str(tmp_path / "out"),
+            "--device",
+            "cpu",
+            *rm.run_options(case, str(tmp_path)),
+        ],
+    )
     assert result.exit_code == 0, f"{result.output}{result.exception!r}"
     row = "[0]" if kind == "npy" and len(x) > 1 else ""  # a .npy of N rows is N images: a[0].npy ... (#14)
     stem = str(tmp_path / "out" / f"{image}{row}.gradcam")
@@ -148,8 +161,10 @@ def test_labels_from_a_json_list(tmp_path):
         names = f.read().splitlines()
     labels = tmp_path / "imagenet.json"
     labels.write_text(json.dumps(names, indent=1))
-    result = CliRunner().invoke(main, ["run", rm.SQUEEZENET, rm.CHELSEA, "--preprocess", "bgr", "--labels", labels,
-                                       "--json", "--out", str(tmp_path)])
+    result = CliRunner().invoke(
+        main,
+        ["run", rm.SQUEEZENET, rm.CHELSEA, "--preprocess", "bgr", "--labels", labels, "--json", "--out", str(tmp_path)],
+    )
     assert result.exit_code == 0, result.output
     with open(tmp_path / "chelsea.gradcam.json") as f:
         top = json.load(f)["predictions"][0]
@@ -160,8 +175,9 @@ def test_labels_that_do_not_fit_are_an_error_naming_both_counts(tmp_path):
     with open(rm.IMAGENET_LABELS) as f:
         labels = tmp_path / "ten.txt"
         labels.write_text("".join(f.readlines()[:10]))
-    result = CliRunner().invoke(main, ["run", rm.SQUEEZENET, rm.CHELSEA, "--preprocess", "bgr", "--labels", labels,
-                                       "--out", str(tmp_path)])
+    result = CliRunner().invoke(
+        main, ["run", rm.SQUEEZENET, rm.CHELSEA, "--preprocess", "bgr", "--labels", labels, "--out", str(tmp_path)]
+    )
     assert result.exit_code != 0
     assert "10" in result.output and "1000" in result.output
 
@@ -171,8 +187,9 @@ def test_npy_with_several_rows_reports_every_row(tmp_path):
     want = [rm.argmax_rule(rm.SQUEEZENET, row[None]) for row in x]  # 285 Egyptian cat, 967 espresso
     source = tmp_path / "two.npy"
     np.save(source, x)
-    result = CliRunner().invoke(main, ["run", rm.SQUEEZENET, str(source), "--labels", rm.IMAGENET_LABELS,
-                                       "--out", str(tmp_path / "out")])
+    result = CliRunner().invoke(
+        main, ["run", rm.SQUEEZENET, str(source), "--labels", rm.IMAGENET_LABELS, "--out", str(tmp_path / "out")]
+    )
     assert result.exit_code == 0, result.output
     with open(rm.IMAGENET_LABELS) as f:
         names = f.read().splitlines()
@@ -180,7 +197,9 @@ def test_npy_with_several_rows_reports_every_row(tmp_path):
 
 
 def test_input_size_against_a_fixed_input_is_refused(tmp_path):
-    result = CliRunner().invoke(main, ["run", rm.SQUEEZENET, rm.CHELSEA, "--input-size", "112", "112",
-                                       "--preprocess", "bgr", "--out", str(tmp_path)])
+    result = CliRunner().invoke(
+        main,
+        ["run", rm.SQUEEZENET, rm.CHELSEA, "--input-size", "112", "112", "--preprocess", "bgr", "--out", str(tmp_path)],
+    )
     assert result.exit_code != 0
     assert "224" in result.output

@@ -19,7 +19,7 @@ from onnxcam.report import MAP_SIDE, REPORT_NAME, explanation_html, write_report
 CLASSES = [(285, "Egyptian cat"), (207, "golden retriever"), (967, "espresso"), (7, 'a "cock" </script><!-- <b> & co')]
 METHODS = ["gradcam", "layercam"]
 # names a file system allows that HTML, JSON-in-script and URLs must escape
-HOSTILE_NAMES = ['quo"te\'s <b>&amp; é<script>.png', "100% #1?.png", "日本語 ü.png"]
+HOSTILE_NAMES = ["quo\"te's <b>&amp; é<script>.png", "100% #1?.png", "日本語 ü.png"]
 UNDECODABLE = os.fsdecode(b"bad \xff.png")  # not UTF-8: os.listdir hands it over with a surrogate
 SHOWN_UNDECODABLE = "bad \ufffd.png"  # how the page names it
 
@@ -29,7 +29,7 @@ def write_records(folder, count, *, npy_every=0, side=(48, 64)):
     show: name, method, class label, confidence (distinct), flat, picture."""
     os.makedirs(folder, exist_ok=True)
     expected = []
-    y, x = np.mgrid[0:side[0], 0:side[1]]
+    y, x = np.mgrid[0 : side[0], 0 : side[1]]
     for k in range(count):
         stem = f"img{k:05d}"
         method = METHODS[k % len(METHODS)]
@@ -44,25 +44,55 @@ def write_records(folder, count, *, npy_every=0, side=(48, 64)):
             np.save(os.path.join(folder, f"{stem}.{method}.npy"), np.float32(x * y / x.max() / y.max()))
             outputs.append(os.path.join(folder, f"{stem}.{method}.npy"))
         json_name = f"{stem}.{method}.json"
-        record = run_record(f"images/{stem}.png", cls, label, confidence, method, flat, outputs
-                            + [os.path.join(folder, json_name)], seconds=0.01 + k * 1e-5)
+        record = run_record(
+            f"images/{stem}.png",
+            cls,
+            label,
+            confidence,
+            method,
+            flat,
+            outputs + [os.path.join(folder, json_name)],
+            seconds=0.01 + k * 1e-5,
+        )
         with open(os.path.join(folder, json_name), "w") as f:
             json.dump(record, f)
-        expected.append({"name": f"{stem}.png", "method": method, "label": label, "class": cls,
-                         "confidence": confidence, "flat": flat, "picture": picture})
+        expected.append(
+            {
+                "name": f"{stem}.png",
+                "method": method,
+                "label": label,
+                "class": cls,
+                "confidence": confidence,
+                "flat": flat,
+                "picture": picture,
+            }
+        )
     return expected
 
 
 def run_record(image, cls, label, confidence, method, flat, outputs, seconds=0.02):
     rest = (1 - confidence) / 4
     return {
-        "image": image, "model": "models/demo.onnx", "layers": ["/head/Relu_output_0"],
-        "provider": "CPUExecutionProvider", "preprocess": "imagenet", "score": "logit",
+        "image": image,
+        "model": "models/demo.onnx",
+        "layers": ["/head/Relu_output_0"],
+        "provider": "CPUExecutionProvider",
+        "preprocess": "imagenet",
+        "score": "logit",
         "predictions": [{"class": cls, "label": label, "probability": confidence, "logit": 3.0}]
         + [{"class": 900 + r, "label": f"other {r}", "probability": rest, "logit": 1.0} for r in range(4)],
-        "explanations": [{"method": method, "target": {"class": cls, "label": label}, "gradients": "analytic",
-                          "box": None if flat else [4, 2, 40, 30], "flat": flat}],
-        "units": None, "timings_s": {"setup": 0.5, "image": seconds}, "outputs": outputs,
+        "explanations": [
+            {
+                "method": method,
+                "target": {"class": cls, "label": label},
+                "gradients": "analytic",
+                "box": None if flat else [4, 2, 40, 30],
+                "flat": flat,
+            }
+        ],
+        "units": None,
+        "timings_s": {"setup": 0.5, "image": seconds},
+        "outputs": outputs,
     }
 
 
@@ -74,8 +104,14 @@ def add_hostile(folder):
         stem = os.path.splitext(name)[0]
         with open(os.path.join(folder, f"{stem}.gradcam.png"), "wb") as f:
             f.write(cv2.imencode(".png", np.full((30, 40, 3), 60 * k, np.uint8))[1].tobytes())
-        record = run_record(name, *CLASSES[3], 0.5, "gradcam", False,
-                            [os.path.join(folder, f"{stem}.gradcam.png"), os.path.join(folder, f"{stem}.gradcam.json")])
+        record = run_record(
+            name,
+            *CLASSES[3],
+            0.5,
+            "gradcam",
+            False,
+            [os.path.join(folder, f"{stem}.gradcam.png"), os.path.join(folder, f"{stem}.gradcam.json")],
+        )
         with open(os.path.join(folder, f"{stem}.gradcam.json"), "w", encoding="utf-8") as f:
             json.dump(record, f)  # as run writes it: \u escapes, a surrogate for the byte that is not UTF-8
         expected[name] = None
@@ -127,8 +163,11 @@ def page_data(folder):
     data, maps = json.loads(blocks["data"]), json.loads(blocks["maps"])
     for item in data["items"]:  # each map back in its place, as bytes
         for e in item["explanations"]:
-            e["map"] = None if e["map"] is None else cv2.imdecode(
-                np.frombuffer(base64.b64decode(maps[e["map"]]), np.uint8), cv2.IMREAD_UNCHANGED)
+            e["map"] = (
+                None
+                if e["map"] is None
+                else cv2.imdecode(np.frombuffer(base64.b64decode(maps[e["map"]]), np.uint8), cv2.IMREAD_UNCHANGED)
+            )
     return text, data
 
 
@@ -179,11 +218,12 @@ def test_run_eval_and_sanity_write_the_report(tmp_path):
 
 def test_report_of_a_method_grid(tmp_path):
     out = str(tmp_path)
-    result = CliRunner().invoke(main, ["run", DEMO, CHELSEA, "--methods", "gradcam,layercam", "--npy", "--json",
-                                       "--out", out])
+    result = CliRunner().invoke(
+        main, ["run", DEMO, CHELSEA, "--methods", "gradcam,layercam", "--npy", "--json", "--out", out]
+    )
     assert result.exit_code == 0, result.output
     write_report(out)
-    item, = page_data(out)[1]["items"]
+    (item,) = page_data(out)[1]["items"]
     assert item["picture"] == "chelsea.grid.png" and item["methods"] == ["gradcam", "layercam"]
     assert [e["picture"] for e in item["explanations"]] == [None, None]  # one picture holds both
     assert all(e["map"].shape == (MAP_SIDE, MAP_SIDE) for e in item["explanations"])
@@ -242,24 +282,53 @@ def test_broken_records_show_as_problems(tmp_path):
 def test_eval_and_sanity_sections(tmp_path):
     folder = str(tmp_path)
     write_records(folder, 2)
-    summary = {"images": 2, "images_with_boxes": 0, "localization": None, "average_drop": 25.96,
-               "deletion_auc": 0.2809, "insertion_auc": 0.612, "flat_maps": 0, "seconds_per_image": 0.0516,
-               "deletion_curve": [0.8, 0.1], "insertion_curve": [0.0, 0.8]}
-    rows = [{"image": "images/img00000.png", "target": 285, "label": "Egyptian cat", "y": 0.78, "o": 0.48,
-             "deletion_auc": 0.4168, "insertion_auc": 0.6256, "flat": False}]
+    summary = {
+        "images": 2,
+        "images_with_boxes": 0,
+        "localization": None,
+        "average_drop": 25.96,
+        "deletion_auc": 0.2809,
+        "insertion_auc": 0.612,
+        "flat_maps": 0,
+        "seconds_per_image": 0.0516,
+        "deletion_curve": [0.8, 0.1],
+        "insertion_curve": [0.0, 0.8],
+    }
+    rows = [
+        {
+            "image": "images/img00000.png",
+            "target": 285,
+            "label": "Egyptian cat",
+            "y": 0.78,
+            "o": 0.48,
+            "deletion_auc": 0.4168,
+            "insertion_auc": 0.6256,
+            "flat": False,
+        }
+    ]
     with open(os.path.join(folder, "eval.json"), "w") as f:
         json.dump({"model": "m<1>.onnx", "summary": {"grad<cam>": summary}, "images": {"gradcam": rows}}, f)
     with open(os.path.join(folder, "x<y>.sanity.json"), "w") as f:
-        json.dump({"image": "x<y>.png", "class": 285, "label": "Egyptian cat", "steps": [{"nodes": ["a"]}],
-                   "methods": {"gradcam": {"spearman": [1.0, 0.25], "passed": True, "verdict": "gradcam: PASS"}}}, f)
+        json.dump(
+            {
+                "image": "x<y>.png",
+                "class": 285,
+                "label": "Egyptian cat",
+                "steps": [{"nodes": ["a"]}],
+                "methods": {"gradcam": {"spearman": [1.0, 0.25], "passed": True, "verdict": "gradcam: PASS"}},
+            },
+            f,
+        )
     cv2.imwrite(os.path.join(folder, "x<y>.sanity.png"), np.zeros((8, 8, 3), np.uint8))
     written = write_report(folder)
     assert written.evaluation and written.sanity == 1
     text, data = page_data(folder)
-    assert ("<th scope=\"row\">grad&lt;cam&gt;</th><td class=\"n\">2</td><td class=\"n\">0</td>"
-            "<td class=\"n\">&ndash;</td><td class=\"n\">25.96</td>") in text
+    assert (
+        '<th scope="row">grad&lt;cam&gt;</th><td class="n">2</td><td class="n">0</td>'
+        '<td class="n">&ndash;</td><td class="n">25.96</td>'
+    ) in text
     assert "eval.curves.png is missing" in text and "model m&lt;1&gt;.onnx" in text
-    assert "<td class=\"n\">0.250</td>" in text and 'src="x%3Cy%3E.sanity.png"' in text and "x.sanity.maps" not in text
+    assert '<td class="n">0.250</td>' in text and 'src="x%3Cy%3E.sanity.png"' in text and "x.sanity.maps" not in text
     item = next(i for i in data["items"] if i["name"] == "img00000.png")
     assert item["eval"] == {"gradcam": {"y": 0.78, "o": 0.48, "deletion_auc": 0.4168, "insertion_auc": 0.6256}}
 
@@ -302,7 +371,7 @@ def test_explanation_html(demo_explainer):
     probs /= probs.sum(axis=1, keepdims=True)
     for i in range(2):
         for c in np.argsort(-probs[i])[:5]:
-            assert f"<td style=\"text-align:right\">{probs[i, c]:.1%}</td><td>{c} {labels[c]}</td>" in page
+            assert f'<td style="text-align:right">{probs[i, c]:.1%}</td><td>{c} {labels[c]}</td>' in page
     uris = [s.split('"')[0] for s in page.split('src="data:image/png;base64,')[1:]]
     assert len(uris) == 2
     first = cv2.imdecode(np.frombuffer(base64.b64decode(uris[0]), np.uint8), cv2.IMREAD_COLOR)
@@ -317,11 +386,17 @@ def test_explanation_html_of_a_binary_head():
     """One logit z: class 1 at sigmoid(z), class 0 at 1 - sigmoid(z)."""
     from onnxcam.explainer import Explanation
 
-    res = Explanation(maps=np.zeros((1, 8, 8), np.float32), raw=None, targets=np.array([1]),
-                      scores=np.array([[np.log(3.0)]]), method="gradcam", layers=["a<b"])
+    res = Explanation(
+        maps=np.zeros((1, 8, 8), np.float32),
+        raw=None,
+        targets=np.array([1]),
+        scores=np.array([[np.log(3.0)]]),
+        method="gradcam",
+        layers=["a<b"],
+    )
     page = explanation_html(res, labels=["cat", "dog"])
-    first = page.index("<td style=\"text-align:right\">75.0%</td><td>1 dog</td>")
-    assert first < page.index("<td style=\"text-align:right\">25.0%</td><td>0 cat</td>") and "layer a&lt;b" in page
+    first = page.index('<td style="text-align:right">75.0%</td><td>1 dog</td>')
+    assert first < page.index('<td style="text-align:right">25.0%</td><td>0 cat</td>') and "layer a&lt;b" in page
 
 
 def test_explanation_html_of_a_large_batch():
@@ -330,8 +405,15 @@ def test_explanation_html_of_a_large_batch():
     from onnxcam.report import NOTEBOOK_IMAGES
 
     n = NOTEBOOK_IMAGES + 4
-    res = Explanation(maps=np.zeros((n, 8, 8), np.float32), raw=None, targets=np.zeros(n, np.int64),
-                      scores=np.zeros((n, 3)), method="cam", layers=["x"], flat=np.ones(n, bool))
+    res = Explanation(
+        maps=np.zeros((n, 8, 8), np.float32),
+        raw=None,
+        targets=np.zeros(n, np.int64),
+        scores=np.zeros((n, 3)),
+        method="cam",
+        layers=["x"],
+        flat=np.ones(n, bool),
+    )
     page = res._repr_html_()
     assert page.count("<img ") == NOTEBOOK_IMAGES and "· 4 more images not shown" in page
     assert page.count("cam: class 0 (flat map)") == NOTEBOOK_IMAGES

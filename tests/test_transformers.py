@@ -19,8 +19,13 @@ from onnxcam.model.tokens import grid_name
 
 FIXTURES = os.path.join(ROOT, "tests", "fixtures", "transformers")
 NAMES = ("vit_cls", "deit_distilled", "vit_registers", "vit_avgpool")
-METHODS = {"GradCAM": "gradcam", "HiResCAM": "hirescam", "GradCAMPlusPlus": "gradcam++", "LayerCAM": "layercam",
-           "EigenCAM": "eigencam"}
+METHODS = {
+    "GradCAM": "gradcam",
+    "HiResCAM": "hirescam",
+    "GradCAMPlusPlus": "gradcam++",
+    "LayerCAM": "layercam",
+    "EigenCAM": "eigencam",
+}
 NORM1 = "/blocks/blocks.1/norm1/LayerNormalization_output_0"
 EXPORTERS = {"legacy": ("", NORM1), "dynamo": ("_dynamo", "layer_norm_2")}  # file suffix, blocks[-1].norm1's tensor
 

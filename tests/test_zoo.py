@@ -46,11 +46,15 @@ LAYERS = {
     # inverted-residual Add; the head has more residual Adds and ReLU6 (Clip)
     "mobilenetv2": ("/features/features.11/features.11.2/Clip_output_0", "/features/features.5/Add_output_0"),
     # depthwise HardSwish output that feeds a squeeze-excitation gate and the Mul it gates
-    "mobilenetv3": ("/features/features.7/features.7.2/HardSwish_output_0",
-                    "/features/features.4/block/block.1/block.1.2/HardSwish_output_0"),
+    "mobilenetv3": (
+        "/features/features.7/features.7.2/HardSwish_output_0",
+        "/features/features.4/block/block.1/block.1.2/HardSwish_output_0",
+    ),
     # SiLU (Sigmoid * Mul) output feeding an SE block; the residual branch still needs the image
-    "efficientnet": ("/features/features.10/features.10.2/Mul_output_0",
-                     "/features/features.7/block/block.1/block.1.2/Mul_output_0"),
+    "efficientnet": (
+        "/features/features.10/features.10.2/Mul_output_0",
+        "/features/features.7/block/block.1/block.1.2/Mul_output_0",
+    ),
     # a dense block's Concat: feeds the next layer's BN and the next Concat; transitions follow
     "densenet": ("/Relu_output_0", "/features/features.12/Concat_output_0"),
     # a branch conv of inception3b: the head has its ReLU, the Concat, MaxPool ceil_mode and a whole
@@ -61,8 +65,10 @@ LAYERS = {
     # Concat before a channel shuffle (Reshape/Transpose/Reshape) and a channel Split
     "shufflenetv2": ("/conv5/conv5.2/Relu_output_0", "/stage3/stage3.0/Concat_output_0"),
     # block output feeding the next bottleneck (grouped conv) and its identity shortcut
-    "regnet": ("/trunk_output/trunk_output.3/trunk_output.3.0/activation/Relu_output_0",
-               "/trunk_output/trunk_output.2/trunk_output.2.0/activation/Relu_output_0"),
+    "regnet": (
+        "/trunk_output/trunk_output.3/trunk_output.3.0/activation/Relu_output_0",
+        "/trunk_output/trunk_output.2/trunk_output.2.0/activation/Relu_output_0",
+    ),
     # stage-1 block output: both its inputs (the stem's LayerNorm2d, the block's Linear/GELU branch) come back
     # from NHWC through Transposes; the head has every later block and the LayerNorm2d downsamplers
     "convnext": ("/features/features.7/features.7.0/Add_output_0", "/features/features.1/features.1.0/Add_output_0"),
@@ -72,11 +78,15 @@ LAYERS = {
     # see googlenet)
     "caffe2_opset7": ("pool5", "conv2"),
     "fp16": ("/features/features.11/features.11.2/Clip_output_0", "/features/features.5/Add_output_0"),
-    "resnet_qdq": ("/layer4/layer4.0/relu_1/Relu_output_0_DequantizeLinear_Output",
-                   "/layer3/layer3.0/relu_1/Relu_output_0_DequantizeLinear_Output"),
+    "resnet_qdq": (
+        "/layer4/layer4.0/relu_1/Relu_output_0_DequantizeLinear_Output",
+        "/layer3/layer3.0/relu_1/Relu_output_0_DequantizeLinear_Output",
+    ),
     # uint8 block outputs (ReLU absorbed into QLinearAdd), explained through their float twins
-    "resnet_qoperator": ("/layer4/layer4.0/Add_output_0_quantized/dequantized",
-                         "/layer3/layer3.0/Add_output_0_quantized/dequantized"),
+    "resnet_qoperator": (
+        "/layer4/layer4.0/Add_output_0_quantized/dequantized",
+        "/layer3/layer3.0/Add_output_0_quantized/dequantized",
+    ),
 }
 MODELS = list(LAYERS)
 
@@ -101,8 +111,12 @@ KNOWN_BUGS = {}
 
 
 def cases(test, ids):
-    return [pytest.param(i, id=i, marks=pytest.mark.xfail(reason=KNOWN_BUGS[test, i], strict=True))
-            if (test, i) in KNOWN_BUGS else pytest.param(i, id=i) for i in ids]
+    return [
+        pytest.param(i, id=i, marks=pytest.mark.xfail(reason=KNOWN_BUGS[test, i], strict=True))
+        if (test, i) in KNOWN_BUGS
+        else pytest.param(i, id=i)
+        for i in ids
+    ]
 
 
 def path(name):
@@ -132,7 +146,7 @@ def eight_images():
         photo = photos[i % 2]
         h, w = photo.shape[:2]
         k = i // 2
-        crop = photo[k * h // 12: k * h // 12 + 2 * h // 3, k * w // 10: k * w // 10 + 2 * w // 3]
+        crop = photo[k * h // 12 : k * h // 12 + 2 * h // 3, k * w // 10 : k * w // 10 + 2 * w // 3]
         images.append(np.ascontiguousarray(crop[:, ::-1] if k % 2 else crop))
     return images
 

@@ -71,7 +71,9 @@ def classifier(net: Net, feature: str, classes: int = CLASSES) -> onnx.ModelProt
         numpy_helper.from_array(conv_w.astype(np.float32), "conv_w"),
         numpy_helper.from_array(net.rng.normal(0.0, 0.1 * net.a_scale, CHANNELS).astype(np.float32), "conv_b"),
     ]
-    stem = helper.make_node("Conv", ["x", "conv_w", "conv_b"], ["A"], name="stem", kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+    stem = helper.make_node(
+        "Conv", ["x", "conv_w", "conv_b"], ["A"], name="stem", kernel_shape=[3, 3], pads=[1, 1, 1, 1]
+    )
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", c, h, w])
 
     def build(outputs, nodes, initializers):

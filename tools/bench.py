@@ -91,19 +91,34 @@ def main():
     parser.add_argument("--methods", default=",".join(FAST))
     parser.add_argument("--slow", action="store_true", help="also Ablation-CAM and Score-CAM (batch 1, once)")
     parser.add_argument("--torch", action="store_true", help="also pytorch-grad-cam (needs torch and grad-cam)")
-    parser.add_argument("--maps-in-numpy", action="store_true",
-                        help="compute gradient CAMs in NumPy from A and dScore/dA, not inside the graph")
-    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
-                        help="cpu: the process's CPU time (all threads; onnxcam's threads do not spin), which other "
-                             "jobs on a shared machine disturb far less than the wall time")
+    parser.add_argument(
+        "--maps-in-numpy",
+        action="store_true",
+        help="compute gradient CAMs in NumPy from A and dScore/dA, not inside the graph",
+    )
+    parser.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="cpu: the process's CPU time (all threads; onnxcam's threads do not spin), which other "
+        "jobs on a shared machine disturb far less than the wall time",
+    )
     parser.add_argument("--no-explicit", action="store_true", help="time target=None only, not also target=c")
-    parser.add_argument("--profile", choices=("layer", "guided", "plain"),
-                        help="instead of timing methods, profile one augmented graph with ORT's profiler: layer "
-                             "gradients only (the CAM family), or also the guided (Guided Grad-CAM) or plain "
-                             "(SmoothGrad) input gradient; prints the op types and nodes that take the time")
-    parser.add_argument("--folder", type=int, default=0, metavar="N",
-                        help="also time `onnxcam run DIR` (Grad-CAM, batch 16) on N images against decoding, "
-                             "preprocessing and a plain batched forward of the same images")
+    parser.add_argument(
+        "--profile",
+        choices=("layer", "guided", "plain"),
+        help="instead of timing methods, profile one augmented graph with ORT's profiler: layer "
+        "gradients only (the CAM family), or also the guided (Guided Grad-CAM) or plain "
+        "(SmoothGrad) input gradient; prints the op types and nodes that take the time",
+    )
+    parser.add_argument(
+        "--folder",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also time `onnxcam run DIR` (Grad-CAM, batch 16) on N images against decoding, "
+        "preprocessing and a plain batched forward of the same images",
+    )
     args = parser.parse_args()
 
     path = model_path(args.model)
@@ -118,15 +133,23 @@ def main():
     session_s = time.perf_counter() - t0
     plain = make_session(ex.info.model, ex.providers)
     methods = args.methods.split(",")
-    print(f"model {os.path.basename(path)}  provider {ex.provider}  layer {ex.layers[0]}  cores {os.cpu_count()}  "
-          f"maps in graph {ex.maps_in_graph}")
+    print(
+        f"model {os.path.basename(path)}  provider {ex.provider}  layer {ex.layers[0]}  cores {os.cpu_count()}  "
+        f"maps in graph {ex.maps_in_graph}"
+    )
     print(f"inspect {inspect_s:.2f} s   surgery {surgery_s:.2f} s   gradient session {session_s:.2f} s")
 
     image = ex.prepare(args.image)
     if args.profile:
         for batch in map(int, args.batches.split(",")):
-            profile(ex, model if args.profile == "layer" else None, plain, np.repeat(image, batch, axis=0),
-                    args.profile, args.repeats)
+            profile(
+                ex,
+                model if args.profile == "layer" else None,
+                plain,
+                np.repeat(image, batch, axis=0),
+                args.profile,
+                args.repeats,
+            )
         return
     top1 = int(ex.logits(image).argmax())
     for batch in map(int, args.batches.split(",")):
@@ -145,12 +168,18 @@ def main():
         if args.torch:
             cams = torch_contenders(args.model, x)
             fns.update(cams)
-        medians = interleaved_medians(fns, args.repeats, clock=time.process_time if args.clock == "cpu" else time.perf_counter)
+        medians = interleaved_medians(
+            fns, args.repeats, clock=time.process_time if args.clock == "cpu" else time.perf_counter
+        )
         forward = medians["forward"]
-        print(f"\nbatch {batch}  ({args.repeats} rounds, median {'CPU ' if args.clock == 'cpu' else ''}ms; "
-              "ratio to the plain forward)")
-        print(f"  {'':24} {'target=None':>20}   {'' if args.no_explicit else f'target={top1} (explicit)':>22}"
-              f"{'' if args.no_explicit else '   explicit / None'}")
+        print(
+            f"\nbatch {batch}  ({args.repeats} rounds, median {'CPU ' if args.clock == 'cpu' else ''}ms; "
+            "ratio to the plain forward)"
+        )
+        print(
+            f"  {'':24} {'target=None':>20}   {'' if args.no_explicit else f'target={top1} (explicit)':>22}"
+            f"{'' if args.no_explicit else '   explicit / None'}"
+        )
         print(f"  {'forward':24} {forward * 1e3:9.2f} ms  {1:6.2f}x")
         for m in methods:
             t = medians[m]
@@ -161,8 +190,10 @@ def main():
             print(line)
         for name in cams:
             ours = medians[name.split(" ")[-1].strip("()")]
-            print(f"  {name:24} {medians[name] * 1e3:9.2f} ms  {medians[name] / forward:6.2f}x   "
-                  f"pytorch-grad-cam / onnxcam: {medians[name] / ours:.2f}x")
+            print(
+                f"  {name:24} {medians[name] * 1e3:9.2f} ms  {medians[name] / forward:6.2f}x   "
+                f"pytorch-grad-cam / onnxcam: {medians[name] / ours:.2f}x"
+            )
     if args.slow:
         for m in SLOW:
             t0 = time.perf_counter()
@@ -208,16 +239,20 @@ def profile(ex, model, plain, x: np.ndarray, kind: str, repeats: int, top: int =
     for event in events:
         if event.get("cat") != "Node" or not event["name"].endswith("_kernel_time"):
             continue
-        node = event["name"][:-len("_kernel_time")]
+        node = event["name"][: -len("_kernel_time")]
         op = event["args"].get("op_name", "?")
         part = "onnxcam" if node.startswith("onnxcam/") else "layout" if op.startswith("Reorder") else "model"
         by_op[(part, op)] += event["dur"] / 1e3 / runs
         by_node[(op, node)] += event["dur"] / 1e3 / runs
     run, forward = statistics.median(run_times), statistics.median(forward_times)
     print(f"\nprofile: {kind} gradients, batch {len(x)}, {repeats} runs (profiling on: slower than plain timing)")
-    print(f"  run {run * 1e3:.2f} ms, plain forward {forward * 1e3:.2f} ms ({run / forward:.2f}x); kernel time per run: "
-          + ", ".join(f"{part} {sum(t for (p, _), t in by_op.items() if p == part):.2f} ms"
-                      for part in ("model", "layout", "onnxcam")))
+    print(
+        f"  run {run * 1e3:.2f} ms, plain forward {forward * 1e3:.2f} ms ({run / forward:.2f}x); kernel time per run: "
+        + ", ".join(
+            f"{part} {sum(t for (p, _), t in by_op.items() if p == part):.2f} ms"
+            for part in ("model", "layout", "onnxcam")
+        )
+    )
     total = sum(by_op.values())
     for (part, op), t in by_op.most_common(top):
         print(f"  {part:8} {op:24} {t:8.2f} ms  {t / total:6.1%}")
@@ -286,20 +321,25 @@ def folder_throughput(path: str, image: str, count: int, device: str) -> None:
         rgb = load_image(image)
         for i in range(count):  # distinct files: shifted crops, alternately flipped
             shifted = np.roll(rgb, (i * 7) % rgb.shape[0], axis=0)
-            cv2.imwrite(os.path.join(folder, f"{i:05d}.png"), cv2.cvtColor(shifted[:, ::-1] if i % 2 else shifted,
-                                                                           cv2.COLOR_RGB2BGR))
+            cv2.imwrite(
+                os.path.join(folder, f"{i:05d}.png"),
+                cv2.cvtColor(shifted[:, ::-1] if i % 2 else shifted, cv2.COLOR_RGB2BGR),
+            )
         files = sorted(os.path.join(folder, f) for f in os.listdir(folder))
         ex = Explainer(path, device=device)
         plain = make_session(ex.info.model, ex.providers)
 
         def forward_all():
             for start in range(0, len(files), 16):
-                x = ex.prepare([load_image(f) for f in files[start:start + 16]])
+                x = ex.prepare([load_image(f) for f in files[start : start + 16]])
                 plain.run(None, {ex.info.input_name: x})
 
         base = ["run", path, folder, "-b", "16", "-o", out, "--device", device]
-        variants = {"png overlays": base, "jpg overlays": base + ["--pictures", "jpg"],
-                    "json only": base + ["--json", "--pictures", "none"]}
+        variants = {
+            "png overlays": base,
+            "jpg overlays": base + ["--pictures", "jpg"],
+            "json only": base + ["--json", "--pictures", "none"],
+        }
 
         def run_all(args):
             result = CliRunner().invoke(cli, args)
@@ -310,12 +350,16 @@ def folder_throughput(path: str, image: str, count: int, device: str) -> None:
         print(f"\nfolder of {count} images, batch 16 (median of 3, in process)")
         print(f"  decode + preprocess + plain forward      {count / times['forward']:7.1f} images/s")
         for name in variants:
-            print(f"  onnxcam run DIR (gradcam, {name:12})   {count / times[name]:7.1f} images/s   "
-                  f"{times['forward'] / times[name]:.0%} of the plain forward's throughput")
+            print(
+                f"  onnxcam run DIR (gradcam, {name:12})   {count / times[name]:7.1f} images/s   "
+                f"{times['forward'] / times[name]:.0%} of the plain forward's throughput"
+            )
         t0 = time.perf_counter()
         subprocess.run([sys.executable, "-m", "onnxcam", *base], check=True, capture_output=True)
         wall = time.perf_counter() - t0
-        print(f"  onnxcam run DIR in a fresh process       {count / wall:7.1f} images/s   ({wall:.2f} s wall, overlays)")
+        print(
+            f"  onnxcam run DIR in a fresh process       {count / wall:7.1f} images/s   ({wall:.2f} s wall, overlays)"
+        )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

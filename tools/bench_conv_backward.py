@@ -54,8 +54,18 @@ def ints(*values):
 def conv_transpose(w, group, s, b, e, size, out):
     k = w.shape[2]
     extra = size + b + e - ((out - 1) * s + k)
-    return [node("ConvTranspose", ["g", "W"], ["dx"], group=group, strides=[s, s], kernel_shape=[k, k],
-                 pads=[b, b, e, e], output_padding=[extra, extra])], {"W": w}
+    return [
+        node(
+            "ConvTranspose",
+            ["g", "W"],
+            ["dx"],
+            group=group,
+            strides=[s, s],
+            kernel_shape=[k, k],
+            pads=[b, b, e, e],
+            output_padding=[extra, extra],
+        )
+    ], {"W": w}
 
 
 def flipped(w, group):
@@ -73,7 +83,9 @@ def conv_on(spread, length, w, group, b, size, nodes, inits):
         nodes.append(node("Slice", [spread, "zero2", "cut", "hw"], ["cut_spread"]))
         inits.update(zero2=ints(0, 0), cut=ints(length + end, length + end), hw=ints(2, 3))
         spread, end = "cut_spread", 0
-    nodes.append(node("Conv", [spread, "F"], ["dx"], group=group, kernel_shape=[k, k], pads=[k - 1 - b] * 2 + [end] * 2))
+    nodes.append(
+        node("Conv", [spread, "F"], ["dx"], group=group, kernel_shape=[k, k], pads=[k - 1 - b] * 2 + [end] * 2)
+    )
     inits["F"] = flipped(w, group)
     return nodes, inits
 
@@ -145,8 +157,16 @@ def polyphase(w, group, s, b, e, size, out):
     if group > 1:
         nodes.append(node("Concat", ["g"] * (s * s), ["repeated"], axis=1))
         source = "repeated"
-    nodes.append(node("Conv", [source, "B"], ["phases"], group=group * s * s if group > 1 else 1,
-                      kernel_shape=[length, length], pads=[begin, begin, end, end]))
+    nodes.append(
+        node(
+            "Conv",
+            [source, "B"],
+            ["phases"],
+            group=group * s * s if group > 1 else 1,
+            kernel_shape=[length, length],
+            pads=[begin, begin, end, end],
+        )
+    )
     return interleave(nodes, {"B": weights}, "phases", s, rows, size)
 
 
@@ -159,9 +179,17 @@ def polyphase_per_phase(w, group, s, b, e, size, out):
         raise ValueError("g reaches past dX: not built here")
     nodes, inits = [], {}
     for p in range(s * s):
-        inits[f"B{p}"] = np.ascontiguousarray(weights[p * m:(p + 1) * m])
-        nodes.append(node("Conv", ["g", f"B{p}"], [f"phase{p}"], group=m, kernel_shape=[length, length],
-                          pads=[begin, begin, end, end]))
+        inits[f"B{p}"] = np.ascontiguousarray(weights[p * m : (p + 1) * m])
+        nodes.append(
+            node(
+                "Conv",
+                ["g", f"B{p}"],
+                [f"phase{p}"],
+                group=m,
+                kernel_shape=[length, length],
+                pads=[begin, begin, end, end],
+            )
+        )
     nodes.append(node("Concat", [f"phase{p}" for p in range(s * s)], ["phases"], axis=1))
     return interleave(nodes, inits, "phases", s, rows, size)
 
@@ -177,9 +205,13 @@ FORMULATIONS = {
 
 
 def session(nodes, inits, threads):
-    graph = helper.make_graph(nodes, "dx", [helper.make_tensor_value_info("g", TensorProto.FLOAT, ["N", None, None, None])],
-                              [helper.make_tensor_value_info("dx", TensorProto.FLOAT, None)],
-                              [numpy_helper.from_array(np.asarray(v), name) for name, v in inits.items()])
+    graph = helper.make_graph(
+        nodes,
+        "dx",
+        [helper.make_tensor_value_info("g", TensorProto.FLOAT, ["N", None, None, None])],
+        [helper.make_tensor_value_info("dx", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(np.asarray(v), name) for name, v in inits.items()],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
@@ -196,8 +228,10 @@ def main():
     args = parser.parse_args()
     clock = time.thread_time if args.threads == 1 else time.perf_counter
     rng = np.random.default_rng(0)
-    print(f"batch {args.batch}, threads {args.threads or 'default'}, median of {args.repeats} "
-          f"({'thread CPU' if args.threads == 1 else 'wall'} time), ratio to ConvTranspose")
+    print(
+        f"batch {args.batch}, threads {args.threads or 'default'}, median of {args.repeats} "
+        f"({'thread CPU' if args.threads == 1 else 'wall'} time), ratio to ConvTranspose"
+    )
     for name, (m, cg, group, k, s, b, e, size) in CASES.items():
         if args.only not in name:
             continue

@@ -42,8 +42,11 @@ DEMO = os.path.join(ROOT, "models", "efficientnet_lite0.onnx")
 def make_images(folder: str, count: int) -> list:
     """count different pictures: random crops (40-100% of each side) of the examples, resized to 160-480 px."""
     rng = np.random.default_rng(0)
-    sources = [cv2.imread(os.path.join(ROOT, "examples", f)) for f in sorted(os.listdir(os.path.join(ROOT, "examples")))
-               if f.endswith(".png")]
+    sources = [
+        cv2.imread(os.path.join(ROOT, "examples", f))
+        for f in sorted(os.listdir(os.path.join(ROOT, "examples")))
+        if f.endswith(".png")
+    ]
     paths = []
     for i in range(count):
         src = sources[i % len(sources)]
@@ -51,7 +54,7 @@ def make_images(folder: str, count: int) -> list:
         ch, cw = int(h * rng.uniform(0.4, 1)), int(w * rng.uniform(0.4, 1))
         y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
         side = int(rng.integers(160, 481))
-        crop = cv2.resize(src[y:y + ch, x:x + cw], (side, max(1, side * ch // cw)), interpolation=cv2.INTER_AREA)
+        crop = cv2.resize(src[y : y + ch, x : x + cw], (side, max(1, side * ch // cw)), interpolation=cv2.INTER_AREA)
         paths.append(os.path.join(folder, f"{i:05d}.png"))
         cv2.imwrite(paths[-1], crop)
     return paths
@@ -86,22 +89,39 @@ def main():
                 for f in files:
                     os.symlink(f, os.path.join(folder_n, os.path.basename(f)))
             t0 = time.perf_counter()
-            cli.main(["run", DEMO, folder_n, "-b", str(args.batch_size), "-o", os.path.join(tmp, "plain"), "--json",
-                      "--pictures", "none", "--device", "cpu"], standalone_mode=False)
+            cli.main(
+                [
+                    "run",
+                    DEMO,
+                    folder_n,
+                    "-b",
+                    str(args.batch_size),
+                    "-o",
+                    os.path.join(tmp, "plain"),
+                    "--json",
+                    "--pictures",
+                    "none",
+                    "--device",
+                    "cpu",
+                ],
+                standalone_mode=False,
+            )
             return time.perf_counter() - t0
 
         def on_ray(actors):
             def job(files):
                 t0 = time.perf_counter()
                 settings = Settings(options=RunOptions(out=os.path.join(tmp, f"ray{actors}"), pictures="none"))
-                _, failures = run_folder(DEMO, files, settings, explainer={"device": "cpu"},
-                                         batch_size=args.batch_size, actors=actors)
+                _, failures = run_folder(
+                    DEMO, files, settings, explainer={"device": "cpu"}, batch_size=args.batch_size, actors=actors
+                )
                 assert not failures
                 return time.perf_counter() - t0
+
             return job
 
         contenders = {"onnxcam run DIR": plain, "ray, 1 actor": on_ray(1), "ray, 2 actors": on_ray(2)}
-        few = paths[:len(paths) // 4]
+        few = paths[: len(paths) // 4]
         times = {name: ([], []) for name in contenders}
         for round_ in range(args.rounds + 1):  # round 0 fills the session cache and is not counted
             for name, fn in contenders.items():
@@ -114,29 +134,54 @@ def main():
         fresh = {}  # the commands as a user runs them: a new process, --ray starting its own local cluster
         for name, extra in (("onnxcam run DIR", ["--json"]), ("onnxcam run DIR --ray", ["--ray", "--actors", "1"])):
             t0 = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "onnxcam", "run", DEMO, folder, "-b", str(args.batch_size), "-o",
-                            os.path.join(tmp, "fresh" + str(len(fresh))), "--pictures", "none", "--device", "cpu",
-                            *extra], check=True, capture_output=True, cwd=ROOT)
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "onnxcam",
+                    "run",
+                    DEMO,
+                    folder,
+                    "-b",
+                    str(args.batch_size),
+                    "-o",
+                    os.path.join(tmp, "fresh" + str(len(fresh))),
+                    "--pictures",
+                    "none",
+                    "--device",
+                    "cpu",
+                    *extra,
+                ],
+                check=True,
+                capture_output=True,
+                cwd=ROOT,
+            )
             fresh[name] = time.perf_counter() - t0
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
     n, k = len(paths), len(few)
-    print(f"{n} images, demo model, gradcam, batch {args.batch_size}, records only; {os.cpu_count()} CPUs; "
-          f"median of {args.rounds} rounds")
+    print(
+        f"{n} images, demo model, gradcam, batch {args.batch_size}, records only; {os.cpu_count()} CPUs; "
+        f"median of {args.rounds} rounds"
+    )
     rates = {}
     for name, (all_, some) in times.items():
         t_all, t_some = statistics.median(all_), statistics.median(some)
         rates[name] = (n - k) / (t_all - t_some)  # the fixed cost of a job (setup, actors starting) cancels
         fixed = t_all - n / rates[name]
-        print(f"  {name:16} {n / t_all:6.1f} images/s for the job ({t_all:5.1f} s), {rates[name]:6.1f} images/s "
-              f"marginal, {fixed:4.1f} s fixed per job")
+        print(
+            f"  {name:16} {n / t_all:6.1f} images/s for the job ({t_all:5.1f} s), {rates[name]:6.1f} images/s "
+            f"marginal, {fixed:4.1f} s fixed per job"
+        )
     for name, seconds in fresh.items():
         print(f"  {name:22} in a fresh process: {n / seconds:6.1f} images/s ({seconds:.1f} s wall, all included)")
     plain_rate = rates["onnxcam run DIR"]
     for name in ("ray, 1 actor", "ray, 2 actors"):
-        print(f"  {name}: {rates[name] / plain_rate:.0%} of the plain marginal rate, "
-              f"{1000 * (1 / rates[name] - 1 / plain_rate):+.2f} ms per image")
+        print(
+            f"  {name}: {rates[name] / plain_rate:.0%} of the plain marginal rate, "
+            f"{1000 * (1 / rates[name] - 1 / plain_rate):+.2f} ms per image"
+        )
 
 
 if __name__ == "__main__":

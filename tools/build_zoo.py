@@ -21,6 +21,7 @@ compares ONNX Runtime with torch, and prints a table.
 
 The output is deterministic for fixed package versions (seeded torch and numpy, one thread).
 """
+
 from __future__ import annotations
 
 import copy
@@ -55,8 +56,10 @@ CALIBRATION_BATCHES, BATCH = 4, 12  # 48 random crops
 
 
 def conv_bn(cin, cout, k=3, s=1, groups=1, act=nn.ReLU, padding=None):
-    layers = [nn.Conv2d(cin, cout, k, s, k // 2 if padding is None else padding, groups=groups, bias=False),
-              nn.BatchNorm2d(cout)]
+    layers = [
+        nn.Conv2d(cin, cout, k, s, k // 2 if padding is None else padding, groups=groups, bias=False),
+        nn.BatchNorm2d(cout),
+    ]
     if act is not None:
         layers.append(act())
     return nn.Sequential(*layers)
@@ -130,8 +133,9 @@ class VGG(Classifier):
                 cin = v
         self.features = nn.Sequential(*layers)
         spatial = size // 2 ** cfg.count("M")
-        self.classifier = nn.Sequential(nn.Linear(cin * spatial * spatial, 96), nn.ReLU(), nn.Dropout(0.5),
-                                        nn.Linear(96, NUM_CLASSES))
+        self.classifier = nn.Sequential(
+            nn.Linear(cin * spatial * spatial, 96), nn.ReLU(), nn.Dropout(0.5), nn.Linear(96, NUM_CLASSES)
+        )
         self.head = self.classifier[-1]
 
     def logits(self, x):
@@ -158,10 +162,19 @@ class SqueezeNet(Classifier):
         super().__init__()
         pool = lambda: nn.MaxPool2d(3, 2, ceil_mode=True)  # noqa: E731  (48 -> 24 -> 12 -> 6: ceil matters)
         self.features = nn.Sequential(
-            nn.Conv2d(3, 32, 3, 2, 1), nn.ReLU(), pool(),
-            Fire(32, 8, 16), Fire(32, 8, 16), pool(),
-            Fire(32, 12, 24), Fire(48, 12, 24), pool(),
-            Fire(48, 16, 32), Fire(64, 16, 32), Fire(64, 24, 48), Fire(96, 24, 48),
+            nn.Conv2d(3, 32, 3, 2, 1),
+            nn.ReLU(),
+            pool(),
+            Fire(32, 8, 16),
+            Fire(32, 8, 16),
+            pool(),
+            Fire(32, 12, 24),
+            Fire(48, 12, 24),
+            pool(),
+            Fire(48, 16, 32),
+            Fire(64, 16, 32),
+            Fire(64, 24, 48),
+            Fire(96, 24, 48),
         )
         self.head = nn.Conv2d(96, NUM_CLASSES, 1)
         self.classifier = nn.Sequential(nn.Dropout(0.5), self.head, nn.ReLU(), nn.AdaptiveAvgPool2d(1))
@@ -242,8 +255,14 @@ class V3Block(nn.Module):
 class MobileNetV3(Classifier):
     RE, HS = nn.ReLU, nn.Hardswish
     # (kernel, expanded, out, SE, activation, stride), MobileNetV3-Small-like
-    SETTINGS = ((3, 16, 16, True, RE, 2), (3, 48, 16, False, RE, 2), (3, 64, 16, False, RE, 1),
-                (5, 64, 24, True, HS, 2), (5, 96, 24, True, HS, 1), (5, 96, 32, True, HS, 2))
+    SETTINGS = (
+        (3, 16, 16, True, RE, 2),
+        (3, 48, 16, False, RE, 2),
+        (3, 64, 16, False, RE, 1),
+        (5, 64, 24, True, HS, 2),
+        (5, 96, 24, True, HS, 1),
+        (5, 96, 32, True, HS, 2),
+    )
 
     def __init__(self):
         super().__init__()
@@ -254,7 +273,9 @@ class MobileNetV3(Classifier):
         layers.append(conv_bn(cin, 96, 1, act=nn.Hardswish))
         self.features = nn.Sequential(*layers)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Sequential(nn.Linear(96, 128), nn.Hardswish(), nn.Dropout(0.2), nn.Linear(128, NUM_CLASSES))
+        self.classifier = nn.Sequential(
+            nn.Linear(96, 128), nn.Hardswish(), nn.Dropout(0.2), nn.Linear(128, NUM_CLASSES)
+        )
         self.head = self.classifier[-1]
 
     def logits(self, x):
@@ -269,9 +290,11 @@ class MBConv(nn.Module):
         super().__init__()
         mid = cin * expand
         layers = [conv_bn(cin, mid, 1, act=nn.SiLU)] if expand != 1 else []
-        layers += [conv_bn(mid, mid, k, stride, groups=mid, act=nn.SiLU),
-                   SqueezeExcite(mid, max(2, cin // 4), act=nn.SiLU, gate=nn.Sigmoid),
-                   conv_bn(mid, cout, 1, act=None)]
+        layers += [
+            conv_bn(mid, mid, k, stride, groups=mid, act=nn.SiLU),
+            SqueezeExcite(mid, max(2, cin // 4), act=nn.SiLU, gate=nn.Sigmoid),
+            conv_bn(mid, cout, 1, act=None),
+        ]
         self.block = nn.Sequential(*layers)
         self.use_res = stride == 1 and cin == cout
 
@@ -281,7 +304,14 @@ class MBConv(nn.Module):
 
 class EfficientNet(Classifier):
     # (expand, kernel, stride, channels, repeats), EfficientNet-B0-like
-    SETTINGS = ((1, 3, 1, 8, 1), (6, 3, 2, 12, 2), (6, 5, 2, 20, 2), (6, 3, 2, 40, 2), (6, 5, 1, 48, 1), (6, 5, 2, 64, 1))
+    SETTINGS = (
+        (1, 3, 1, 8, 1),
+        (6, 3, 2, 12, 2),
+        (6, 5, 2, 20, 2),
+        (6, 3, 2, 40, 2),
+        (6, 5, 1, 48, 1),
+        (6, 5, 2, 64, 1),
+    )
 
     def __init__(self):
         super().__init__()
@@ -357,8 +387,13 @@ class Inception(nn.Module):
 class GoogLeNet(Classifier):
     def __init__(self):
         super().__init__()
-        self.stem = nn.Sequential(conv_bn(3, 16, 7, 2), nn.MaxPool2d(3, 2, ceil_mode=True),
-                                  conv_bn(16, 16, 1), conv_bn(16, 32, 3), nn.MaxPool2d(3, 2, ceil_mode=True))
+        self.stem = nn.Sequential(
+            conv_bn(3, 16, 7, 2),
+            nn.MaxPool2d(3, 2, ceil_mode=True),
+            conv_bn(16, 16, 1),
+            conv_bn(16, 32, 3),
+            nn.MaxPool2d(3, 2, ceil_mode=True),
+        )
         self.inception3a = Inception(32, 16, 16, 24, 4, 8, 8)  # -> 56
         self.inception3b = Inception(56, 24, 24, 32, 8, 16, 16)  # -> 88
         self.maxpool3 = nn.MaxPool2d(3, 2, ceil_mode=True)
@@ -392,8 +427,9 @@ class ShuffleUnit(nn.Module):
         if stride > 1:
             self.branch1 = nn.Sequential(conv_bn(cin, cin, 3, stride, groups=cin, act=None), conv_bn(cin, half, 1))
         c2 = cin if stride > 1 else half
-        self.branch2 = nn.Sequential(conv_bn(c2, half, 1), conv_bn(half, half, 3, stride, groups=half, act=None),
-                                     conv_bn(half, half, 1))
+        self.branch2 = nn.Sequential(
+            conv_bn(c2, half, 1), conv_bn(half, half, 3, stride, groups=half, act=None), conv_bn(half, half, 1)
+        )
 
     def forward(self, x):
         if self.stride == 1:
@@ -412,7 +448,9 @@ class ShuffleNetV2(Classifier):
         cin, spatial, stages = 16, size // 4, []
         for c, n in zip(channels, repeats):
             spatial //= 2
-            stages.append(nn.Sequential(*[ShuffleUnit(cin if i == 0 else c, c, 2 if i == 0 else 1, spatial) for i in range(n)]))
+            stages.append(
+                nn.Sequential(*[ShuffleUnit(cin if i == 0 else c, c, 2 if i == 0 else 1, spatial) for i in range(n)])
+            )
             cin = c
         self.stage2, self.stage3, self.stage4 = stages
         self.conv5 = conv_bn(cin, 128, 1)
@@ -565,8 +603,14 @@ def caffe2_onnx(net: Caffe2Net, size: int) -> onnx.ModelProto:
         return output
 
     def conv(x, m, name, k, s, p):
-        y = node("Conv", [x, param(f"{name}_w", m.weight), param(f"{name}_b", m.bias)], name,
-                 kernel_shape=[k, k], strides=[s, s], pads=[p] * 4)
+        y = node(
+            "Conv",
+            [x, param(f"{name}_w", m.weight), param(f"{name}_b", m.bias)],
+            name,
+            kernel_shape=[k, k],
+            strides=[s, s],
+            pads=[p] * 4,
+        )
         return node("Relu", [y], f"{name}_relu")
 
     def pool(x, name):
@@ -587,8 +631,13 @@ def caffe2_onnx(net: Caffe2Net, size: int) -> onnx.ModelProto:
     node("Softmax", [x], "probs", axis=1)
     inputs = [helper.make_tensor_value_info("data", TensorProto.FLOAT, ["N", 3, size, size])]
     inputs += [helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in inits]
-    graph = helper.make_graph(nodes, "caffe2_opset7", inputs,
-                              [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", NUM_CLASSES])], inits)
+    graph = helper.make_graph(
+        nodes,
+        "caffe2_opset7",
+        inputs,
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", NUM_CLASSES])],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 7)], producer_name="onnxcam-zoo")
     model.ir_version = 3
     return model
@@ -610,24 +659,69 @@ class Spec:
 
 
 SPECS = [
-    Spec("resnet", ResNet, 17, patterns="BasicBlocks, residual Add, BN (kept), ReLU, MaxPool 3x3 s2 p1 stem, GAP", keep_bn=True),
+    Spec(
+        "resnet",
+        ResNet,
+        17,
+        patterns="BasicBlocks, residual Add, BN (kept), ReLU, MaxPool 3x3 s2 p1 stem, GAP",
+        keep_bn=True,
+    ),
     Spec("vgg", VGG, 13, size=64, patterns="Conv/ReLU stacks, MaxPool 2x2, Flatten -> Gemm -> ReLU -> Gemm (no GAP)"),
-    Spec("squeezenet", SqueezeNet, 11, patterns="Fire modules (Concat), MaxPool ceil_mode, conv classifier -> ReLU -> GAP -> Flatten"),
+    Spec(
+        "squeezenet",
+        SqueezeNet,
+        11,
+        patterns="Fire modules (Concat), MaxPool ceil_mode, conv classifier -> ReLU -> GAP -> Flatten",
+    ),
     Spec("mobilenetv2", MobileNetV2, 13, patterns="ReLU6 (Clip), depthwise conv, inverted residual Add"),
     Spec("mobilenetv3", MobileNetV3, 17, patterns="HardSwish, SE: GAP -> conv -> ReLU -> conv -> HardSigmoid -> Mul"),
     Spec("efficientnet", EfficientNet, 13, patterns="SiLU as Sigmoid * Mul, SE with Sigmoid gate, residual Add"),
     Spec("densenet", DenseNet, 13, patterns="pre-activation BN (kept), Concat, transition AveragePool 2x2"),
-    Spec("googlenet", GoogLeNet, 15, patterns="Inception: 4 branches incl. MaxPool 3x3 s1 p1, Concat; MaxPool ceil_mode"),
-    Spec("shufflenetv2", ShuffleNetV2, 13, patterns="Split (chunk), Concat, channel shuffle Reshape/Transpose/Reshape, ReduceMean"),
+    Spec(
+        "googlenet", GoogLeNet, 15, patterns="Inception: 4 branches incl. MaxPool 3x3 s1 p1, Concat; MaxPool ceil_mode"
+    ),
+    Spec(
+        "shufflenetv2",
+        ShuffleNetV2,
+        13,
+        patterns="Split (chunk), Concat, channel shuffle Reshape/Transpose/Reshape, ReduceMean",
+    ),
     Spec("regnet", RegNet, 18, patterns="grouped Conv, ResNeXt-like bottlenecks, residual Add"),
-    Spec("convnext", ConvNeXt, 18, patterns="depthwise 7x7, Transpose to NHWC, LayerNormalization, MatMul, Erf GELU, layer scale Mul, ReduceMean (axes input)"),
-    Spec("keras_nhwc", KerasNHWC, 13, preset="inception", layout="NHWC",
-         patterns="NHWC input, Transposes around NCHW convs, ReduceMean, MatMul + Add, Softmax output"),
-    Spec("caffe2_opset7", Caffe2Net, 7, preset="caffe", patterns="IR 3, Conv, ReLU, LRN, MaxPool, Reshape [0,-1], Gemm (with C), Dropout, Softmax output"),
+    Spec(
+        "convnext",
+        ConvNeXt,
+        18,
+        patterns="depthwise 7x7, Transpose to NHWC, LayerNormalization, MatMul, Erf GELU, layer scale Mul, ReduceMean (axes input)",
+    ),
+    Spec(
+        "keras_nhwc",
+        KerasNHWC,
+        13,
+        preset="inception",
+        layout="NHWC",
+        patterns="NHWC input, Transposes around NCHW convs, ReduceMean, MatMul + Add, Softmax output",
+    ),
+    Spec(
+        "caffe2_opset7",
+        Caffe2Net,
+        7,
+        preset="caffe",
+        patterns="IR 3, Conv, ReLU, LRN, MaxPool, Reshape [0,-1], Gemm (with C), Dropout, Softmax output",
+    ),
     Spec("fp16", MobileNetV2, 13, patterns="float16 weights, activations, input and output (mobilenetv2)"),
-    Spec("resnet_qdq", ResNet, 17, patterns="resnet quantized QDQ: QuantizeLinear/DequantizeLinear, uint8 activations, int8 weights"),
-    Spec("resnet_qoperator", ResNet, 17, patterns="resnet quantized QOperator: QLinearConv, QLinearAdd, "
-         "QLinearGlobalAveragePool, QGemm (com.microsoft), uint8 activations, int8 weights"),
+    Spec(
+        "resnet_qdq",
+        ResNet,
+        17,
+        patterns="resnet quantized QDQ: QuantizeLinear/DequantizeLinear, uint8 activations, int8 weights",
+    ),
+    Spec(
+        "resnet_qoperator",
+        ResNet,
+        17,
+        patterns="resnet quantized QOperator: QLinearConv, QLinearAdd, "
+        "QLinearGlobalAveragePool, QGemm (com.microsoft), uint8 activations, int8 weights",
+    ),
 ]
 # name -> the onnxruntime.quantization format it is quantized to (from resnet.onnx)
 QUANTIZED = {"resnet_qdq": "QDQ", "resnet_qoperator": "QOperator"}
@@ -649,18 +743,21 @@ def calibration_batches(spec: Spec, seed: int) -> list:
         aspect = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
         ch, cw = min(h, int(np.sqrt(area / aspect))), min(w, int(np.sqrt(area * aspect)))
         y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
-        crop = img[y:y + ch, x:x + cw]
+        crop = img[y : y + ch, x : x + cw]
         crops.append(np.ascontiguousarray(crop[:, ::-1] if rng.random() < 0.5 else crop))
     tensors = to_tensor(crops, (spec.size, spec.size), spec.layout, 3, spec.preset)
-    return [torch.from_numpy(tensors[i:i + BATCH]) for i in range(0, len(tensors), BATCH)]
+    return [torch.from_numpy(tensors[i : i + BATCH]) for i in range(0, len(tensors), BATCH)]
 
 
 @torch.no_grad()
 def lsuv(model: Classifier, x: torch.Tensor) -> None:
     """Scale each Conv/Linear (in forward order) so that its output has unit std on x."""
     order = []
-    hooks = [m.register_forward_hook(lambda mod, i, o: order.append(mod))
-             for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    hooks = [
+        m.register_forward_hook(lambda mod, i, o: order.append(mod))
+        for m in model.modules()
+        if isinstance(m, (nn.Conv2d, nn.Linear))
+    ]
     model(x)
     for h in hooks:
         h.remove()
@@ -709,9 +806,18 @@ def export(model: nn.Module, spec: Spec, example: torch.Tensor, out: str) -> onn
     mode = torch.onnx.TrainingMode.PRESERVE if spec.keep_bn else torch.onnx.TrainingMode.EVAL
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (example,), buf, dynamo=False, opset_version=spec.opset, training=mode,
-                          input_names=["input"], output_names=[out], do_constant_folding=True,
-                          dynamic_axes={"input": {0: "N"}, out: {0: "N"}})
+        torch.onnx.export(
+            model,
+            (example,),
+            buf,
+            dynamo=False,
+            opset_version=spec.opset,
+            training=mode,
+            input_names=["input"],
+            output_names=[out],
+            do_constant_folding=True,
+            dynamic_axes={"input": {0: "N"}, out: {0: "N"}},
+        )
     return onnx.load_from_string(buf.getvalue())
 
 
@@ -719,11 +825,18 @@ def finish(proto: onnx.ModelProto, spec: Spec) -> onnx.ModelProto:
     """Shapes inferred, IR version ORT 1.31 can load, metadata, checked."""
     proto = onnx.shape_inference.infer_shapes(proto, strict_mode=True)
     # onnx 1.23 writes IR 14, which ONNX Runtime 1.31 cannot load; IR 3 is the caffe2 era's (opset 7)
-    proto.ir_version = 3 if spec.opset == 7 else max(8, helper.find_min_ir_version_for(list(proto.opset_import), ignore_unknown=True))
+    proto.ir_version = (
+        3 if spec.opset == 7 else max(8, helper.find_min_ir_version_for(list(proto.opset_import), ignore_unknown=True))
+    )
     proto.producer_name, proto.producer_version = "onnxcam tools/build_zoo.py", ""
     del proto.metadata_props[:]
-    helper.set_model_props(proto, {"onnxcam.preprocess": spec.preset,
-                                   "onnxcam.source": f"tools/build_zoo.py, random weights, seed {SEED}: {spec.patterns}"})
+    helper.set_model_props(
+        proto,
+        {
+            "onnxcam.preprocess": spec.preset,
+            "onnxcam.source": f"tools/build_zoo.py, random weights, seed {SEED}: {spec.patterns}",
+        },
+    )
     onnx.checker.check_model(proto, full_check=True)
     return proto
 
@@ -735,7 +848,7 @@ def quantize(fp32_path: pathlib.Path, out_path: pathlib.Path, batches: list, qua
 
     class Reader(CalibrationDataReader):
         def __init__(self):
-            self.items = iter([{"input": b.numpy()[i:i + 1]} for b in batches for i in range(0, len(b), 3)])
+            self.items = iter([{"input": b.numpy()[i : i + 1]} for b in batches for i in range(0, len(b), 3)])
 
         def get_next(self):
             return next(self.items, None)
@@ -744,8 +857,15 @@ def quantize(fp32_path: pathlib.Path, out_path: pathlib.Path, batches: list, qua
     try:
         # ORT's graph optimizations fold BatchNormalization into Conv first, as ORT recommends
         quant_pre_process(str(fp32_path), str(folded), skip_symbolic_shape=True)
-        quantize_static(str(folded), str(tmp), Reader(), quant_format=QuantFormat[quant_format],
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=False)
+        quantize_static(
+            str(folded),
+            str(tmp),
+            Reader(),
+            quant_format=QuantFormat[quant_format],
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=False,
+        )
         proto = onnx.load(str(tmp))
     finally:
         for path in (tmp, folded):
@@ -822,7 +942,9 @@ def main(names: list) -> None:
         print(f"built {spec.name}", file=sys.stderr)
     print(f"{'name':16} {'opset':>5} {'bytes':>9} {'nodes':>5} {'logits std':>10} {'ORT-torch':>9}  ops")
     for spec, proto, size, ops, std, diff in rows:
-        print(f"{spec.name:16} {spec.opset:>5} {size:>9,} {len(proto.graph.node):>5} {std:>10.3f} {diff:>9.1e}  {' '.join(ops)}")
+        print(
+            f"{spec.name:16} {spec.opset:>5} {size:>9,} {len(proto.graph.node):>5} {std:>10.3f} {diff:>9.1e}  {' '.join(ops)}"
+        )
     total = sum(p.stat().st_size for p in ZOO.glob("*.onnx"))
     print(f"zoo total: {total:,} bytes in {len(list(ZOO.glob('*.onnx')))} files")
 

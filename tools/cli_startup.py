@@ -40,8 +40,9 @@ def timed(args: list) -> tuple:
 
 def import_profile(args: list) -> tuple:
     """(milliseconds the onnxcam imports take, the heavy modules imported) from python -X importtime."""
-    done = subprocess.run([sys.executable, "-X", "importtime", *args], cwd=ROOT, check=True, capture_output=True,
-                          text=True)
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", *args], cwd=ROOT, check=True, capture_output=True, text=True
+    )
     own, heavy = 0, set()
     for line in done.stderr.splitlines():
         match = re.match(r"import time:\s+(\d+) \|\s+(\d+) \| (\s*)(\S+)", line)
@@ -64,8 +65,10 @@ def main():
         runs = [timed(command) for _ in range(args.repeats)]
         walls, cpus = [w for w, _ in runs], [c for _, c in runs]
         imports, heavy = import_profile(command) if command[0] == "-m" else (0.0, [])
-        print(f"{label:22} {statistics.median(walls):10.3f}s {min(walls):8.3f}s {statistics.median(cpus):9.3f}s "
-              f"{imports:13.1f}ms  {', '.join(heavy) or 'none'}")
+        print(
+            f"{label:22} {statistics.median(walls):10.3f}s {min(walls):8.3f}s {statistics.median(cpus):9.3f}s "
+            f"{imports:13.1f}ms  {', '.join(heavy) or 'none'}"
+        )
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ zip) and the list is read from the file's source with ``ast``.
 
     python tools/fetch_imagenet_labels.py
 """
+
 import ast
 import pathlib
 import subprocess
@@ -22,9 +23,7 @@ def imagenet_categories(wheel: pathlib.Path) -> list[str]:
     """Return the literal value of ``_IMAGENET_CATEGORIES`` in the wheel's _meta.py."""
     source = zipfile.ZipFile(wheel).read("torchvision/models/_meta.py").decode()
     for node in ast.parse(source).body:
-        if isinstance(node, ast.Assign) and any(
-            getattr(t, "id", None) == "_IMAGENET_CATEGORIES" for t in node.targets
-        ):
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "_IMAGENET_CATEGORIES" for t in node.targets):
             return ast.literal_eval(node.value)
     raise LookupError("_IMAGENET_CATEGORIES not found in torchvision/models/_meta.py")
 
@@ -32,8 +31,7 @@ def imagenet_categories(wheel: pathlib.Path) -> list[str]:
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", TORCHVISION, "-d", tmp],
-            check=True,
+            [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", TORCHVISION, "-d", tmp], check=True
         )
         (wheel,) = pathlib.Path(tmp).glob("torchvision-*.whl")
         names = imagenet_categories(wheel)

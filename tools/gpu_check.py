@@ -48,20 +48,27 @@ MAP_OUTPUT = "onnxcam/map"
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda",
-                        help="cpu: a dry run, the CPU standing in for the GPU")
+    parser.add_argument(
+        "--device", choices=("cuda", "cpu"), default="cuda", help="cpu: a dry run, the CPU standing in for the GPU"
+    )
     parser.add_argument("--batches", default="1,32")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--tolerance", type=float, default=1e-4)
-    parser.add_argument("--resnet50", choices=("build", "skip"), default="build",
-                        help="build: make models/large/resnet50.onnx with tools/resnet50.py (torch) when missing")
+    parser.add_argument(
+        "--resnet50",
+        choices=("build", "skip"),
+        default="build",
+        help="build: make models/large/resnet50.onnx with tools/resnet50.py (torch) when missing",
+    )
     args = parser.parse_args()
     if args.device == "cuda" and not cuda_available():
         listed = "lists it" if CUDA in ort.get_available_providers() else "does not list it"
-        print(f"CUDA cannot start here: onnxruntime {ort.__version__} {listed} (providers: "
-              f"{', '.join(ort.get_available_providers())}), but no session runs on it: no GPU, or no CUDA / cuDNN "
-              "libraries this onnxruntime-gpu can load. Nothing was checked; `--device cpu` dry-runs the script.",
-              file=sys.stderr)
+        print(
+            f"CUDA cannot start here: onnxruntime {ort.__version__} {listed} (providers: "
+            f"{', '.join(ort.get_available_providers())}), but no session runs on it: no GPU, or no CUDA / cuDNN "
+            "libraries this onnxruntime-gpu can load. Nothing was checked; `--device cpu` dry-runs the script.",
+            file=sys.stderr,
+        )
         return 2
     print(f"onnxruntime {ort.__version__}, device: {device_name(args.device)}")
     models = [("demo", DEMO)]
@@ -79,8 +86,12 @@ def device_name(device: str) -> str:
     if device == "cpu":
         return f"CPU ({os.cpu_count()} cores), dry run: the CPU stands in for the GPU"
     if shutil.which("nvidia-smi"):
-        query = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
-                               capture_output=True, text=True, check=False)
+        query = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         if query.returncode == 0 and query.stdout.strip():
             return "GPU " + query.stdout.strip().splitlines()[0]
     return "GPU (nvidia-smi not found)"
@@ -95,8 +106,10 @@ def find_resnet50(mode: str) -> str | None:
         print("ResNet-50 skipped (--resnet50 skip)")
         return None
     if importlib.util.find_spec("torch") is None:
-        print("ResNet-50 skipped: models/large/resnet50.onnx is missing, and torch, which tools/resnet50.py needs "
-              "to build it, is not installed")
+        print(
+            "ResNet-50 skipped: models/large/resnet50.onnx is missing, and torch, which tools/resnet50.py needs "
+            "to build it, is not installed"
+        )
         return None
     print("building ResNet-50 (tools/resnet50.py) ...")
     subprocess.run([sys.executable, os.path.join(ROOT, "tools", "resnet50.py"), path], check=True, capture_output=True)
@@ -169,8 +182,9 @@ def timings(ex: Explainer, exported, providers: list, images: np.ndarray, second
     print(f"  median of {args.repeats} interleaved runs (ratio to the plain forward of the same batch)")
     print("  " + " " * 28 + "".join(f"{f'batch {b}':>22}" for b in batches))
     for row in columns[batches[0]]:
-        cells = "".join(f"{columns[b][row] * 1e3:12.2f} ms {columns[b][row] / columns[b]['forward']:5.2f}x"
-                        for b in batches)
+        cells = "".join(
+            f"{columns[b][row] * 1e3:12.2f} ms {columns[b][row] / columns[b]['forward']:5.2f}x" for b in batches
+        )
         print(f"  {row:28}{cells}")
 
 

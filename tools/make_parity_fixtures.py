@@ -51,6 +51,7 @@ tools/parity_table.py, which need no torch):
 
 KEY is an onnxcam method name, with "@aug_smooth", "@eigen_smooth" or "@layers2" for the variants.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -97,6 +98,7 @@ def _stub_torchvision() -> None:
     def unavailable(name):
         def call(*args, **kwargs):
             raise RuntimeError(f"torchvision.{name} is a stub in tools/make_parity_fixtures.py")
+
         return call
 
     tv = types.ModuleType("torchvision")
@@ -109,8 +111,14 @@ def _stub_torchvision() -> None:
     ops.box_iou = unavailable("ops.box_iou")
     transforms.functional = functional
     tv.transforms, tv.ops = transforms, ops
-    sys.modules.update({"torchvision": tv, "torchvision.transforms": transforms,
-                        "torchvision.transforms.functional": functional, "torchvision.ops": ops})
+    sys.modules.update(
+        {
+            "torchvision": tv,
+            "torchvision.transforms": transforms,
+            "torchvision.transforms.functional": functional,
+            "torchvision.ops": ops,
+        }
+    )
 
 
 _stub_torchvision()
@@ -153,6 +161,7 @@ def _densenet_logits(net):
 
     def logits(x):
         return net.classifier(torch.flatten(F.adaptive_avg_pool2d(net.final_relu(net.features(x)), 1), 1))
+
     return logits
 
 
@@ -175,8 +184,8 @@ NETWORKS = {
 # Not here (main() says why when asked for them):
 SKIPPED = {
     "caffe2_opset7": "its graph is written by hand at opset 7 / IR 3 (the torch module is only a weight "
-                     "holder, its target tensor comes from F.max_pool2d), and onnxcam's gradient sessions "
-                     "cannot take an IR-3 model (tests/test_zoo.py, IR3_CLASS_INPUT)",
+    "holder, its target tensor comes from F.max_pool2d), and onnxcam's gradient sessions "
+    "cannot take an IR-3 model (tests/test_zoo.py, IR3_CLASS_INPUT)",
     "fp16": "float16 model: pytorch-grad-cam runs the float32 twin, a different network numerically",
     "resnet_qdq": "quantized (QDQ) model: no float torch twin",
     "resnet_qoperator": "quantized (QOperator) model: no float torch twin",
@@ -223,6 +232,7 @@ def hooked(model: nn.Module, modules: list, x: torch.Tensor, targets: np.ndarray
         def save(module, inputs, output):
             output.retain_grad()
             acts[i].append(output)
+
         return save
 
     handles = [m.register_forward_hook(hook(i)) for i, m in enumerate(modules)]
@@ -281,8 +291,10 @@ def guided_backprop(model: nn.Module, x: torch.Tensor, targets) -> np.ndarray:
     guided = lambda t, inplace=False: GuidedBackpropReLU.apply(t)  # noqa: E731
     F.relu, torch.relu = guided, guided
     try:
-        rows = [pgc.GuidedBackpropReLUModel(model, device="cpu")(x[i:i + 1].clone(), target_category=int(c))
-                for i, c in enumerate(targets)]
+        rows = [
+            pgc.GuidedBackpropReLUModel(model, device="cpu")(x[i : i + 1].clone(), target_category=int(c))
+            for i, c in enumerate(targets)
+        ]
     finally:
         F.relu, torch.relu = saved
     return np.float32([r.transpose(2, 0, 1) for r in rows])
@@ -329,8 +341,10 @@ def make_fixture(name: str) -> pathlib.Path:
         da, dg = rel(a_o, a_t), rel(g_o, g_t)
         checks[f"check/A_rel/{i}"], checks[f"check/G_rel/{i}"] = da, dg
         if da >= TENSOR_RTOL or dg >= TENSOR_RTOL:
-            raise SystemExit(f"{name}: the hooked torch module is not ONNX tensor '{layer}' "
-                             f"(A rel diff {da:.1e}, dScore/dA rel diff {dg:.1e})")
+            raise SystemExit(
+                f"{name}: the hooked torch module is not ONNX tensor '{layer}' "
+                f"(A rel diff {da:.1e}, dScore/dA rel diff {dg:.1e})"
+            )
     min_a = float(a_torch[0].min())
     checks["check/layer_min"] = min_a
 
@@ -338,10 +352,12 @@ def make_fixture(name: str) -> pathlib.Path:
     maps, na = {}, {}
     for method in CAMS:
         if method == "ablationcam" and min_a != 0:
-            na[method] = (f"the layer's min is {min_a:.3g}, not 0: pytorch-grad-cam's AblationLayer then "
-                          "sets row i of each batch to min(output) - 1e7 with the min taken over the batch it "
-                          "has already ablated, so the channel in row i gets min(A) - (i + 1) * 1e7 "
-                          "(i = 0..31); onnxcam, as DESIGN.md specifies, uses min(A) - 1e7 for every channel")
+            na[method] = (
+                f"the layer's min is {min_a:.3g}, not 0: pytorch-grad-cam's AblationLayer then "
+                "sets row i of each batch to min(output) - 1e7 with the min taken over the batch it "
+                "has already ablated, so the channel in row i gets min(A) - (i + 1) * 1e7 "
+                "(i = 0..31); onnxcam, as DESIGN.md specifies, uses min(A) - 1e7 for every channel"
+            )
             continue
         maps[method] = cam(method, model, modules[:1], xt, targets)
     maps["gradcam@aug_smooth"] = cam("gradcam", model, modules[:1], xt, targets, aug_smooth=True)
@@ -374,10 +390,13 @@ def make_fixture(name: str) -> pathlib.Path:
     OUT.mkdir(parents=True, exist_ok=True)
     out = OUT / f"{name}.npz"
     np.savez_compressed(out, **data)
-    print(f"{name:13} {out.stat().st_size:>9,} bytes  logits {logits_diff:.1e}  "
-          f"A {max(v for k, v in checks.items() if 'A_rel' in k):.1e}  "
-          f"G {max(v for k, v in checks.items() if 'G_rel' in k):.1e}  min(A) {min_a:.3g}  "
-          f"targets {targets.tolist()}  {time.perf_counter() - t0:.0f}s", flush=True)
+    print(
+        f"{name:13} {out.stat().st_size:>9,} bytes  logits {logits_diff:.1e}  "
+        f"A {max(v for k, v in checks.items() if 'A_rel' in k):.1e}  "
+        f"G {max(v for k, v in checks.items() if 'G_rel' in k):.1e}  min(A) {min_a:.3g}  "
+        f"targets {targets.tolist()}  {time.perf_counter() - t0:.0f}s",
+        flush=True,
+    )
     return out
 
 
@@ -385,8 +404,10 @@ def main(names: list) -> None:
     unknown = set(names) - set(NETWORKS)
     if unknown:
         skipped = {n: SKIPPED[n] for n in unknown if n in SKIPPED}
-        sys.exit(f"no parity fixture for {', '.join(sorted(unknown))}"
-                 + "".join(f"\n  {n}: {why}" for n, why in skipped.items()))
+        sys.exit(
+            f"no parity fixture for {', '.join(sorted(unknown))}"
+            + "".join(f"\n  {n}: {why}" for n, why in skipped.items())
+        )
     for name in names or NETWORKS:
         make_fixture(name)
     total = sum(p.stat().st_size for p in OUT.glob("*.npz"))

@@ -68,7 +68,7 @@ def background(rng: np.random.Generator, size: int = SIZE) -> np.ndarray:
     h, w = source.shape[:2]
     side = int(rng.integers(size, min(h, w) + 1))
     y, x = int(rng.integers(h - side + 1)), int(rng.integers(w - side + 1))
-    crop = cv2.resize(source[y:y + side, x:x + side], (size, size), interpolation=cv2.INTER_AREA)
+    crop = cv2.resize(source[y : y + side, x : x + side], (size, size), interpolation=cv2.INTER_AREA)
     if crop.ndim == 2:  # a grey texture: a random tint
         tint = rng.uniform(0.4, 1.0, 3)
         crop = np.uint8(np.clip(crop[..., None] * tint, 0, 255))
@@ -92,8 +92,9 @@ def outline(label: int, radius: float, angle: float) -> np.ndarray:
         points = radius * np.stack([np.cos(t), np.sin(t)], 1)
     elif name == "cross":  # a plus sign, arms a third of its width
         a, b = radius / np.sqrt(1 + 1 / 9), radius / np.sqrt(1 + 1 / 9) / 3
-        points = np.array([(b, a), (b, b), (a, b), (a, -b), (b, -b), (b, -a), (-b, -a), (-b, -b), (-a, -b),
-                           (-a, b), (-b, b), (-b, a)])
+        points = np.array(
+            [(b, a), (b, b), (a, b), (a, -b), (b, -b), (b, -a), (-b, -a), (-b, -b), (-a, -b), (-a, b), (-b, b), (-b, a)]
+        )
     else:  # a five-pointed star
         t = -np.pi / 2 + np.arange(10) * np.pi / 5
         r = np.where(np.arange(10) % 2 == 0, radius, 0.45 * radius)
@@ -116,10 +117,17 @@ def strokes(rng: np.random.Generator, image: np.ndarray) -> None:
     for _ in range(int(rng.integers(1, 3))):
         p0, p1, p2 = rng.uniform(0, size, (3, 2))
         t = np.linspace(0, 1, 24)[:, None]
-        curve = (1 - t) ** 2 * p0 + 2 * (1 - t) * t * p1 + t ** 2 * p2
+        curve = (1 - t) ** 2 * p0 + 2 * (1 - t) * t * p1 + t**2 * p2
         colour = tuple(int(v) for v in rng.integers(0, 256, 3))
-        cv2.polylines(image, [np.round(curve * 16).astype(np.int32)], False, colour,
-                      thickness=int(rng.integers(1, 4)), lineType=cv2.LINE_AA, shift=4)
+        cv2.polylines(
+            image,
+            [np.round(curve * 16).astype(np.int32)],
+            False,
+            colour,
+            thickness=int(rng.integers(1, 4)),
+            lineType=cv2.LINE_AA,
+            shift=4,
+        )
 
 
 def sample(seed: int, index: int, size: int = SIZE, clutter: float = 1.0) -> Sample:
@@ -183,8 +191,7 @@ def _probabilities(model: str, images: list) -> np.ndarray:
     return z / z.sum(axis=1, keepdims=True)
 
 
-def write_set(folder: str, seed: int, count: int, model: str | None = None, size: int = SIZE,
-              chunk: int = 64) -> dict:
+def write_set(folder: str, seed: int, count: int, model: str | None = None, size: int = SIZE, chunk: int = 64) -> dict:
     """Write `count` images of set `seed` (with `model`: only those whose score drops without the object).
     Returns {"written": count, "candidates": how many were generated}."""
     os.makedirs(os.path.join(folder, "masks"), exist_ok=True)
@@ -205,12 +212,22 @@ def write_set(folder: str, seed: int, count: int, model: str | None = None, size
             image_id = len(coco_images) + 1
             coco_images.append({"id": image_id, "file_name": name, "width": size, "height": size})
             x0, y0, x1, y1 = s.box
-            coco_annotations.append({"id": image_id, "image_id": image_id, "category_id": s.label + 1,
-                                     "bbox": [x0, y0, x1 - x0, y1 - y0], "area": int(s.mask.sum()),
-                                     "iscrowd": 0})
+            coco_annotations.append(
+                {
+                    "id": image_id,
+                    "image_id": image_id,
+                    "category_id": s.label + 1,
+                    "bbox": [x0, y0, x1 - x0, y1 - y0],
+                    "area": int(s.mask.sum()),
+                    "iscrowd": 0,
+                }
+            )
         index += chunk
-    coco = {"images": coco_images, "annotations": coco_annotations,
-            "categories": [{"id": i + 1, "name": n} for i, n in enumerate(CLASSES)]}
+    coco = {
+        "images": coco_images,
+        "annotations": coco_annotations,
+        "categories": [{"id": i + 1, "name": n} for i, n in enumerate(CLASSES)],
+    }
     for name, obj in (("boxes.json", boxes), ("labels.json", labels), ("coco.json", coco)):
         with open(os.path.join(folder, name), "w") as f:
             json.dump(obj, f, indent=1)
@@ -225,8 +242,10 @@ def main():
     parser.add_argument("--model", help="keep only images whose true-class probability drops without the object")
     args = parser.parse_args()
     done = write_set(args.out, args.seed, args.count, args.model)
-    print(f"wrote {done['written']} images to {args.out} (seed {args.seed}, "
-          f"{done['candidates']} generated{', filtered by ' + args.model if args.model else ''})")
+    print(
+        f"wrote {done['written']} images to {args.out} (seed {args.seed}, "
+        f"{done['candidates']} generated{', filtered by ' + args.model if args.model else ''})"
+    )
 
 
 if __name__ == "__main__":

@@ -63,6 +63,7 @@ def reshape_transform(prefix: int):
         grid = SIZE // PATCH
         result = tensor[:, prefix:, :].reshape(tensor.size(0), grid, grid, tensor.size(2))
         return result.transpose(2, 3).transpose(1, 2)
+
     return transform
 
 
@@ -103,8 +104,10 @@ def inputs() -> np.ndarray:
     """Two photos from examples/, resized and standardized (the tests feed this tensor as is)."""
     import cv2
 
-    images = [cv2.cvtColor(cv2.imread(os.path.join(ROOT, "examples", f)), cv2.COLOR_BGR2RGB)
-              for f in ("chelsea.png", "coffee.png")]
+    images = [
+        cv2.cvtColor(cv2.imread(os.path.join(ROOT, "examples", f)), cv2.COLOR_BGR2RGB)
+        for f in ("chelsea.png", "coffee.png")
+    ]
     x = np.stack([cv2.resize(im, (SIZE, SIZE), interpolation=cv2.INTER_AREA) for im in images]).astype(np.float32)
     return np.ascontiguousarray(((x / 255.0 - 0.5) / 0.25).transpose(0, 3, 1, 2))
 
@@ -115,22 +118,39 @@ def main() -> None:
     for name, (_, prefix) in MODELS.items():
         model = build(name)
         path = os.path.join(OUT, f"{name}.onnx")
-        torch.onnx.export(model, torch.from_numpy(x), path, input_names=["input"], output_names=["logits"],
-                          opset_version=17, dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}}, dynamo=False)
+        torch.onnx.export(
+            model,
+            torch.from_numpy(x),
+            path,
+            input_names=["input"],
+            output_names=["logits"],
+            opset_version=17,
+            dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}},
+            dynamo=False,
+        )
         # the same weights through the dynamo exporter (needs onnxscript), at the opset it writes best
-        torch.onnx.export(model, (torch.from_numpy(x),), input_names=["input"], output_names=["logits"],
-                          opset_version=18, dynamo=True, dynamic_shapes={"x": {0: torch.export.Dim("N")}},
-                          external_data=False).save(os.path.join(OUT, f"{name}_dynamo.onnx"))
+        torch.onnx.export(
+            model,
+            (torch.from_numpy(x),),
+            input_names=["input"],
+            output_names=["logits"],
+            opset_version=18,
+            dynamo=True,
+            dynamic_shapes={"x": {0: torch.export.Dim("N")}},
+            external_data=False,
+        ).save(os.path.join(OUT, f"{name}_dynamo.onnx"))
         with torch.no_grad():
             logits = model(torch.from_numpy(x)).numpy()
         targets = logits.argmax(axis=1)
         assert np.ptp(logits, axis=1).min() > 0.5, f"{name}: classes nearly tied {logits}"
         fixtures = {"input": x, "logits": logits, "targets": targets, "prefix": prefix}
         for method in METHODS:
-            cam = getattr(pgc, method)(model=model, target_layers=[model.blocks[-1].norm1],
-                                       reshape_transform=reshape_transform(prefix))
-            fixtures[method] = cam(input_tensor=torch.from_numpy(x),
-                                   targets=[ClassifierOutputTarget(int(t)) for t in targets]).astype(np.float32)
+            cam = getattr(pgc, method)(
+                model=model, target_layers=[model.blocks[-1].norm1], reshape_transform=reshape_transform(prefix)
+            )
+            fixtures[method] = cam(
+                input_tensor=torch.from_numpy(x), targets=[ClassifierOutputTarget(int(t)) for t in targets]
+            ).astype(np.float32)
         fixtures["rollout"], fixtures["gradient_rollout"] = rollouts(build(name), torch.from_numpy(x), targets, prefix)
         np.savez_compressed(os.path.join(OUT, f"{name}.npz"), **fixtures)
         print(f"{name}: {os.path.getsize(path)} bytes, logits range {np.ptp(logits):.2f}, targets {targets.tolist()}")

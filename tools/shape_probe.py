@@ -99,8 +99,16 @@ def _torchvision():
 def _export(net, path: str) -> None:
     import torch
 
-    torch.onnx.export(net, torch.randn(1, 3, 224, 224), path, input_names=["input"], output_names=["logits"],
-                      opset_version=17, dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}}, dynamo=False)
+    torch.onnx.export(
+        net,
+        torch.randn(1, 3, 224, 224),
+        path,
+        input_names=["input"],
+        output_names=["logits"],
+        opset_version=17,
+        dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}},
+        dynamo=False,
+    )
 
 
 def _gradcam_against_torch(net, path: str, module, layer: str | None = None) -> None:
@@ -123,8 +131,10 @@ def _gradcam_against_torch(net, path: str, module, layer: str | None = None) -> 
     a, g = kept["a"].detach().numpy(), grad.numpy()
     reference = np.maximum(np.einsum("nk,nkhw->nhw", g.mean(axis=(2, 3)), a), 0)
     scale = np.abs(reference).max()
-    print(f"raw map vs torch autograd: max abs difference {np.abs(res.raw - reference).max() / scale:.1e} "
-          f"of the map's max ({scale:.1e})")
+    print(
+        f"raw map vs torch autograd: max abs difference {np.abs(res.raw - reference).max() / scale:.1e} "
+        f"of the map's max ({scale:.1e})"
+    )
 
 
 def shufflenet() -> None:
@@ -140,8 +150,11 @@ def shufflenet() -> None:
         print(f"inspect_model       {time.perf_counter() - start:.2f} s, {len(info.layers)} candidate layers")
         print(f"automatic layer     {info.auto_layer.name} {list(info.auto_layer.shape)}")
         names = {layer.name for layer in info.layers}
-        for name in ("/stage2/stage2.0/Concat_output_0", "/stage4/stage4.3/Reshape_1_output_0",
-                     "/conv5/conv5.2/Relu_output_0"):
+        for name in (
+            "/stage2/stage2.0/Concat_output_0",
+            "/stage4/stage4.3/Reshape_1_output_0",
+            "/conv5/conv5.2/Relu_output_0",
+        ):
             print(f"  candidate? {name:42} {name in names}")
         _gradcam_against_torch(net, path, net.conv5)
 
@@ -158,10 +171,13 @@ def swin() -> None:
         start = time.perf_counter()
         info = inspect_model(load_model(path))
         print(f"inspect_model       {time.perf_counter() - start:.2f} s, {len(info.layers)} candidate layers")
-        shapes = {vi.name: [d.dim_value or d.dim_param or "?" for d in vi.type.tensor_type.shape.dim]
-                  for vi in info.model.graph.value_info}
+        shapes = {
+            vi.name: [d.dim_value or d.dim_param or "?" for d in vi.type.tensor_type.shape.dim]
+            for vi in info.model.graph.value_info
+        }
         print(f"/permute/Transpose_output_0 {shapes.get('/permute/Transpose_output_0')}")
         _gradcam_against_torch(net, path, net.features[0][0], info.layers[0].name)
+
 
 if __name__ == "__main__":
     {"resnet50": resnet50, "shufflenet": shufflenet, "swin": swin}[sys.argv[1] if len(sys.argv) > 1 else "resnet50"]()

@@ -57,8 +57,16 @@ def conv(cin, cout, stride=1):
 def network() -> nn.Module:
     a, b, c, d, e = WIDTHS
     return nn.Sequential(
-        *conv(3, a, 2), *conv(a, b), nn.MaxPool2d(2), *conv(b, c), nn.MaxPool2d(2), *conv(c, d), *conv(d, e),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(e, len(make_shapes.CLASSES)),
+        *conv(3, a, 2),
+        *conv(a, b),
+        nn.MaxPool2d(2),
+        *conv(b, c),
+        nn.MaxPool2d(2),
+        *conv(c, d),
+        *conv(d, e),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(e, len(make_shapes.CLASSES)),
     )
 
 
@@ -95,7 +103,7 @@ def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 def accuracy(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     net.eval()
     with torch.no_grad():
-        pred = torch.cat([net(x[i:i + 256]).argmax(1) for i in range(0, len(x), 256)])
+        pred = torch.cat([net(x[i : i + 256]).argmax(1) for i in range(0, len(x), 256)])
     return float((pred == y).float().mean())
 
 
@@ -104,20 +112,31 @@ def export(net: nn.Module) -> onnx.ModelProto:
     net.eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(net, (torch.zeros(1, 3, make_shapes.SIZE, make_shapes.SIZE),), buf, dynamo=False,
-                          opset_version=17, input_names=["input"], output_names=["logits"],
-                          training=torch.onnx.TrainingMode.EVAL, do_constant_folding=True,
-                          dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}})
+        torch.onnx.export(
+            net,
+            (torch.zeros(1, 3, make_shapes.SIZE, make_shapes.SIZE),),
+            buf,
+            dynamo=False,
+            opset_version=17,
+            input_names=["input"],
+            output_names=["logits"],
+            training=torch.onnx.TrainingMode.EVAL,
+            do_constant_folding=True,
+            dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}},
+        )
     proto = onnx.shape_inference.infer_shapes(onnx.load_from_string(buf.getvalue()), strict_mode=True)
     proto.ir_version = 8  # onnx >= 1.23 writes IR 14, which ONNX Runtime 1.31 cannot load
     proto.producer_name, proto.producer_version = "onnxcam tools/train_shapes.py", ""
     del proto.metadata_props[:]
-    helper.set_model_props(proto, {
-        "onnxcam.preprocess": "imagenet",
-        "onnxcam.labels": "\n".join(make_shapes.CLASSES),
-        "onnxcam.source": f"tools/train_shapes.py: seed {SEED}, trained on tools/make_shapes.py set {TRAIN_SEED} "
-                          f"({EASY + RAMP + HARD} images, {STEPS} steps of {BATCH})",
-    })
+    helper.set_model_props(
+        proto,
+        {
+            "onnxcam.preprocess": "imagenet",
+            "onnxcam.labels": "\n".join(make_shapes.CLASSES),
+            "onnxcam.source": f"tools/train_shapes.py: seed {SEED}, trained on tools/make_shapes.py set {TRAIN_SEED} "
+            f"({EASY + RAMP + HARD} images, {STEPS} steps of {BATCH})",
+        },
+    )
     onnx.checker.check_model(proto, full_check=True)
     return proto
 
@@ -152,22 +171,25 @@ def main():
         optimizer.step()
         running = 0.98 * running + 0.02 * float(loss.detach())
         if (step + 1) % 500 == 0:
-            print(f"step {step + 1}: loss {running:.3f}, test accuracy {accuracy(net, x_test, y_test):.1%} "
-                  f"({time.time() - t0:.0f} s)")
+            print(
+                f"step {step + 1}: loss {running:.3f}, test accuracy {accuracy(net, x_test, y_test):.1%} "
+                f"({time.time() - t0:.0f} s)"
+            )
             net.train()
 
     proto = export(net)
     out.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(proto, str(out))
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-    logits = np.concatenate([session.run(None, {"input": x_test[i:i + 256].numpy()})[0]
-                             for i in range(0, TEST, 256)])
+    logits = np.concatenate([session.run(None, {"input": x_test[i : i + 256].numpy()})[0] for i in range(0, TEST, 256)])
     with torch.no_grad():
-        reference = torch.cat([net(x_test[i:i + 256]) for i in range(0, TEST, 256)]).numpy()
+        reference = torch.cat([net(x_test[i : i + 256]) for i in range(0, TEST, 256)]).numpy()
     onnx_accuracy = float((logits.argmax(1) == y_test.numpy()).mean())
-    print(f"wrote {out} ({out.stat().st_size} bytes); ONNX Runtime vs torch max |diff| "
-          f"{np.abs(logits - reference).max():.1e}; test accuracy (ONNX, {TEST} images, set {TEST_SEED}) "
-          f"{onnx_accuracy:.1%}; {time.time() - t0:.0f} s in all")
+    print(
+        f"wrote {out} ({out.stat().st_size} bytes); ONNX Runtime vs torch max |diff| "
+        f"{np.abs(logits - reference).max():.1e}; test accuracy (ONNX, {TEST} images, set {TEST_SEED}) "
+        f"{onnx_accuracy:.1%}; {time.time() - t0:.0f} s in all"
+    )
 
 
 if __name__ == "__main__":

@@ -28,23 +28,57 @@ from onnxcam.cli.report import report_option, write_reports
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.argument("images", nargs=-1, required=True, type=click.Path())
 @method_option()
-@click.option("--boxes", type=click.Path(exists=True, dir_okay=False),
-              help='Ground truth in image pixels: {"image.png": [[x0, y0, x1, y1], ...]} or a COCO-style '
-                   "file (images, annotations with bbox [x, y, w, h]).")
-@click.option("-o", "--out", type=click.Path(), default=".", show_default=True,
-              help="Folder for eval.json, eval.csv and eval.curves.png.")
-@click.option("-b", "--batch-size", default=16, show_default=True, type=click.IntRange(1, 4096),
-              help="Images explained per run.")
-@click.option("--steps", default=32, show_default=True, type=click.IntRange(2, 4096),
-              help="Deletion / insertion steps (the curves have steps + 1 points).")
-@click.option("--blur", type=click.FloatRange(0, min_open=True), metavar="SIGMA",
-              help="Insertion starts from the input blurred with this sigma (input pixels). Default: side / 16.")
-@click.option("--tolerance", default=15.0, show_default=True, type=click.FloatRange(0),
-              help="Pointing game tolerance, in image pixels.")
-@click.option("--box-threshold", default=0.2, show_default=True, type=click.FloatRange(0, 1),
-              help="CAM localization: the largest region where the map is >= this fraction of its max.")
-@click.option("--iou", default=0.5, show_default=True, type=click.FloatRange(0, 1),
-              help="CAM localization is correct at this IoU with a true box or more.")
+@click.option(
+    "--boxes",
+    type=click.Path(exists=True, dir_okay=False),
+    help='Ground truth in image pixels: {"image.png": [[x0, y0, x1, y1], ...]} or a COCO-style '
+    "file (images, annotations with bbox [x, y, w, h]).",
+)
+@click.option(
+    "-o",
+    "--out",
+    type=click.Path(),
+    default=".",
+    show_default=True,
+    help="Folder for eval.json, eval.csv and eval.curves.png.",
+)
+@click.option(
+    "-b", "--batch-size", default=16, show_default=True, type=click.IntRange(1, 4096), help="Images explained per run."
+)
+@click.option(
+    "--steps",
+    default=32,
+    show_default=True,
+    type=click.IntRange(2, 4096),
+    help="Deletion / insertion steps (the curves have steps + 1 points).",
+)
+@click.option(
+    "--blur",
+    type=click.FloatRange(0, min_open=True),
+    metavar="SIGMA",
+    help="Insertion starts from the input blurred with this sigma (input pixels). Default: side / 16.",
+)
+@click.option(
+    "--tolerance",
+    default=15.0,
+    show_default=True,
+    type=click.FloatRange(0),
+    help="Pointing game tolerance, in image pixels.",
+)
+@click.option(
+    "--box-threshold",
+    default=0.2,
+    show_default=True,
+    type=click.FloatRange(0, 1),
+    help="CAM localization: the largest region where the map is >= this fraction of its max.",
+)
+@click.option(
+    "--iou",
+    default=0.5,
+    show_default=True,
+    type=click.FloatRange(0, 1),
+    help="CAM localization is correct at this IoU with a true box or more.",
+)
 @layer_option
 @scorecam_option
 @report_option
@@ -64,16 +98,19 @@ def command(model, images, methods, boxes, out, batch_size, layers, report, expl
     evaluation = evaluate.Evaluation(ex, methods, evaluate.EvalOptions(**options))
     with Progress(len(paths) * len(methods), eager=True) as bar:
         for start in range(0, len(paths), batch_size):
-            evaluation.add(paths[start:start + batch_size], truth, bar.update)
+            evaluation.add(paths[start : start + batch_size], truth, bar.update)
     if evaluation.failures and len(evaluation.failures) == len(paths):
         raise evaluation.failures[0][1]
     summary = evaluation.summary()
     click.echo("")
     for line in evaluate.table(summary):
         click.echo(line)
-    click.echo("  localization: CAM box (>= {box_threshold:g} of max) with IoU >= {iou:g}; pointing: peak within "
-               "{tolerance:g} px of a box; energy: map sum inside the boxes".format(**options) if truth else
-               "  (no --boxes: no localization metrics)")
+    click.echo(
+        "  localization: CAM box (>= {box_threshold:g} of max) with IoU >= {iou:g}; pointing: peak within "
+        "{tolerance:g} px of a box; energy: map sum inside the boxes".format(**options)
+        if truth
+        else "  (no --boxes: no localization metrics)"
+    )
     click.echo("  avg drop, deletion: lower is better; incr conf, insertion and the localization metrics: higher")
     written = evaluation.write(out, model, boxes, summary)
     click.echo("wrote     " + ", ".join(written))

@@ -44,4 +44,3 @@ def command(model, show_all, model_args):
 
 def _dims(value_info):
     return [d.dim_value if d.HasField("dim_value") else None for d in value_info.type.tensor_type.shape.dim]
-

@@ -26,12 +26,22 @@ def model_options(fn):
         model_args = dict(input_name=input_name, output_name=output_name, input_size=input_size or None)
         return fn(*args, model_args=model_args, **kwargs)
 
-    return _apply(command, (
-        click.option("--input", "input_name", metavar="NAME", help="The image input, when the model has several."),
-        click.option("--output", "output_name", metavar="NAME", help="The scores output, when the model has several."),
-        click.option("--input-size", nargs=2, type=click.IntRange(1, 16384), metavar="H W",
-                     help="Spatial size for models whose input size is dynamic."),
-    ))
+    return _apply(
+        command,
+        (
+            click.option("--input", "input_name", metavar="NAME", help="The image input, when the model has several."),
+            click.option(
+                "--output", "output_name", metavar="NAME", help="The scores output, when the model has several."
+            ),
+            click.option(
+                "--input-size",
+                nargs=2,
+                type=click.IntRange(1, 16384),
+                metavar="H W",
+                help="Spatial size for models whose input size is dynamic.",
+            ),
+        ),
+    )
 
 
 def explainer_options(fn):
@@ -43,25 +53,47 @@ def explainer_options(fn):
         explainer_args = dict(model_args, preprocess_preset=preset, device=device, gradients=gradients)
         return fn(*args, explainer_args=explainer_args, **kwargs)
 
-    return model_options(_apply(command, (
-        click.option("--preprocess", "preset", type=click.Choice(names.PRESETS),
-                     help=f"Preprocessing preset. Default: the model's own (metadata), else {names.DEFAULT_PRESET}."),
-        click.option("--device", type=click.Choice(names.DEVICES), default="auto", show_default=True),
-        click.option("--gradients", type=click.Choice(names.GRADIENT_MODES), default="auto", show_default=True,
-                     help="analytic: backward rules; fd: central differences of the head (channel-weight methods); "
-                          "auto: analytic, else fd where a head op has no rule."),
-    )))
+    return model_options(
+        _apply(
+            command,
+            (
+                click.option(
+                    "--preprocess",
+                    "preset",
+                    type=click.Choice(names.PRESETS),
+                    help=f"Preprocessing preset. Default: the model's own (metadata), else {names.DEFAULT_PRESET}.",
+                ),
+                click.option("--device", type=click.Choice(names.DEVICES), default="auto", show_default=True),
+                click.option(
+                    "--gradients",
+                    type=click.Choice(names.GRADIENT_MODES),
+                    default="auto",
+                    show_default=True,
+                    help="analytic: backward rules; fd: central differences of the head (channel-weight methods); "
+                    "auto: analytic, else fd where a head op has no rule.",
+                ),
+            ),
+        )
+    )
 
 
 layer_option = click.option(
-    "-l", "--layer", "layers", multiple=True, metavar="NAME",
+    "-l",
+    "--layer",
+    "layers",
+    multiple=True,
+    metavar="NAME",
     help="Target layer (a tensor or node name, 'onnxcam inspect' lists them); repeat to average several. "
-         "Default: the last conv-like layer.")
+    "Default: the last conv-like layer.",
+)
 
 
 scorecam_option = click.option(
-    "--scorecam-channels", type=click.IntRange(1), metavar="K",
-    help="Score-CAM: score only the K channels of largest activation mass (an approximation, faster; default: all).")
+    "--scorecam-channels",
+    type=click.IntRange(1),
+    metavar="K",
+    help="Score-CAM: score only the K channels of largest activation mass (an approximation, faster; default: all).",
+)
 
 
 def method_option(choices: tuple = names.METHODS):
@@ -69,16 +101,26 @@ def method_option(choices: tuple = names.METHODS):
     several; names.method_names resolves the values (gradcam when none is given). A command that takes one
     method, or a subset, says so in `choices`."""
     what = "; repeat or comma-separate for several" if choices == names.METHODS else f": one of {', '.join(choices)}"
-    return click.option("-m", "--method", "methods", multiple=True, metavar="NAME",
-                        help=f"CAM method ('onnxcam methods' lists them){what}.  [default: {names.DEFAULT_METHOD}]")
+    return click.option(
+        "-m",
+        "--method",
+        "methods",
+        multiple=True,
+        metavar="NAME",
+        help=f"CAM method ('onnxcam methods' lists them){what}.  [default: {names.DEFAULT_METHOD}]",
+    )
 
 
 def target_option(top: bool = True):
     """-t/--target, parsed by names.parse_target."""
     what = ", or top-K (one map for each of the K best classes)" if top else ""
-    return click.option("-t", "--target", metavar="CLASS",
-                        help=f"Class to explain: an exact class name, a class index (index:N where the class names "
-                             f"are numbers){what}. Default: the top-1 class.")
+    return click.option(
+        "-t",
+        "--target",
+        metavar="CLASS",
+        help=f"Class to explain: an exact class name, a class index (index:N where the class names "
+        f"are numbers){what}. Default: the top-1 class.",
+    )
 
 
 def banner(model: str, ex, methods=(), pictures: bool = True) -> None:
@@ -90,8 +132,10 @@ def banner(model: str, ex, methods=(), pictures: bool = True) -> None:
     for name in ex.layers:
         click.echo(f"layer     {name}  {format_shape(ex.info.resolve_layer(name).shape)}")
     if ex.preset_source == "assumed" and pictures:
-        click.echo(f"preprocess {ex.preset} (assumed: the model records no preprocessing; if it was trained with "
-                   "another, give --preprocess)")
+        click.echo(
+            f"preprocess {ex.preset} (assumed: the model records no preprocessing; if it was trained with "
+            "another, give --preprocess)"
+        )
     for name in methods:
         source = ex.gradient_source(name)
         cost = f"about {ex.fd_seconds:.1f} s an image" if ex.fd_seconds is not None else ""

@@ -9,8 +9,9 @@ import click
 import onnxcam
 
 # run, eval and sanity: the same page over their output folder once they are done
-report_option = click.option("--report", is_flag=True,
-                             help="Also write report.html over the output folder (as `onnxcam report` does).")
+report_option = click.option(
+    "--report", is_flag=True, help="Also write report.html over the output folder (as `onnxcam report` does)."
+)
 
 
 @click.command("report")
@@ -29,6 +30,7 @@ def write_reports(files) -> None:
 
 def echo_written(written) -> None:
     """The line every command that writes a report prints."""
+
     def count(n, what):
         return f"{n} {what}{'s' * (n != 1)}"
 

@@ -24,50 +24,139 @@ from onnxcam.errors import Interrupted, OnnxcamError
 @click.option("--methods", "grid", metavar="A,B,...", help="Several methods: one side-by-side grid image per input.")
 @options.layer_option
 @options.target_option()
-@click.option("--score", type=click.Choice(names.SCORES), default="logit", show_default=True,
-              help="Explain the class's logit or its softmax probability.")
-@click.option("--unit", metavar="LAYER:K[:I:J]",
-              help="Explain feature map K (or neuron K, I, J) of LAYER instead of a class score.")
-@click.option("--units", "unit_count", type=click.IntRange(1, 64),
-              help="Also show the N channels that contribute most to the class (CAM paper, section 5).")
+@click.option(
+    "--score",
+    type=click.Choice(names.SCORES),
+    default="logit",
+    show_default=True,
+    help="Explain the class's logit or its softmax probability.",
+)
+@click.option(
+    "--unit",
+    metavar="LAYER:K[:I:J]",
+    help="Explain feature map K (or neuron K, I, J) of LAYER instead of a class score.",
+)
+@click.option(
+    "--units",
+    "unit_count",
+    type=click.IntRange(1, 64),
+    help="Also show the N channels that contribute most to the class (CAM paper, section 5).",
+)
 @click.option("--aug-smooth", is_flag=True, help="Average over horizontal flip x input scaling 0.9/1/1.1.")
 @click.option("--eigen-smooth", is_flag=True, help="First principal component of the weighted activations.")
-@click.option("--samples", default=25, show_default=True, type=click.IntRange(1, 1000),
-              help="Noisy copies for smoothgrad and smoothgradcam++.")
-@click.option("--noise", default=0.15, show_default=True, type=click.FloatRange(0, 10),
-              help="Noise std as a fraction of the input's range (smoothgrad, smoothgradcam++).")
+@click.option(
+    "--samples",
+    default=25,
+    show_default=True,
+    type=click.IntRange(1, 1000),
+    help="Noisy copies for smoothgrad and smoothgradcam++.",
+)
+@click.option(
+    "--noise",
+    default=0.15,
+    show_default=True,
+    type=click.FloatRange(0, 10),
+    help="Noise std as a fraction of the input's range (smoothgrad, smoothgradcam++).",
+)
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**63 - 1), help="Seed of the noise.")
-@click.option("--box-threshold", default=0.2, show_default=True, type=click.FloatRange(0, 1),
-              help="Localization box: the largest region where the map is >= this fraction of its max.")
-@click.option("--labels", type=click.Path(exists=True, dir_okay=False), help="Class names: text (one a line), a JSON list, or a JSON object {index: name}.")
+@click.option(
+    "--box-threshold",
+    default=0.2,
+    show_default=True,
+    type=click.FloatRange(0, 1),
+    help="Localization box: the largest region where the map is >= this fraction of its max.",
+)
+@click.option(
+    "--labels",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Class names: text (one a line), a JSON list, or a JSON object {index: name}.",
+)
 @click.option("-o", "--out", type=click.Path(), help="Output folder. Default: next to each image.")
 @click.option("--npy", is_flag=True, help="Also write each heatmap (float32, model input size) as .npy.")
 @click.option("--json", "as_json", is_flag=True, help="Also write a JSON summary.")
-@click.option("--pictures", type=click.Choice((*names.PICTURE_FORMATS, "none")), default="png", show_default=True,
-              help="Format of the overlays, grids and saliency pictures; jpg encodes 10x faster, none draws "
-                   "nothing and writes only the --npy maps and --json boxes (large folders).")
+@click.option(
+    "--pictures",
+    type=click.Choice((*names.PICTURE_FORMATS, "none")),
+    default="png",
+    show_default=True,
+    help="Format of the overlays, grids and saliency pictures; jpg encodes 10x faster, none draws "
+    "nothing and writes only the --npy maps and --json boxes (large folders).",
+)
 @click.option("--top", default=5, show_default=True, type=click.IntRange(1, 100), help="How many predictions to print.")
-@click.option("--max-pixels", default=names.DEFAULT_MAX_PIXELS, show_default=True, type=click.IntRange(1),
-              help="Refuse images whose header declares more pixels (decompression bombs); raise it for huge images.")
-@click.option("-b", "--batch-size", default=16, show_default=True, type=click.IntRange(1, 1024),
-              help="Images per run: memory is bounded by one batch; outputs stream to disk batch by batch.")
-@click.option("--ray", "ray_address", is_flag=False, flag_value="", metavar="[ADDRESS]",
-              help="Explain on the Ray cluster at ADDRESS (none: a local one) and write OUT/results.parquet "
-                   "(needs onnxcam[ray]; IMAGE and --out may be URIs such as s3://bucket/dir).")
-@click.option("--actors", type=click.IntRange(1), help="With --ray: actors, one explainer each. Default: one per "
-                                                       "CPU of the cluster (per GPU with --gpus-per-actor).")
-@click.option("--gpus-per-actor", type=click.FloatRange(0, 64, min_open=True),
-              help="With --ray: GPUs per actor; a fraction shares a GPU and caps each actor's CUDA memory.")
+@click.option(
+    "--max-pixels",
+    default=names.DEFAULT_MAX_PIXELS,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Refuse images whose header declares more pixels (decompression bombs); raise it for huge images.",
+)
+@click.option(
+    "-b",
+    "--batch-size",
+    default=16,
+    show_default=True,
+    type=click.IntRange(1, 1024),
+    help="Images per run: memory is bounded by one batch; outputs stream to disk batch by batch.",
+)
+@click.option(
+    "--ray",
+    "ray_address",
+    is_flag=False,
+    flag_value="",
+    metavar="[ADDRESS]",
+    help="Explain on the Ray cluster at ADDRESS (none: a local one) and write OUT/results.parquet "
+    "(needs onnxcam[ray]; IMAGE and --out may be URIs such as s3://bucket/dir).",
+)
+@click.option(
+    "--actors",
+    type=click.IntRange(1),
+    help="With --ray: actors, one explainer each. Default: one per CPU of the cluster (per GPU with --gpus-per-actor).",
+)
+@click.option(
+    "--gpus-per-actor",
+    type=click.FloatRange(0, 64, min_open=True),
+    help="With --ray: GPUs per actor; a fraction shares a GPU and caps each actor's CUDA memory.",
+)
 @options.scorecam_option
 @report_option
 @options.explainer_options
-def command(model, images, methods, grid, layers, target, labels, unit, batch_size, report, explainer_args,
-            ray_address, actors, gpus_per_actor, **run_options):
+def command(
+    model,
+    images,
+    methods,
+    grid,
+    layers,
+    target,
+    labels,
+    unit,
+    batch_size,
+    report,
+    explainer_args,
+    ray_address,
+    actors,
+    gpus_per_actor,
+    **run_options,
+):
     """Explain the model's decision on each IMAGE (a picture, a folder of them, or a .npy input tensor)."""
     run_options["as_json"] |= report  # the report reads the JSON records
     if ray_address is not None:
-        return _run_on_ray(model, images, methods, grid, layers, target, labels, unit, batch_size, report,
-                           explainer_args, run_options, ray_address, actors, gpus_per_actor)
+        return _run_on_ray(
+            model,
+            images,
+            methods,
+            grid,
+            layers,
+            target,
+            labels,
+            unit,
+            batch_size,
+            report,
+            explainer_args,
+            run_options,
+            ray_address,
+            actors,
+            gpus_per_actor,
+        )
     started = time.perf_counter()
     opts = onnxcam.outputs.RunOptions(unit=names.parse_unit(unit), **run_options)
     paths = onnxcam.outputs.input_paths(images)
@@ -77,8 +166,9 @@ def command(model, images, methods, grid, layers, target, labels, unit, batch_si
     onnxcam.outputs.check_distinct_outputs(paths, opts.out)
     methods = names.method_names([*methods, *([grid] if grid else [])])
     ex = onnxcam.Explainer(model, layer=list(layers) or None, labels=labels, **explainer_args)
-    job = onnxcam.outputs.Run(ex, model, methods, names.parse_target(target, ex.info.labels, ex.num_classes),
-                              opts, paths, started)
+    job = onnxcam.outputs.Run(
+        ex, model, methods, names.parse_target(target, ex.info.labels, ex.num_classes), opts, paths, started
+    )
     if opts.out:
         onnxcam.outputs.make_folder(opts.out)
     banner(model, ex, methods, pictures=not all(names.is_tensor_file(p) for p in paths))
@@ -86,12 +176,15 @@ def command(model, images, methods, grid, layers, target, labels, unit, batch_si
     with Progress(len(paths)) as bar, onnxcam.outputs.Background() as background:
         ex.progress = bar.report
         for start in range(0, len(paths), batch_size):
-            chunk = paths[start:start + batch_size]
+            chunk = paths[start : start + batch_size]
             try:
                 items, failed = job.explain(chunk)
             except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM / SIGHUP (writer.Terminated)
-                where = (f"at image {start + 1} of {len(paths)} ({chunk[0]})" if len(chunk) == 1 else
-                         f"in images {start + 1}-{start + len(chunk)} of {len(paths)}")
+                where = (
+                    f"at image {start + 1} of {len(paths)} ({chunk[0]})"
+                    if len(chunk) == 1
+                    else f"in images {start + 1}-{start + len(chunk)} of {len(paths)}"
+                )
                 how = f"stopped by {stop}" if hasattr(stop, "signum") else "interrupted (Ctrl-C)"
                 error = Interrupted(f"{how} {where}; every file already written is complete (none is half-written)")
                 error.exit_code = 128 + getattr(stop, "signum", 2)
@@ -138,17 +231,36 @@ def _show(report, top: int) -> None:
     for e in report.explanations:
         cls, label, method = e["target"]["class"], e["target"]["label"], e["method"]
         if e["flat"]:
-            click.echo(f"Warning: flat map: {report.image} [{method}, class {cls}]: the map is zero everywhere "
-                       "(all-zero gradients, or nothing supports this class at this layer); try another "
-                       "--layer or --method", err=True)
-        click.echo(f"  explain   {cls}  {label}  [{method}]" + (f"  box {e['box']}" if e["box"] else
-                                                               "  (flat map: no region)"))
+            click.echo(
+                f"Warning: flat map: {report.image} [{method}, class {cls}]: the map is zero everywhere "
+                "(all-zero gradients, or nothing supports this class at this layer); try another "
+                "--layer or --method",
+                err=True,
+            )
+        click.echo(
+            f"  explain   {cls}  {label}  [{method}]" + (f"  box {e['box']}" if e["box"] else "  (flat map: no region)")
+        )
     if report.units is not None:
         click.echo("  units     " + ", ".join(f"{u['channel']} ({u['contribution']:+.3f})" for u in report.units))
 
 
-def _run_on_ray(model, images, methods, grid, layers, target, labels, unit, batch_size, report, explainer_args,
-                run_options, address, actors, gpus_per_actor):
+def _run_on_ray(
+    model,
+    images,
+    methods,
+    grid,
+    layers,
+    target,
+    labels,
+    unit,
+    batch_size,
+    report,
+    explainer_args,
+    run_options,
+    address,
+    actors,
+    gpus_per_actor,
+):
     """`run --ray`: the same options, the images explained by onnxcam.ray on a cluster; their records go into one
     Parquet table in --out, their files are written as without --ray. The model and options are checked here,
     before the cluster starts."""
@@ -159,21 +271,36 @@ def _run_on_ray(model, images, methods, grid, layers, target, labels, unit, batc
         raise click.UsageError("--ray needs --out: the folder (or URI) for results.parquet and the pictures")
     if report and "://" in opts.out:
         raise click.UsageError("--report with --ray needs a local --out folder (the report reads the JSON records)")
-    paths = [p for item in images
-             for p in (on_ray.list_images(item) if "://" in item else onnxcam.outputs.input_paths([item]))]
+    paths = [
+        p
+        for item in images
+        for p in (on_ray.list_images(item) if "://" in item else onnxcam.outputs.input_paths([item]))
+    ]
     onnxcam.outputs.check_distinct_outputs(paths, opts.out)
     methods = names.method_names([*methods, *([grid] if grid else [])])
     ex = onnxcam.Explainer(model, layer=list(layers) or None, labels=labels, **{**explainer_args, "device": "cpu"})
-    settings = on_ray.Settings(tuple(methods), names.parse_target(target, ex.info.labels, ex.num_classes), opts,
-                               labels=tuple(ex.info.labels) if labels else None)
+    settings = on_ray.Settings(
+        tuple(methods),
+        names.parse_target(target, ex.info.labels, ex.num_classes),
+        opts,
+        labels=tuple(ex.info.labels) if labels else None,
+    )
     click.echo(f"model     {model}")
     click.echo(f"layer     {', '.join(ex.layers)}")
     click.echo(f"method    {', '.join(methods)}")
     click.echo(f"ray       {address or 'a local cluster'}")
     with Progress(len(paths)) as bar:
-        table, failures = on_ray.run_folder(model, paths, settings, address=address or None, actors=actors,
-                                            explainer=dict(explainer_args, layer=list(layers) or None),
-                                            batch_size=batch_size, num_gpus=gpus_per_actor or 0, progress=bar.update)
+        table, failures = on_ray.run_folder(
+            model,
+            paths,
+            settings,
+            address=address or None,
+            actors=actors,
+            explainer=dict(explainer_args, layer=list(layers) or None),
+            batch_size=batch_size,
+            num_gpus=gpus_per_actor or 0,
+            progress=bar.update,
+        )
     click.echo(f"wrote     {table}  ({len(paths)} images)")
     if report and len(failures) < len(paths):
         write_reports(onnxcam.outputs.output_path(path, "report.html", opts.out) for path in paths)

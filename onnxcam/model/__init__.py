@@ -15,5 +15,13 @@ from onnxcam.model.load import load_model
 from onnxcam.model.metadata import read_labels
 from onnxcam.model.shapes import MAX_TENSOR_ELEMENTS
 
-__all__ = ["MAX_INPUT_ELEMENTS", "MAX_TENSOR_ELEMENTS", "Layer", "ModelInfo", "constants", "inspect_model",
-           "load_model", "read_labels"]
+__all__ = [
+    "MAX_INPUT_ELEMENTS",
+    "MAX_TENSOR_ELEMENTS",
+    "Layer",
+    "ModelInfo",
+    "constants",
+    "inspect_model",
+    "load_model",
+    "read_labels",
+]

@@ -10,12 +10,32 @@ from onnx import helper, numpy_helper
 # scores only through them (or through Shape / Size, which read nothing but the shape) carries no gradient to
 # them. op -> positions of such inputs; None: every input.
 SHAPE_OPERANDS = {
-    "Shape": None, "Size": None,
-    "Reshape": (1,), "Expand": (1,), "Tile": (1,), "ConstantOfShape": (0,), "Resize": (1, 2, 3), "Upsample": (1,),
-    "Slice": (1, 2, 3, 4), "Pad": (1, 3), "Squeeze": (1,), "Unsqueeze": (1,), "Split": (1,), "TopK": (1,),
-    "OneHot": (1,), "CenterCropPad": (1,), "ReduceMean": (1,), "ReduceSum": (1,), "ReduceMax": (1,),
-    "ReduceMin": (1,), "ReduceProd": (1,), "ReduceL1": (1,), "ReduceL2": (1,), "ReduceLogSum": (1,),
-    "ReduceLogSumExp": (1,), "ReduceSumSquare": (1,),
+    "Shape": None,
+    "Size": None,
+    "Reshape": (1,),
+    "Expand": (1,),
+    "Tile": (1,),
+    "ConstantOfShape": (0,),
+    "Resize": (1, 2, 3),
+    "Upsample": (1,),
+    "Slice": (1, 2, 3, 4),
+    "Pad": (1, 3),
+    "Squeeze": (1,),
+    "Unsqueeze": (1,),
+    "Split": (1,),
+    "TopK": (1,),
+    "OneHot": (1,),
+    "CenterCropPad": (1,),
+    "ReduceMean": (1,),
+    "ReduceSum": (1,),
+    "ReduceMax": (1,),
+    "ReduceMin": (1,),
+    "ReduceProd": (1,),
+    "ReduceL1": (1,),
+    "ReduceL2": (1,),
+    "ReduceLogSum": (1,),
+    "ReduceLogSumExp": (1,),
+    "ReduceSumSquare": (1,),
 }
 
 
@@ -23,8 +43,9 @@ def constants(graph) -> dict:
     """name -> TensorProto of the initializers and Constant node outputs (not decoded: callers convert the
     few they read with numpy_helper.to_array)."""
     tensors = {t.name: t for t in graph.initializer}
-    tensors.update((n.output[0], a.t) for n in graph.node if n.op_type == "Constant"
-                   for a in n.attribute if a.name == "value")
+    tensors.update(
+        (n.output[0], a.t) for n in graph.node if n.op_type == "Constant" for a in n.attribute if a.name == "value"
+    )
     return tensors
 
 
@@ -74,13 +95,18 @@ def inline_constant_branches(model) -> None:
         if found is None:
             return
         k, node = found
-        taken = "then_branch" if bool(np.asarray(numpy_helper.to_array(values[node.input[0]])).reshape(-1)[0]) \
+        taken = (
+            "then_branch"
+            if bool(np.asarray(numpy_helper.to_array(values[node.input[0]])).reshape(-1)[0])
             else "else_branch"
+        )
         branch = next(a.g for a in node.attribute if a.name == taken)
-        nodes = list(branch.node) + [helper.make_node("Identity", [inner.name], [outer], name=f"{node.name}/{outer}")
-                                     for inner, outer in zip(branch.output, node.output)]
+        nodes = list(branch.node) + [
+            helper.make_node("Identity", [inner.name], [outer], name=f"{node.name}/{outer}")
+            for inner, outer in zip(branch.output, node.output)
+        ]
         graph.initializer.extend(branch.initializer)
         graph.value_info.extend(branch.value_info)
-        rest = [onnx.NodeProto.FromString(n.SerializeToString()) for n in graph.node[k + 1:]]
+        rest = [onnx.NodeProto.FromString(n.SerializeToString()) for n in graph.node[k + 1 :]]
         del graph.node[k:]
         graph.node.extend(nodes + rest)

@@ -149,9 +149,14 @@ def inspect_model(
     fold_shape_operands(model, feeding, image_input.name, shape)
     logits_shape = shapes.get(logits)
     num_classes = logits_shape[1] if logits_shape and len(logits_shape) >= 2 else None
-    if (not isinstance(num_classes, int) or num_classes < 1
-            or any(d != 1 for d in logits_shape[2:] if isinstance(d, int))):
-        raise ModelError(f"the logits tensor '{logits}' has shape {logits_shape}; expected [N, classes] with a known class count")
+    if (
+        not isinstance(num_classes, int)
+        or num_classes < 1
+        or any(d != 1 for d in logits_shape[2:] if isinstance(d, int))
+    ):
+        raise ModelError(
+            f"the logits tensor '{logits}' has shape {logits_shape}; expected [N, classes] with a known class count"
+        )
 
     nchw_input = {image_input.name} if layout == "NCHW" else set()
     tensors = constants(graph)
@@ -241,7 +246,9 @@ def _drop_other_inputs(model, image: str, output: str) -> None:
 
 
 def _dims(value_info) -> list:
-    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in value_info.type.tensor_type.shape.dim]
+    return [
+        d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in value_info.type.tensor_type.shape.dim
+    ]
 
 
 def _pin_input_shape(value_info, input_size):
@@ -267,8 +274,10 @@ def _pin_input_shape(value_info, input_size):
     if input_size is not None and len(input_size) == 4:  # a ready tensor's shape: it fixes a dynamic size only
         input_size = None if len(fixed) == 2 else tuple(int(input_size[a]) for a in spatial_axes)
     if input_size is not None and len(fixed) == 2 and tuple(fixed) != tuple(input_size):
-        raise ModelError(f"input '{value_info.name}' has the fixed spatial size {fixed[0]}x{fixed[1]}; --input-size "
-                         f"{input_size[0]} {input_size[1]} applies only to models whose size is dynamic")
+        raise ModelError(
+            f"input '{value_info.name}' has the fixed spatial size {fixed[0]}x{fixed[1]}; --input-size "
+            f"{input_size[0]} {input_size[1]} applies only to models whose size is dynamic"
+        )
     for axis, size in zip(spatial_axes, input_size or (None, None)):
         if size is not None:
             dims[axis].Clear()
@@ -300,12 +309,14 @@ def _pick_output(graph, name):
     if not names:
         raise ModelError("the model has no outputs")
     if len(names) > 1:
-        raise ModelError(f"the model has {len(names)} outputs ({', '.join(names)}); choose the scores with --output NAME")
+        raise ModelError(
+            f"the model has {len(names)} outputs ({', '.join(names)}); choose the scores with --output NAME"
+        )
     return names[0]
 
 
 def _head_kind(num_classes: int, probability) -> str:
-    """"binary" for a single logit (its package applies the sigmoid), "multilabel" for a Sigmoid over several
+    """ "binary" for a single logit (its package applies the sigmoid), "multilabel" for a Sigmoid over several
     logits (independent yes/no per class), else "softmax" (exclusive classes)."""
     if num_classes == 1:
         return "binary"
@@ -327,18 +338,24 @@ def _check_inferred_types(model, producers: dict, logits: str) -> None:
     ops are not judged (ONNX cannot infer them; the finite-difference fallback still copes with them)."""
     graph = model.graph
     typed = {t.name for t in graph.initializer} | {
-        vi.name for vi in [*graph.input, *graph.output, *graph.value_info] if vi.type.tensor_type.elem_type}
+        vi.name for vi in [*graph.input, *graph.output, *graph.value_info] if vi.type.tensor_type.elem_type
+    }
     for name in sorted(ancestors(logits, producers)):
         node = producers.get(name)
-        if (node is None or node.domain not in ("", "ai.onnx") or name in typed
-                or not all(i in typed for i in node.input if i) or node.op_type in ("If", "Loop", "Scan")):
+        if (
+            node is None
+            or node.domain not in ("", "ai.onnx")
+            or name in typed
+            or not all(i in typed for i in node.input if i)
+            or node.op_type in ("If", "Loop", "Scan")
+        ):
             continue
         try:
             onnx.infer_shapes(model, strict_mode=True)
             why = ""
         except Exception as exc:
             lines = [line.strip() for line in str(exc).splitlines() if f"node name: {node.name})" in line]
-            why = f": {lines[0][lines[0].find('(op_type'):]}" if lines else ""
+            why = f": {lines[0][lines[0].find('(op_type') :]}" if lines else ""
         raise ModelError(
             f"shape inference fails at {node.op_type} node '{node.name}' (its output '{name}' gets no type){why}; "
             "the model is corrupt"
@@ -348,8 +365,11 @@ def _check_inferred_types(model, producers: dict, logits: str) -> None:
 def _float_names(model) -> set:
     """Tensors of a floating type: only those carry activations worth explaining (not QDQ's uint8)."""
     floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE}
-    return {vi.name for vi in list(model.graph.value_info) + list(model.graph.output)
-            if vi.type.tensor_type.elem_type in floats}
+    return {
+        vi.name
+        for vi in list(model.graph.value_info) + list(model.graph.output)
+        if vi.type.tensor_type.elem_type in floats
+    }
 
 
 def _candidate_layers(graph, shapes, feeding, found, floats, quantized, tokens):
@@ -370,4 +390,3 @@ def _candidate_layers(graph, shapes, feeding, found, floats, quantized, tokens):
         elif out in quantized:
             layers.append(Layer(twin(out), node.op_type, node.name, shape))
     return layers
-

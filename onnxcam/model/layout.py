@@ -15,11 +15,48 @@ NCHW_SOURCES = {"Conv", "ConvTranspose", "MaxPool", "AveragePool", "LpPool", "QL
 # padding, resampling...): they keep its layout, NCHW or permuted. Transpose permutes the layout, Reshape keeps
 # it only where it splits or merges channels, MatMul only over channels (see `_output_layout`).
 NCHW_KEEPERS = {
-    "Relu", "Clip", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Sigmoid", "HardSigmoid", "HardSwish",
-    "Tanh", "Softplus", "Gelu", "Erf", "Mish", "BatchNormalization", "InstanceNormalization", "Add", "Sub",
-    "Mul", "Div", "Concat", "Identity", "Dropout", "Pad", "Resize", "Upsample", "Cast",
-    "DequantizeLinear", "QuantizeLinear", "LRN", "Max", "Min", "Sum", "Split", "LayerNormalization",
-    "QLinearAdd", "QLinearMul", "QLinearLeakyRelu", "QLinearSigmoid", "QLinearConcat", "QLinearAveragePool",
+    "Relu",
+    "Clip",
+    "LeakyRelu",
+    "PRelu",
+    "Elu",
+    "Selu",
+    "Celu",
+    "Sigmoid",
+    "HardSigmoid",
+    "HardSwish",
+    "Tanh",
+    "Softplus",
+    "Gelu",
+    "Erf",
+    "Mish",
+    "BatchNormalization",
+    "InstanceNormalization",
+    "Add",
+    "Sub",
+    "Mul",
+    "Div",
+    "Concat",
+    "Identity",
+    "Dropout",
+    "Pad",
+    "Resize",
+    "Upsample",
+    "Cast",
+    "DequantizeLinear",
+    "QuantizeLinear",
+    "LRN",
+    "Max",
+    "Min",
+    "Sum",
+    "Split",
+    "LayerNormalization",
+    "QLinearAdd",
+    "QLinearMul",
+    "QLinearLeakyRelu",
+    "QLinearSigmoid",
+    "QLinearConcat",
+    "QLinearAveragePool",
 }
 # Ops that read their 4-D input as NCHW by definition: pooling over axes 2 and 3.
 NCHW_SINKS = {"GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool"}
@@ -32,8 +69,9 @@ def layouts(graph, shapes: dict, nchw_input: set, tensors: dict) -> dict:
     global pooling reads is NCHW even where its axes were lost on the way (Swin's windows, a transformer's
     channels-last stage permuted back before the pooling)."""
     found = dict.fromkeys(nchw_input, IDENTITY)
-    found.update((n.input[0], IDENTITY) for n in graph.node
-                 if n.op_type in NCHW_SINKS and len(shapes.get(n.input[0]) or ()) == 4)
+    found.update(
+        (n.input[0], IDENTITY) for n in graph.node if n.op_type in NCHW_SINKS and len(shapes.get(n.input[0]) or ()) == 4
+    )
     for node in graph.node:
         p = _output_layout(node, found, tensors, shapes)
         if p is not None:
@@ -57,7 +95,9 @@ def _output_layout(node, found, tensors, shapes):
         return _reshaped(p, shapes.get(node.input[0]), shapes.get(node.output[0])) if node.input[0] in found else None
     if node.op_type == "MatMul":  # x @ W mixes x's last axis: a layout survives only where that axis is C
         weight = tensors.get(node.input[1])
-        return p if node.input[0] in found and p[-1] == CHANNEL and weight is not None and len(weight.dims) == 2 else None
+        return (
+            p if node.input[0] in found and p[-1] == CHANNEL and weight is not None and len(weight.dims) == 2 else None
+        )
     return p if node.op_type in NCHW_KEEPERS else None
 
 

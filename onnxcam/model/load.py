@@ -59,8 +59,12 @@ def _invalid_text(message) -> str | None:
                     return found
         elif field_.type == field_.TYPE_MESSAGE:  # tensors: check the names, not (megabytes of) raw data
             for item in value if repeated else [value]:
-                for text in (item.name, item.doc_string, *(e.key for e in item.external_data),
-                             *(e.value for e in item.external_data)):
+                for text in (
+                    item.name,
+                    item.doc_string,
+                    *(e.key for e in item.external_data),
+                    *(e.value for e in item.external_data),
+                ):
                     if isinstance(text, bytes):
                         return "TensorProto.name"
     return None
@@ -126,7 +130,9 @@ _COMPLEX = {onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128}
 
 def elements(tensor) -> int:
     if any(d < 0 for d in tensor.dims):
-        raise ModelError(f"tensor '{tensor.name}' declares a negative dimension {list(tensor.dims)}; the model is corrupt")
+        raise ModelError(
+            f"tensor '{tensor.name}' declares a negative dimension {list(tensor.dims)}; the model is corrupt"
+        )
     return int(np.prod(tensor.dims, dtype=object)) if tensor.dims else 1  # Python ints: no overflow
 
 
@@ -175,8 +181,12 @@ def check_nodes(model) -> None:
                 f"tensor '{vi.name}' declares element type {vi.type.tensor_type.elem_type}, which ONNX does not "
                 "define; the model is corrupt"
             )
-    defined = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {
-        t.values.name for t in graph.sparse_initializer} | {o for n in graph.node for o in n.output}
+    defined = (
+        {i.name for i in graph.input}
+        | {t.name for t in graph.initializer}
+        | {t.values.name for t in graph.sparse_initializer}
+        | {o for n in graph.node for o in n.output}
+    )
     context = onnx.checker.C.CheckerContext()
     context.ir_version = model.ir_version
     context.opset_imports = {o.domain: o.version for o in model.opset_import}

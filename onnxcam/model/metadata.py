@@ -77,7 +77,10 @@ def preset_from_metadata(meta: dict) -> tuple:
         pixel_range = meta.get("Image.NominalPixelRange", "NominalRange_0_255")
         preset = _WINML_PRESETS.get((_WINML_ORDER.get(pixel_format.lower()), pixel_range.lower()))
         if preset:
-            return preset, f"metadata Image.BitmapPixelFormat={pixel_format}, Image.NominalPixelRange={pixel_range} (Windows ML)"
+            return (
+                preset,
+                f"metadata Image.BitmapPixelFormat={pixel_format}, Image.NominalPixelRange={pixel_range} (Windows ML)",
+            )
     if meta.get("task") == "classify" and ("names" in meta or "Ultralytics" in meta.get("author", "")):
         return "unit", "metadata task=classify (Ultralytics)"
     return None, None
@@ -89,7 +92,9 @@ def read_labels(path: str, count: int | None = None) -> list:
     try:
         size = os.path.getsize(path)
         if size > MAX_LABELS_FILE_BYTES:
-            raise OnnxcamError(f"the labels file {path} holds {size} bytes, more than onnxcam reads ({MAX_LABELS_FILE_BYTES})")
+            raise OnnxcamError(
+                f"the labels file {path} holds {size} bytes, more than onnxcam reads ({MAX_LABELS_FILE_BYTES})"
+            )
         with open(path, "rb") as f:
             text = f.read().decode("utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
@@ -104,8 +109,10 @@ def read_labels(path: str, count: int | None = None) -> list:
         if value is not None:
             names = _names(value)
             if names is None:
-                raise OnnxcamError(f"the labels file {path} is JSON but not a list of names or an object "
-                                   "{\"0\": name, ...} with the indices 0..n-1")
+                raise OnnxcamError(
+                    f"the labels file {path} is JSON but not a list of names or an object "
+                    '{"0": name, ...} with the indices 0..n-1'
+                )
     if names is None:
         names = text.splitlines()
         while names and not names[-1].strip():
@@ -132,7 +139,9 @@ def _names(value):
         if None in indexed or len(indexed) != len(value) or sorted(indexed) != list(range(len(indexed))):
             return None
         value = [indexed[k] for k in range(len(indexed))]
-    if not isinstance(value, list) or not all(isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in value):
+    if not isinstance(value, list) or not all(
+        isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in value
+    ):
         return None
     return [v if isinstance(v, str) else str(v) for v in value]
 

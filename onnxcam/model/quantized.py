@@ -67,8 +67,10 @@ def add_float_twins(model, quantized: dict, tensors: dict) -> None:
         for out in (o for o in node.output if o in quantized):
             scale, zero_point = quantized[out]
             requantized = f"{out}/requantized"
-            nodes += [helper.make_node("DequantizeLinear", [out, scale, zero_point], [twin(out)], name=twin(out)),
-                      helper.make_node("QuantizeLinear", [twin(out), scale, zero_point], [requantized], name=requantized)]
+            nodes += [
+                helper.make_node("DequantizeLinear", [out, scale, zero_point], [twin(out)], name=twin(out)),
+                helper.make_node("QuantizeLinear", [twin(out), scale, zero_point], [requantized], name=requantized),
+            ]
             for name, elem in ((twin(out), tensors[scale].data_type), (requantized, None)):
                 info = onnx.ValueInfoProto.FromString(infos[out].SerializeToString())
                 info.name = name

@@ -155,21 +155,38 @@ def learn_shapes(model, names: list, image: str, shape: tuple) -> None:
     untyped = [n for n in names if not is_typed[n]]  # ops ONNX does not know: fetch the tensor, for its dtype
     shapes = [f"onnxcam/probe/shape{k}" for k in range(len(typed))]
     nodes = [helper.make_node("Shape", [n], [out], name=out) for n, out in zip(typed, shapes)]
-    got, twice = _probe(model, shapes + untyped, nodes, image, shape, f"the shapes of {len(names)} tensors "
-                        f"(for example '{names[0]}')")
+    got, twice = _probe(
+        model, shapes + untyped, nodes, image, shape, f"the shapes of {len(names)} tensors (for example '{names[0]}')"
+    )
     for k, (name, value, doubled) in enumerate(zip(typed + untyped, got, twice)):
         shape_only = k < len(typed)
-        dims, dims2 = ((tuple(int(d) for d in v) for v in (value, doubled)) if shape_only
-                       else (value.shape, doubled.shape))
+        dims, dims2 = (
+            (tuple(int(d) for d in v) for v in (value, doubled)) if shape_only else (value.shape, doubled.shape)
+        )
         _write_shape(model, infos.get(name), name, dims, dims2, None if shape_only else value.dtype)
 
 
 # Operands that backward rules need as constants (starts of a Slice, pads, repeats, axes, split sizes...),
 # op -> their positions. Swin and Paddle exports compute some of them from Shape ops.
-RULE_OPERANDS = {"Slice": (1, 2, 3, 4), "Pad": (1, 2, 3), "Tile": (1,), "Split": (1,), "Squeeze": (1,),
-                 "Unsqueeze": (1,), "Gather": (1,), "Resize": (1, 2, 3), "Upsample": (1,), "ReduceMean": (1,),
-                 "ReduceSum": (1,), "ReduceMax": (1,), "ReduceMin": (1,), "ReduceSumSquare": (1,), "ReduceL1": (1,),
-                 "ReduceL2": (1,), "ReduceLogSumExp": (1,)}
+RULE_OPERANDS = {
+    "Slice": (1, 2, 3, 4),
+    "Pad": (1, 2, 3),
+    "Tile": (1,),
+    "Split": (1,),
+    "Squeeze": (1,),
+    "Unsqueeze": (1,),
+    "Gather": (1,),
+    "Resize": (1, 2, 3),
+    "Upsample": (1,),
+    "ReduceMean": (1,),
+    "ReduceSum": (1,),
+    "ReduceMax": (1,),
+    "ReduceMin": (1,),
+    "ReduceSumSquare": (1,),
+    "ReduceL1": (1,),
+    "ReduceL2": (1,),
+    "ReduceLogSumExp": (1,),
+}
 FOLD_MAX_ELEMENTS = 1024  # a shape operand is small; anything larger is data
 
 
@@ -193,8 +210,9 @@ def fold_shape_operands(model, feeding: set, image: str, shape: tuple) -> None:
     if not wanted:
         return
     names = list(wanted)
-    got, twice = _probe(model, names, [], image, shape, f"the values of {len(names)} shape operands "
-                        f"(for example '{names[0]}')")
+    got, twice = _probe(
+        model, names, [], image, shape, f"the values of {len(names)} shape operands (for example '{names[0]}')"
+    )
     folded = {}
     for name, value, doubled in zip(names, got, twice):
         if value.size <= FOLD_MAX_ELEMENTS and value.shape == doubled.shape and np.array_equal(value, doubled):
@@ -212,8 +230,10 @@ def _probe(model, names: list, extra_nodes: list, image: str, shape: tuple, what
     rows = shape[0] or 1
     feed_shape = (rows, *shape[1:])
     if int(np.prod(feed_shape[1:], dtype=object)) > PROBE_MAX_INPUT_ELEMENTS:
-        raise ModelError(f"{what} are known only by running the model, and its input {list(feed_shape)} is too "
-                         "large to run it for that; give a smaller --input-size")
+        raise ModelError(
+            f"{what} are known only by running the model, and its input {list(feed_shape)} is too "
+            "large to run it for that; give a smaller --input-size"
+        )
     probe, weights = _weightless(model)
     probe.graph.node.extend(extra_nodes)
     probe.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names)
@@ -228,14 +248,31 @@ def _probe(model, names: list, extra_nodes: list, image: str, shape: tuple, what
         # a second batch size tells the axes that follow the batch from those that happen to match it
         twice = session.run(names, {image: np.concatenate([zeros, zeros])}) if shape[0] is None else got
     except Exception as exc:  # ORT's Fail / InvalidArgument / RuntimeException..., or an allocation failure
-        raise ModelError(f"{what} are known only by running the model, and ONNX Runtime cannot run it on zeros "
-                         f"of shape {list(feed_shape)}: {_ort_reason(exc)}") from None
+        raise ModelError(
+            f"{what} are known only by running the model, and ONNX Runtime cannot run it on zeros "
+            f"of shape {list(feed_shape)}: {_ort_reason(exc)}"
+        ) from None
     return got, twice
 
 
 # Element types whose initializers ONNX Runtime can take from NumPy arrays (numpy_helper.to_array's dtype).
-_NUMPY_TYPES = {getattr(onnx.TensorProto, t) for t in (
-    "FLOAT", "DOUBLE", "FLOAT16", "INT8", "UINT8", "INT16", "UINT16", "INT32", "UINT32", "INT64", "UINT64", "BOOL")}
+_NUMPY_TYPES = {
+    getattr(onnx.TensorProto, t)
+    for t in (
+        "FLOAT",
+        "DOUBLE",
+        "FLOAT16",
+        "INT8",
+        "UINT8",
+        "INT16",
+        "UINT16",
+        "INT32",
+        "UINT32",
+        "INT64",
+        "UINT64",
+        "BOOL",
+    )
+}
 
 
 def _weightless(model) -> tuple:
@@ -265,8 +302,11 @@ def _ort_reason(exc: Exception) -> str:
     """ONNX Runtime's message on one line, without its status-code prefix and source-file assertions."""
     text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
     text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", text)
-    text = re.sub(r"Non-zero status code returned while running (\w+) node\. Name:'([^']*)' Status Message: ",
-                  r"\1 node '\2': ", text)
+    text = re.sub(
+        r"Non-zero status code returned while running (\w+) node\. Name:'([^']*)' Status Message: ",
+        r"\1 node '\2': ",
+        text,
+    )
     text = re.sub(r"\S+\.(?:h|cc|cpp):\d+ .*? was false\. ", "", text)
     return text[:500]
 

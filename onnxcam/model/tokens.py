@@ -65,10 +65,18 @@ def token_layers(graph, shapes: dict, layouts: dict, feeding: set, logits: str, 
         width = shapes[start][2]
         for name in _descendants(start, consumers):
             shape = shapes.get(name)
-            if (name in feeding and name not in found and shape is not None and len(shape) == 3
-                    and shape[0] is None and shape[1] == grid.tokens and shape[2] == width
-                    and producers.get(name) is not None and producers[name].op_type not in _FLATTENERS
-                    and _grid_reaches(name, grid, consumers, shapes, logits, tensors)):
+            if (
+                name in feeding
+                and name not in found
+                and shape is not None
+                and len(shape) == 3
+                and shape[0] is None
+                and shape[1] == grid.tokens
+                and shape[2] == width
+                and producers.get(name) is not None
+                and producers[name].op_type not in _FLATTENERS
+                and _grid_reaches(name, grid, consumers, shapes, logits, tensors)
+            ):
                 found[name] = grid
     return found
 
@@ -119,7 +127,7 @@ def _prefixed(patches, consumers, shapes, c):
         axis = next((a.i for a in node.attribute if a.name == "axis"), None)
         if node.op_type != "Concat" or axis not in (1, -2):
             continue
-        before = node.input[:list(node.input).index(patches)]
+        before = node.input[: list(node.input).index(patches)]
         sizes = [shapes.get(i) for i in before]
         if all(s is not None and len(s) == 3 and isinstance(s[1], int) and s[2] == c for s in sizes):
             if list(node.input).index(patches) == len(node.input) - 1:
@@ -160,13 +168,15 @@ def _grid_reaches(name, grid, consumers, shapes, logits, tensors) -> bool:
             for out in node.output:
                 out_shape = shapes.get(out) or ()
                 mixes = sum(1 for d in out_shape[1:] if d == grid.tokens) >= 2 or (
-                    tokens_here and (len(out_shape) < 3 or out_shape[1] != grid.tokens))
+                    tokens_here and (len(out_shape) < 3 or out_shape[1] != grid.tokens)
+                )
                 stack.append((out, mixed or mixes))
     return False
 
 
 def _prefix_only(node, grid, tensors) -> bool:
     """Whether a Gather / Slice over the token axis keeps only prefix tokens (the class token of a ViT head)."""
+
     def value(k):
         name = node.input[k] if k < len(node.input) else ""
         return numpy_helper.to_array(tensors[name]).reshape(-1) if name in tensors else None
@@ -194,8 +204,14 @@ def attention_maps(graph, shapes: dict, grid: TokenGrid, feeding: set) -> list:
     found = []
     for node in graph.node:
         shape = shapes.get(node.output[0]) if node.output else None
-        if (node.op_type == "Softmax" and node.output[0] in feeding and shape is not None and len(shape) == 4
-                and shape[0] is None and shape[2] == shape[3] == grid.tokens):
+        if (
+            node.op_type == "Softmax"
+            and node.output[0] in feeding
+            and shape is not None
+            and len(shape) == 4
+            and shape[0] is None
+            and shape[2] == shape[3] == grid.tokens
+        ):
             found.append(node.output[0])
     return found
 
@@ -213,10 +229,15 @@ def add_grid_twins(model, layers: dict, opset: int) -> None:
         for out in (o for o in node.output if o in layers):
             nodes += _twin_nodes(out, layers[out], opset, graph)
             c, g, elem = _width(graph, out), layers[out], _elem_type(graph, out)
-            shapes = {grid_name(out): [c, g.height, g.width], f"{out}/tokens": [g.tokens, c],
-                      f"{out}/grid/patches": [g.height * g.width, c], f"{out}/grid/nhwc": [g.height, g.width, c],
-                      f"{out}/grid/back/nhwc": [g.height, g.width, c], f"{out}/grid/back": [g.height * g.width, c],
-                      f"{out}/grid/prefix": [g.prefix, c]}
+            shapes = {
+                grid_name(out): [c, g.height, g.width],
+                f"{out}/tokens": [g.tokens, c],
+                f"{out}/grid/patches": [g.height * g.width, c],
+                f"{out}/grid/nhwc": [g.height, g.width, c],
+                f"{out}/grid/back/nhwc": [g.height, g.width, c],
+                f"{out}/grid/back": [g.height * g.width, c],
+                f"{out}/grid/prefix": [g.prefix, c],
+            }
             infos += [helper.make_tensor_value_info(name, elem, ["N", *dims]) for name, dims in shapes.items()]
     del graph.node[:]
     graph.node.extend(nodes)
@@ -248,10 +269,12 @@ def _twin_nodes(name, g: TokenGrid, opset, graph) -> list:
     to_tokens, n2 = const("shape_tokens", [0, g.height * g.width, c])
     made += [n1, n2]
     nhwc, back = f"{name}/grid/nhwc", f"{name}/grid/back"
-    nodes += [helper.make_node("Reshape", [grid_tokens, to_grid], [nhwc]),
-              helper.make_node("Transpose", [nhwc], [grid_name(name)], perm=[0, 3, 1, 2]),
-              helper.make_node("Transpose", [grid_name(name)], [f"{back}/nhwc"], perm=[0, 2, 3, 1]),
-              helper.make_node("Reshape", [f"{back}/nhwc", to_tokens], [back])]
+    nodes += [
+        helper.make_node("Reshape", [grid_tokens, to_grid], [nhwc]),
+        helper.make_node("Transpose", [nhwc], [grid_name(name)], perm=[0, 3, 1, 2]),
+        helper.make_node("Transpose", [grid_name(name)], [f"{back}/nhwc"], perm=[0, 2, 3, 1]),
+        helper.make_node("Reshape", [f"{back}/nhwc", to_tokens], [back]),
+    ]
     if g.prefix:
         prefix = f"{name}/grid/prefix"
         nodes += slice_tokens(0, g.prefix, prefix)

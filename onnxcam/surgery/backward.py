@@ -34,7 +34,9 @@ def backward(b: Builder, wrt: list, score: gs.Tensor, seed: gs.Tensor) -> dict:
             raise UnsupportedOpError(
                 f"the backward rule for {node.op} (node '{node.name}') needs static shapes, but '{need.tensor}' "
                 f"has shape {need.shape}, known only at run time",
-                op=node.op, node=node.name, reason=reason,
+                op=node.op,
+                node=node.name,
+                reason=reason,
             ) from None
         for inp, g in zip(node.inputs, contributions):
             if inp.name not in on_path:
@@ -46,7 +48,9 @@ def backward(b: Builder, wrt: list, score: gs.Tensor, seed: gs.Tensor) -> dict:
     if missing:
         cut = _integer_cut(b.graph, on_path, score)
         if cut is not None:  # e.g. QuantizeLinear: the float path goes through integers
-            raise unsupported(cut, "on the way from the target layer to the class score: it turns the path into integers")
+            raise unsupported(
+                cut, "on the way from the target layer to the class score: it turns the path into integers"
+            )
         raise OnnxcamError(f"'{score.name}' does not depend on {', '.join(missing)}: no gradient reaches it")
     return {t.name: grads[t.name] for t in wrt}
 
@@ -70,7 +74,11 @@ def _integer_cut(graph, on_path: set, score):
             ancestors.add(t.name)
             stack.extend(i for node in t.inputs for i in node.inputs)
     for node in graph.nodes:
-        if (not carries_no_gradient(node.op) and any(i.name in on_path for i in node.inputs)
-                and not any(o.name in on_path for o in node.outputs) and any(o.name in ancestors for o in node.outputs)):
+        if (
+            not carries_no_gradient(node.op)
+            and any(i.name in on_path for i in node.inputs)
+            and not any(o.name in on_path for o in node.outputs)
+            and any(o.name in ancestors for o in node.outputs)
+        ):
             return node
     return None

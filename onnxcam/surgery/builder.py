@@ -124,13 +124,12 @@ class Builder:
         """Sum a gradient of broadcast shape `out_shape` back down to the shape of input x."""
         x_shape = list(x.shape) if x.shape is not None else None
         if x_shape is None or out_shape is None:
-            raise NeedsStaticShape(x.name if x_shape is None else "broadcast output", x_shape if x_shape is None else out_shape)
+            raise NeedsStaticShape(
+                x.name if x_shape is None else "broadcast output", x_shape if x_shape is None else out_shape
+            )
         lead = len(out_shape) - len(x_shape)
-        axes = list(range(lead)) + [
-            lead + i for i, d in enumerate(x_shape) if d == 1 and out_shape[lead + i] != 1
-        ]
+        axes = list(range(lead)) + [lead + i for i, d in enumerate(x_shape) if d == 1 and out_shape[lead + i] != 1]
         if not axes:
             return g
         summed = self.reduce_sum(g, axes, keepdims=True)
         return self.reshape_like(summed, x) if lead else summed
-

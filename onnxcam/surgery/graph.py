@@ -24,14 +24,26 @@ def grad_name(layer: str) -> str:
     return f"onnxcam/grad/{layer}"
 
 
-def augment(info: ModelInfo, layers: list, gradients: bool = True, input_gradient: str | None = None,
-            score: str = "logit", unit: tuple | None = None) -> onnx.ModelProto:
+def augment(
+    info: ModelInfo,
+    layers: list,
+    gradients: bool = True,
+    input_gradient: str | None = None,
+    score: str = "logit",
+    unit: tuple | None = None,
+) -> onnx.ModelProto:
     """The augmented model (see `augmented_graph`), ready for ONNX Runtime."""
     return finish(augmented_graph(info, layers, gradients, input_gradient, score, unit), info)
 
 
-def augmented_graph(info: ModelInfo, layers: list, gradients: bool = True, input_gradient: str | None = None,
-                    score: str = "logit", unit: tuple | None = None) -> gs.Graph:
+def augmented_graph(
+    info: ModelInfo,
+    layers: list,
+    gradients: bool = True,
+    input_gradient: str | None = None,
+    score: str = "logit",
+    unit: tuple | None = None,
+) -> gs.Graph:
     """The model plus outputs: logits, per layer A, and with gradients the target class and dScore/dA.
 
     input_gradient: None, "plain" or "guided" (ReLUs pass only positive gradients): also output

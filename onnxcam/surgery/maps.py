@@ -34,8 +34,11 @@ def _xgradcam(b, a, g, ctx):
 def _gradcampp(b, a, g, ctx):
     g2 = b.op("Mul", g, g)
     g3 = b.op("Mul", g2, g)
-    denominator = b.op("Add", b.op("Add", b.op("Mul", g2, b.const(2.0)),
-                                   b.op("Mul", b.reduce("ReduceSum", a, [2, 3]), g3)), b.const(1e-6))
+    denominator = b.op(
+        "Add",
+        b.op("Add", b.op("Mul", g2, b.const(2.0)), b.op("Mul", b.reduce("ReduceSum", a, [2, 3]), g3)),
+        b.const(1e-6),
+    )
     nonzero = b.op("Greater", b.op("Abs", g), b.const(0.0))  # g != 0 (float Equal needs opset 11)
     alpha = b.where(nonzero, b.op("Div", g2, denominator), b.const(0.0))
     return _channel_weighted(b, b.reduce("ReduceSum", b.op("Mul", b.op("Relu", g), alpha), [2, 3]), a)
@@ -55,8 +58,14 @@ def _cam(b, a, g, ctx):
 
 
 # method -> its per-channel terms [N, K, h, w] as ONNX nodes (the NumPy twins: onnxcam.methods)
-FORMULAS = {"cam": _cam, "gradcam": _gradcam, "gradcam++": _gradcampp, "xgradcam": _xgradcam,
-            "layercam": _layercam, "hirescam": _hirescam}
+FORMULAS = {
+    "cam": _cam,
+    "gradcam": _gradcam,
+    "gradcam++": _gradcampp,
+    "xgradcam": _xgradcam,
+    "layercam": _layercam,
+    "hirescam": _hirescam,
+}
 
 
 def layer_map_name(layer: str) -> str:

@@ -58,8 +58,25 @@ def carries_no_gradient(op_type: str) -> bool:
     return RULES.get(op_type) is _no_gradient
 
 
-no_gradient("Shape", "Size", "ArgMax", "ArgMin", "NonZero", "TopK", "Equal", "Greater", "Less", "GreaterOrEqual",
-            "LessOrEqual", "Not", "And", "Or", "Xor", "IsNaN", "IsInf")
+no_gradient(
+    "Shape",
+    "Size",
+    "ArgMax",
+    "ArgMin",
+    "NonZero",
+    "TopK",
+    "Equal",
+    "Greater",
+    "Less",
+    "GreaterOrEqual",
+    "LessOrEqual",
+    "Not",
+    "And",
+    "Or",
+    "Xor",
+    "IsNaN",
+    "IsInf",
+)
 
 
 def unsupported(node, why: str) -> UnsupportedOpError:
@@ -262,10 +279,7 @@ def _matmul(b, node, g):
     da = b.op("MatMul", g[0], swap_last(w))
     dw = b.op("MatMul", swap_last(a), g[0])
     batch = list(out[:-2])
-    return [
-        b.unbroadcast(da, batch + list(a.shape[-2:]), a),
-        b.unbroadcast(dw, batch + list(w.shape[-2:]), w),
-    ]
+    return [b.unbroadcast(da, batch + list(a.shape[-2:]), a), b.unbroadcast(dw, batch + list(w.shape[-2:]), w)]
 
 
 @vjp("Conv")
@@ -283,16 +297,25 @@ def _conv(b, node, g):
             return [_conv_backward_as_conv(b, g[0], w, group, dilations, reach, begin, in_shape, out_shape), None, None]
         if group > 1 and _static(w)[1] == 1:  # depthwise: ORT's ConvTranspose does a GEMM and col2im per channel
             spread, spread_shape = _spread(b, g[0], out_shape, strides)
-            return [_conv_backward_as_conv(b, spread, w, group, dilations, reach, begin, in_shape, spread_shape),
-                    None, None]
+            return [
+                _conv_backward_as_conv(b, spread, w, group, dilations, reach, begin, in_shape, spread_shape),
+                None,
+                None,
+            ]
     output_padding = [
         in_shape[2 + i] + begin[i] + end[i] - ((out_shape[2 + i] - 1) * strides[i] + reach[i] + 1)
         for i in range(spatial)
     ]
     dx = b.op(
-        "ConvTranspose", g[0], b.fwd(w),
-        group=group, strides=strides, dilations=dilations, kernel_shape=k,
-        pads=begin + end, output_padding=output_padding,
+        "ConvTranspose",
+        g[0],
+        b.fwd(w),
+        group=group,
+        strides=strides,
+        dilations=dilations,
+        kernel_shape=k,
+        pads=begin + end,
+        output_padding=output_padding,
     )
     return [dx, None, None]
 
@@ -302,8 +325,14 @@ def _spread(b, g, out_shape, strides):
     a 1x1 kernel of ones (cheaper than Reshape + Pad, DepthToSpace or Resize + mask); and its shape."""
     spatial, channels = len(strides), out_shape[1]
     size = [(out_shape[2 + i] - 1) * strides[i] + 1 for i in range(spatial)]
-    spread = b.op("ConvTranspose", g, b.const(np.ones([channels, 1] + [1] * spatial)), group=channels,
-                  strides=strides, kernel_shape=[1] * spatial)
+    spread = b.op(
+        "ConvTranspose",
+        g,
+        b.const(np.ones([channels, 1] + [1] * spatial)),
+        group=channels,
+        strides=strides,
+        kernel_shape=[1] * spatial,
+    )
     return spread, out_shape[:2] + size
 
 
@@ -496,8 +525,11 @@ def gelu_slope(b, x, tanh: bool):
         du = b.op("Add", b.op("Mul", x2, b.const(3 * 0.044715 * c)), b.const(c))
         t = b.op("Tanh", u)
         half_x_du = b.op("Mul", b.op("Mul", x, du), b.const(0.5))
-        return b.op("Add", b.op("Mul", b.op("Add", t, b.const(1.0)), b.const(0.5)),
-                    b.op("Mul", half_x_du, b.op("Sub", b.const(1.0), b.op("Mul", t, t))))
+        return b.op(
+            "Add",
+            b.op("Mul", b.op("Add", t, b.const(1.0)), b.const(0.5)),
+            b.op("Mul", half_x_du, b.op("Sub", b.const(1.0), b.op("Mul", t, t))),
+        )
     # y = x Phi(x): dy/dx = Phi(x) + x phi(x)
     phi = b.op("Mul", b.op("Exp", b.op("Mul", b.op("Mul", x, x), b.const(-0.5))), b.const(1.0 / math.sqrt(2 * math.pi)))
     erf = b.op("Erf", b.op("Mul", x, b.const(1.0 / math.sqrt(2.0))))
@@ -549,8 +581,11 @@ def _where(b, node, g):
     condition, a, c = node.inputs
     out = node.outputs[0].shape
     zero = b.const(0.0)
-    return [None, b.unbroadcast(b.op("Where", condition, g[0], zero), out, a),
-            b.unbroadcast(b.op("Where", condition, zero, g[0]), out, c)]
+    return [
+        None,
+        b.unbroadcast(b.op("Where", condition, g[0], zero), out, a),
+        b.unbroadcast(b.op("Where", condition, zero, g[0]), out, c),
+    ]
 
 
 @vjp("Sum", "Mean")
@@ -745,7 +780,7 @@ def _place(b, g, shape, axis, size, start, step):
         rank = len(shape)
         gaps = [0] * (axis + 1) + [step - 1] + [0] * (rank - axis - 1)
         spread = b.pad(b.unsqueeze(g, [axis + 1]), [0] * (rank + 1), gaps)
-        merged = [0] + [int(d) for d in shape[1:axis]] + [-1] + [int(d) for d in shape[axis + 1:]]
+        merged = [0] + [int(d) for d in shape[1:axis]] + [-1] + [int(d) for d in shape[axis + 1 :]]
         g = b.slice(b.op("Reshape", spread, b.const(merged, np.int64)), [0], [(n - 1) * step + 1], [axis])
     extent = (n - 1) * step + 1
     rank = len(shape)
@@ -763,9 +798,9 @@ def _take(b, t, shape, axis, start, count, step):
     # Before opset 10 Slice has no steps: take count * step entries, fold them to [count, step], keep column 0.
     # The caller pads t so that start + count * step <= shape[axis].
     t = b.slice(t, [start], [start + count * step], [axis])
-    folded = [0] + [int(d) for d in shape[1:axis]] + [count, step] + [int(d) for d in shape[axis + 1:]]
+    folded = [0] + [int(d) for d in shape[1:axis]] + [count, step] + [int(d) for d in shape[axis + 1 :]]
     t = b.slice(b.op("Reshape", t, b.const(folded, np.int64)), [0], [1], [axis + 1])
-    out = [0] + [int(d) for d in shape[1:axis]] + [count] + [int(d) for d in shape[axis + 1:]]
+    out = [0] + [int(d) for d in shape[1:axis]] + [count] + [int(d) for d in shape[axis + 1 :]]
     return b.op("Reshape", t, b.const(out, np.int64))
 
 
@@ -940,8 +975,9 @@ def _conv_transpose(b, node, g):
     full = [(in_shape[2 + i] - 1) * strides[i] + output_padding[i] + (k[i] - 1) * dilations[i] + 1 for i in range(n)]
     if "output_shape" in node.attrs or auto_pad in ("SAME_UPPER", "SAME_LOWER"):
         if auto_pad != "NOTSET" and "output_shape" not in node.attrs and any(output_padding):
-            raise unsupported(node, "with auto_pad SAME and output_padding (ONNX shape inference and ORT disagree "
-                                     "on the output size)")
+            raise unsupported(
+                node, "with auto_pad SAME and output_padding (ONNX shape inference and ORT disagree on the output size)"
+            )
         # as ORT and the spec do: the odd pad goes to the end for SAME_UPPER, to the beginning otherwise
         total = [full[i] - out_shape[2 + i] for i in range(n)]
         if any(t < 0 for t in total):
@@ -952,10 +988,20 @@ def _conv_transpose(b, node, g):
     else:
         begin = list(node.attrs.get("pads", [0] * (2 * n)))[:n]
     # dY's entries o = i * s + kk * d - begin; Conv reads o up to (I - 1) s + (k - 1) d - begin
-    end = [max(0, (in_shape[2 + i] - 1) * strides[i] + (k[i] - 1) * dilations[i] - begin[i] - out_shape[2 + i] + 1)
-           for i in range(n)]
-    dx = b.op("Conv", g[0], b.fwd(w), group=node.attrs.get("group", 1), strides=strides, dilations=dilations,
-              kernel_shape=k, pads=begin + end)
+    end = [
+        max(0, (in_shape[2 + i] - 1) * strides[i] + (k[i] - 1) * dilations[i] - begin[i] - out_shape[2 + i] + 1)
+        for i in range(n)
+    ]
+    dx = b.op(
+        "Conv",
+        g[0],
+        b.fwd(w),
+        group=node.attrs.get("group", 1),
+        strides=strides,
+        dilations=dilations,
+        kernel_shape=k,
+        pads=begin + end,
+    )
     size = [(out_shape[2 + i] + begin[i] + end[i] - (k[i] - 1) * dilations[i] - 1) // strides[i] + 1 for i in range(n)]
     if size != in_shape[2:]:  # dY reaches past X's last window (output_padding >= stride): cut
         dx = b.slice(dx, [0] * n, in_shape[2:], list(range(2, 2 + n)))
@@ -987,15 +1033,22 @@ def _max_pool(b, node, g):
         _, indices = b.ops("MaxPool", xf, outputs=2, **attrs)
         flat = b.op("Reshape", xf, b.const([-1], np.int64))
         zeros = b.op("Expand", b.const(np.zeros(1)), b.op("Shape", flat))
-        grad = b.op("ScatterElements", zeros, b.op("Reshape", indices, b.const([-1], np.int64)),
-                    b.op("Reshape", g[0], b.const([-1], np.int64)), axis=0, reduction="add")
+        grad = b.op(
+            "ScatterElements",
+            zeros,
+            b.op("Reshape", indices, b.const([-1], np.int64)),
+            b.op("Reshape", g[0], b.const([-1], np.int64)),
+            axis=0,
+            reduction="add",
+        )
         return [b.reshape_like(grad, node.inputs[0])]
     in_shape, out_shape, k, strides, dilations, begin = _pool_geometry(node)
     spatial = range(len(k))
     # pad with -inf so that windows never pick padding; cover every window (ceil_mode) and, for the
     # fold in _take before opset 10, count * stride entries from the last offset
-    padded = [max(begin[i] + in_shape[2 + i], (k[i] - 1) * dilations[i] + out_shape[2 + i] * strides[i])
-              for i in spatial]
+    padded = [
+        max(begin[i] + in_shape[2 + i], (k[i] - 1) * dilations[i] + out_shape[2 + i] * strides[i]) for i in spatial
+    ]
     ends = [padded[i] - begin[i] - in_shape[2 + i] for i in spatial]
     xp = b.pad(xf, [0, 0] + begin, [0, 0] + ends, value=-np.inf)
     padded_shape = in_shape[:2] + padded
@@ -1038,8 +1091,15 @@ def _average_pool(b, node, g):
     output_padding = [max(0, in_shape[2 + i] + begin[i] - full[i]) for i in range(n)]
     extra = {"dilations": dilations} if any(d != 1 for d in dilations) else {}
     dx = b.op(
-        "ConvTranspose", b.op("Mul", g[0], reciprocal), b.const(np.ones([channels, 1] + k)),
-        group=channels, strides=strides, kernel_shape=k, pads=begin + end, output_padding=output_padding, **extra,
+        "ConvTranspose",
+        b.op("Mul", g[0], reciprocal),
+        b.const(np.ones([channels, 1] + k)),
+        group=channels,
+        strides=strides,
+        kernel_shape=k,
+        pads=begin + end,
+        output_padding=output_padding,
+        **extra,
     )
     return [dx]
 
@@ -1054,8 +1114,11 @@ def _resize(b, node, g):
     in_shape, out_shape = _static(x), _static(node.outputs[0])
     rank = len(in_shape)
     if _str_attr(node, "coordinate_transformation_mode", "half_pixel") == "tf_crop_and_resize":
-        raise unsupported(node, "with coordinate_transformation_mode tf_crop_and_resize (points outside the "
-                                 "region take extrapolation_value: not linear in X)")
+        raise unsupported(
+            node,
+            "with coordinate_transformation_mode tf_crop_and_resize (points outside the "
+            "region take extrapolation_value: not linear in X)",
+        )
     if _str_attr(node, "keep_aspect_ratio_policy", "stretch") != "stretch":
         raise unsupported(node, "with keep_aspect_ratio_policy other than stretch")
     scales = _resize_scales(b, node, rank)
@@ -1116,6 +1179,7 @@ def _interpolation_matrix(b, node, rank, axis, size_in, size_out, scales):
     else:
         sizes = list(shape)
         sizes[axis] = size_out
-        out = b.op("Resize", eye, empty, b.const(np.zeros(0)) if b.opset < 13 else empty,
-                   b.const(sizes, np.int64), **attrs)
+        out = b.op(
+            "Resize", eye, empty, b.const(np.zeros(0)) if b.opset < 13 else empty, b.const(sizes, np.int64), **attrs
+        )
     return b.op("Reshape", out, b.const([size_in, size_out], np.int64))

@@ -46,7 +46,7 @@ def _gather(b, node, g):
         out = node.outputs[0].shape
         if out is None or any(not isinstance(d, int) for d in out[1:]):
             raise NeedsStaticShape(node.outputs[0].name, out)
-        merged = [0] + list(out[1:axis]) + [flat.size] + list(out[axis + picked.ndim:])
+        merged = [0] + list(out[1:axis]) + [flat.size] + list(out[axis + picked.ndim :])
         grad = b.op("Reshape", grad, b.const(merged, np.int64))
     perm = [i for i in range(rank) if i != axis] + [axis]
     summed = b.op("MatMul", b.op("Transpose", grad, perm=perm), b.const(hot))
@@ -132,11 +132,13 @@ def _skip_layer_norm(b, node, g):
     if len(g) > 3 and g[3] is not None:  # the sum output is used too
         total = g[3] if total is None else b.op("Add", total, g[3])
     out = node.outputs[0].shape
-    grads = [b.unbroadcast(total, out, x), b.unbroadcast(total, out, skip),
-             b.unbroadcast(b.op("Mul", g[0], xhat), out, node.inputs[2]) if xhat is not None else None]
+    grads = [
+        b.unbroadcast(total, out, x),
+        b.unbroadcast(total, out, skip),
+        b.unbroadcast(b.op("Mul", g[0], xhat), out, node.inputs[2]) if xhat is not None else None,
+    ]
     if len(node.inputs) > 3:
         grads.append(b.unbroadcast(g[0], out, node.inputs[3]) if _optional_input(node, 3) is not None else None)
     if len(node.inputs) > 4:
         grads.append(b.unbroadcast(total, out, node.inputs[4]) if _optional_input(node, 4) is not None else None)
     return grads
-

@@ -18,17 +18,28 @@ def _head_model(classes: int, tail: str | None):
     flat = net.op("Flatten", net.op("GlobalAveragePool", a), axis=1)
     logits = net.op("Gemm", flat, net.randn(classes, 4, scale=3.0), net.randn(classes), transB=1)
     out = net.op(tail, logits, **({"axis": 1} if tail == "Softmax" else {})) if tail else logits
-    graph = helper.make_graph(net.nodes, "head", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", c, h, w])],
-                              [helper.make_tensor_value_info(out, TensorProto.FLOAT, ["N", classes])], net.initializers)
+    graph = helper.make_graph(
+        net.nodes,
+        "head",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", c, h, w])],
+        [helper.make_tensor_value_info(out, TensorProto.FLOAT, ["N", classes])],
+        net.initializers,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     return model, logits
 
 
-@pytest.mark.parametrize("classes, tail, kind", [
-    (5, "Softmax", "softmax"), (5, None, "softmax"), (1, "Sigmoid", "binary"), (1, None, "binary"),
-    (5, "Sigmoid", "multilabel"),
-])
+@pytest.mark.parametrize(
+    "classes, tail, kind",
+    [
+        (5, "Softmax", "softmax"),
+        (5, None, "softmax"),
+        (1, "Sigmoid", "binary"),
+        (1, None, "binary"),
+        (5, "Sigmoid", "multilabel"),
+    ],
+)
 def test_head_kind_and_its_probabilities(classes, tail, kind):
     model, logits = _head_model(classes, tail)
     info = inspect_model(model)

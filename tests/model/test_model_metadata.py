@@ -25,13 +25,16 @@ def _with_metadata(classes=CLASSES, **props):
     return model
 
 
-@pytest.mark.parametrize("props, source", [
-    ({"onnxcam.labels": "\n".join(NAMES)}, "metadata 'onnxcam.labels'"),
-    ({"names": str(dict(enumerate(NAMES))), "task": "classify", "author": "Ultralytics"}, "metadata 'names'"),
-    ({"names": str(NAMES)}, "metadata 'names'"),  # YOLOv5's list
-    ({"character": "\n".join(NAMES)}, "metadata 'character'"),
-    ({"class_names": json.dumps({str(k): n for k, n in enumerate(NAMES)})}, "metadata 'class_names'"),
-])
+@pytest.mark.parametrize(
+    "props, source",
+    [
+        ({"onnxcam.labels": "\n".join(NAMES)}, "metadata 'onnxcam.labels'"),
+        ({"names": str(dict(enumerate(NAMES))), "task": "classify", "author": "Ultralytics"}, "metadata 'names'"),
+        ({"names": str(NAMES)}, "metadata 'names'"),  # YOLOv5's list
+        ({"character": "\n".join(NAMES)}, "metadata 'character'"),
+        ({"class_names": json.dumps({str(k): n for k, n in enumerate(NAMES)})}, "metadata 'class_names'"),
+    ],
+)
 def test_labels_from_exporters_metadata(props, source):
     info = inspect_model(_with_metadata(**props))
     assert info.labels == NAMES and info.labels_source == source and info.notes == []
@@ -43,12 +46,15 @@ def test_binary_head_takes_two_names():
     assert info.head == "binary" and info.labels == ["0_degree", "180_degree"]
 
 
-@pytest.mark.parametrize("value", [
-    "__import__('os').system('touch /tmp/onnxcam-pwned')",  # never evaluated
-    "{0: 'a', 2: 'b'}",  # not the indices 0..n-1
-    "[" * 100000 + "]" * 100000,  # too deep for the parser
-    "{0: ['a'], 1: 'b'}",  # not names
-])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "__import__('os').system('touch /tmp/onnxcam-pwned')",  # never evaluated
+        "{0: 'a', 2: 'b'}",  # not the indices 0..n-1
+        "[" * 100000 + "]" * 100000,  # too deep for the parser
+        "{0: ['a'], 1: 'b'}",  # not names
+    ],
+)
 def test_unsafe_or_malformed_names_are_not_used(value, tmp_path):
     info = inspect_model(_with_metadata(names=value))
     assert info.labels is None and info.labels_source is None
@@ -64,16 +70,25 @@ def test_names_of_another_count_are_not_used():
 PIXEL = np.array([[[10, 128, 250]]], np.uint8)  # one RGB pixel
 
 
-@pytest.mark.parametrize("props, preset, expected", [
-    ({"Image.BitmapPixelFormat": "Bgr8", "Image.NominalPixelRange": "NominalRange_0_255"}, "bgr", [250, 128, 10]),
-    ({"Image.BitmapPixelFormat": "Bgr8"}, "bgr", [250, 128, 10]),  # Windows ML's default range is 0..255
-    ({"Image.BitmapPixelFormat": "Rgb8", "Image.NominalPixelRange": "Normalized_0_1"}, "unit",
-     [10 / 255, 128 / 255, 250 / 255]),
-    ({"Image.BitmapPixelFormat": "rgba8", "Image.NominalPixelRange": "normalized_1_1"}, "inception",
-     [(10 - 127.5) / 127.5, (128 - 127.5) / 127.5, (250 - 127.5) / 127.5]),
-    ({"task": "classify", "author": "Ultralytics", "names": "{0: 'a'}"}, "unit", [10 / 255, 128 / 255, 250 / 255]),
-    ({"onnxcam.preprocess": "lite"}, "lite", [(10 - 127) / 128, (128 - 127) / 128, (250 - 127) / 128]),
-])
+@pytest.mark.parametrize(
+    "props, preset, expected",
+    [
+        ({"Image.BitmapPixelFormat": "Bgr8", "Image.NominalPixelRange": "NominalRange_0_255"}, "bgr", [250, 128, 10]),
+        ({"Image.BitmapPixelFormat": "Bgr8"}, "bgr", [250, 128, 10]),  # Windows ML's default range is 0..255
+        (
+            {"Image.BitmapPixelFormat": "Rgb8", "Image.NominalPixelRange": "Normalized_0_1"},
+            "unit",
+            [10 / 255, 128 / 255, 250 / 255],
+        ),
+        (
+            {"Image.BitmapPixelFormat": "rgba8", "Image.NominalPixelRange": "normalized_1_1"},
+            "inception",
+            [(10 - 127.5) / 127.5, (128 - 127.5) / 127.5, (250 - 127.5) / 127.5],
+        ),
+        ({"task": "classify", "author": "Ultralytics", "names": "{0: 'a'}"}, "unit", [10 / 255, 128 / 255, 250 / 255]),
+        ({"onnxcam.preprocess": "lite"}, "lite", [(10 - 127) / 128, (128 - 127) / 128, (250 - 127) / 128]),
+    ],
+)
 def test_preprocessing_from_metadata(props, preset, expected):
     info = inspect_model(_with_metadata(**props))
     assert info.preprocess == preset and info.preprocess_source.startswith("metadata")
@@ -81,18 +96,24 @@ def test_preprocessing_from_metadata(props, preset, expected):
     np.testing.assert_allclose(x[0, :, 0, 0], expected, rtol=1e-6)
 
 
-@pytest.mark.parametrize("props", [{}, {"Image.BitmapPixelFormat": "Bgr8", "Image.NominalPixelRange": "Normalized_0_1"},
-                                   {"Image.BitmapPixelFormat": "Nv12"}, {"task": "detect", "author": "Ultralytics"}])
+@pytest.mark.parametrize(
+    "props",
+    [
+        {},
+        {"Image.BitmapPixelFormat": "Bgr8", "Image.NominalPixelRange": "Normalized_0_1"},
+        {"Image.BitmapPixelFormat": "Nv12"},
+        {"task": "detect", "author": "Ultralytics"},
+    ],
+)
 def test_no_preset_where_the_metadata_determines_none(props):
     info = inspect_model(_with_metadata(**props))
     assert info.preprocess is None and info.preprocess_source is None
 
 
-@pytest.mark.parametrize("text", [
-    "\n".join(NAMES) + "\n",
-    json.dumps(NAMES),
-    json.dumps({str(k): n for k, n in reversed(list(enumerate(NAMES)))}),
-])
+@pytest.mark.parametrize(
+    "text",
+    ["\n".join(NAMES) + "\n", json.dumps(NAMES), json.dumps({str(k): n for k, n in reversed(list(enumerate(NAMES)))})],
+)
 def test_labels_file_formats(tmp_path, text):
     path = tmp_path / "labels"
     path.write_text(text, encoding="utf-8")

@@ -160,8 +160,9 @@ def swin_style_classifier():
     net = Net(opset=13)
     a = _conv_relu(net, "x", 3, 4)
     batch, channels, spatial = _shape_slice(net, a, 0, 1), _shape_slice(net, a, 1, 2), _shape_slice(net, a, 2, 4)
-    tokens = net.op("Transpose", net.op("Reshape", a, net.op("Concat", batch, channels, net.ints([-1]), axis=0)),
-                    perm=[0, 2, 1])
+    tokens = net.op(
+        "Transpose", net.op("Reshape", a, net.op("Concat", batch, channels, net.ints([-1]), axis=0)), perm=[0, 2, 1]
+    )
     grid = net.op("Reshape", tokens, net.op("Concat", batch, spatial, net.ints([-1]), axis=0))
     nchw = net.op("Transpose", grid, perm=[0, 3, 1, 2], name="permute")
     logits, w = _linear_head(net, net.op("Flatten", net.op("GlobalAveragePool", nchw, name="gap"), axis=1), 4)
@@ -171,8 +172,10 @@ def swin_style_classifier():
 def test_global_average_pool_after_a_computed_transpose_gets_its_shape():
     model, a, nchw, w = swin_style_classifier()
     info = inspect_model(model)
-    shapes = {vi.name: [d.dim_value or d.dim_param for d in vi.type.tensor_type.shape.dim]
-              for vi in info.model.graph.value_info}
+    shapes = {
+        vi.name: [d.dim_value or d.dim_param for d in vi.type.tensor_type.shape.dim]
+        for vi in info.model.graph.value_info
+    }
     assert shapes[nchw] == ["N", 4, 6, 8]
     x = np.random.default_rng(4).normal(size=(2, 3, 6, 8)).astype(np.float32)
     got, grad = _gradients(info, a, x, [0, 4])
@@ -193,8 +196,9 @@ def _sized_by(kind, net, side, y):
     if kind == "tile":
         return net.op("Tile", y, net.op("Add", net.ints([1, 1]), zero))
     if kind == "constant_of_shape":
-        ones = net.op("ConstantOfShape", net.op("Add", net.ints([1]), zero),
-                      value=numpy_helper.from_array(np.ones(1, np.float32)))
+        ones = net.op(
+            "ConstantOfShape", net.op("Add", net.ints([1]), zero), value=numpy_helper.from_array(np.ones(1, np.float32))
+        )
         return net.op("Mul", y, ones)
     raise AssertionError(kind)
 
@@ -204,8 +208,12 @@ def test_a_tensor_that_only_sets_a_shape_is_not_a_candidate(kind):
     """Its values never reach the logits, so no gradient does: it must not be offered (nor chosen)."""
     net = Net(opset=13)
     a = _conv_relu(net, "x", 3, 4)
-    side = net.op("DequantizeLinear", net.op("QuantizeLinear", _conv_relu(net, a, 4, 4), net.const(0.1),
-                                             net.const(0, np.uint8)), net.const(0.1), net.const(0, np.uint8))
+    side = net.op(
+        "DequantizeLinear",
+        net.op("QuantizeLinear", _conv_relu(net, a, 4, 4), net.const(0.1), net.const(0, np.uint8)),
+        net.const(0.1),
+        net.const(0, np.uint8),
+    )
     pooled = net.op("Flatten", net.op("GlobalAveragePool", a), axis=1)
     logits, _ = _linear_head(net, _sized_by(kind, net, side, pooled), 4)
     model = _model(net, ("N", 3, 6, 8), logits)
@@ -242,9 +250,12 @@ def test_ops_onnx_does_not_know_get_type_and_shape_from_the_run():
     net.nodes[-1].domain = "com.microsoft"
     logits, _ = _linear_head(net, net.op("Flatten", net.op("GlobalAveragePool", gelu), axis=1), 4)
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 6, 8])
-    graph = helper.make_graph(net.nodes, "fused", [x], [helper.make_tensor_value_info(logits, TensorProto.FLOAT, None)],
-                              net.initializers)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid("com.microsoft", 1)])
+    graph = helper.make_graph(
+        net.nodes, "fused", [x], [helper.make_tensor_value_info(logits, TensorProto.FLOAT, None)], net.initializers
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid("com.microsoft", 1)]
+    )
     model.ir_version = 8
     info = inspect_model(model)
     assert info.num_classes == CLASSES and info.auto_layer.name == gelu and info.auto_layer.shape == (None, 4, 6, 8)
@@ -269,7 +280,9 @@ def test_no_probe_of_a_too_large_input(monkeypatch):
 
     monkeypatch.setattr(shapes_module, "PROBE_MAX_INPUT_ELEMENTS", 3 * 48 * 192 - 1)
     model, *_ = paddle_classifier()
-    with pytest.raises(ModelError, match=r"its input \[1, 3, 48, 192\] is too large to run it for that; give a smaller"):
+    with pytest.raises(
+        ModelError, match=r"its input \[1, 3, 48, 192\] is too large to run it for that; give a smaller"
+    ):
         inspect_model(model, input_size=(48, 192))
 
 
@@ -300,26 +313,38 @@ def test_rule_operands_computed_from_shapes_are_folded():
             helper.make_node("Shape", ["A"], ["shape"]),
             helper.make_node("Gather", ["shape", "two"], ["h"], axis=0),  # H of A
             helper.make_node("Div", ["h", "two"], ["half"]),
-            helper.make_node("ReduceMax", ["x"], ["peak"], keepdims=0) if data_dependent else
-            helper.make_node("Identity", ["half"], ["start_raw"]),
+            helper.make_node("ReduceMax", ["x"], ["peak"], keepdims=0)
+            if data_dependent
+            else helper.make_node("Identity", ["half"], ["start_raw"]),
         ]
         if data_dependent:
-            nodes += [helper.make_node("Cast", ["peak"], ["peak_i"], to=TensorProto.INT64),
-                      helper.make_node("Min", ["peak_i", "half"], ["start_raw"])]
-        nodes += [helper.make_node("Unsqueeze", ["start_raw", "zero"], ["start"]),
-                  helper.make_node("Slice", ["A", "start", "big", "axis2"], ["S"]),
-                  helper.make_node("GlobalAveragePool", ["S"], ["g"]),
-                  helper.make_node("Flatten", ["g"], ["f"]),
-                  helper.make_node("MatMul", ["f", "fc"], ["logits"])]
+            nodes += [
+                helper.make_node("Cast", ["peak"], ["peak_i"], to=TensorProto.INT64),
+                helper.make_node("Min", ["peak_i", "half"], ["start_raw"]),
+            ]
+        nodes += [
+            helper.make_node("Unsqueeze", ["start_raw", "zero"], ["start"]),
+            helper.make_node("Slice", ["A", "start", "big", "axis2"], ["S"]),
+            helper.make_node("GlobalAveragePool", ["S"], ["g"]),
+            helper.make_node("Flatten", ["g"], ["f"]),
+            helper.make_node("MatMul", ["f", "fc"], ["logits"]),
+        ]
         rng = np.random.default_rng(0)
-        inits = [numpy_helper.from_array(rng.normal(size=(4, 3, 3, 3)).astype(np.float32), "w"),
-                 numpy_helper.from_array(np.array(2, np.int64), "two"),
-                 numpy_helper.from_array(np.array([0], np.int64), "zero"),
-                 numpy_helper.from_array(np.array([100], np.int64), "big"),
-                 numpy_helper.from_array(np.array([2], np.int64), "axis2"),
-                 numpy_helper.from_array(rng.normal(size=(4, 5)).astype(np.float32), "fc")]
-        graph = helper.make_graph(nodes, "swinish", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 6])],
-                                  [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 5])], inits)
+        inits = [
+            numpy_helper.from_array(rng.normal(size=(4, 3, 3, 3)).astype(np.float32), "w"),
+            numpy_helper.from_array(np.array(2, np.int64), "two"),
+            numpy_helper.from_array(np.array([0], np.int64), "zero"),
+            numpy_helper.from_array(np.array([100], np.int64), "big"),
+            numpy_helper.from_array(np.array([2], np.int64), "axis2"),
+            numpy_helper.from_array(rng.normal(size=(4, 5)).astype(np.float32), "fc"),
+        ]
+        graph = helper.make_graph(
+            nodes,
+            "swinish",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 6])],
+            [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 5])],
+            inits,
+        )
         m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
         m.ir_version = 8
         return m
@@ -342,24 +367,41 @@ def test_an_if_on_a_constant_is_inlined():
 
     rng = np.random.default_rng(0)
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
-    then_branch = helper.make_graph([helper.make_node("Relu", ["A"], ["y_then"])], "then", [],
-                                    [helper.make_tensor_value_info("y_then", TensorProto.FLOAT, None)])
-    else_branch = helper.make_graph([helper.make_node("Mul", ["A", "scale"], ["scaled"]),
-                                     helper.make_node("Sigmoid", ["scaled"], ["y_else"])], "else", [],
-                                    [helper.make_tensor_value_info("y_else", TensorProto.FLOAT, None)],
-                                    [numpy_helper.from_array(np.float32(0.7), "scale")])
-    nodes = [helper.make_node("Conv", ["x", "w"], ["A"], pads=[1, 1, 1, 1]),
-             helper.make_node("If", ["phase"], ["y"], then_branch=then_branch, else_branch=else_branch),
-             helper.make_node("Conv", ["y", "w2"], ["B"]),
-             helper.make_node("GlobalAveragePool", ["B"], ["g"]),
-             helper.make_node("Flatten", ["g"], ["f"]),
-             helper.make_node("MatMul", ["f", "fc"], ["logits"])]
-    inits = [numpy_helper.from_array(rng.normal(size=(4, 3, 3, 3)).astype(np.float32), "w"),
-             numpy_helper.from_array(rng.normal(size=(4, 4, 1, 1)).astype(np.float32), "w2"),
-             numpy_helper.from_array(np.array(False), "phase"),
-             numpy_helper.from_array(rng.normal(size=(4, 5)).astype(np.float32), "fc")]
-    graph = helper.make_graph(nodes, "keras", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 6])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 5])], inits, value_info=[y])
+    then_branch = helper.make_graph(
+        [helper.make_node("Relu", ["A"], ["y_then"])],
+        "then",
+        [],
+        [helper.make_tensor_value_info("y_then", TensorProto.FLOAT, None)],
+    )
+    else_branch = helper.make_graph(
+        [helper.make_node("Mul", ["A", "scale"], ["scaled"]), helper.make_node("Sigmoid", ["scaled"], ["y_else"])],
+        "else",
+        [],
+        [helper.make_tensor_value_info("y_else", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(np.float32(0.7), "scale")],
+    )
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["A"], pads=[1, 1, 1, 1]),
+        helper.make_node("If", ["phase"], ["y"], then_branch=then_branch, else_branch=else_branch),
+        helper.make_node("Conv", ["y", "w2"], ["B"]),
+        helper.make_node("GlobalAveragePool", ["B"], ["g"]),
+        helper.make_node("Flatten", ["g"], ["f"]),
+        helper.make_node("MatMul", ["f", "fc"], ["logits"]),
+    ]
+    inits = [
+        numpy_helper.from_array(rng.normal(size=(4, 3, 3, 3)).astype(np.float32), "w"),
+        numpy_helper.from_array(rng.normal(size=(4, 4, 1, 1)).astype(np.float32), "w2"),
+        numpy_helper.from_array(np.array(False), "phase"),
+        numpy_helper.from_array(rng.normal(size=(4, 5)).astype(np.float32), "fc"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "keras",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 6])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 5])],
+        inits,
+        value_info=[y],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     info = inspect_model(model)
@@ -367,7 +409,9 @@ def test_an_if_on_a_constant_is_inlined():
     assert info.auto_layer.name == "B" and "y" in {layer.name for layer in info.layers}
     x = rng.normal(size=(2, 3, 8, 6)).astype(np.float32)
     want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
-    got = ort.InferenceSession(info.model.SerializeToString(), providers=["CPUExecutionProvider"]).run(["logits"], {"x": x})[0]
+    got = ort.InferenceSession(info.model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        ["logits"], {"x": x}
+    )[0]
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
@@ -379,20 +423,30 @@ def test_a_ready_tensor_fixes_a_dynamic_size(tmp_path):
     from onnxcam.cli import main
 
     rng = np.random.default_rng(0)
-    nodes = [helper.make_node("Conv", ["x", "w"], ["A"], pads=[1, 1, 1, 1]),
-             helper.make_node("Relu", ["A"], ["R"]),
-             helper.make_node("GlobalAveragePool", ["R"], ["g"]),
-             helper.make_node("Flatten", ["g"], ["f"]),
-             helper.make_node("MatMul", ["f", "fc"], ["logits"])]
-    inits = [numpy_helper.from_array(rng.normal(size=(4, 3, 3, 3)).astype(np.float32), "w"),
-             numpy_helper.from_array(rng.normal(size=(4, 2)).astype(np.float32), "fc")]
-    graph = helper.make_graph(nodes, "dyn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 2])], inits)
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["A"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["A"], ["R"]),
+        helper.make_node("GlobalAveragePool", ["R"], ["g"]),
+        helper.make_node("Flatten", ["g"], ["f"]),
+        helper.make_node("MatMul", ["f", "fc"], ["logits"]),
+    ]
+    inits = [
+        numpy_helper.from_array(rng.normal(size=(4, 3, 3, 3)).astype(np.float32), "w"),
+        numpy_helper.from_array(rng.normal(size=(4, 2)).astype(np.float32), "fc"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "dyn",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 2])],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     onnx.save(model, str(tmp_path / "dyn.onnx"))
     np.save(tmp_path / "x.npy", rng.normal(size=(1, 3, 12, 20)).astype(np.float32))
-    result = CliRunner().invoke(main, ["run", str(tmp_path / "dyn.onnx"), str(tmp_path / "x.npy"), "--npy",
-                                       "--out", str(tmp_path / "out")])
+    result = CliRunner().invoke(
+        main, ["run", str(tmp_path / "dyn.onnx"), str(tmp_path / "x.npy"), "--npy", "--out", str(tmp_path / "out")]
+    )
     assert result.exit_code == 0, result.output
     assert np.load(tmp_path / "out" / "x.gradcam.npy").shape == (12, 20)

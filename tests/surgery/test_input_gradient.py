@@ -60,7 +60,7 @@ def test_guided_backprop_closed_form_and_unguided_layer_gradients():
     expected = np.zeros(IN_SHAPE)
     for di in range(3):
         for dj in range(3):
-            window = padded[:, 2 - di:2 - di + h, 2 - dj:2 - dj + wd]
+            window = padded[:, 2 - di : 2 - di + h, 2 - dj : 2 - dj + wd]
             expected += np.einsum("oc,ohw->chw", w[:, :, di, dj], window)
     np.testing.assert_allclose(out[grad_name("x")][0], expected, rtol=1e-4, atol=1e-6)
     assert (guided_a < 0).sum() == 0 and (upstream < 0).any()  # the case really drops negative gradients

@@ -174,24 +174,43 @@ SHAPE_CASES = [
     case("Flatten-axis2", 9, lambda n: batch_first(n, n.op("Flatten", "A", axis=2))),
     case("Flatten-axis-1", 13, lambda n: batch_first(n, n.op("Flatten", "A", axis=-1))),
     *[case("Unsqueeze-2-Squeeze-2", o, lambda n: squeeze(n, unsqueeze(n, "A", [2]), [2])) for o in (7, 11, 13)],
-    *[case("Unsqueeze-4,1-Squeeze--2,1", o, lambda n: squeeze(n, unsqueeze(n, "A", [4, 1]), [-2, 1])) for o in (11, 13)],
+    *[
+        case("Unsqueeze-4,1-Squeeze--2,1", o, lambda n: squeeze(n, unsqueeze(n, "A", [4, 1]), [-2, 1]))
+        for o in (11, 13)
+    ],
     *[case("Unsqueeze-only", o, lambda n: unsqueeze(n, "A", [1])) for o in (9, 13)],
     *[case("Squeeze-only", o, lambda n: squeeze(n, n.op("Reshape", "A", n.ints([0, 1, F])), [1])) for o in (9, 13)],
     case("Transpose-0231", 13, lambda n: n.op("Transpose", "A", perm=[0, 2, 3, 1])),
-    case("Transpose-2031-1302", 7, lambda n: n.op("Transpose", n.op("Transpose", "A", perm=[2, 0, 3, 1]), perm=[1, 3, 0, 2])),
+    case(
+        "Transpose-2031-1302",
+        7,
+        lambda n: n.op("Transpose", n.op("Transpose", "A", perm=[2, 0, 3, 1]), perm=[1, 3, 0, 2]),
+    ),
     case("Transpose-default-twice", 13, lambda n: n.op("Transpose", n.op("Transpose", "A"))),
 ]
 
 ACTIVATION_CASES = [
     *[case("Relu", o, lambda n: n.op("Relu", "A"), kinks=[0.0]) for o in (7, 13, 14)],
     *[
-        case(f"Clip-{label}", o, lambda n, lo=lo, hi=hi: clip(n, "A", lo, hi), kinks=[k for k in (lo, hi) if k is not None])
+        case(
+            f"Clip-{label}",
+            o,
+            lambda n, lo=lo, hi=hi: clip(n, "A", lo, hi),
+            kinks=[k for k in (lo, hi) if k is not None],
+        )
         for o in (7, 9, 10, 11, 12, 13)  # attributes up to opset 10, inputs from 11
-        for label, lo, hi in [("min", -0.3, None), ("max", None, 0.4), ("min-max", -0.5, 0.6), ("no-bounds", None, None)]
+        for label, lo, hi in [
+            ("min", -0.3, None),
+            ("max", None, 0.4),
+            ("min-max", -0.5, 0.6),
+            ("no-bounds", None, None),
+        ]
     ],
     case(
-        "Clip-bounds-from-Constant-nodes", 13,
-        lambda n: n.op("Clip", "A", n.const_node(-0.5), n.const_node(0.6)), kinks=[-0.5, 0.6],
+        "Clip-bounds-from-Constant-nodes",
+        13,
+        lambda n: n.op("Clip", "A", n.const_node(-0.5), n.const_node(0.6)),
+        kinks=[-0.5, 0.6],
     ),
     *[case("Sigmoid", o, lambda n: n.op("Sigmoid", "A")) for o in (7, 13)],
     *[case("Tanh", o, lambda n: n.op("Tanh", "A")) for o in (7, 13)],
@@ -199,8 +218,11 @@ ACTIVATION_CASES = [
     *[case("LeakyRelu-alpha0.3", o, lambda n: n.op("LeakyRelu", "A", alpha=0.3), kinks=[0.0]) for o in (9, 16)],
     case("HardSigmoid-default", 7, lambda n: n.op("HardSigmoid", "A"), kinks=[-2.5, 2.5], a_scale=2.5),
     case(
-        "HardSigmoid-0.25,0.4", 13,
-        lambda n: n.op("HardSigmoid", "A", alpha=0.25, beta=0.4), kinks=[-1.6, 2.4], a_scale=2.5,
+        "HardSigmoid-0.25,0.4",
+        13,
+        lambda n: n.op("HardSigmoid", "A", alpha=0.25, beta=0.4),
+        kinks=[-1.6, 2.4],
+        a_scale=2.5,
     ),
     *[case("HardSwish", o, lambda n: n.op("HardSwish", "A"), kinks=[-3.0, 3.0], a_scale=2.5) for o in (14, 18)],
     *[case("Erf", o, lambda n: n.op("Erf", "A")) for o in (9, 13)],
@@ -240,7 +262,10 @@ ARITHMETIC_CASES = [
         for a_first in (True, False)
     ],
     *[case(f"{op}-A,c-1C11", o, _binary(op, "1C11", True)) for op in ("Add", "Sub", "Mul", "Div") for o in (7, 9, 14)],
-    *[case(f"{op}-broadcast-on-axis0", 13, lambda n, op=op: _broadcast_axis0(n, op)) for op in ("Add", "Sub", "Mul", "Div")],
+    *[
+        case(f"{op}-broadcast-on-axis0", 13, lambda n, op=op: _broadcast_axis0(n, op))
+        for op in ("Add", "Sub", "Mul", "Div")
+    ],
     *[case("SE-gate-Mul-Sigmoid-GAP", o, lambda n: n.op("Mul", "A", n.op("Sigmoid", gap(n, "A")))) for o in (7, 13)],
     case("SE-gate-HardSigmoid-ReduceMean", 13, lambda n: hard_gate(n, "A")),
     case("spatial-gate-Mul-N1HW", 13, lambda n: n.op("Mul", "A", n.op("Sigmoid", reduce(n, "ReduceMean", "A", [1])))),
@@ -252,7 +277,6 @@ ARITHMETIC_CASES = [
     case("Add-A,A", 13, lambda n: n.op("Add", "A", "A")),
     case("residual-Add-A,Relu(A)", 13, lambda n: n.op("Add", "A", n.op("Relu", "A")), kinks=[0.0]),
 ]
-
 
 
 def hard_gate(n, x):
@@ -312,13 +336,21 @@ LINEAR_CASES = [
     _gemm(13, "A", 0, 1, True, {}),
     *[case("Gemm-C-on-path", o, _gemm_bias_on_path) for o in (7, 13)],
     *[case("MatMul-2d", o, lambda n: n.op("MatMul", flat(n), n.randn(F, K))) for o in (7, 9, 13)],
-    case("MatMul-2d-B-operand", 13, lambda n: n.op("Transpose", n.op("MatMul", n.randn(K, F), n.op("Transpose", flat(n))))),
-    case("MatMul-3d-x-2d", 13, lambda n: n.op("MatMul", n.op("Reshape", "A", n.ints([0, C, H * W])), n.randn(H * W, K))),
+    case(
+        "MatMul-2d-B-operand",
+        13,
+        lambda n: n.op("Transpose", n.op("MatMul", n.randn(K, F), n.op("Transpose", flat(n)))),
+    ),
+    case(
+        "MatMul-3d-x-2d", 13, lambda n: n.op("MatMul", n.op("Reshape", "A", n.ints([0, C, H * W])), n.randn(H * W, K))
+    ),
     case("MatMul-4d-x-2d", 9, lambda n: n.op("MatMul", "A", n.randn(W, K))),
     case("MatMul-4d-x-3d", 13, lambda n: n.op("MatMul", "A", n.randn(C, W, K))),
     case("MatMul-4d-x-1C..", 13, lambda n: n.op("MatMul", "A", n.randn(1, C, W, K))),
     case("MatMul-3d-x-4d-B-operand", 13, lambda n: n.op("MatMul", n.randn(C, K, H), "A")),
-    case("MatMul-N1HW-x-3d-broadcast", 13, lambda n: n.op("MatMul", reduce(n, "ReduceMean", "A", [1]), n.randn(C, W, K))),
+    case(
+        "MatMul-N1HW-x-3d-broadcast", 13, lambda n: n.op("MatMul", reduce(n, "ReduceMean", "A", [1]), n.randn(C, W, K))
+    ),
     case("MatMul-A-x-A^T", 13, lambda n: n.op("MatMul", "A", n.op("Transpose", "A", perm=[0, 1, 3, 2]))),
 ]
 
@@ -366,17 +398,27 @@ WHERE_OPSETS_MATTER = ("SAME", "VALID", "stride2", "group")  # Conv-1 vs Conv-11
 
 # Strided depthwise convs go through a spread gradient and a stride-1 Conv (dense ones through ConvTranspose)
 STRIDED_DEPTHWISE_VARIANTS = [
-    ("depthwise-stride2-SAME_UPPER-k3", _conv(C, (3, 3), group=C, strides=[2, 2], auto_pad="SAME_UPPER")),  # TF: 0,0,1,1
+    (
+        "depthwise-stride2-SAME_UPPER-k3",
+        _conv(C, (3, 3), group=C, strides=[2, 2], auto_pad="SAME_UPPER"),
+    ),  # TF: 0,0,1,1
     ("depthwise-stride2-SAME_LOWER-k2", _conv(C, (2, 2), group=C, strides=[2, 2], auto_pad="SAME_LOWER")),
     ("depthwise-stride3-pad1", _conv(C, (3, 3), group=C, strides=[3, 3], pads=[1, 1, 1, 1])),
     ("depthwise-stride2,3-k3x2-pads0,1,1,0", _conv(C, (3, 2), group=C, strides=[2, 3], pads=[0, 1, 1, 0])),
     ("depthwise-x2-stride2-k5-pads1,2,2,1", _conv(2 * C, (5, 5), group=C, strides=[2, 2], pads=[1, 2, 2, 1])),
-    ("depthwise-stride2-dilation2-pad2", _conv(C, (3, 3), group=C, strides=[2, 2], dilations=[2, 2], pads=[2, 2, 2, 2])),
+    (
+        "depthwise-stride2-dilation2-pad2",
+        _conv(C, (3, 3), group=C, strides=[2, 2], dilations=[2, 2], pads=[2, 2, 2, 2]),
+    ),
     ("depthwise-stride2-dilation2,1-nopad", _conv(C, (2, 3), group=C, strides=[2, 2], dilations=[2, 1])),
     ("depthwise-stride2-k2-pads2", _conv(C, (2, 2), group=C, strides=[2, 2], pads=[2, 2, 2, 2])),  # beyond the reach
     ("depthwise-stride2-k3-pads0,0,3,3", _conv(C, (3, 3), group=C, strides=[2, 2], pads=[0, 0, 3, 3])),  # g cut short
-    ("depthwise-1d-stride2-k3-pad1", lambda n: n.op("Conv", _one_d(n), n.randn(C, 1, 3, scale=3**-0.5),
-                                                     kernel_shape=[3], strides=[2], pads=[1, 1], group=C)),
+    (
+        "depthwise-1d-stride2-k3-pad1",
+        lambda n: n.op(
+            "Conv", _one_d(n), n.randn(C, 1, 3, scale=3**-0.5), kernel_shape=[3], strides=[2], pads=[1, 1], group=C
+        ),
+    ),
     ("stride3-k5-pad2", _conv(5, (5, 5), strides=[3, 3], pads=[2, 2, 2, 2])),
     ("group2-stride2-pad1", _conv(6, (3, 3), group=2, strides=[2, 2], pads=[1, 1, 1, 1])),
 ]
@@ -405,13 +447,29 @@ POOL_CASES = [
     case("BatchNormalization-params-from-Constant-nodes", 15, _batch_norm(1e-3, const=Net.const_node)),
     *[case("GlobalAveragePool", o, lambda n: gap(n, "A")) for o in (7, 13)],
     *[
-        case(f"{op}-axes{','.join(map(str, axes))}-keepdims-{keep}", o, lambda n, op=op, a=axes, k=keep: reduce(n, op, "A", a, k))
+        case(
+            f"{op}-axes{','.join(map(str, axes))}-keepdims-{keep}",
+            o,
+            lambda n, op=op, a=axes, k=keep: reduce(n, op, "A", a, k),
+        )
         for op in ("ReduceMean", "ReduceSum")
         for o in (11, 13, 18)  # axes: attribute; ReduceSum input from 13; ReduceMean input from 18
-        for axes, keep in (([2, 3], 1), ([2, 3], 0), ([1], 0), ([-1], 1), ([1, 2], 0), ([1, 2, 3], 1), ([3, 1], "default"))
+        for axes, keep in (
+            ([2, 3], 1),
+            ([2, 3], 0),
+            ([1], 0),
+            ([-1], 1),
+            ([1, 2], 0),
+            ([1, 2, 3], 1),
+            ([3, 1], "default"),
+        )
     ],
     *[
-        case(f"{op}-axes-from-Constant-node", o, lambda n, op=op: n.op(op, "A", n.const_node([2, 3], np.int64), keepdims=0))
+        case(
+            f"{op}-axes-from-Constant-node",
+            o,
+            lambda n, op=op: n.op(op, "A", n.const_node([2, 3], np.int64), keepdims=0),
+        )
         for op, o in (("ReduceSum", 13), ("ReduceMean", 18))
     ],
     *[
@@ -441,7 +499,9 @@ def window_ties(kernel, strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1)):
                 if not len(rows) or not len(cols):
                     continue
                 window = a[:, :, rows][:, :, :, cols]
-                mask[:, :, rows[:, None], cols[None]] |= _leaders(window.reshape(n, c, -1), margin).reshape(window.shape)
+                mask[:, :, rows[:, None], cols[None]] |= _leaders(window.reshape(n, c, -1), margin).reshape(
+                    window.shape
+                )
         return mask
 
     return frozen
@@ -462,7 +522,11 @@ def reduce_ties(axes):
 
 def _leaders(values, margin):
     """Along the last axis: the entries within `margin` of the maximum where the runner-up is that close."""
-    top2 = np.sort(values, axis=-1)[..., -2:] if values.shape[-1] > 1 else np.concatenate([values, values - 2 * margin], -1)
+    top2 = (
+        np.sort(values, axis=-1)[..., -2:]
+        if values.shape[-1] > 1
+        else np.concatenate([values, values - 2 * margin], -1)
+    )
     close = (top2[..., 1] - top2[..., 0] < margin)[..., None]
     return close & (values > top2[..., 1:] - margin)
 
@@ -586,17 +650,28 @@ ELEMENTWISE_CASES = [
     case("Pow-A^3", 7, lambda n: n.op("Pow", "A", n.const(3.0))),
     case("Pow-(A^2+0.5)^1.5", 13, lambda n: n.op("Pow", positive(n, "A"), n.const(1.5))),
     case("Pow-exponent-from-Constant-node", 13, lambda n: n.op("Pow", positive(n, "A"), n.const_node(-0.7))),
-    case("Pow-exponent-from-Constant-value_float", 13,
-         lambda n: n.op("Pow", positive(n, "A"), n.op("Constant", value_float=1.5))),
+    case(
+        "Pow-exponent-from-Constant-value_float",
+        13,
+        lambda n: n.op("Pow", positive(n, "A"), n.op("Constant", value_float=1.5)),
+    ),
     case("Pow-int64-exponent", 15, lambda n: n.op("Pow", "A", n.ints(3))),
-    case("Pow-per-channel-exponent", 13, lambda n: n.op("Pow", positive(n, "A"), n.const([[[0.5]], [[1.5]], [[2.0]], [[-1.0]]]))),
+    case(
+        "Pow-per-channel-exponent",
+        13,
+        lambda n: n.op("Pow", positive(n, "A"), n.const([[[0.5]], [[1.5]], [[2.0]], [[-1.0]]])),
+    ),
     case("Pow-1.5^A-exponent-on-path", 13, lambda n: n.op("Pow", n.const(1.5), "A")),
     case("Pow-A^2^GAP(A)-both-on-path", 13, lambda n: n.op("Pow", positive(n, "A"), gap(n, "A"))),
     case("Cast-to-float", 13, lambda n: n.op("Cast", "A", to=1)),
     case("Cast-double-and-back", 13, lambda n: n.op("Cast", n.op("Tanh", n.op("Cast", "A", to=11)), to=1)),
     case("CastLike", 15, lambda n: n.op("CastLike", "A", n.const(0.0))),
-    case("Cast-int-branch-off-path", 13, lambda n: n.op("Add", "A", n.op("Cast", n.op("Cast", "A", to=7), to=1)),
-         kinks=[-3.0, -2.0, -1.0, 1.0, 2.0, 3.0]),  # the integer branch jumps where A crosses an integer
+    case(
+        "Cast-int-branch-off-path",
+        13,
+        lambda n: n.op("Add", "A", n.op("Cast", n.op("Cast", "A", to=7), to=1)),
+        kinks=[-3.0, -2.0, -1.0, 1.0, 2.0, 3.0],
+    ),  # the integer branch jumps where A crosses an integer
     *[case("Max-A,0.2", o, lambda n: n.op("Max", "A", n.const(0.2)), kinks=[0.2]) for o in (8, 13)],
     *[case("Max-A,-A", o, lambda n: n.op("Max", "A", n.op("Neg", "A")), kinks=[0.0]) for o in (7, 13)],
     *[case("Min-A,-A", o, lambda n: n.op("Min", "A", n.op("Neg", "A")), kinks=[0.0]) for o in (7, 13)],
@@ -606,12 +681,21 @@ ELEMENTWISE_CASES = [
     case("Max-3-inputs", 13, lambda n: n.op("Max", "A", n.const(0.2), n.op("Neg", "A")), kinks=[0.0, 0.2, -0.2]),
     case("Min-A,GAP(A)", 13, lambda n: n.op("Min", "A", gap(n, "A")), kinks=[near_channel_mean]),
     *[
-        case("Where-A>0.1,2A,Sigmoid(A)", o,
-             lambda n: n.op("Where", n.op("Greater", "A", n.const(0.1)), n.op("Mul", "A", n.const(2.0)), n.op("Sigmoid", "A")),
-             kinks=[0.1])
+        case(
+            "Where-A>0.1,2A,Sigmoid(A)",
+            o,
+            lambda n: n.op(
+                "Where", n.op("Greater", "A", n.const(0.1)), n.op("Mul", "A", n.const(2.0)), n.op("Sigmoid", "A")
+            ),
+            kinks=[0.1],
+        )
         for o in (9, 16)
     ],
-    case("Where-const-cond,c,A", 13, lambda n: n.op("Where", n.const(n.rng.random((H, W)) > 0.5, np.bool_), n.const(0.3), "A")),
+    case(
+        "Where-const-cond,c,A",
+        13,
+        lambda n: n.op("Where", n.const(n.rng.random((H, W)) > 0.5, np.bool_), n.const(0.3), "A"),
+    ),
     *[case("Sum-A,Tanh(A),c", o, lambda n: n.op("Sum", "A", n.op("Tanh", "A"), n.randn(C, 1, 1))) for o in (8, 13)],
     case("Sum-A,Tanh(A)-same-shapes", 7, lambda n: n.op("Sum", "A", n.op("Tanh", "A"))),
     case("Sum-one-input", 13, lambda n: n.op("Sum", "A")),
@@ -679,19 +763,37 @@ NORMALIZATION_CASES = [
     *[case(f"Softmax-2d-coercion-axis{a}", 11, lambda n, a=a: softmax(n, "Softmax", "A", a)) for a in (1, 2, 3, -1)],
     *[case("Softmax-default-axis1-coerced", o, lambda n: softmax(n, "Softmax", "A", None)) for o in (7, 11)],
     *[case(f"LogSoftmax-axis{a}", 13, lambda n, a=a: softmax(n, "LogSoftmax", "A", a)) for a in (1, -1)],
-    *[case(f"LogSoftmax-2d-coercion-axis{a}", o, lambda n, a=a: softmax(n, "LogSoftmax", "A", a)) for o in (7, 11) for a in (1, 2)],
     *[
-        case("InstanceNormalization", o, lambda n: n.op("InstanceNormalization", "A", n.const(n.rng.uniform(0.5, 1.5, C)), n.randn(C)))
+        case(f"LogSoftmax-2d-coercion-axis{a}", o, lambda n, a=a: softmax(n, "LogSoftmax", "A", a))
+        for o in (7, 11)
+        for a in (1, 2)
+    ],
+    *[
+        case(
+            "InstanceNormalization",
+            o,
+            lambda n: n.op("InstanceNormalization", "A", n.const(n.rng.uniform(0.5, 1.5, C)), n.randn(C)),
+        )
         for o in (7, 17)
     ],
-    case("InstanceNormalization-eps0.1", 13, lambda n: n.op("InstanceNormalization", "A", n.randn(C), n.randn(C), epsilon=0.1)),
+    case(
+        "InstanceNormalization-eps0.1",
+        13,
+        lambda n: n.op("InstanceNormalization", "A", n.randn(C), n.randn(C), epsilon=0.1),
+    ),
     *[case("LayerNormalization-last-axis", o, lambda n: layer_norm(n, "A"), eps=1e-3) for o in (17, 18, 21)],
     case("LayerNormalization-last-two-axes", 17, lambda n: layer_norm(n, "A", axis=-2)),
-    case("LayerNormalization-axis1-no-bias-eps0.01", 17, lambda n: layer_norm(n, "A", axis=1, bias=False, epsilon=0.01)),
+    case(
+        "LayerNormalization-axis1-no-bias-eps0.01", 17, lambda n: layer_norm(n, "A", axis=1, bias=False, epsilon=0.01)
+    ),
     case("LayerNormalization-axis2", 18, lambda n: layer_norm(n, "A", axis=2)),
     case("LayerNormalization-scale-from-A", 17, lambda n: n.op("LayerNormalization", "A", n.op("Tanh", "A"))),
     case("LayerNorm-written-out-Pow-Sqrt", 13, lambda n: _layer_norm_decomposed(n, "A"), eps=1e-3),
-    *[case(f"LRN-{label}", o, _lrn(attrs, widen), a_scale=scale) for label, attrs, widen, scale in LRN_VARIANTS for o in (7, 13, 21)],
+    *[
+        case(f"LRN-{label}", o, _lrn(attrs, widen), a_scale=scale)
+        for label, attrs, widen, scale in LRN_VARIANTS
+        for o in (7, 13, 21)
+    ],
 ]
 
 
@@ -704,15 +806,24 @@ def _layer_norm_decomposed(n, x):
 
 SELECTION_CASES = [
     *[
-        case(f"{op}-axes{','.join(map(str, axes))}-keepdims-{keep}", o,
-             lambda n, op=op, a=axes, k=keep: reduce_any(n, op, "A", a, k), kinks=[reduce_ties(axes)])
+        case(
+            f"{op}-axes{','.join(map(str, axes))}-keepdims-{keep}",
+            o,
+            lambda n, op=op, a=axes, k=keep: reduce_any(n, op, "A", a, k),
+            kinks=[reduce_ties(axes)],
+        )
         for op in ("ReduceMax", "ReduceMin")
         for o in (11, 13, 18)
         for axes, keep in (([2, 3], 1), ([2, 3], 0), ([1], 0), ([-1], 1))
     ],
     *[case("GlobalMaxPool", o, lambda n: n.op("GlobalMaxPool", "A"), kinks=[reduce_ties([2, 3])]) for o in (7, 13)],
     *[
-        case(f"{op}-axes{','.join(map(str, axes))}", o, lambda n, op=op, a=axes: reduce_any(n, op, "A", a, 0), kinks=kinks)
+        case(
+            f"{op}-axes{','.join(map(str, axes))}",
+            o,
+            lambda n, op=op, a=axes: reduce_any(n, op, "A", a, 0),
+            kinks=kinks,
+        )
         for op, kinks in (("ReduceSumSquare", []), ("ReduceL2", []), ("ReduceL1", [0.0]), ("ReduceLogSumExp", []))
         for o in (11, 18)
         for axes in ([2, 3], [1])
@@ -732,26 +843,49 @@ SLICING_CASES = [
     *[case("Concat-A,Tanh(A)-axis1", o, lambda n: n.op("Concat", "A", n.op("Tanh", "A"), axis=1)) for o in (7, 13)],
     case("Concat-A,Sigmoid(A),A-axis2", 11, lambda n: n.op("Concat", "A", n.op("Sigmoid", "A"), "A", axis=2)),
     case("Concat-axis-1", 13, lambda n: n.op("Concat", n.op("Tanh", "A"), "A", axis=-1)),
-    *[case("Split-1,3-axis1-both", o, lambda n: n.op("Concat", *reversed(split(n, "A", 1, [1, 3], 2)), axis=1)) for o in (7, 11, 13)],
-    *[case("Split-1,2,1-middle-unused", o, lambda n: n.op("Concat", n.op("Tanh", (s := split(n, "A", 1, [1, 2, 1], 3))[2]), s[0], axis=1))
-      for o in (11, 13)],
+    *[
+        case("Split-1,3-axis1-both", o, lambda n: n.op("Concat", *reversed(split(n, "A", 1, [1, 3], 2)), axis=1))
+        for o in (7, 11, 13)
+    ],
+    *[
+        case(
+            "Split-1,2,1-middle-unused",
+            o,
+            lambda n: n.op("Concat", n.op("Tanh", (s := split(n, "A", 1, [1, 2, 1], 3))[2]), s[0], axis=1),
+        )
+        for o in (11, 13)
+    ],
     *[case("Split-3,4-axis2-one-used", o, lambda n: split(n, "A", 2, [3, 4], 2)[1]) for o in (7, 13)],
     case("Split-equal-axis1", 13, lambda n: split(n, "A", 1, None, 2)[0]),
     case("Split-num_outputs2-axis-1", 18, lambda n: n.op("Mul", *split(n, "A", 1, None, 2))),
     case("Split-num_outputs2-uneven-axis2", 18, lambda n: split(n, "A", 2, None, 2)[1]),
     case("Slice-attrs-axis1-1:3", 7, lambda n: slice_(n, "A", [1], [3], [1])),
-    case("Slice-attrs-negative-clamped", 9, lambda n: slice_(n, "A", [1, -5], [-1, 100], [2, 3])),  # unsorted axes: no shape
+    case(
+        "Slice-attrs-negative-clamped", 9, lambda n: slice_(n, "A", [1, -5], [-1, 100], [2, 3])
+    ),  # unsorted axes: no shape
     case("Slice-attrs-no-axes", 7, lambda n: slice_(n, "A", [0, 1, 2], [INT64_MAX, 3, 6])),
-    *[case("Slice-inputs-negative-clamped", o, lambda n: slice_(n, "A", [-5, 1], [INT64_MAX, -1], [3, 2])) for o in (10, 13)],
+    *[
+        case("Slice-inputs-negative-clamped", o, lambda n: slice_(n, "A", [-5, 1], [INT64_MAX, -1], [3, 2]))
+        for o in (10, 13)
+    ],
     case("Slice-step2", 10, lambda n: slice_(n, "A", [1], [7], [2], [2])),
     case("Slice-step3-from1-to-1", 13, lambda n: slice_(n, "A", [1, 0], [-1, 100], [2, 3], [3, 2])),
     case("Slice-step-1-reverse-all", 13, lambda n: slice_(n, "A", [-1], [INT64_MIN], [3], [-1])),
     case("Slice-step-2-reverse", 11, lambda n: slice_(n, "A", [5, 100], [0, INT64_MIN], [2, 3], [-2, -3])),
     case("Slice-step-1-clamped", 13, lambda n: slice_(n, "A", [100], [-100], [-2], [-1])),
-    case("Slice-from-Constant-nodes", 13, lambda n: slice_(n, "A", [1, 1], [3, 5], [1, -1], [1, 2], constant_nodes=True)),
+    case(
+        "Slice-from-Constant-nodes", 13, lambda n: slice_(n, "A", [1, 1], [3, 5], [1, -1], [1, 2], constant_nodes=True)
+    ),
     case("Slice-batch-axis-kept", 13, lambda n: slice_(n, "A", [0, 2], [INT64_MAX, 6], [0, 3])),
-    case("Slice-twice-overlapping-Add", 13, lambda n: n.op("Add", slice_(n, "A", [0], [4], [2]), slice_(n, "A", [3], [7], [2]))),
-    *[case("Pad-constant-0,0,1,2,0,0,2,1", o, lambda n: pad(n, "A", [0, 0, 1, 2, 0, 0, 2, 1])) for o in (7, 11, 13, 18, 21)],
+    case(
+        "Slice-twice-overlapping-Add",
+        13,
+        lambda n: n.op("Add", slice_(n, "A", [0], [4], [2]), slice_(n, "A", [3], [7], [2])),
+    ),
+    *[
+        case("Pad-constant-0,0,1,2,0,0,2,1", o, lambda n: pad(n, "A", [0, 0, 1, 2, 0, 0, 2, 1]))
+        for o in (7, 11, 13, 18, 21)
+    ],
     case("Pad-constant-value0.5", 11, lambda n: pad(n, "A", [0, 1, 0, 0, 0, 1, 1, 1], value=0.5)),
     case("Pad-constant-value0.5-attr", 7, lambda n: pad(n, "A", [0, 1, 0, 0, 0, 1, 1, 1], value=0.5)),
     case("Pad-negative-crop", 13, lambda n: pad(n, "A", [0, 0, -1, 2, 0, -1, 1, -2])),
@@ -759,11 +893,18 @@ SLICING_CASES = [
     *[case("Pad-reflect", o, lambda n: pad(n, "A", [0, 0, 2, 1, 0, 0, 1, 3], mode="reflect")) for o in (7, 11, 13)],
     *[case("Pad-edge", o, lambda n: pad(n, "A", [0, 0, 2, 1, 0, 0, 3, 2], mode="edge")) for o in (9, 11, 18)],
     case("Pad-wrap", 19, lambda n: pad(n, "A", [0, 0, 2, 1, 0, 0, 3, 6], mode="wrap")),
-    case("Pad-then-Conv", 13, lambda n: n.op("Conv", pad(n, "A", [0, 0, 1, 1, 0, 0, 1, 1]), n.randn(5, C, 3, 3, scale=1 / 6))),
+    case(
+        "Pad-then-Conv",
+        13,
+        lambda n: n.op("Conv", pad(n, "A", [0, 0, 1, 1, 0, 0, 1, 1]), n.randn(5, C, 3, 3, scale=1 / 6)),
+    ),
     *[case("Expand-GAP(A)-to-1CHW", o, lambda n: n.op("Expand", gap(n, "A"), n.ints([1, C, H, W]))) for o in (8, 13)],
     case("Expand-noop", 8, lambda n: n.op("Expand", "A", n.ints([1, 1, 1]))),
-    case("Expand-new-leading-axis", 13,
-         lambda n: n.op("Transpose", n.op("Expand", "A", n.ints([2, 1, 1, 1, 1])), perm=[1, 0, 2, 3, 4])),
+    case(
+        "Expand-new-leading-axis",
+        13,
+        lambda n: n.op("Transpose", n.op("Expand", "A", n.ints([2, 1, 1, 1, 1])), perm=[1, 0, 2, 3, 4]),
+    ),
     case("Expand-N1HW-to-NCHW", 13, lambda n: n.op("Expand", reduce(n, "ReduceMean", "A", [1]), n.ints([C, 1, 1]))),
     *[case("Tile-1,2,1,3", o, lambda n: n.op("Tile", "A", n.ints([1, 2, 1, 3]))) for o in (7, 13)],
 ]
@@ -784,7 +925,10 @@ CONV_TRANSPOSE_VARIANTS = [
     ("SAME_UPPER-k4-stride1", _conv_transpose(5, (4, 4), auto_pad="SAME_UPPER")),
     ("VALID-stride2", _conv_transpose(5, (3, 3), auto_pad="VALID", strides=[2, 2])),
     ("output_shape-odd-total", _conv_transpose(5, (3, 3), strides=[2, 2], output_shape=[14, 11])),
-    ("output_shape-SAME_UPPER", _conv_transpose(5, (3, 3), strides=[2, 2], output_shape=[12, 10], auto_pad="SAME_UPPER")),
+    (
+        "output_shape-SAME_UPPER",
+        _conv_transpose(5, (3, 3), strides=[2, 2], output_shape=[12, 10], auto_pad="SAME_UPPER"),
+    ),
 ]
 
 MAX_POOL_VARIANTS = [  # (label, attributes, first opset)
@@ -796,7 +940,11 @@ MAX_POOL_VARIANTS = [  # (label, attributes, first opset)
     ("SAME_LOWER-k2-s1", dict(kernel_shape=[2, 2], auto_pad="SAME_LOWER"), 7),
     ("k3-s2-p1-ceil", dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], ceil_mode=1), 10),
     ("k2-s2-ceil", dict(kernel_shape=[2, 2], strides=[2, 2], ceil_mode=1), 10),
-    ("k3-s2-p1-ceil-dilation2", dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], ceil_mode=1, dilations=[2, 2]), 10),
+    (
+        "k3-s2-p1-ceil-dilation2",
+        dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], ceil_mode=1, dilations=[2, 2]),
+        10,
+    ),
     ("k2-s1-dilation2,1", dict(kernel_shape=[2, 2], dilations=[2, 1]), 10),
 ]
 
@@ -816,7 +964,9 @@ def _pool_ties(attrs):
     dilations = attrs.get("dilations", [1, 1])
     begin = attrs.get("pads", [0, 0, 0, 0])[:2]
     if "auto_pad" in attrs:
-        total = [max(0, (-(-d // s) - 1) * s + (k_ - 1) * dl + 1 - d) for d, s, k_, dl in zip((H, W), strides, k, dilations)]
+        total = [
+            max(0, (-(-d // s) - 1) * s + (k_ - 1) * dl + 1 - d) for d, s, k_, dl in zip((H, W), strides, k, dilations)
+        ]
         begin = [t // 2 if attrs["auto_pad"] == "SAME_UPPER" else t - t // 2 for t in total]
     span = [(k_ - 1) * dl + 1 for k_, dl in zip(k, dilations)]
     return window_ties(k, strides, begin + span, dilations)
@@ -831,32 +981,86 @@ AVERAGE_POOL_VARIANTS = [  # (label, attributes, first opset)
     ("SAME_UPPER-k3-s2", dict(kernel_shape=[3, 3], strides=[2, 2], auto_pad="SAME_UPPER"), 7),
     ("SAME_LOWER-k2-s1-include-pad", dict(kernel_shape=[2, 2], auto_pad="SAME_LOWER", count_include_pad=1), 7),
     ("k3-s2-p1-ceil-exclude-pad", dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], ceil_mode=1), 10),
-    ("k3-s2-p1-ceil-include-pad", dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], ceil_mode=1, count_include_pad=1), 10),
+    (
+        "k3-s2-p1-ceil-include-pad",
+        dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], ceil_mode=1, count_include_pad=1),
+        10,
+    ),
     ("k2-s2-ceil", dict(kernel_shape=[2, 2], strides=[2, 2], ceil_mode=1), 10),
-    ("k3-s2-p1-dilation2-ceil", dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], dilations=[2, 2], ceil_mode=1), 19),
-    ("k2-dilation2,1-include-pad", dict(kernel_shape=[2, 2], pads=[1, 0, 1, 1], dilations=[2, 1], count_include_pad=1), 19),
+    (
+        "k3-s2-p1-dilation2-ceil",
+        dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], dilations=[2, 2], ceil_mode=1),
+        19,
+    ),
+    (
+        "k2-dilation2,1-include-pad",
+        dict(kernel_shape=[2, 2], pads=[1, 0, 1, 1], dilations=[2, 1], count_include_pad=1),
+        19,
+    ),
 ]
 
 RESIZE_VARIANTS = [  # (label, opsets, kwargs of resize()); sizes need axes (18+) to leave the batch alone
     ("nearest-2x", (7, 9, 10, 11, 13, 21), dict(scales=[1, 1, 2, 2])),
     ("linear-2x", (7, 9, 10, 11, 13, 21), dict(scales=[1, 1, 2, 2], mode="linear")),
     ("linear-2x,3x", (9, 10), dict(scales=[1, 1, 2, 3], mode="linear")),
-    ("linear-align_corners", (11, 13, 21), dict(scales=[1, 1, 2, 2], mode="linear", coordinate_transformation_mode="align_corners")),
-    ("linear-half_pixel-1.5x", (11, 19), dict(scales=[1, 1, 1.5, 1.5], mode="linear", coordinate_transformation_mode="half_pixel")),
-    ("linear-asymmetric", (11, 13), dict(scales=[1, 1, 2, 2], mode="linear", coordinate_transformation_mode="asymmetric")),
-    ("linear-pytorch_half_pixel-1.5x", (13,), dict(scales=[1, 1, 1.5, 1.5], mode="linear", coordinate_transformation_mode="pytorch_half_pixel")),
+    (
+        "linear-align_corners",
+        (11, 13, 21),
+        dict(scales=[1, 1, 2, 2], mode="linear", coordinate_transformation_mode="align_corners"),
+    ),
+    (
+        "linear-half_pixel-1.5x",
+        (11, 19),
+        dict(scales=[1, 1, 1.5, 1.5], mode="linear", coordinate_transformation_mode="half_pixel"),
+    ),
+    (
+        "linear-asymmetric",
+        (11, 13),
+        dict(scales=[1, 1, 2, 2], mode="linear", coordinate_transformation_mode="asymmetric"),
+    ),
+    (
+        "linear-pytorch_half_pixel-1.5x",
+        (13,),
+        dict(scales=[1, 1, 1.5, 1.5], mode="linear", coordinate_transformation_mode="pytorch_half_pixel"),
+    ),
     ("linear-down-0.6x,0.5x", (11, 18), dict(scales=[1, 1, 0.6, 0.5], mode="linear")),
     ("cubic-2x", (11, 13), dict(scales=[1, 1, 2, 2], mode="cubic")),
-    ("nearest-1.5x-floor-asymmetric", (11, 13), dict(scales=[1, 1, 1.5, 1.5], nearest_mode="floor", coordinate_transformation_mode="asymmetric")),
+    (
+        "nearest-1.5x-floor-asymmetric",
+        (11, 13),
+        dict(scales=[1, 1, 1.5, 1.5], nearest_mode="floor", coordinate_transformation_mode="asymmetric"),
+    ),
     ("nearest-1.5x-ceil", (11, 13), dict(scales=[1, 1, 1.5, 1.5], nearest_mode="ceil")),
-    ("nearest-1.7x-round_prefer_ceil-align_corners", (13,), dict(scales=[1, 1, 1.7, 1.7], nearest_mode="round_prefer_ceil", coordinate_transformation_mode="align_corners")),
-    ("nearest-tf_half_pixel_for_nn", (11,), dict(scales=[1, 1, 1.5, 2], coordinate_transformation_mode="tf_half_pixel_for_nn")),
+    (
+        "nearest-1.7x-round_prefer_ceil-align_corners",
+        (13,),
+        dict(scales=[1, 1, 1.7, 1.7], nearest_mode="round_prefer_ceil", coordinate_transformation_mode="align_corners"),
+    ),
+    (
+        "nearest-tf_half_pixel_for_nn",
+        (11,),
+        dict(scales=[1, 1, 1.5, 2], coordinate_transformation_mode="tf_half_pixel_for_nn"),
+    ),
     ("nearest-sizes-axes2,3", (18, 21), dict(sizes=[11, 9], axes=[2, 3])),
-    ("linear-pytorch_half_pixel-sizes-1,13", (18,), dict(sizes=[1, 13], axes=[2, 3], mode="linear", coordinate_transformation_mode="pytorch_half_pixel")),
-    ("cubic-align_corners-exclude_outside-sizes", (18,), dict(sizes=[10, 8], axes=[2, 3], mode="cubic", exclude_outside=1, coordinate_transformation_mode="align_corners")),
+    (
+        "linear-pytorch_half_pixel-sizes-1,13",
+        (18,),
+        dict(sizes=[1, 13], axes=[2, 3], mode="linear", coordinate_transformation_mode="pytorch_half_pixel"),
+    ),
+    (
+        "cubic-align_corners-exclude_outside-sizes",
+        (18,),
+        dict(
+            sizes=[10, 8], axes=[2, 3], mode="cubic", exclude_outside=1, coordinate_transformation_mode="align_corners"
+        ),
+    ),
     ("linear-scales-axes-2,3", (18,), dict(scales=[2, 1.5], axes=[2, 3], mode="linear")),
     ("linear-antialias-down", (18,), dict(scales=[1, 1, 0.5, 0.7], mode="linear", antialias=1)),
-    ("linear-half_pixel_symmetric", (19,), dict(scales=[1, 1, 1.5, 2], mode="linear", coordinate_transformation_mode="half_pixel_symmetric")),
+    (
+        "linear-half_pixel_symmetric",
+        (19,),
+        dict(scales=[1, 1, 1.5, 2], mode="linear", coordinate_transformation_mode="half_pixel_symmetric"),
+    ),
     ("nearest-sizes-axis3", (18,), dict(sizes=[9], axes=[3])),
 ]
 
@@ -880,22 +1084,43 @@ def _one_d_ties(kernel, stride, pad):
 
 
 RESAMPLING_CASES = [
-    *[case("MaxPool-1d-k3-s2-p1", o, lambda n: n.op("MaxPool", _one_d(n), kernel_shape=[3], strides=[2], pads=[1, 1]),
-           kinks=[_one_d_ties(3, 2, 1)]) for o in (8, 16)],
-    case("AveragePool-1d-k3-s2-p1-ceil", 11,
-         lambda n: n.op("AveragePool", _one_d(n), kernel_shape=[3], strides=[2], pads=[1, 1], ceil_mode=1)),
-    case("ConvTranspose-1d-k3-s2", 11, lambda n: n.op("ConvTranspose", _one_d(n), n.randn(C, 3, 3), kernel_shape=[3], strides=[2])),
+    *[
+        case(
+            "MaxPool-1d-k3-s2-p1",
+            o,
+            lambda n: n.op("MaxPool", _one_d(n), kernel_shape=[3], strides=[2], pads=[1, 1]),
+            kinks=[_one_d_ties(3, 2, 1)],
+        )
+        for o in (8, 16)
+    ],
+    case(
+        "AveragePool-1d-k3-s2-p1-ceil",
+        11,
+        lambda n: n.op("AveragePool", _one_d(n), kernel_shape=[3], strides=[2], pads=[1, 1], ceil_mode=1),
+    ),
+    case(
+        "ConvTranspose-1d-k3-s2",
+        11,
+        lambda n: n.op("ConvTranspose", _one_d(n), n.randn(C, 3, 3), kernel_shape=[3], strides=[2]),
+    ),
     *[case(f"ConvTranspose-{label}", 11, body) for label, body in CONV_TRANSPOSE_VARIANTS],
-    *[case(f"ConvTranspose-{label}", o, body) for label, body in CONV_TRANSPOSE_VARIANTS[:4] + CONV_TRANSPOSE_VARIANTS[9:] for o in (7, 18)],
+    *[
+        case(f"ConvTranspose-{label}", o, body)
+        for label, body in CONV_TRANSPOSE_VARIANTS[:4] + CONV_TRANSPOSE_VARIANTS[9:]
+        for o in (7, 18)
+    ],
     *[
         case(f"MaxPool-{label}", o, _max_pool(attrs), kinks=[_pool_ties(attrs)])
         for label, attrs, first in MAX_POOL_VARIANTS
         for o in ((7, 12, 16) if first == 7 else (10, 16, 21))  # scatter-add from 16, window masks before
     ],
     *[
-        case("MaxPool-k2-s2-Indices-storage_order1", o,
-             _max_pool(dict(kernel_shape=[2, 2], strides=[2, 2], storage_order=1), indices=True),
-             kinks=[_pool_ties(dict(kernel_shape=[2, 2], strides=[2, 2]))])
+        case(
+            "MaxPool-k2-s2-Indices-storage_order1",
+            o,
+            _max_pool(dict(kernel_shape=[2, 2], strides=[2, 2], storage_order=1), indices=True),
+            kinks=[_pool_ties(dict(kernel_shape=[2, 2], strides=[2, 2]))],
+        )
         for o in (8, 16)
     ],
     *[
@@ -909,8 +1134,16 @@ RESAMPLING_CASES = [
 
 @pytest.mark.parametrize(
     "opset, body, kinks, a_scale, eps",
-    SHAPE_CASES + ACTIVATION_CASES + ARITHMETIC_CASES + LINEAR_CASES + POOL_CASES
-    + ELEMENTWISE_CASES + NORMALIZATION_CASES + SELECTION_CASES + SLICING_CASES + RESAMPLING_CASES,
+    SHAPE_CASES
+    + ACTIVATION_CASES
+    + ARITHMETIC_CASES
+    + LINEAR_CASES
+    + POOL_CASES
+    + ELEMENTWISE_CASES
+    + NORMALIZATION_CASES
+    + SELECTION_CASES
+    + SLICING_CASES
+    + RESAMPLING_CASES,
 )
 def test_rule_matches_finite_differences(opset, body, kinks, a_scale, eps):
     net = Net(opset, a_scale=a_scale)
@@ -1009,7 +1242,9 @@ def _fc_and_outputs(model, layer, x, classes):
 
 
 @pytest.mark.parametrize("opset", [9, 12, 16])
-@pytest.mark.parametrize("attrs", [dict(kernel_shape=[3, 3], pads=[1, 1, 1, 1]), dict(kernel_shape=[2, 3], strides=[2, 1])])
+@pytest.mark.parametrize(
+    "attrs", [dict(kernel_shape=[3, 3], pads=[1, 1, 1, 1]), dict(kernel_shape=[2, 3], strides=[2, 1])]
+)
 def test_max_pool_ties_go_to_the_first_maximum(opset, attrs):
     """B = Max(A, 0.3) is 0.3 on about 60% of its entries: windows with tied maxima. Each window's gradient
     goes to its first maximum in row-major order (the element ORT's MaxPool and its Indices pick)."""
@@ -1027,15 +1262,17 @@ def test_max_pool_ties_go_to_the_first_maximum(opset, attrs):
     expected = np.zeros_like(padded)
     ties = 0
     for n_, c_, i, j in np.ndindex(2, C, oh, ow):
-        window = padded[n_, c_, i * sh:i * sh + kh, j * sw:j * sw + kw]
+        window = padded[n_, c_, i * sh : i * sh + kh, j * sw : j * sw + kw]
         ties += (window == window.max()).sum() > 1
         r, s = np.unravel_index(np.argmax(window), window.shape)  # the first maximum
         expected[n_, c_, i * sh + r, j * sw + s] += d_out[n_, c_, i, j]
     assert ties > 10
-    np.testing.assert_allclose(grad, expected[:, :, top:top + H, left:left + W], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(grad, expected[:, :, top : top + H, left : left + W], rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("op, opset", [("GlobalMaxPool", 8), ("GlobalMaxPool", 13), ("ReduceMax", 13), ("ReduceMax", 18)])
+@pytest.mark.parametrize(
+    "op, opset", [("GlobalMaxPool", 8), ("GlobalMaxPool", 13), ("ReduceMax", 13), ("ReduceMax", 18)]
+)
 def test_max_reductions_split_ties_evenly(op, opset):
     """B = Min(A, 0.3): most channels reach their maximum 0.3 at many entries; each gets an equal share."""
     net = Net(opset)
@@ -1066,27 +1303,81 @@ def _refused(label, opset, body, why):
     return pytest.param(opset, body, why, id=f"{label}-opset{opset}")
 
 
-@pytest.mark.parametrize("opset, body, why", [
-    _refused("Resize-tf_crop_and_resize", 11, lambda n: n.op(
-        "Resize", "A", n.const([0, 0, 0.1, 0.1, 1, 1, 0.9, 0.9]), n.const([1, 1, 2, 2]), name="culprit",
-        coordinate_transformation_mode="tf_crop_and_resize"), "tf_crop_and_resize"),
-    _refused("Resize-keep_aspect_ratio_policy", 18, lambda n: n.op(
-        "Resize", "A", "", "", n.ints([14, 14]), axes=[2, 3], keep_aspect_ratio_policy="not_larger", name="culprit"),
-        "keep_aspect_ratio_policy"),
-    _refused("LayerNormalization-Mean-output-used", 17, lambda n: n.op(
-        "Add", *n.op("LayerNormalization", "A", n.const(np.ones(W)), outputs=3, name="culprit")[:2]), "Mean"),
-    _refused("Slice-batch-axis", 13, lambda n: n.op("Slice", "A", n.ints([1]), n.ints([2]), n.ints([0]), name="culprit"),
-             "batch axis"),
-    _refused("Pad-batch-axis", 13, lambda n: n.op("Pad", "A", n.ints([1, 0, 0, 0, 0, 0, 0, 0]), name="culprit"), "batch"),
-    _refused("Pad-reflect-too-wide", 13, lambda n: n.op(
-        "Pad", "A", n.ints([0, 0, 0, 6, 0, 0, 0, 0]), mode="reflect", name="culprit"), "reflect mode"),
-    _refused("ReduceMean-all-axes", 13, lambda n: n.op(
-        "Add", "A", n.op("ReduceMean", "A", name="culprit")), "batch axis"),
-    _refused("Tile-batch-axis", 13, lambda n: n.op("Tile", "A", n.ints([2, 1, 1, 1]), name="culprit"), "batch axis"),
-    _refused("ConvTranspose-SAME-output_padding", 11, lambda n: n.op(
-        "ConvTranspose", "A", n.randn(C, 3, 3, 3), kernel_shape=[3, 3], strides=[2, 2], auto_pad="SAME_UPPER",
-        output_padding=[1, 1], name="culprit"), "output_padding"),
-])
+@pytest.mark.parametrize(
+    "opset, body, why",
+    [
+        _refused(
+            "Resize-tf_crop_and_resize",
+            11,
+            lambda n: n.op(
+                "Resize",
+                "A",
+                n.const([0, 0, 0.1, 0.1, 1, 1, 0.9, 0.9]),
+                n.const([1, 1, 2, 2]),
+                name="culprit",
+                coordinate_transformation_mode="tf_crop_and_resize",
+            ),
+            "tf_crop_and_resize",
+        ),
+        _refused(
+            "Resize-keep_aspect_ratio_policy",
+            18,
+            lambda n: n.op(
+                "Resize",
+                "A",
+                "",
+                "",
+                n.ints([14, 14]),
+                axes=[2, 3],
+                keep_aspect_ratio_policy="not_larger",
+                name="culprit",
+            ),
+            "keep_aspect_ratio_policy",
+        ),
+        _refused(
+            "LayerNormalization-Mean-output-used",
+            17,
+            lambda n: n.op("Add", *n.op("LayerNormalization", "A", n.const(np.ones(W)), outputs=3, name="culprit")[:2]),
+            "Mean",
+        ),
+        _refused(
+            "Slice-batch-axis",
+            13,
+            lambda n: n.op("Slice", "A", n.ints([1]), n.ints([2]), n.ints([0]), name="culprit"),
+            "batch axis",
+        ),
+        _refused(
+            "Pad-batch-axis", 13, lambda n: n.op("Pad", "A", n.ints([1, 0, 0, 0, 0, 0, 0, 0]), name="culprit"), "batch"
+        ),
+        _refused(
+            "Pad-reflect-too-wide",
+            13,
+            lambda n: n.op("Pad", "A", n.ints([0, 0, 0, 6, 0, 0, 0, 0]), mode="reflect", name="culprit"),
+            "reflect mode",
+        ),
+        _refused(
+            "ReduceMean-all-axes", 13, lambda n: n.op("Add", "A", n.op("ReduceMean", "A", name="culprit")), "batch axis"
+        ),
+        _refused(
+            "Tile-batch-axis", 13, lambda n: n.op("Tile", "A", n.ints([2, 1, 1, 1]), name="culprit"), "batch axis"
+        ),
+        _refused(
+            "ConvTranspose-SAME-output_padding",
+            11,
+            lambda n: n.op(
+                "ConvTranspose",
+                "A",
+                n.randn(C, 3, 3, 3),
+                kernel_shape=[3, 3],
+                strides=[2, 2],
+                auto_pad="SAME_UPPER",
+                output_padding=[1, 1],
+                name="culprit",
+            ),
+            "output_padding",
+        ),
+    ],
+)
 def test_rule_refuses_what_it_cannot_differentiate(opset, body, why):
     net = Net(opset)
     model = classifier(net, body(net))
@@ -1098,20 +1389,55 @@ def test_rule_refuses_what_it_cannot_differentiate(opset, body, why):
 
 # -- half-precision heads: rules read float16 forward values, gradients stay float32 ---------------
 
-ALL_CASES = (SHAPE_CASES + ACTIVATION_CASES + ARITHMETIC_CASES + LINEAR_CASES + POOL_CASES + ELEMENTWISE_CASES
-             + NORMALIZATION_CASES + SELECTION_CASES + SLICING_CASES + RESAMPLING_CASES)
+ALL_CASES = (
+    SHAPE_CASES
+    + ACTIVATION_CASES
+    + ARITHMETIC_CASES
+    + LINEAR_CASES
+    + POOL_CASES
+    + ELEMENTWISE_CASES
+    + NORMALIZATION_CASES
+    + SELECTION_CASES
+    + SLICING_CASES
+    + RESAMPLING_CASES
+)
 HALF_CASES = [
-    p for p in ALL_CASES if p.id in {
-        "MaxPool-k3-s2-p1-ceil-opset10", "MaxPool-k3-s2-p1-ceil-opset16", "AveragePool-k3-s1-p1-exclude-pad-opset11",
-        "ConvTranspose-3x3-stride2-pad1-outpad1-opset11", "LayerNormalization-last-axis-opset17",
-        "InstanceNormalization-opset17", "Softmax-2d-coercion-axis1-opset11", "LogSoftmax-axis1-opset13",
-        "Resize-linear-half_pixel-1.5x-opset19", "Upsample-nearest-2x-opset9", "PRelu-slope-C11-opset9",
-        "Pow-(A^2+0.5)^1.5-opset13", "Max-A,c-C11-opset13", "Slice-step-2-reverse-opset11", "Pad-reflect-opset13",
-        "Gelu-tanh-opset20", "Where-A>0.1,2A,Sigmoid(A)-opset16", "ReduceMax-axes2,3-keepdims-0-opset18",
-        "Split-1,2,1-middle-unused-opset13", "Elu-default-opset7", "Mish-opset18", "ReduceL2-axes2,3-opset18",
-        "GlobalMaxPool-opset13", "Expand-GAP(A)-to-1CHW-opset13", "Tile-1,2,1,3-opset13", "Sum-A,Tanh(A),c-opset13",
-        "LRN-size5-alpha2-beta0.5-bias2-opset13", "Conv-depthwise-stride2-SAME_UPPER-k3-opset13",
-        "Conv-depthwise-x2-stride2-k5-pads1,2,2,1-opset18", "Conv-stride3-k5-pad2-opset11", "Relu-opset14", "Clip-min-max-opset13",
+    p
+    for p in ALL_CASES
+    if p.id
+    in {
+        "MaxPool-k3-s2-p1-ceil-opset10",
+        "MaxPool-k3-s2-p1-ceil-opset16",
+        "AveragePool-k3-s1-p1-exclude-pad-opset11",
+        "ConvTranspose-3x3-stride2-pad1-outpad1-opset11",
+        "LayerNormalization-last-axis-opset17",
+        "InstanceNormalization-opset17",
+        "Softmax-2d-coercion-axis1-opset11",
+        "LogSoftmax-axis1-opset13",
+        "Resize-linear-half_pixel-1.5x-opset19",
+        "Upsample-nearest-2x-opset9",
+        "PRelu-slope-C11-opset9",
+        "Pow-(A^2+0.5)^1.5-opset13",
+        "Max-A,c-C11-opset13",
+        "Slice-step-2-reverse-opset11",
+        "Pad-reflect-opset13",
+        "Gelu-tanh-opset20",
+        "Where-A>0.1,2A,Sigmoid(A)-opset16",
+        "ReduceMax-axes2,3-keepdims-0-opset18",
+        "Split-1,2,1-middle-unused-opset13",
+        "Elu-default-opset7",
+        "Mish-opset18",
+        "ReduceL2-axes2,3-opset18",
+        "GlobalMaxPool-opset13",
+        "Expand-GAP(A)-to-1CHW-opset13",
+        "Tile-1,2,1,3-opset13",
+        "Sum-A,Tanh(A),c-opset13",
+        "LRN-size5-alpha2-beta0.5-bias2-opset13",
+        "Conv-depthwise-stride2-SAME_UPPER-k3-opset13",
+        "Conv-depthwise-x2-stride2-k5-pads1,2,2,1-opset18",
+        "Conv-stride3-k5-pad2-opset11",
+        "Relu-opset14",
+        "Clip-min-max-opset13",
     }
 ]
 
@@ -1155,14 +1481,18 @@ def _half_head(model, net):
 def _rounded(model):
     """The float32 model with its head's constants rounded to float16: the float32 twin of _half_head."""
     model = onnx.ModelProto.FromString(model.SerializeToString())
-    keep32 = {"conv_w", "conv_b"} | {i for n in model.graph.node if n.op_type in ("Resize", "Upsample") for i in n.input[1:]}
+    keep32 = {"conv_w", "conv_b"} | {
+        i for n in model.graph.node if n.op_type in ("Resize", "Upsample") for i in n.input[1:]
+    }
     for t in model.graph.initializer:
         if t.data_type == TensorProto.FLOAT and t.name not in keep32:
             t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float16).astype(np.float32), t.name))
     for node in model.graph.node:
         for attr in node.attribute:
             if attr.type == onnx.AttributeProto.TENSOR and attr.t.data_type == TensorProto.FLOAT:
-                attr.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(attr.t).astype(np.float16).astype(np.float32)))
+                attr.t.CopyFrom(
+                    numpy_helper.from_array(numpy_helper.to_array(attr.t).astype(np.float16).astype(np.float32))
+                )
     return model
 
 

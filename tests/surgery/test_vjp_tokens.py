@@ -38,7 +38,9 @@ TOKEN_CASES = [
     case("Gather-opset7", 7, lambda n: n.op("Gather", "A", n.ints([1, 3]), axis=1)),
     case("Einsum-token-linear", 12, lambda n: n.op("Einsum", tokens(n), n.randn(WIDTH, 3), equation="nkc,cd->nkd")),
     case("Einsum-tokens-gram", 13, lambda n: n.op("Einsum", tokens(n), tokens(n), equation="nic,njc->nij")),
-    case("Einsum-implicit-output", 12, lambda n: n.op("Einsum", tokens(n), n.randn(WIDTH, 3), equation="akc,cd")),  # -> "adk": [N, 3, 42]
+    case(
+        "Einsum-implicit-output", 12, lambda n: n.op("Einsum", tokens(n), n.randn(WIDTH, 3), equation="akc,cd")
+    ),  # -> "adk": [N, 3, 42]
     case("Attention-block", 17, attention),
 ]
 
@@ -83,10 +85,17 @@ def _fused_model(op, extra, outputs=1, **attrs):
     logits = net.op("MatMul", flat, net.randn(TOKENS * WIDTH, CLASSES, scale=0.2))
     stem = helper.make_node("Conv", ["x", "w", "b"], ["A"], name="stem", kernel_shape=[3, 3], pads=[1, 1, 1, 1])
     rng = np.random.default_rng(0)
-    inits = [onnx.numpy_helper.from_array(rng.normal(0, 0.3, (4, 3, 3, 3)).astype(np.float32), "w"),
-             onnx.numpy_helper.from_array(rng.normal(0, 0.1, 4).astype(np.float32), "b")]
-    graph = helper.make_graph([stem] + net.nodes, "fused", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 7, 6])],
-                              [helper.make_tensor_value_info(logits, TensorProto.FLOAT, ["N", CLASSES])], inits + net.initializers)
+    inits = [
+        onnx.numpy_helper.from_array(rng.normal(0, 0.3, (4, 3, 3, 3)).astype(np.float32), "w"),
+        onnx.numpy_helper.from_array(rng.normal(0, 0.1, 4).astype(np.float32), "b"),
+    ]
+    graph = helper.make_graph(
+        [stem] + net.nodes,
+        "fused",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 7, 6])],
+        [helper.make_tensor_value_info(logits, TensorProto.FLOAT, ["N", CLASSES])],
+        inits + net.initializers,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid(MS, 1)])
     model.ir_version = 8
     return _declare_shapes(model)
@@ -98,10 +107,20 @@ FUSED_CASES = [
     pytest.param("FastGelu", [(WIDTH,)], 1, {}, id="FastGelu-bias"),
     pytest.param("BiasGelu", [(WIDTH,)], 1, {}, id="BiasGelu"),
     pytest.param("QuickGelu", [], 1, {"alpha": 1.5}, id="QuickGelu"),
-    pytest.param("SkipLayerNormalization", [lambda n, t: n.op("Tanh", t), (WIDTH,), (WIDTH,), (WIDTH,)], 1,
-                 {"epsilon": 1e-5}, id="SkipLayerNormalization-skip-on-path-beta-bias"),
-    pytest.param("SkipLayerNormalization", [(TOKENS, WIDTH), (WIDTH,)], 4, {"epsilon": 1e-5},
-                 id="SkipLayerNormalization-sum-output-used"),
+    pytest.param(
+        "SkipLayerNormalization",
+        [lambda n, t: n.op("Tanh", t), (WIDTH,), (WIDTH,), (WIDTH,)],
+        1,
+        {"epsilon": 1e-5},
+        id="SkipLayerNormalization-skip-on-path-beta-bias",
+    ),
+    pytest.param(
+        "SkipLayerNormalization",
+        [(TOKENS, WIDTH), (WIDTH,)],
+        4,
+        {"epsilon": 1e-5},
+        id="SkipLayerNormalization-sum-output-used",
+    ),
 ]
 
 
@@ -116,8 +135,11 @@ def test_gather_on_a_leading_axis_that_is_not_the_batch():
 
     def body(n):
         t = tokens(n)
-        qkv = n.op("Transpose", n.op("Reshape", n.op("MatMul", t, n.randn(WIDTH, 3 * WIDTH, scale=0.5)),
-                                     n.ints([0, TOKENS, 3, WIDTH])), perm=[2, 0, 1, 3])  # [3, N, T, C]
+        qkv = n.op(
+            "Transpose",
+            n.op("Reshape", n.op("MatMul", t, n.randn(WIDTH, 3 * WIDTH, scale=0.5)), n.ints([0, TOKENS, 3, WIDTH])),
+            perm=[2, 0, 1, 3],
+        )  # [3, N, T, C]
         q, k = n.op("Gather", qkv, n.ints(0), axis=0), n.op("Gather", qkv, n.ints(1), axis=0)
         return n.op("Mul", q, n.op("Tanh", k))
 
