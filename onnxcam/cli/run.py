@@ -140,23 +140,7 @@ def command(
     """Explain the model's decision on each IMAGE (a picture, a folder of them, or a .npy input tensor)."""
     run_options["as_json"] |= report  # the report reads the JSON records
     if ray_address is not None:
-        return _run_on_ray(
-            model,
-            images,
-            methods,
-            grid,
-            layers,
-            target,
-            labels,
-            unit,
-            batch_size,
-            report,
-            explainer_args,
-            run_options,
-            ray_address,
-            actors,
-            gpus_per_actor,
-        )
+        return _run_on_ray(**locals())  # the same options, by name
     started = time.perf_counter()
     opts = onnxcam.outputs.RunOptions(unit=names.parse_unit(unit), **run_options)
     paths = onnxcam.outputs.input_paths(images)
@@ -256,10 +240,10 @@ def _run_on_ray(
     batch_size,
     report,
     explainer_args,
-    run_options,
-    address,
+    ray_address,
     actors,
     gpus_per_actor,
+    run_options,
 ):
     """`run --ray`: the same options, the images explained by onnxcam.ray on a cluster; their records go into one
     Parquet table in --out, their files are written as without --ray. The model and options are checked here,
@@ -288,13 +272,13 @@ def _run_on_ray(
     click.echo(f"model     {model}")
     click.echo(f"layer     {', '.join(ex.layers)}")
     click.echo(f"method    {', '.join(methods)}")
-    click.echo(f"ray       {address or 'a local cluster'}")
+    click.echo(f"ray       {ray_address or 'a local cluster'}")
     with Progress(len(paths)) as bar:
         table, failures = on_ray.run_folder(
             model,
             paths,
             settings,
-            address=address or None,
+            address=ray_address or None,
             actors=actors,
             explainer=dict(explainer_args, layer=list(layers) or None),
             batch_size=batch_size,
