@@ -22,7 +22,7 @@ from onnxcam.errors import ModelError, OnnxcamError
 from onnxcam.linear_head import linear_head_weights
 from onnxcam.methods import ELEMENTWISE, METHODS, SAMPLES, AttentionData, LayerData, method_named, projection
 from onnxcam.model import inspect_model, load_model, read_labels
-from onnxcam.names import DEFAULT_PRESET, GRADIENT_MODES
+from onnxcam.names import DEFAULT_PRESET, GRADIENT_MODES, MAP_OUTPUT
 from onnxcam.runtime import providers_for
 from onnxcam.sessions import Sessions, SessionSpec
 from onnxcam.surgery import SCORES, TARGET_OUTPUT, grad_name
@@ -437,16 +437,16 @@ class Explainer:
         )
 
     def _explain_in_graph(self, tensor, classes, m, spec) -> Explanation | None:
-        """The maps of one run of the in-graph map model: only logits, targets and [N, h, w] maps come back."""
+        """The maps of one run of the in-graph map model: only logits, targets, the [N, h, w] layer maps and the
+        finished [N, H, W] heatmaps come back."""
         outputs = self.sessions.run_model(spec, tensor, classes)
         scores = outputs[self.info.logits_name].reshape(len(tensor), -1).astype(np.float32)
         _check_finite(scores, "class scores")
         raw = [outputs[layer_map_name(layer)][:, 0] for layer in self.layers]
         if not all(np.isfinite(r).all() for r in raw):
             return None
-        maps = postprocess.combine([postprocess.scale_to(r, self.info.size) for r in raw])
         return Explanation(
-            maps=maps,
+            maps=outputs[MAP_OUTPUT],
             raw=raw[0],
             targets=outputs[TARGET_OUTPUT].astype(np.int64),
             scores=scores,

@@ -126,6 +126,7 @@ def test_several_layers_are_averaged(demo_explainer):
 def test_maps_in_graph_return_only_the_maps():
     """Activations and gradients stay inside the run: the session's outputs are logits, targets, and
     one h x w map per layer; the explanation still equals the host path's, also for a unit seed."""
+    from onnxcam.names import MAP_OUTPUT
     from onnxcam.surgery import TARGET_OUTPUT
     from onnxcam.surgery.maps import layer_map_name
 
@@ -142,7 +143,9 @@ def test_maps_in_graph_return_only_the_maps():
         assert np.abs(a.raw - b.raw).max() <= 1e-5 * np.abs(a.raw).max()  # raw maps are not normalized
     (session,) = [s for spec, s in device.sessions._sessions.items() if spec.kind == MAPS][:1]
     outputs = {o.name for o in session.get_outputs()}
-    assert outputs == {device.info.logits_name, TARGET_OUTPUT} | {layer_map_name(lay) for lay in device.layers}
+    assert outputs == {device.info.logits_name, TARGET_OUTPUT, MAP_OUTPUT} | {
+        layer_map_name(lay) for lay in device.layers
+    }
 
 
 def test_maps_in_graph_leave_finite_differences_and_eigen_smooth_to_the_host():

@@ -14,6 +14,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxcam import postprocess
+from onnxcam.names import MAP_OUTPUT
 from onnxcam.surgery.builder import Builder
 from onnxcam.surgery.graph import TARGET_OUTPUT, augmented_graph, finish, grad_name
 
@@ -74,18 +75,26 @@ def layer_map_name(layer: str) -> str:
 
 
 def maps_model(info, layers: list, method: str, score: str = "logit", unit=None, head_weights=None):
-    """The augmented model with each layer's map before scaling (`layer_map_name`, [N, 1, h, w]) as an output
-    in place of A and dScore/dA, besides the logits and the target class."""
+    """The augmented model with, in place of A and dScore/dA, each layer's map before scaling
+    (`layer_map_name`, [N, 1, h, w]) and the finished heatmap (MAP_OUTPUT, [N, H, W], as `heatmap` makes it),
+    besides the logits and the target class: no post-processing is left for the caller."""
     graph = augmented_graph(info, layers, gradients=True, score=score, unit=unit)
     tensors = graph.tensors()
     b = Builder(graph, info.opset, prefix="onnxcam/map")
     outputs = [tensors[info.logits_name], tensors[TARGET_OUTPUT]]
-    for layer, layer_map in zip(layers, layer_maps(b, tensors, layers, method, head_weights)):
-        out = gs.Variable(layer_map_name(layer), dtype=np.float32, shape=["N", 1, None, None])
-        graph.nodes.append(gs.Node("Identity", b.name("Identity"), {}, [layer_map], [out]))
-        outputs.append(out)
+    maps = layer_maps(b, tensors, layers, method, head_weights)
+    for layer, layer_map in zip(layers, maps):
+        outputs.append(_named(b, layer_map, layer_map_name(layer), ["N", 1, None, None]))
+    shapes = [next(lay.shape[2:] for lay in info.layers if lay.name == layer) for layer in layers]
+    outputs.append(_named(b, heatmap(b, maps, shapes, info.size), MAP_OUTPUT, ["N", *info.size]))
     graph.outputs = outputs
     return finish(graph, info)
+
+
+def _named(b: Builder, tensor, name: str, shape: list):
+    out = gs.Variable(name, dtype=np.float32, shape=shape)
+    b.graph.nodes.append(gs.Node("Identity", b.name("Identity"), {}, [tensor], [out]))
+    return out
 
 
 def layer_maps(b: Builder, tensors: dict, layers: list, method: str, head_weights=None) -> list:
