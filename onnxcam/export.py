@@ -15,7 +15,6 @@ import tempfile
 
 import numpy as np
 import onnx
-import onnx_graphsurgeon as gs
 import onnxruntime as ort
 
 from onnxcam.errors import OnnxcamError, UnsupportedOpError
@@ -47,11 +46,8 @@ def export(info: ModelInfo, layers: list, method: str = "gradcam", class_input: 
         ) from None
     b = Builder(graph, info.opset, prefix="onnxcam/map")
     heads = {layer: linear_head_weights(info, layer) for layer in layers} if method == "cam" else None
-    shapes = [next(lay.shape[2:] for lay in info.layers if lay.name == layer) for layer in layers]
-    heat = heatmap(b, layer_maps(b, graph.tensors(), layers, method, heads), shapes, info.size)
-    h, w = info.size
-    out = gs.Variable(MAP_OUTPUT, dtype=np.float32, shape=["N", h, w])
-    graph.nodes.append(gs.Node("Identity", b.name("Identity"), {}, [heat], [out]))
+    heat = heatmap(b, layer_maps(b, graph.tensors(), layers, method, heads), info, layers)
+    out = b.named(heat, MAP_OUTPUT, np.float32, ["N", *info.size])
     original = {o.name for o in info.model.graph.output}
     graph.outputs = [o for o in graph.outputs if o.name in original] + [out, graph.tensors()[TARGET_OUTPUT]]
     exported = finish(graph, info, class_default=class_input == "optional")

@@ -64,6 +64,12 @@ class Builder:
         self.graph.nodes.append(gs.Node(op_type, self.name(op_type), attrs, tensors, [out]))
         return out
 
+    def named(self, tensor: gs.Tensor, name: str, dtype, shape) -> gs.Variable:
+        """`tensor` under a name of onnxcam's choosing (a graph output): an Identity node that makes it."""
+        out = gs.Variable(name, dtype=dtype, shape=shape)
+        self.graph.nodes.append(gs.Node("Identity", self.name("Identity"), {}, [tensor], [out]))
+        return out
+
     def ops(self, op_type: str, *inputs, outputs: int, **attrs) -> list:
         """Append one node with several outputs; returns them all."""
         tensors = [x if isinstance(x, gs.Tensor) else self.const(x) for x in inputs]

@@ -67,7 +67,7 @@ def augmented_graph(
         graph.inputs.append(cls)
         b = Builder(graph, info.opset)
         target, seed = _class_seed(b, logits, info.head, info.num_classes, cls, score)
-        outputs.append(_named(b, target, TARGET_OUTPUT, np.int64, ["N"]))
+        outputs.append(b.named(target, TARGET_OUTPUT, np.int64, ["N"]))
         seeded = logits
         if unit is not None:
             seeded, seed = _unit_seed(b, tensors, unit)
@@ -81,7 +81,7 @@ def augmented_graph(
             if not wrt:
                 continue
             grads = backward(builder, wrt, seeded, seed)
-            outputs.extend(_named(builder, grads[t.name], grad_name(t.name), builder.dtype, t.shape) for t in wrt)
+            outputs.extend(builder.named(grads[t.name], grad_name(t.name), builder.dtype, t.shape) for t in wrt)
     graph.outputs = outputs
     return graph
 
@@ -165,12 +165,6 @@ def _unit_seed(b: Builder, tensors, unit):
 def _add_output(outputs, tensor):
     if tensor.name not in {o.name for o in outputs}:
         outputs.append(tensor)
-
-
-def _named(b: Builder, tensor, name, dtype, shape):
-    out = gs.Variable(name, dtype=dtype, shape=shape)
-    b.graph.nodes.append(gs.Node("Identity", b.name("Identity"), {}, [tensor], [out]))
-    return out
 
 
 # Initializers of this many bytes or more go around graph surgery, not through it: protobuf cannot copy a

@@ -1,17 +1,16 @@
 """CAM maps as ONNX nodes: the gradient methods' formulas of `onnxcam.methods`, written into the graph.
 
 Appended to an augmented graph (activations A and gradients G = dScore/dA as
-tensors), they give each layer's map at layer resolution after ReLU. The
-explainer's in-graph path returns those small maps instead of A and G (on a GPU
-the activations and gradients then never leave the device); `export` adds the
-normalization and the resize to the input size, as `postprocess` does in NumPy.
-Every node is valid from opset 7 on.
+tensors), they give each layer's map at layer resolution after ReLU, and `heatmap`
+finishes them as `postprocess` does in NumPy (normalize, resize to the input,
+mean over layers). The explainer's in-graph path returns those maps instead of
+A and G (on a GPU the activations and gradients never leave the device), and
+`export` writes the same nodes. Every node is valid from opset 7 on.
 """
 
 from __future__ import annotations
 
 import numpy as np
-import onnx_graphsurgeon as gs
 
 from onnxcam import postprocess
 from onnxcam.names import MAP_OUTPUT
@@ -84,17 +83,10 @@ def maps_model(info, layers: list, method: str, score: str = "logit", unit=None,
     outputs = [tensors[info.logits_name], tensors[TARGET_OUTPUT]]
     maps = layer_maps(b, tensors, layers, method, head_weights)
     for layer, layer_map in zip(layers, maps):
-        outputs.append(_named(b, layer_map, layer_map_name(layer), ["N", 1, None, None]))
-    shapes = [next(lay.shape[2:] for lay in info.layers if lay.name == layer) for layer in layers]
-    outputs.append(_named(b, heatmap(b, maps, shapes, info.size), MAP_OUTPUT, ["N", *info.size]))
+        outputs.append(b.named(layer_map, layer_map_name(layer), np.float32, ["N", 1, None, None]))
+    outputs.append(b.named(heatmap(b, maps, info, layers), MAP_OUTPUT, np.float32, ["N", *info.size]))
     graph.outputs = outputs
     return finish(graph, info)
-
-
-def _named(b: Builder, tensor, name: str, shape: list):
-    out = gs.Variable(name, dtype=np.float32, shape=shape)
-    b.graph.nodes.append(gs.Node("Identity", b.name("Identity"), {}, [tensor], [out]))
-    return out
 
 
 def layer_maps(b: Builder, tensors: dict, layers: list, method: str, head_weights=None) -> list:
@@ -110,11 +102,12 @@ def layer_maps(b: Builder, tensors: dict, layers: list, method: str, head_weight
     return maps
 
 
-def heatmap(b: Builder, layer_maps: list, shapes: list, size: tuple):
-    """[N, H, W]: each layer map min-max normalized and resized to `size` (cv2.resize's bilinear, as two
-    MatMuls with constant interpolation matrices), then ReLU, mean over layers, min-max again: what
-    `postprocess.scale_to` and `postprocess.combine` do in NumPy. shapes: each map's (h, w)."""
-    h, w = size
+def heatmap(b: Builder, layer_maps: list, info, layers: list):
+    """[N, H, W]: each layer's map min-max normalized and resized to the input's size (cv2.resize's bilinear, as
+    two MatMuls with constant interpolation matrices), then ReLU, mean over layers, min-max again: what
+    `postprocess.scale_to` and `postprocess.combine` do in NumPy."""
+    shapes = [next(lay.shape[2:] for lay in info.layers if lay.name == layer) for layer in layers]
+    h, w = info.size
     scaled = []
     for layer_map, (mh, mw) in zip(layer_maps, shapes):
         rows = b.const(postprocess.half_pixel_interpolation(mh, h))  # [H, h]
