@@ -11,30 +11,11 @@ from onnx import TensorProto, helper
 
 from onnxcam import Explainer, heads
 from onnxcam.export import MAP_OUTPUT, export
-from tinymodels import IN_SHAPE, Net, session
+from tinymodels import IN_SHAPE, gap_linear, session
 
 
 def _gap_linear(classes: int, sigmoid_output: bool, seed: int = 0) -> onnx.ModelProto:
-    """x -> Conv -> Relu (A [N, 4, 7, 6]) -> GlobalAveragePool -> Flatten -> Gemm -> logits [N, classes]
-    (-> Sigmoid -> probs)."""
-    net = Net(13, seed=seed)
-    c, h, w = IN_SHAPE
-    a = net.op(
-        "Relu", net.op("Conv", "x", net.randn(4, c, 3, 3, scale=0.5), kernel_shape=[3, 3], pads=[1] * 4), name="relu"
-    )
-    flat = net.op("Flatten", net.op("GlobalAveragePool", a), axis=1)
-    logits = net.op("Gemm", flat, net.randn(classes, 4), net.randn(classes, scale=0.1), transB=1, name="fc")
-    out = net.op("Sigmoid", logits) if sigmoid_output else logits
-    graph = helper.make_graph(
-        net.nodes,
-        "head",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", c, h, w])],
-        [helper.make_tensor_value_info(out, TensorProto.FLOAT, ["N", classes])],
-        net.initializers,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    return model
+    return gap_linear(classes, "Sigmoid" if sigmoid_output else None, seed=seed)[0]
 
 
 def _inputs(n=6, seed=1):

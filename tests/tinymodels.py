@@ -131,3 +131,27 @@ def computed_resize(data_dependent: bool = False, opset: int = 13) -> onnx.Model
     model.ir_version = ir_version(opset)
     onnx.checker.check_model(model, full_check=True)
     return model
+
+
+def gap_linear(
+    classes: int, tail: str | None = None, seed: int = 0, head_scale: float = 1.0, bias_scale: float = 0.1
+) -> tuple:
+    """(model, logits name): x -> Conv -> Relu (A [N, 4, 7, 6]) -> GlobalAveragePool -> Flatten -> Gemm -> logits
+    [N, classes] (-> tail: "Softmax" or "Sigmoid"), the CAM head, for tests of heads and their scores."""
+    net = Net(13, seed=seed)
+    c, h, w = IN_SHAPE
+    conv = net.op("Conv", "x", net.randn(4, c, 3, 3, scale=0.5), kernel_shape=[3, 3], pads=[1] * 4)
+    flat = net.op("Flatten", net.op("GlobalAveragePool", net.op("Relu", conv, name="relu")), axis=1)
+    weights, bias = net.randn(classes, 4, scale=head_scale), net.randn(classes, scale=bias_scale)
+    logits = net.op("Gemm", flat, weights, bias, transB=1, name="fc")
+    out = net.op(tail, logits, **({"axis": 1} if tail == "Softmax" else {})) if tail else logits
+    graph = helper.make_graph(
+        net.nodes,
+        "gap_linear",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", c, h, w])],
+        [helper.make_tensor_value_info(out, TensorProto.FLOAT, ["N", classes])],
+        net.initializers,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model, logits

@@ -7,27 +7,11 @@ from onnx import TensorProto, helper
 
 from onnxcam import heads
 from onnxcam.model import inspect_model
-from tinymodels import IN_SHAPE, Net, session
+from tinymodels import IN_SHAPE, gap_linear, session
 
 
 def _head_model(classes: int, tail: str | None):
-    """x -> Conv -> Relu -> GlobalAveragePool -> Flatten -> Gemm -> logits [N, classes] (-> tail)."""
-    net = Net(13, seed=classes)
-    c, h, w = IN_SHAPE
-    a = net.op("Relu", net.op("Conv", "x", net.randn(4, c, 3, 3, scale=0.5), pads=[1] * 4))
-    flat = net.op("Flatten", net.op("GlobalAveragePool", a), axis=1)
-    logits = net.op("Gemm", flat, net.randn(classes, 4, scale=3.0), net.randn(classes), transB=1)
-    out = net.op(tail, logits, **({"axis": 1} if tail == "Softmax" else {})) if tail else logits
-    graph = helper.make_graph(
-        net.nodes,
-        "head",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", c, h, w])],
-        [helper.make_tensor_value_info(out, TensorProto.FLOAT, ["N", classes])],
-        net.initializers,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    return model, logits
+    return gap_linear(classes, tail, seed=classes, head_scale=3.0, bias_scale=1.0)
 
 
 @pytest.mark.parametrize(
