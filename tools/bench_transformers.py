@@ -1,7 +1,7 @@
 """Full-size vision transformers from torchvision with seeded random weights: the automatic layer onnxcam
 picks, and Grad-CAM's time against a plain forward pass (interleaved medians, batch 1, CPU).
 
-    pip install torch==2.13.0 torchvision   (imported through tools/torchvision_shim.py)
+    pip install torch==2.13.0 torchvision   (imported through tools/torch_tools.py)
     python tools/bench_transformers.py [--models vit_b_16,swin_t] [--repeats 7]
 
 vit_b_16's head is zero-initialized by torchvision: it is re-initialized here, or every class ties.
@@ -23,7 +23,7 @@ from onnxcam import Explainer
 from onnxcam.runtime import session_options
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from torchvision_shim import import_torchvision  # noqa: E402
+from torch_tools import export_onnx, import_torchvision  # noqa: E402
 
 torchvision = import_torchvision()
 
@@ -34,16 +34,7 @@ def export(name: str, folder: str) -> str:
     if name.startswith("vit"):
         torch.nn.init.normal_(model.heads.head.weight, std=0.02)
     path = os.path.join(folder, f"{name}.onnx")
-    torch.onnx.export(
-        model,
-        torch.randn(1, 3, 224, 224),
-        path,
-        input_names=["input"],
-        output_names=["logits"],
-        opset_version=17,
-        dynamic_axes={"input": {0: "N"}},
-        dynamo=False,
-    )
+    export_onnx(model, torch.randn(1, 3, 224, 224), path)
     return path
 
 

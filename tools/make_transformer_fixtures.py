@@ -4,7 +4,7 @@ rest on the patch grid row-major) at `blocks[-1].norm1`, the layer its tutorials
 (Abnar & Zuidema 2020) and gradient-weighted rollout (Chefer et al. 2021) written here in torch, from the
 attention probabilities that timm's own blocks compute (hooked at `attn_drop`).
 
-    pip install torch==2.13.0 timm grad-cam==1.5.7 onnxscript   (torchvision through tools/torchvision_shim.py)
+    pip install torch==2.13.0 timm grad-cam==1.5.7 onnxscript   (torchvision through tools/torch_tools.py)
     python tools/make_transformer_fixtures.py          # tests/fixtures/transformers/*.onnx and *.npz
 
 tests/test_transformers.py compares onnxcam with these files, without torch.
@@ -25,7 +25,7 @@ METHODS = ("GradCAM", "HiResCAM", "GradCAMPlusPlus", "LayerCAM", "EigenCAM")
 
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from torchvision_shim import import_torchvision  # noqa: E402
+from torch_tools import export_onnx, import_torchvision  # noqa: E402
 
 import_torchvision()
 import pytorch_grad_cam as pgc  # noqa: E402
@@ -118,16 +118,7 @@ def main() -> None:
     for name, (_, prefix) in MODELS.items():
         model = build(name)
         path = os.path.join(OUT, f"{name}.onnx")
-        torch.onnx.export(
-            model,
-            torch.from_numpy(x),
-            path,
-            input_names=["input"],
-            output_names=["logits"],
-            opset_version=17,
-            dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}},
-            dynamo=False,
-        )
+        export_onnx(model, torch.from_numpy(x), path)
         # the same weights through the dynamo exporter (needs onnxscript), at the opset it writes best
         torch.onnx.export(
             model,

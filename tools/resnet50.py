@@ -12,6 +12,8 @@ import sys
 import torch
 from torch import nn
 
+from torch_tools import export_onnx
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_PATH = os.path.join(ROOT, "models", "large", "resnet50.onnx")
 
@@ -68,16 +70,7 @@ def export(path: str = DEFAULT_PATH, seed: int = 0) -> str:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     model = build(seed)
     x = torch.randn(1, 3, 224, 224)
-    torch.onnx.export(
-        model,
-        x,
-        path,
-        input_names=["input"],
-        output_names=["logits"],
-        opset_version=17,
-        dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}},
-        dynamo=False,
-    )
+    export_onnx(model, x, path)
     proto = onnx.load(path)
     proto.ir_version = 8
     proto.metadata_props.add(key="onnxcam.preprocess", value="imagenet")

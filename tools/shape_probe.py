@@ -77,38 +77,12 @@ def resnet50(repeats: int = 9) -> None:
         print(f"  {label:48} {seconds:7.3f} s")
 
 
-def _torchvision():
-    """torchvision imported beside the CPU torch wheel (DESIGN.md: its compiled ops fail to register)."""
-    import torch
-
-    real = torch.library.register_fake
-
-    def register_fake(name, *args, **kwargs):
-        if isinstance(name, str) and name.startswith("torchvision::"):
-            return lambda fn: fn
-        return real(name, *args, **kwargs)
-
-    torch.library.register_fake = register_fake
-    try:
-        import torchvision
-    finally:
-        torch.library.register_fake = real
-    return torchvision
-
-
 def _export(net, path: str) -> None:
     import torch
 
-    torch.onnx.export(
-        net,
-        torch.randn(1, 3, 224, 224),
-        path,
-        input_names=["input"],
-        output_names=["logits"],
-        opset_version=17,
-        dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}},
-        dynamo=False,
-    )
+    from torch_tools import export_onnx
+
+    export_onnx(net, torch.randn(1, 3, 224, 224), path)
 
 
 def _gradcam_against_torch(net, path: str, module, layer: str | None = None) -> None:
@@ -140,8 +114,10 @@ def _gradcam_against_torch(net, path: str, module, layer: str | None = None) -> 
 def shufflenet() -> None:
     import torch
 
+    from torch_tools import import_torchvision
+
     torch.manual_seed(0)
-    net = _torchvision().models.shufflenet_v2_x1_0().eval()
+    net = import_torchvision().models.shufflenet_v2_x1_0().eval()
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "shufflenet.onnx")
         _export(net, path)
@@ -163,8 +139,10 @@ def swin() -> None:
     """torchvision swin_t: its GlobalAveragePool reads '/permute/Transpose_output_0', sized at run time."""
     import torch
 
+    from torch_tools import import_torchvision
+
     torch.manual_seed(0)
-    net = _torchvision().models.swin_t().eval()
+    net = import_torchvision().models.swin_t().eval()
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "swin_t.onnx")
         _export(net, path)
