@@ -49,8 +49,14 @@ def constants(graph) -> dict:
     return tensors
 
 
-def ancestors(name, producers) -> set:
-    """Every tensor that `name` is computed from, itself included."""
+def data_inputs(node) -> list:
+    """The node's inputs whose values it computes with: not those that only set a shape (`SHAPE_OPERANDS`)."""
+    skipped = SHAPE_OPERANDS.get(node.op_type, ()) if node.domain in ("", "ai.onnx") else ()
+    return [] if skipped is None else [i for k, i in enumerate(node.input) if i and k not in skipped]
+
+
+def ancestors(name, producers, inputs=lambda node: [i for i in node.input if i]) -> set:
+    """Every tensor that `name` is computed from (through each node's `inputs`), itself included."""
     seen, stack = set(), [name]
     while stack:
         n = stack.pop()
@@ -58,25 +64,14 @@ def ancestors(name, producers) -> set:
             continue
         seen.add(n)
         if n in producers:
-            stack.extend(i for i in producers[n].input if i)
+            stack.extend(inputs(producers[n]))
     return seen
 
 
 def data_ancestors(name, producers) -> set:
     """The tensors whose values `name` is computed from, itself included: not those that only set a shape
     (`SHAPE_OPERANDS`), so not a layer whose one consumer is a Shape node that sizes a Reshape."""
-    seen, stack = set(), [name]
-    while stack:
-        n = stack.pop()
-        if n in seen:
-            continue
-        seen.add(n)
-        node = producers.get(n)
-        if node is None:
-            continue
-        skipped = SHAPE_OPERANDS.get(node.op_type, ()) if node.domain in ("", "ai.onnx") else ()
-        stack.extend(i for k, i in enumerate(node.input) if i and skipped is not None and k not in skipped)
-    return seen
+    return ancestors(name, producers, data_inputs)
 
 
 def args(node, positions) -> list:

@@ -27,7 +27,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from onnxcam.model.graph import SHAPE_OPERANDS
+from onnxcam.model.graph import data_inputs
 
 _FLATTENERS = {"Reshape", "Flatten", "Transpose"}
 # Ops that change or select along the token axis of a [N, T, C] tensor; anything else that keeps the shape is
@@ -56,10 +56,8 @@ def token_layers(graph, shapes: dict, layouts: dict, feeding: set, logits: str, 
     producers = {o: n for n in graph.node for o in n.output}
     consumers = {}
     for node in graph.node:
-        for k, name in enumerate(node.input):
-            skipped = SHAPE_OPERANDS.get(node.op_type, ()) if node.domain in ("", "ai.onnx") else ()
-            if name and skipped is not None and k not in skipped:
-                consumers.setdefault(name, []).append(node)
+        for name in data_inputs(node):
+            consumers.setdefault(name, []).append(node)
     found = {}
     for start, grid in _sequences(graph, shapes, layouts, consumers):
         width = shapes[start][2]
