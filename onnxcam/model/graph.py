@@ -105,3 +105,22 @@ def inline_constant_branches(model) -> None:
         rest = [onnx.NodeProto.FromString(n.SerializeToString()) for n in graph.node[k + 1 :]]
         del graph.node[k:]
         graph.node.extend(nodes + rest)
+
+
+def add_round_trips(model, names, suffix: str, make) -> None:
+    """After each tensor t in `names`, the nodes that make(t) returns, which compute f"{t}/{suffix}" from t exactly
+    through a twin of t; t's consumers read that round trip instead of t. The twin is then a layer of its own
+    while the model's values stay the same. make(t) -> (nodes, value infos of the tensors they make)."""
+    graph = model.graph
+    nodes, infos = [], []
+    for node in graph.node:
+        node = onnx.NodeProto.FromString(node.SerializeToString())
+        node.input[:] = [f"{name}/{suffix}" if name in names else name for name in node.input]
+        nodes.append(node)
+        for out in (o for o in node.output if o in names):
+            more_nodes, more_infos = make(out)
+            nodes += more_nodes
+            infos += more_infos
+    del graph.node[:]
+    graph.node.extend(nodes)
+    graph.value_info.extend(infos)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import onnx
 from onnx import helper
 
-from onnxcam.model.graph import args
+from onnxcam.model.graph import add_round_trips, args
 from onnxcam.model.load import elements
 
 # Quantized (QOperator) ops compute QuantizeLinear(float op(DequantizeLinear(x, scale, zero point), ...)):
@@ -59,23 +59,20 @@ def add_float_twins(model, quantized: dict, tensors: dict) -> None:
         return
     graph = model.graph
     infos = {vi.name: vi for vi in [*graph.value_info, *graph.output] if vi.name in quantized}
-    nodes, twins = [], []
-    for node in graph.node:
-        node = onnx.NodeProto.FromString(node.SerializeToString())
-        node.input[:] = [f"{name}/requantized" if name in quantized else name for name in node.input]
-        nodes.append(node)
-        for out in (o for o in node.output if o in quantized):
-            scale, zero_point = quantized[out]
-            requantized = f"{out}/requantized"
-            nodes += [
-                helper.make_node("DequantizeLinear", [out, scale, zero_point], [twin(out)], name=twin(out)),
-                helper.make_node("QuantizeLinear", [twin(out), scale, zero_point], [requantized], name=requantized),
-            ]
-            for name, elem in ((twin(out), tensors[scale].data_type), (requantized, None)):
-                info = onnx.ValueInfoProto.FromString(infos[out].SerializeToString())
-                info.name = name
-                info.type.tensor_type.elem_type = elem or info.type.tensor_type.elem_type
-                twins.append(info)
-    del graph.node[:]
-    graph.node.extend(nodes)
-    graph.value_info.extend(twins)
+
+    def make(out):
+        scale, zero_point = quantized[out]
+        requantized = f"{out}/requantized"
+        nodes = [
+            helper.make_node("DequantizeLinear", [out, scale, zero_point], [twin(out)], name=twin(out)),
+            helper.make_node("QuantizeLinear", [twin(out), scale, zero_point], [requantized], name=requantized),
+        ]
+        values = []
+        for name, elem in ((twin(out), tensors[scale].data_type), (requantized, None)):
+            info = onnx.ValueInfoProto.FromString(infos[out].SerializeToString())
+            info.name = name
+            info.type.tensor_type.elem_type = elem or info.type.tensor_type.elem_type
+            values.append(info)
+        return nodes, values
+
+    add_round_trips(model, quantized, "requantized", make)

@@ -24,10 +24,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import onnx
 from onnx import helper, numpy_helper
 
-from onnxcam.model.graph import data_inputs
+from onnxcam.model.graph import add_round_trips, data_inputs
 
 _FLATTENERS = {"Reshape", "Flatten", "Transpose"}
 # Ops that change or select along the token axis of a [N, T, C] tensor; anything else that keeps the shape is
@@ -219,27 +218,22 @@ def add_grid_twins(model, layers: dict, opset: int) -> None:
     if not layers:
         return
     graph = model.graph
-    nodes, infos = [], []
-    for node in graph.node:
-        node = onnx.NodeProto.FromString(node.SerializeToString())
-        node.input[:] = [f"{name}/tokens" if name in layers else name for name in node.input]
-        nodes.append(node)
-        for out in (o for o in node.output if o in layers):
-            nodes += _twin_nodes(out, layers[out], opset, graph)
-            c, g, elem = _width(graph, out), layers[out], _elem_type(graph, out)
-            shapes = {
-                grid_name(out): [c, g.height, g.width],
-                f"{out}/tokens": [g.tokens, c],
-                f"{out}/grid/patches": [g.height * g.width, c],
-                f"{out}/grid/nhwc": [g.height, g.width, c],
-                f"{out}/grid/back/nhwc": [g.height, g.width, c],
-                f"{out}/grid/back": [g.height * g.width, c],
-                f"{out}/grid/prefix": [g.prefix, c],
-            }
-            infos += [helper.make_tensor_value_info(name, elem, ["N", *dims]) for name, dims in shapes.items()]
-    del graph.node[:]
-    graph.node.extend(nodes)
-    graph.value_info.extend(infos)
+
+    def make(out):
+        c, g, elem = _width(graph, out), layers[out], _elem_type(graph, out)
+        shapes = {
+            grid_name(out): [c, g.height, g.width],
+            f"{out}/tokens": [g.tokens, c],
+            f"{out}/grid/patches": [g.height * g.width, c],
+            f"{out}/grid/nhwc": [g.height, g.width, c],
+            f"{out}/grid/back/nhwc": [g.height, g.width, c],
+            f"{out}/grid/back": [g.height * g.width, c],
+            f"{out}/grid/prefix": [g.prefix, c],
+        }
+        infos = [helper.make_tensor_value_info(name, elem, ["N", *dims]) for name, dims in shapes.items()]
+        return _twin_nodes(out, g, opset, graph), infos
+
+    add_round_trips(model, layers, "tokens", make)
 
 
 def _twin_nodes(name, g: TokenGrid, opset, graph) -> list:
