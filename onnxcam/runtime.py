@@ -8,6 +8,7 @@ logger silenced, and report which provider really runs.
 from __future__ import annotations
 
 import functools
+import re
 
 import numpy as np
 import onnx
@@ -158,7 +159,13 @@ def _copy_fields(source, target, skip: str) -> None:
 
 def ort_error_text(exc: Exception) -> str:
     """ONNX Runtime's message on one line, keeping the lines that tell what is wrong ("index: 0 Got: 1
-    Expected: 16") and dropping its generic advice."""
-    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-    kept = [line for line in lines if not line.lower().startswith("please fix")]
-    return "; ".join(kept)[:500] or type(exc).__name__
+    Expected: 16") and dropping its generic advice, its status-code prefix and its source-file assertions."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = "; ".join(line for line in lines if not line.lower().startswith("please fix")) or type(exc).__name__
+    text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", text)
+    text = re.sub(
+        r"Non-zero status code returned while running (\w+) node\. Name:'([^']*)' Status Message: ",
+        r"\1 node '\2': ",
+        text,
+    )
+    return re.sub(r"\S+\.(?:h|cc|cpp):\d+ .*? was false\. ", "", text)[:500]

@@ -9,8 +9,6 @@ model's value_info, where layout tracking, candidate layers and the backward rul
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -20,7 +18,7 @@ from onnxcam.errors import ModelError
 from onnxcam.model.graph import args, constants, data_ancestors
 from onnxcam.model.load import elements
 from onnxcam.model.quantized import QLINEAR
-from onnxcam.runtime import CPU, session_options
+from onnxcam.runtime import CPU, ort_error_text, session_options
 
 # Refuse models with any tensor (batch 1) larger than this (4 GiB of float32).
 MAX_TENSOR_ELEMENTS = 1 << 30
@@ -250,7 +248,7 @@ def _probe(model, names: list, extra_nodes: list, image: str, shape: tuple, what
     except Exception as exc:  # ORT's Fail / InvalidArgument / RuntimeException..., or an allocation failure
         raise ModelError(
             f"{what} are known only by running the model, and ONNX Runtime cannot run it on zeros "
-            f"of shape {list(feed_shape)}: {_ort_reason(exc)}"
+            f"of shape {list(feed_shape)}: {ort_error_text(exc)}"
         ) from None
     return got, twice
 
@@ -296,19 +294,6 @@ def _weightless(model) -> tuple:
         stub.data_location = onnx.TensorProto.EXTERNAL
         stub.external_data.add(key="location", value="onnxcam-in-memory")  # never read: ORT takes `weights`
     return copy, weights
-
-
-def _ort_reason(exc: Exception) -> str:
-    """ONNX Runtime's message on one line, without its status-code prefix and source-file assertions."""
-    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
-    text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", text)
-    text = re.sub(
-        r"Non-zero status code returned while running (\w+) node\. Name:'([^']*)' Status Message: ",
-        r"\1 node '\2': ",
-        text,
-    )
-    text = re.sub(r"\S+\.(?:h|cc|cpp):\d+ .*? was false\. ", "", text)
-    return text[:500]
 
 
 def _write_shape(model, info, name: str, dims: tuple, dims2: tuple, dtype) -> None:
