@@ -25,27 +25,19 @@ def scale_to(maps: np.ndarray, size: tuple) -> np.ndarray:
 
 def upsample_align_corners(maps: np.ndarray, size: tuple) -> np.ndarray:
     """[N, K, h, w] -> [N, K, H, W], bilinear with align_corners=True (torch's UpsamplingBilinear2d)."""
-    rows, cols = (_interpolation(n, m) for n, m in zip(maps.shape[2:], size))
+    rows, cols = (interpolation(n, m, align_corners=True) for n, m in zip(maps.shape[2:], size))
     return np.einsum("Hh,nkhw,Ww->nkHW", rows, np.float32(maps), cols, optimize=True).astype(np.float32)
 
 
-def _interpolation(n: int, m: int) -> np.ndarray:
-    """[m, n]: linear interpolation from n samples to m, with the corner samples aligned."""
-    src = np.arange(m) * ((n - 1) / (m - 1)) if m > 1 else np.zeros(1)
+def interpolation(n: int, m: int, align_corners: bool = False) -> np.ndarray:
+    """[m, n]: linear interpolation from n samples to m, as a matrix. align_corners: the corner samples aligned
+    (torch's UpsamplingBilinear2d: Score-CAM's masks); else half-pixel centres with the edges clamped
+    (cv2.resize's INTER_LINEAR: the in-graph maps resize with it)."""
+    if align_corners:
+        src = np.arange(m) * ((n - 1) / (m - 1)) if m > 1 else np.zeros(1)
+    else:
+        src = np.clip((np.arange(m) + 0.5) * (n / m) - 0.5, 0, n - 1)
     lo = np.minimum(np.floor(src).astype(int), n - 1)
-    hi = np.minimum(lo + 1, n - 1)
-    frac = src - lo
-    weights = np.zeros((m, n))
-    weights[np.arange(m), lo] += 1 - frac
-    weights[np.arange(m), hi] += frac
-    return weights.astype(np.float32)
-
-
-def half_pixel_interpolation(n: int, m: int) -> np.ndarray:
-    """[m, n]: cv2.resize's bilinear interpolation (INTER_LINEAR, half-pixel centres, edges clamped) from n
-    samples to m, as a matrix: the in-graph maps resize with it."""
-    src = np.clip((np.arange(m) + 0.5) * (n / m) - 0.5, 0, n - 1)
-    lo = np.floor(src).astype(int)
     hi = np.minimum(lo + 1, n - 1)
     frac = src - lo
     weights = np.zeros((m, n))

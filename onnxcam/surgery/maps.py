@@ -110,8 +110,8 @@ def heatmap(b: Builder, layer_maps: list, info, layers: list):
     h, w = info.size
     scaled = []
     for layer_map, (mh, mw) in zip(layer_maps, shapes):
-        rows = b.const(postprocess.half_pixel_interpolation(mh, h))  # [H, h]
-        cols = b.const(postprocess.half_pixel_interpolation(mw, w).T)  # [w, W]
+        rows = b.const(postprocess.interpolation(mh, h))  # [H, h]
+        cols = b.const(postprocess.interpolation(mw, w).T)  # [w, W]
         scaled.append(b.op("MatMul", b.op("MatMul", rows, _normalize(b, layer_map)), cols))
     combined = scaled[0] if len(scaled) == 1 else b.op("Mean", *scaled)
     return b.op("Reshape", _normalize(b, b.op("Relu", combined)), b.const(np.array([0, h, w], np.int64)))
