@@ -392,7 +392,7 @@ class Explainer:
                     m, layer, outputs, noisy, tensor, targets, scores, score, eigen_smooth, channels
                 )
                 raw = layer_map if raw is None else raw
-                scaled.append(postprocess.scale_to(layer_map, self.info.size))
+                scaled.append(postprocess.normalize_and_resize(layer_map, self.info.size))
             maps = postprocess.combine(scaled)
         saliency = None
         if m.input_gradient:
@@ -402,7 +402,7 @@ class Explainer:
             if maps is not None:  # guided Grad-CAM: the guided gradient inside the class map
                 saliency = saliency * maps[:, None]
             else:
-                maps = postprocess.normalize(np.abs(saliency).max(axis=1))
+                maps = postprocess.saliency_map(saliency)
         return Explanation(
             maps=maps,
             raw=raw,
@@ -425,7 +425,7 @@ class Explainer:
             grid.width,
         )
         raw = np.maximum(m.map(data), 0)
-        maps = postprocess.combine([postprocess.scale_to(raw, self.info.size)])
+        maps = postprocess.combine([postprocess.normalize_and_resize(raw, self.info.size)])
         return Explanation(
             maps=maps,
             raw=raw,

@@ -29,6 +29,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from onnxcam import postprocess
+
 POINTING_TOLERANCE = 15  # pixels (Zhang et al. 2016)
 BOX_THRESHOLD = 0.2  # of the map's maximum (Zhou et al. 2016)
 IOU_THRESHOLD = 0.5
@@ -60,9 +62,7 @@ def explanation_map(maps: np.ndarray, saliency: np.ndarray | None = None) -> np.
     channels, min-max normalized (for Guided Grad-CAM that is the product, not the Grad-CAM factor)."""
     if saliency is None:
         return maps
-    from onnxcam.postprocess import normalize
-
-    return normalize(np.abs(saliency).max(axis=1))
+    return postprocess.saliency_map(saliency)
 
 
 def masked_input(x: np.ndarray, heatmap: np.ndarray, layout: str = "NCHW") -> np.ndarray:
@@ -223,9 +223,7 @@ def cam_box(heatmap: np.ndarray, threshold: float = BOX_THRESHOLD):
     """The CAM localization box (Zhou et al. 2016), (x0, y0, x1, y1) in pixel-edge coordinates: the
     bounding box of the largest 8-connected region where the map is >= threshold * its max
     (`onnxcam.postprocess.box`); None for an all-zero map."""
-    from onnxcam.postprocess import box
-
-    found = box(np.asarray(heatmap, np.float32), threshold)
+    found = postprocess.box(np.asarray(heatmap, np.float32), threshold)
     if found is None:
         return None
     x0, y0, x1, y1 = found  # inclusive pixel indices

@@ -207,7 +207,8 @@ class Run:
             report.units = [{"channel": k, "contribution": c} for k, c, _ in item.units]
             if pictures:
                 unit_tiles = [
-                    render.overlay(item.rgb, postprocess.scale_to(m[None], ex.info.size)[0]) for _, _, m in item.units
+                    render.overlay(item.rgb, postprocess.normalize_and_resize(m[None], ex.info.size)[0])
+                    for _, _, m in item.units
                 ]
                 unit_captions = [f"unit {k}: {c:+.3f}" for k, c, _ in item.units]
                 files[f"units.{fmt}"] = picture_bytes(render.grid(unit_tiles, unit_captions), fmt)

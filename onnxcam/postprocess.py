@@ -17,10 +17,15 @@ def normalize(maps: np.ndarray) -> np.ndarray:
     return (maps / (1e-7 + maps.max(axis=(1, 2), keepdims=True))).astype(np.float32)
 
 
-def scale_to(maps: np.ndarray, size: tuple) -> np.ndarray:
+def normalize_and_resize(maps: np.ndarray, size: tuple) -> np.ndarray:
     """Normalize each [h, w] map and resize it to (height, width)."""
     h, w = size
     return np.stack([cv2.resize(m, (w, h)) for m in normalize(np.float32(maps))])
+
+
+def saliency_map(saliency: np.ndarray) -> np.ndarray:
+    """[N, C, H, W] input-level saliency -> [N, H, W] map: max |.| over channels, min-max normalized."""
+    return normalize(np.abs(saliency).max(axis=1))
 
 
 def upsample_align_corners(maps: np.ndarray, size: tuple) -> np.ndarray:

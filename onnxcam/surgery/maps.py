@@ -105,7 +105,7 @@ def layer_maps(b: Builder, tensors: dict, layers: list, method: str, head_weight
 def heatmap(b: Builder, layer_maps: list, info, layers: list):
     """[N, H, W]: each layer's map min-max normalized and resized to the input's size (cv2.resize's bilinear, as
     two MatMuls with constant interpolation matrices), then ReLU, mean over layers, min-max again: what
-    `postprocess.scale_to` and `postprocess.combine` do in NumPy."""
+    `postprocess.normalize_and_resize` and `postprocess.combine` do in NumPy."""
     shapes = [next(lay.shape[2:] for lay in info.layers if lay.name == layer) for layer in layers]
     h, w = info.size
     scaled = []
