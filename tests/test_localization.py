@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 import hostile_files as hf
 from conftest import CHELSEA, DEMO
-from onnxcam import metrics, outputs, postprocess
+from onnxcam import metrics, outputs, postprocess, report
 from onnxcam.cli import main
 from onnxcam.errors import OnnxcamError
 
@@ -143,6 +143,10 @@ def test_run_boxes_every_cat_and_writes_masks(tmp_path, two_cats):
     for r in entry["boxes"]:
         x0, y0, x1, y1 = r["box"]
         assert (mask[y0 : y1 + 1, x0 : x1 + 1] == 255).sum() >= r["area"]
+
+    # the report (run --report) shows every box
+    item = report.run_item(str(out), "two.gradcam.json", record, set(os.listdir(out)))
+    assert item["problems"] == [] and item["explanations"][0]["boxes"] == [left["box"], right["box"]]
 
     # the default: CAM's one box, no list; the same largest box
     result = run(*args, "--json", "--pictures", "none")
