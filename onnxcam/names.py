@@ -20,6 +20,7 @@ PRESETS = ("imagenet", "inception", "lite", "caffe", "unit", "raw", "bgr")  # pr
 DEFAULT_PRESET = "imagenet"  # when neither --preprocess nor the model says
 GRADIENT_MODES = ("auto", "analytic", "fd")  # Explainer(gradients=...)
 SCORES = ("logit", "probability")  # what the map explains: the class's logit or its softmax probability
+BOX_MODES = ("largest", "all")  # run --boxes: postprocess.boxes(every=False / True)
 DEFAULT_MAX_PIXELS = 100_000_000  # preprocess.load_image refuses larger images unless told
 
 # methods.METHODS, in its order, and its aliases

@@ -33,7 +33,9 @@ class RunOptions:
     npy: bool = False
     as_json: bool = False
     top: int = 5  # predictions listed
-    box_threshold: float = 0.2
+    box_threshold: float = 0.2  # boxes and masks: pixels >= this fraction of the map's max
+    boxes: str = "largest"  # names.BOX_MODES: the largest region's box, or every region's (postprocess.boxes)
+    masks: bool = False  # also write each map's thresholded pixels as a PNG mask (0 / 255, image size)
     max_pixels: int = names.DEFAULT_MAX_PIXELS
     unit_count: int | None = None  # the N channels that contribute most to the class, as a picture
     # Explainer.explain keywords
@@ -58,6 +60,10 @@ class RunOptions:
             scorecam_channels=self.scorecam_channels,
         )
 
+    def __post_init__(self):
+        if self.boxes not in names.BOX_MODES:
+            raise OnnxcamError(f"unknown box mode '{self.boxes}'; choose one of {', '.join(names.BOX_MODES)}")
+
 
 @dataclass
 class ImageResult:
@@ -77,7 +83,7 @@ class Report:
 
     image: str
     predictions: list  # [{"class", "label", "probability", "logit"}], best first
-    explanations: list  # [{"method", "target": {"class", "label"}, "gradients", "box", "flat"}]
+    explanations: list  # [{"method", "target": {"class", "label"}, "gradients", "box", "flat"}, + "boxes", "mask"]
     units: list | None  # [{"channel", "contribution"}]
     files: dict = field(default_factory=dict)  # path -> bytes
 
@@ -176,24 +182,30 @@ class Run:
             None,
         )
         one_method, pictures, fmt = len(self.methods) == 1, opts.pictures != "none", opts.pictures
+        several_classes = len(item.explanations) > len(self.methods)
         files, tiles, captions = {}, [], []
         h, w = item.rgb.shape[:2]
         for res in item.explanations:
             cls, heat, flat = int(res.targets[0]), res.maps[0], bool(res.flat[0])
-            tag = f"{res.method}.c{cls}" if one_method and len(item.explanations) > 1 else res.method
-            heat_on_image = cv2.resize(heat, (w, h))  # for the box and the overlay alike
-            found = None if flat else postprocess.box(heat_on_image, opts.box_threshold)
-            report.explanations.append(
-                {
-                    "method": res.method,
-                    "target": {"class": cls, "label": label(cls)},
-                    "gradients": res.gradients,
-                    "box": list(found) if found else None,
-                    "flat": flat,
-                }
-            )
+            tag = f"{res.method}.c{cls}" if several_classes else res.method
+            heat_on_image = cv2.resize(heat, (w, h))  # for the boxes, the mask and the overlay alike
+            regions = [] if flat else postprocess.boxes(heat_on_image, opts.box_threshold, every=opts.boxes == "all")
+            entry = {
+                "method": res.method,
+                "target": {"class": cls, "label": label(cls)},
+                "gradients": res.gradients,
+                "box": list(regions[0].box) if regions else None,
+                "flat": flat,
+            }
+            if opts.boxes == "all":
+                entry["boxes"] = [r.record() for r in regions]
+            if opts.masks:
+                on = np.zeros((h, w), bool) if flat else postprocess.mask(heat_on_image, opts.box_threshold)
+                files[f"{tag}.mask.png"] = picture_bytes(np.uint8(on) * 255, "png")
+                entry["mask"] = self._path(item.image, f"{tag}.mask.png")
+            report.explanations.append(entry)
             if pictures:
-                tiles.append(render.overlay(item.rgb, heat_on_image, box=found))
+                tiles.append(render.overlay(item.rgb, heat_on_image, boxes=[r.box for r in regions]))
                 captions.append(f"{res.method}: {label(cls)}")
                 if one_method:
                     files[f"{tag}.{fmt}"] = picture_bytes(tiles[-1], fmt)
@@ -300,8 +312,8 @@ def tensor_shape(paths: list) -> tuple | None:
 
 
 # The middle parts of the names onnxcam writes (STEM.TAG.ext: img.gradcam.png, img.gradcam.c3.saliency.jpg,
-# img.grid.png, img.sanity.maps.png, eval.curves.png): a folder's files named so are its outputs, not inputs.
-_OWN_TAGS = {*names.METHODS, "saliency", "grid", "units", "sanity", "maps", "curves"}
+# img.gradcam.mask.png, img.grid.png, img.sanity.maps.png, eval.curves.png): a folder's files named so are its outputs, not inputs.
+_OWN_TAGS = {*names.METHODS, "saliency", "mask", "grid", "units", "sanity", "maps", "curves"}
 
 
 def is_own_output(file_name: str) -> bool:

@@ -9,13 +9,14 @@ BOX_COLOUR = (0, 255, 0)
 LABEL_HEIGHT = 22
 
 
-def overlay(rgb: np.ndarray, heatmap: np.ndarray, alpha: float = 0.5, box=None) -> np.ndarray:
-    """Blend a JET-coloured [0, 1] heatmap (any size) over an RGB uint8 image; draw `box` (image pixels)."""
+def overlay(rgb: np.ndarray, heatmap: np.ndarray, alpha: float = 0.5, boxes=()) -> np.ndarray:
+    """Blend a JET-coloured [0, 1] heatmap (any size) over an RGB uint8 image; draw `boxes` (x0, y0, x1, y1,
+    inclusive image pixels)."""
     h, w = rgb.shape[:2]
     heat = heatmap if heatmap.shape == (h, w) else cv2.resize(heatmap, (w, h))
     colored = cv2.cvtColor(cv2.applyColorMap(np.uint8(np.clip(heat, 0, 1) * 255), cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
     out = cv2.addWeighted(colored, alpha, np.ascontiguousarray(rgb, np.uint8), 1 - alpha, 0)
-    if box is not None:
+    for box in boxes:
         cv2.rectangle(out, box[:2], box[2:], BOX_COLOUR, max(1, round(min(h, w) / 150)))
     return out
 

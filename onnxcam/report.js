@@ -215,11 +215,12 @@
       const ctx = canvas.getContext("2d");
       ctx.imageSmoothingEnabled = true;
       ctx.drawImage(small, 0, 0, canvas.width, canvas.height);
-      if (e.box && overlay && overlay.naturalWidth) {
+      if (overlay && overlay.naturalWidth) {
         ctx.strokeStyle = "#00ff00";
         ctx.lineWidth = 3;
-        const [x0, y0, x1, y1] = e.box;
-        ctx.strokeRect(x0 * scale, y0 * scale, (x1 - x0 + 1) * scale, (y1 - y0 + 1) * scale);
+        for (const [x0, y0, x1, y1] of e.boxes) {  // run --boxes all: every region's; else the largest's
+          ctx.strokeRect(x0 * scale, y0 * scale, (x1 - x0 + 1) * scale, (y1 - y0 + 1) * scale);
+        }
       }
       canvas.dataset.drawn = overlay && !overlay.naturalWidth ? "map" : "map and box";
     };
@@ -283,7 +284,7 @@
     }
     if (it.explanations.length) {
       left.push(el("h3", {}, "Explanations"), table(["method", "class", "box (x0, y0, x1, y1)", "gradients", "flat"],
-        it.explanations.map((e) => [e.method, `${e.class} ${e.label || ""}`, e.box ? e.box.join(", ") : "none",
+        it.explanations.map((e) => [e.method, `${e.class} ${e.label || ""}`, e.boxes.length ? e.boxes.map((b) => b.join(", ")).join("; ") : "none",
           e.gradients || "–", e.flat ? "yes: zero everywhere" : "no"])));
     }
     const right = [el("h3", {}, "Run"), facts([

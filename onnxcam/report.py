@@ -222,6 +222,7 @@ def _explanation(folder, stem, e, outputs, files, problems) -> dict:
             "class": None,
             "label": None,
             "box": None,
+            "boxes": [],
             "flat": False,
             "gradients": None,
             "picture": None,
@@ -233,17 +234,15 @@ def _explanation(folder, stem, e, outputs, files, problems) -> dict:
     tags = [f"{method}.c{cls}", method] if cls is not None else [method]
     picture = next((f"{stem}.{t}{x}" for t in tags for x in PICTURE_EXTENSIONS if f"{stem}.{t}{x}" in outputs), None)
     npy = next((f"{stem}.{t}.npy" for t in tags if f"{stem}.{t}.npy" in outputs and f"{stem}.{t}.npy" in files), None)
-    box = e.get("box")
-    box = (
-        [int(v) for v in box]
-        if isinstance(box, list) and len(box) == 4 and all(_int(v) is not None for v in box)
-        else None
-    )
+    box = _box(e.get("box"))
+    regions = e.get("boxes") if isinstance(e.get("boxes"), list) else []  # run --boxes all: every region's
+    boxes = [b for b in (_box(r.get("box")) for r in regions if isinstance(r, dict)) if b] or ([box] if box else [])
     out = {
         "method": method,
         "class": cls,
         "label": _text(target.get("label")),
         "box": box,
+        "boxes": boxes,
         "flat": e.get("flat") is True,
         "gradients": _text(e.get("gradients")),
         "picture": picture,
@@ -255,6 +254,13 @@ def _explanation(folder, stem, e, outputs, files, problems) -> dict:
         except ValueError as exc:
             problems.append(f"{npy}: {exc}")
     return out
+
+
+def _box(value) -> list | None:
+    """[x0, y0, x1, y1] as integers, or None for anything else."""
+    if isinstance(value, list) and len(value) == 4 and all(_int(v) is not None for v in value):
+        return [int(v) for v in value]
+    return None
 
 
 def embedded_map(path: str) -> str:

@@ -133,7 +133,8 @@ MAX_SIDE = {"jpg": 65500}  # libjpeg's limit on either side
 
 
 def picture_bytes(rgb: np.ndarray, fmt: str = "png") -> bytes:
-    """The picture encoded (OpenCV's own log silenced: a failure is one OutputError, not a screenful)."""
+    """The picture (RGB, or [H, W] grey: a mask) encoded (OpenCV's own log silenced: a failure is one
+    OutputError, not a screenful)."""
     import cv2
     import numpy as np
 
@@ -148,7 +149,9 @@ def picture_bytes(rgb: np.ndarray, fmt: str = "png") -> bytes:
     with quiet_opencv():
         try:
             params = [v for name, value in PICTURE_FORMATS[fmt].items() for v in (getattr(cv2, name), value)]
-            ok, buf = cv2.imencode(f".{fmt}", cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR), params)
+            pixels = np.ascontiguousarray(rgb)
+            pixels = pixels if pixels.ndim == 2 else cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR)
+            ok, buf = cv2.imencode(f".{fmt}", pixels, params)
         except cv2.error:
             ok = False
     if not ok:

@@ -64,7 +64,17 @@ from onnxcam.errors import Interrupted, OnnxcamError
     default=0.2,
     show_default=True,
     type=click.FloatRange(0, 1),
-    help="Localization box: the largest region where the map is >= this fraction of its max.",
+    help="Localization boxes and masks: the pixels where the map is >= this fraction of its max.",
+)
+@click.option(
+    "--boxes",
+    type=click.Choice(names.BOX_MODES),
+    default="largest",
+    show_default=True,
+    help="Box the largest connected region (CAM), or every region (largest first) with its area, peak and mean.",
+)
+@click.option(
+    "--masks", is_flag=True, help="Also write each map's thresholded pixels as a PNG mask (0/255, image size)."
 )
 @click.option(
     "--labels",
@@ -145,8 +155,8 @@ def command(
     opts = onnxcam.outputs.RunOptions(unit=names.parse_unit(unit), **run_options)
     paths = onnxcam.outputs.input_paths(images)
     explainer_args["input_size"] = explainer_args["input_size"] or onnxcam.outputs.tensor_shape(paths)
-    if opts.pictures == "none" and not (opts.npy or opts.as_json):
-        raise click.UsageError("--pictures none leaves nothing to write; add --npy and/or --json")
+    if opts.pictures == "none" and not (opts.npy or opts.as_json or opts.masks):
+        raise click.UsageError("--pictures none leaves nothing to write; add --npy, --json and/or --masks")
     onnxcam.outputs.check_distinct_outputs(paths, opts.out)
     methods = names.method_names([*methods, *([grid] if grid else [])])
     ex = onnxcam.Explainer(model, layer=list(layers) or None, labels=labels, **explainer_args)
@@ -221,9 +231,16 @@ def _show(report, top: int) -> None:
                 "--layer or --method",
                 err=True,
             )
-        click.echo(
-            f"  explain   {cls}  {label}  [{method}]" + (f"  box {e['box']}" if e["box"] else "  (flat map: no region)")
+        found = (
+            "  (flat map: no region)"
+            if not e["box"]
+            else f"  boxes: {len(e['boxes'])}"
+            if "boxes" in e
+            else f"  box {e['box']}"
         )
+        click.echo(f"  explain   {cls}  {label}  [{method}]{found}")
+        for r in e.get("boxes", []):
+            click.echo(f"  {'':9} box {r['box']}  area {r['area']}  peak {r['peak']:.3f}  mean {r['mean']:.3f}")
     if report.units is not None:
         click.echo("  units     " + ", ".join(f"{u['channel']} ({u['contribution']:+.3f})" for u in report.units))
 
