@@ -17,12 +17,12 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from onnxcam import cache, finite_diff, heads, postprocess, preprocess
+from onnxcam import cache, detection, finite_diff, heads, postprocess, preprocess
 from onnxcam.errors import ModelError, OnnxcamError
 from onnxcam.linear_head import linear_head_weights
 from onnxcam.methods import ELEMENTWISE, METHODS, SAMPLES, AttentionData, LayerData, method_named, projection
 from onnxcam.model import inspect_model, load_model, read_labels
-from onnxcam.names import DEFAULT_PRESET, GRADIENT_MODES, MAP_OUTPUT
+from onnxcam.names import DEFAULT_PRESET, GRADIENT_MODES, MAP_OUTPUT, SEED_INPUT
 from onnxcam.runtime import providers_for
 from onnxcam.sessions import Sessions, SessionSpec
 from onnxcam.surgery import SCORES, TARGET_OUTPUT, grad_name
@@ -58,15 +58,25 @@ class Explanation:
     # bool [N]: the map has no spread (all-zero gradients, or no positive evidence after ReLU): its range
     # fell below the 1e-7 normalization floor, so `maps` holds (finite) zeros rather than a picture
     flat: np.ndarray | None = None
+    # detection: one map per explained target, not per image. images: int [M] the image of each map;
+    # detections: per map, the onnxcam.detection.Detection(s) it explains (boxes in model-input pixels)
+    images: np.ndarray | None = None
+    detections: list | None = None
 
     def item(self, i: int) -> Explanation:
-        """The explanation of image i alone (arrays keep their batch axis, of length 1)."""
+        """The explanation of image i alone (arrays keep their batch axis: of length 1, or for a detector, the
+        number of that image's maps)."""
+        rows = slice(i, i + 1) if self.images is None else np.flatnonzero(self.images == i)
 
         def one(a):
-            return None if a is None else a[i : i + 1]
+            return None if a is None else a[rows]
 
         return replace(
             self,
+            images=one(self.images),
+            detections=None
+            if self.detections is None
+            else [self.detections[r] for r in np.arange(len(self.maps))[rows]],
             maps=one(self.maps),
             raw=one(self.raw),
             targets=one(self.targets),
@@ -102,7 +112,8 @@ class Explainer:
     head op has no rule; `missing_rule` then says which). maps_in_graph: compute the maps of the gradient
     methods in surgery.maps.FORMULAS inside the ONNX graph (the default), or in NumPy from A and dScore/dA.
     labels: class names (a list, or a file: text one a line, a JSON list, a JSON object {index: name}) in place
-    of those in the model's metadata.
+    of those in the model's metadata. task: one of names.TASKS, None to choose it from the output's shape (a
+    detector's maps explain its detections: `explain`'s conf, iou, max_det and detection_target, onnxcam.detection).
     """
 
     def __init__(
@@ -119,10 +130,15 @@ class Explainer:
         gradients="auto",
         maps_in_graph=True,
         labels=None,
+        task=None,
     ):
         proto = load_model(model) if isinstance(model, str) else model
-        self.info = inspect_model(proto, input_name=input_name, output_name=output_name, input_size=input_size)
-        names = layer if isinstance(layer, (list, tuple)) else [layer]
+        self.info = inspect_model(
+            proto, input_name=input_name, output_name=output_name, input_size=input_size, task=task
+        )
+        names = (
+            layer if isinstance(layer, (list, tuple)) else [layer] if layer is not None else self.info.default_layers
+        )
         self.layers = list(dict.fromkeys(self.info.resolve_layer(n).name for n in names))
         self.providers = list(providers) if providers else providers_for(device)
         self.preset = preprocess_preset or self.info.preprocess or DEFAULT_PRESET
@@ -209,6 +225,10 @@ class Explainer:
         noise: float = 0.15,
         seed: int = 0,
         scorecam_channels: int | None = None,
+        conf: float | None = None,
+        iou: float | None = None,
+        max_det: int | None = None,
+        detection_target: str | None = None,
     ) -> Explanation:
         """Explain x for `target` (class index, one per image, or None for the top-1 class).
 
@@ -218,8 +238,19 @@ class Explainer:
         samples, noise, seed: noisy copies for smoothgrad and smoothgradcam++ (noise as a fraction of
         the input's range, as in SmoothGrad). scorecam_channels: Score-CAM scores only this many channels,
         those of largest activation mass (an approximation; None: all, the method as published).
+        Detectors: one map per detection above `conf` (default 0.25) after NMS at `iou` (0.45), at most `max_det`
+        (300) an image, of class `target` only when given; detection_target (onnxcam.detection.TARGETS) says what
+        each map explains (default: the detection's score).
         """
         m = method_named(method)
+        detect = dict(conf=conf, iou=iou, max_det=max_det, detection_target=detection_target)
+        if self.info.task == "detect":
+            given = dict(aug_smooth=aug_smooth, unit=unit, score=score != "logit")
+            return self._explain_detections(x, m, target, detect, given, eigen_smooth, scorecam_channels)
+        if any(v is not None for v in detect.values()):
+            raise OnnxcamError(
+                f"conf, iou, max_det and detection_target apply to detectors; this is a {self.info.task} model"
+            )
         if score not in SCORES:
             raise OnnxcamError(f"unknown score '{score}'; choose one of {', '.join(SCORES)}")
         if aug_smooth and m.map is None:
@@ -414,6 +445,78 @@ class Explainer:
             saliency=None if saliency is None else np.float32(saliency),
         )
 
+    def _explain_detections(self, x, m, target, detect, given, eigen_smooth, channels) -> Explanation:
+        """One map per detection target (onnxcam.detection): decoded from a forward run; the gradient methods
+        take dScore/dA from one run whose rows are the targets' images, each with its own seed dScore/doutput."""
+        t0 = time.perf_counter()
+        unsupported = [k for k, v in given.items() if v]
+        if unsupported or m.attention or m.needs_linear_head or m.gradients == SAMPLES or m.input_gradient:
+            what = f"--{unsupported[0].replace('_', '-')}" if unsupported else f"method '{m.name}'"
+            raise OnnxcamError(f"{what} does not apply to detectors; their maps explain one detection's score")
+        kind = detection.layout(self.info.logits_shape)
+        conf, iou = (
+            (0.25 if detect["conf"] is None else detect["conf"]),
+            (0.45 if detect["iou"] is None else detect["iou"]),
+        )
+        max_det = detection.MAX_DETECTIONS if detect["max_det"] is None else detect["max_det"]
+        cls = None if target is None else int(self._classes(target, 1)[0])
+        tensor = self.prepare(x)
+        t1 = time.perf_counter()
+        outputs = self.sessions.run_model(SessionSpec.forward(), tensor)
+        raw = outputs[self.info.logits_name].astype(np.float32)
+        _check_finite(raw, "detection outputs")
+        found = detection.decode(raw, kind, conf, iou, max_det)
+        chosen = detection.targets(found, detect["detection_target"] or "score", cls)
+        rows = np.int64([t.image for t in chosen])
+        if m.gradients is not None:
+            spec = SessionSpec.seeded()
+            if self.gradients == "fd" or self.sessions.buildable(spec) is not None:
+                why = self.sessions.buildable(spec) if self.gradients != "fd" else "--gradients fd"
+                raise OnnxcamError(f"method '{m.name}' on a detector needs gradients from backward rules: {why}")
+            if chosen:
+                seeds = np.stack([detection.seed(raw[t.image], t, kind) for t in chosen])
+                outputs = self.sessions.run(spec, {self.info.input_name: tensor[rows], SEED_INPUT: seeds})
+        else:
+            outputs = {layer: outputs[layer][rows] for layer in self.layers}
+
+        def score_rows(z, i):
+            return detection.score(z, chosen[i], kind)
+
+        maps, raw_map = np.zeros((0, *self.info.size), np.float32), np.zeros((0, 1, 1), np.float32)
+        if chosen:
+            scaled = []
+            for layer in self.layers:
+                a = outputs[layer].astype(np.float32)
+                grads = outputs.get(grad_name(layer))
+                data = LayerData(
+                    activations=a,
+                    gradients=None if grads is None else grads.astype(np.float32),
+                    masked_scores=lambda acts: self._masked_scores(tensor[rows], acts, score_rows),
+                    ablated_scores=lambda layer=layer, a=a: self._ablated_scores(layer, a, tensor[rows], score_rows),
+                    scores=np.float32([score_rows(raw[t.image : t.image + 1], i)[0] for i, t in enumerate(chosen)]),
+                    channels=channels,
+                )
+                layer_map = _layer_terms(m, data, eigen_smooth)
+                raw_map = layer_map if not scaled else raw_map
+                scaled.append(postprocess.normalize_and_resize(layer_map, self.info.size))
+            maps = postprocess.combine(scaled)
+        _check_finite(maps, "map")
+        by_anchor = {(d.image, d.anchor): d for d in found}
+        scores = np.float32([detection.class_scores(raw[t.image], t.anchors[0], kind) for t in chosen])
+        return Explanation(
+            maps=maps,
+            raw=raw_map,
+            targets=np.int64([t.cls for t in chosen]),
+            scores=scores.reshape(len(chosen), self.num_classes),
+            method=m.name,
+            layers=self.layers,
+            gradients=_source(m, True),
+            timings={"preprocess": t1 - t0, "explain": time.perf_counter() - t1},
+            flat=maps.reshape(len(maps), -1).max(axis=1, initial=0) < FLAT,
+            images=rows,
+            detections=[[by_anchor[(t.image, a)] for a in t.anchors] for t in chosen],
+        )
+
     def _explain_attention(self, m, plan, outputs, scores, targets) -> Explanation:
         """Rollout methods: one map on the patch grid from every block's attention (and its gradients)."""
         names, grid = self.info.attention, self.info.auto_layer.tokens
@@ -457,6 +560,10 @@ class Explainer:
 
     def _layer_map(self, m, layer, outputs, noisy, tensor, targets, scores, score, eigen_smooth, channels):
         """One layer's map at layer resolution, after ReLU."""
+
+        def score_rows(logits, i):
+            return self._score_of(logits.reshape(len(logits), -1), np.full(len(logits), targets[i]), score)
+
         a = outputs[layer].astype(np.float32)
         _check_finite(a, f"activations at '{layer}'")
         grads = outputs.get(grad_name(layer))
@@ -468,15 +575,12 @@ class Explainer:
             gradient_samples=[r[grad_name(layer)].astype(np.float32) for r in noisy] or None,
             class_weights=self._linear_head(layer)[targets] if m.needs_linear_head else None,
             directional=self._finite_differences(layer, a, targets, tensor, score) if grads is None else None,
-            masked_scores=lambda acts: self._masked_scores(tensor, acts, targets, score),
-            ablated_scores=lambda: self._ablated_scores(layer, a, tensor, targets, score),
+            masked_scores=lambda acts: self._masked_scores(tensor, acts, score_rows),
+            ablated_scores=lambda: self._ablated_scores(layer, a, tensor, score_rows),
             scores=self._score_of(scores, targets, score),
             channels=channels,
         )
-        terms = m.map(data)
-        if m.terms:
-            terms = projection(terms) if eigen_smooth else terms.sum(axis=1)
-        return np.maximum(terms, 0).astype(np.float32)
+        return _layer_terms(m, data, eigen_smooth)
 
     # -- the loops of many runs ----------------------------------------------------------------------------
 
@@ -510,9 +614,10 @@ class Explainer:
             progress=lambda done, total: self._report("finite differences", done, total),
         )
 
-    def _masked_scores(self, tensor, activations, targets, score) -> np.ndarray:
-        """Score-CAM: [N, K] scores of the model on x * (min-max normalized, upsampled A_k). Masks are made
-        BATCH_ROWS channels at a time: all K at the input's size would take K * H * W floats per image."""
+    def _masked_scores(self, tensor, activations, score_rows) -> np.ndarray:
+        """Score-CAM: [N, K] scores of the model on x * (min-max normalized, upsampled A_k); score_rows(outputs,
+        i) scores model outputs for row i's target. Masks are made BATCH_ROWS channels at a time: all K at the
+        input's size would take K * H * W floats per image."""
         n, k = activations.shape[:2]
         out = np.zeros((n, k), np.float32)
         forward = SessionSpec.forward()
@@ -525,13 +630,11 @@ class Explainer:
                 m = (m - lo) / (m.max(axis=(1, 2), keepdims=True) - lo + 1e-8)
                 rows = tensor[i : i + 1] * (m[:, None] if self.info.layout == "NCHW" else m[:, :, :, None])
                 logits = self.sessions.run_model(forward, rows.astype(tensor.dtype))[self.info.logits_name]
-                out[i, start : start + len(m)] = self._score_of(
-                    logits.reshape(len(m), -1), np.full(len(m), targets[i]), score
-                )
+                out[i, start : start + len(m)] = score_rows(logits, i)
                 self._report("masked inputs", i * k + start + len(m), n * k)
         return out
 
-    def _ablated_scores(self, layer, activations, tensor, targets, score) -> np.ndarray:
+    def _ablated_scores(self, layer, activations, tensor, score_rows) -> np.ndarray:
         """Ablation-CAM: [N, K] head scores with channel k set to 0 (or to min(A) - 1e7 where min(A) != 0)."""
         run_head, extra = self._head(layer, tensor)
         dtype = self.sessions.input_dtype(SessionSpec.head(layer), layer)
@@ -548,8 +651,7 @@ class Explainer:
                 feeds.update(
                     {name: np.repeat(v[i : i + 1], len(channels), axis=0) for name, v in (extra or {}).items()}
                 )
-                logits = run_head(feeds).reshape(len(channels), -1)
-                out[i, channels] = self._score_of(logits, np.full(len(channels), targets[i]), score)
+                out[i, channels] = score_rows(run_head(feeds), i)
                 self._report("ablated channels", i * k + channels[-1] + 1, n * k)
         return out
 
@@ -599,6 +701,14 @@ class Explainer:
         if layer not in self._head_weights:
             self._head_weights[layer] = linear_head_weights(self.info, layer)
         return self._head_weights[layer]
+
+
+def _layer_terms(m, data: LayerData, eigen_smooth: bool) -> np.ndarray:
+    """A method's map of one layer from its data, at layer resolution, after ReLU."""
+    terms = m.map(data)
+    if m.terms:
+        terms = projection(terms) if eigen_smooth else terms.sum(axis=1)
+    return np.maximum(terms, 0).astype(np.float32)
 
 
 def _source(m, analytic: bool) -> str | None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from onnxcam import heads, names, postprocess, render
+from onnxcam import detection, heads, names, postprocess, render
 from onnxcam.errors import ImageError, OnnxcamError, OutputError
 from onnxcam.preprocess import load_image, load_tensor
 from onnxcam.writer import json_bytes, npy_bytes, picture_bytes, write_files
@@ -47,6 +47,11 @@ class RunOptions:
     noise: float = 0.15
     seed: int = 0
     scorecam_channels: int | None = None
+    # detectors (None: the Explainer's defaults)
+    conf: float | None = None
+    iou: float | None = None
+    max_det: int | None = None
+    detection_target: str | None = None
 
     def explain_args(self) -> dict:
         return dict(
@@ -58,6 +63,10 @@ class RunOptions:
             noise=self.noise,
             seed=self.seed,
             scorecam_channels=self.scorecam_channels,
+            conf=self.conf,
+            iou=self.iou,
+            max_det=self.max_det,
+            detection_target=self.detection_target,
         )
 
     def __post_init__(self):
@@ -71,7 +80,7 @@ class ImageResult:
 
     image: str
     rgb: np.ndarray  # the picture the overlays are drawn on (black for a tensor input)
-    probabilities: np.ndarray  # [C]
+    probabilities: np.ndarray | None  # [C] (None for a detector: its detections are in the explanations)
     explanations: list  # an Explanation of this image alone per (method, class)
     units: list | None  # [(channel, contribution, activation map)], the most contributing first
     seconds: float  # this image's share of its batch's time
@@ -86,6 +95,7 @@ class Report:
     explanations: list  # [{"method", "target": {"class", "label"}, "gradients", "box", "flat"}, + "boxes", "mask"]
     units: list | None  # [{"channel", "contribution"}]
     files: dict = field(default_factory=dict)  # path -> bytes
+    detect: bool = False  # a detector's: predictions are its detections, boxes in image pixels
 
     def write(self) -> None:
         write_files(self.files)  # all of this image's files, or none of them
@@ -123,8 +133,12 @@ class Run:
             for j in range(len(t))
         ]
         first = ex.explain(x, method=self.methods[0], target=self.target.index, **args)
-        ranked = np.argsort(-first.scores, axis=1)
-        targets = [first.targets] if self.target.top == 1 else [ranked[:, k] for k in range(self.target.top)]
+        detect = ex.info.task == "detect"  # one map per detection: the detections choose the classes
+        if detect or self.target.top == 1:
+            targets = [self.target.index if detect else first.targets]
+        else:
+            ranked = np.argsort(-first.scores, axis=1)
+            targets = [ranked[:, k] for k in range(self.target.top)]
         results = [
             first if (m == self.methods[0] and k == 0) else ex.explain(x, method=m, target=t, **args)
             for m in self.methods
@@ -139,7 +153,7 @@ class Run:
                 ImageResult(
                     image,
                     rgb,
-                    heads.probabilities(first.scores[i : i + 1], self.ex.head)[0],
+                    None if detect else heads.probabilities(first.scores[i : i + 1], self.ex.head)[0],
                     [r.item(i) for r in results],
                     units[i] if units else None,
                     seconds,
@@ -167,6 +181,8 @@ class Run:
 
     def report(self, item: ImageResult) -> Report:
         """The image's predictions, boxes, pictures, maps and JSON record, named and encoded."""
+        if item.probabilities is None:
+            return self._detections_report(item)
         ex, opts = self.ex, self.opts
         label = ex.info.label
         probabilities = item.probabilities
@@ -244,6 +260,60 @@ class Run:
             )
         return report
 
+    def _detections_report(self, item: ImageResult) -> Report:
+        """A detector's report: its detections (boxes in image pixels) and, per method, one map per detection
+        target (`IMAGE.METHOD.dK.png`, the box drawn with its label and score)."""
+        ex, opts = self.ex, self.opts
+        h, w = item.rgb.shape[:2]
+        fmt, files, report = opts.pictures, {}, Report(item.image, [], [], None, detect=True)
+
+        def listed(d):
+            box = detection.scale_box(d.box, ex.info.size, (h, w))
+            return {"class": d.cls, "label": ex.info.label(d.cls), "score": d.score, "box": box, "anchor": d.anchor}
+
+        seen = {}
+        for res in item.explanations:
+            for k, dets in enumerate(res.detections):
+                found = [listed(d) for d in dets]
+                seen.update((d["anchor"], d) for d in found)
+                cls, tag = int(res.targets[k]), f"{res.method}.d{k}"
+                entry = {
+                    "method": res.method,
+                    "target": {"class": cls, "label": ex.info.label(cls)},
+                    "detections": found,
+                    "gradients": res.gradients,
+                    "flat": bool(res.flat[k]),
+                    "map": self._path(item.image, f"{tag}.{fmt}") if opts.pictures != "none" else None,
+                }
+                report.explanations.append(entry)
+                if opts.pictures != "none":
+                    picture = render.overlay(item.rgb, res.maps[k])
+                    for d in found:
+                        render.labelled_box(picture, d["box"], f"{d['label']} {d['score']:.2f}")
+                    files[f"{tag}.{fmt}"] = picture_bytes(picture, fmt)
+                if opts.npy:
+                    files[f"{tag}.npy"] = npy_bytes(res.maps[k])
+        report.predictions = sorted(seen.values(), key=lambda d: -d["score"])
+        report.files = {self._path(item.image, name): data for name, data in files.items()}
+        if opts.as_json:
+            path = self._path(item.image, f"{self.methods[0] if len(self.methods) == 1 else 'grid'}.json")
+            report.files[path] = json_bytes(
+                {
+                    "image": item.image,
+                    "model": self.model,
+                    "task": "detect",
+                    "layers": ex.layers,
+                    "provider": ex.provider,
+                    "preprocess": ex.preset,
+                    "explain": opts.detection_target or "score",
+                    "detections": report.predictions,
+                    "explanations": report.explanations,
+                    "timings_s": {"setup": round(self.setup, 6), "image": round(item.seconds, 6)},
+                    "outputs": [*report.files, path],
+                }
+            )
+        return report
+
     def _path(self, image: str, name: str) -> str:
         path = output_path(image, name, self.opts.out)
         refuse_inputs([path], [*self.inputs, image])
@@ -312,7 +382,8 @@ def tensor_shape(paths: list) -> tuple | None:
 
 
 # The middle parts of the names onnxcam writes (STEM.TAG.ext: img.gradcam.png, img.gradcam.c3.saliency.jpg,
-# img.gradcam.mask.png, img.grid.png, img.sanity.maps.png, eval.curves.png): a folder's files named so are its outputs, not inputs.
+# img.gradcam.mask.png, img.gradcam.d0.png, img.grid.png, img.sanity.maps.png, eval.curves.png): a folder's files
+# named so are its outputs, not inputs.
 _OWN_TAGS = {*names.METHODS, "saliency", "mask", "grid", "units", "sanity", "maps", "curves"}
 
 
@@ -320,7 +391,7 @@ def is_own_output(file_name: str) -> bool:
     """Whether a file name is one that onnxcam writes (a folder given as input skips those: a second run in
     the same folder must not explain the first one's overlays)."""
     tags = file_name.lower().split(".")[1:-1]
-    return bool(tags) and all(t in _OWN_TAGS or re.fullmatch("c[0-9]+", t) for t in tags)
+    return bool(tags) and all(t in _OWN_TAGS or re.fullmatch("[cd][0-9]+", t) for t in tags)
 
 
 def output_path(image: str, name: str, out: str | None) -> str:

@@ -21,6 +21,18 @@ def overlay(rgb: np.ndarray, heatmap: np.ndarray, alpha: float = 0.5, boxes=()) 
     return out
 
 
+def labelled_box(picture: np.ndarray, box, text: str) -> None:
+    """Draw a box (image pixels) and its label above it, in place."""
+    h, w = picture.shape[:2]
+    thickness = max(1, round(min(h, w) / 150))
+    cv2.rectangle(picture, tuple(box[:2]), tuple(box[2:]), BOX_COLOUR, thickness)
+    scale = max(0.35, min(h, w) / 600)
+    (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+    x, y = box[0], max(box[1], th + base)
+    cv2.rectangle(picture, (x, y - th - base), (x + tw, y), BOX_COLOUR, -1)
+    cv2.putText(picture, text, (x, y - base), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA)
+
+
 def saliency_image(gradient: np.ndarray) -> np.ndarray:
     """A [C, H, W] input gradient as an RGB uint8 picture (pytorch-grad-cam's deprocess_image)."""
     g = gradient.transpose(1, 2, 0)

@@ -40,10 +40,13 @@ class SessionSpec:
     score: str = "logit"  # GRADIENTS, MAPS: what is differentiated
     unit: tuple | None = None  # GRADIENTS, MAPS: a feature map or neuron instead of a class score
     layer: str | None = None  # HEAD: where the head is cut off
+    fed_seed: bool = False  # GRADIENTS: dScore/dlogits is an input (detection), not a class's seed in the graph
 
     @property
     def takes_class(self) -> bool:
         """Whether the session has the class input (the augmented models that differentiate a class score)."""
+        if self.fed_seed:
+            return False
         return self.kind in (GRADIENTS, MAPS) or (self.kind == ATTENTION and self.layer_gradients)
 
     @staticmethod
@@ -56,6 +59,11 @@ class SessionSpec:
         if not layer_gradients and not input_gradient:
             return SessionSpec.forward()
         return SessionSpec(GRADIENTS, layer_gradients, input_gradient, score=score, unit=unit)
+
+    @staticmethod
+    def seeded(input_gradient=None) -> SessionSpec:
+        """dScore/dA of the target layers (and dScore/dx) for a seed fed at run time (SEED_INPUT)."""
+        return SessionSpec(GRADIENTS, True, input_gradient, fed_seed=True)
 
     @staticmethod
     def maps(method: str, score="logit", unit=None) -> SessionSpec:
@@ -155,6 +163,7 @@ class Sessions:
             input_gradient=spec.input_gradient,
             score=spec.score,
             unit=spec.unit,
+            fed_seed=spec.fed_seed,
         )
 
 

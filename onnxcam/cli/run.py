@@ -81,6 +81,20 @@ from onnxcam.errors import Interrupted, OnnxcamError
     type=click.Path(exists=True, dir_okay=False),
     help="Class names: text (one a line), a JSON list, or a JSON object {index: name}.",
 )
+@click.option(
+    "--conf", type=click.FloatRange(0, 1), help="Detectors: keep detections scoring above this.  [default: 0.25]"
+)
+@click.option("--iou", type=click.FloatRange(0, 1), help="Detectors: NMS IoU threshold per class.  [default: 0.45]")
+@click.option(
+    "--max-det", type=click.IntRange(1, 10000), help="Detectors: at most this many per image.  [default: 300]"
+)
+@click.option(
+    "--explain",
+    "detection_target",
+    type=click.Choice(names.DETECTION_TARGETS),
+    help="Detectors: what each map explains: a detection's score, the sum over its class's detections, or its "
+    "box coordinates.  [default: score]",
+)
 @click.option("-o", "--out", type=click.Path(), help="Output folder. Default: next to each image.")
 @click.option("--npy", is_flag=True, help="Also write each heatmap (float32, model input size) as .npy.")
 @click.option("--json", "as_json", is_flag=True, help="Also write a JSON summary.")
@@ -220,6 +234,8 @@ def _report(job, items) -> list:
 
 def _show(report, top: int) -> None:
     click.echo(f"\n{report.image}")
+    if report.detect:
+        return _show_detections(report)
     for rank, p in enumerate(report.predictions):
         click.echo(f"  {f'top-{top}' if rank == 0 else '':9} {p['probability']:6.1%}  {p['class']:>4}  {p['label']}")
     for e in report.explanations:
@@ -243,6 +259,18 @@ def _show(report, top: int) -> None:
             click.echo(f"  {'':9} box {r['box']}  area {r['area']}  peak {r['peak']:.3f}  mean {r['mean']:.3f}")
     if report.units is not None:
         click.echo("  units     " + ", ".join(f"{u['channel']} ({u['contribution']:+.3f})" for u in report.units))
+
+
+def _show_detections(report) -> None:
+    """A detector's image: each detection, then each map with what it explains."""
+    if not report.predictions:
+        click.echo("  no detection above --conf")
+    for d in report.predictions:
+        click.echo(f"  detect    {d['score']:6.1%}  {d['class']:>4}  {d['label']}  box {d['box']}")
+    for e in report.explanations:
+        flat = "  (flat map)" if e["flat"] else ""
+        boxes = " ".join(str(d["box"]) for d in e["detections"])
+        click.echo(f"  explain   {e['target']['class']}  {e['target']['label']}  {boxes}  [{e['method']}]{flat}")
 
 
 def _run_on_ray(

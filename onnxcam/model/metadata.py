@@ -5,7 +5,7 @@ bounded in size):
 
 - onnxcam's own: `onnxcam.labels` (names, one a line) and `onnxcam.preprocess` (a preset name).
 - Ultralytics (YOLOv5/v8/11 `export`): `names`, str() of a dict {0: 'name', ...} (or of a list); `task`
-  "classify" means RGB / 255 (its classify_transforms use mean 0, std 1).
+  "classify" or "detect" means RGB / 255 (its classify_transforms use mean 0, std 1; its detectors take 0..1).
 - PaddleOCR / RapidOCR: `character`, names one a line (for orientation classifiers "0", "90", "180", "270").
 - QGIS Deepness models: `class_names`, JSON {"0": "name", ...}.
 - Windows ML (written by WinMLTools, onnxmltools, keras2onnx and other onnxconverter-common converters):
@@ -81,8 +81,9 @@ def preset_from_metadata(meta: dict) -> tuple:
                 preset,
                 f"metadata Image.BitmapPixelFormat={pixel_format}, Image.NominalPixelRange={pixel_range} (Windows ML)",
             )
-    if meta.get("task") == "classify" and ("names" in meta or "Ultralytics" in meta.get("author", "")):
-        return "unit", "metadata task=classify (Ultralytics)"
+    task = meta.get("task")
+    if task in ("classify", "detect") and ("names" in meta or "Ultralytics" in meta.get("author", "")):
+        return "unit", f"metadata task={task} (Ultralytics)"
     return None, None
 
 

@@ -15,7 +15,7 @@ from onnx import numpy_helper
 
 from onnxcam.errors import ModelError
 from onnxcam.model import ModelInfo
-from onnxcam.names import CLASS_INPUT, SCORES, TARGET_OUTPUT
+from onnxcam.names import CLASS_INPUT, SCORES, SEED_INPUT, TARGET_OUTPUT
 from onnxcam.surgery.backward import backward
 from onnxcam.surgery.builder import Builder
 
@@ -31,9 +31,10 @@ def augment(
     input_gradient: str | None = None,
     score: str = "logit",
     unit: tuple | None = None,
+    fed_seed: bool = False,
 ) -> onnx.ModelProto:
     """The augmented model (see `augmented_graph`), ready for ONNX Runtime."""
-    return finish(augmented_graph(info, layers, gradients, input_gradient, score, unit), info)
+    return finish(augmented_graph(info, layers, gradients, input_gradient, score, unit, fed_seed), info)
 
 
 def augmented_graph(
@@ -43,6 +44,7 @@ def augmented_graph(
     input_gradient: str | None = None,
     score: str = "logit",
     unit: tuple | None = None,
+    fed_seed: bool = False,
 ) -> gs.Graph:
     """The model plus outputs: logits, per layer A, and with gradients the target class and dScore/dA.
 
@@ -51,6 +53,8 @@ def augmented_graph(
     score: "logit" or "probability" (the softmax of the logits) of the target class.
     unit: (tensor, channel) or (tensor, channel, i, j): the score is that feature map's sum, or
     that one neuron, instead of a class score (Smooth Grad-CAM++'s feature-map / neuron level).
+    fed_seed: dScore/dlogits is a runtime input (`SEED_INPUT`, the logits' shape) instead of a class's seed made
+    in the graph: for scores computed outside it (a detection's, onnxcam.detection); no class input, no target.
     """
     assert input_gradient in (None, "plain", "guided"), input_gradient
     assert score in SCORES, score
@@ -63,11 +67,15 @@ def augmented_graph(
         if name not in {i.name for i in graph.inputs}:
             _add_output(outputs, tensors[name])
     if gradients or input_gradient:
-        cls = gs.Variable(CLASS_INPUT, dtype=np.int64, shape=["N"])
-        graph.inputs.append(cls)
         b = Builder(graph, info.opset)
-        target, seed = _class_seed(b, logits, info.head, info.num_classes, cls, score)
-        outputs.append(b.named(target, TARGET_OUTPUT, np.int64, ["N"]))
+        if fed_seed:
+            seed = gs.Variable(SEED_INPUT, dtype=np.float32, shape=["N", *logits.shape[1:]])
+            graph.inputs.append(seed)
+        else:
+            cls = gs.Variable(CLASS_INPUT, dtype=np.int64, shape=["N"])
+            graph.inputs.append(cls)
+            target, seed = _class_seed(b, logits, info.head, info.num_classes, cls, score)
+            outputs.append(b.named(target, TARGET_OUTPUT, np.int64, ["N"]))
         seeded = logits
         if unit is not None:
             seeded, seed = _unit_seed(b, tensors, unit)

@@ -86,6 +86,7 @@ PIXEL = np.array([[[10, 128, 250]]], np.uint8)  # one RGB pixel
             [(10 - 127.5) / 127.5, (128 - 127.5) / 127.5, (250 - 127.5) / 127.5],
         ),
         ({"task": "classify", "author": "Ultralytics", "names": "{0: 'a'}"}, "unit", [10 / 255, 128 / 255, 250 / 255]),
+        ({"task": "detect", "author": "Ultralytics"}, "unit", [10 / 255, 128 / 255, 250 / 255]),
         ({"onnxcam.preprocess": "lite"}, "lite", [(10 - 127) / 128, (128 - 127) / 128, (250 - 127) / 128]),
     ],
 )
@@ -102,7 +103,7 @@ def test_preprocessing_from_metadata(props, preset, expected):
         {},
         {"Image.BitmapPixelFormat": "Bgr8", "Image.NominalPixelRange": "Normalized_0_1"},
         {"Image.BitmapPixelFormat": "Nv12"},
-        {"task": "detect", "author": "Ultralytics"},
+        {"task": "segment", "author": "Ultralytics"},
     ],
 )
 def test_no_preset_where_the_metadata_determines_none(props):
