@@ -43,7 +43,7 @@ def backward(b: Builder, wrt: list, score: gs.Tensor, seed: gs.Tensor) -> dict:
                 continue
             if g is None:
                 raise AssertionError(f"rule for {node.op} gave no gradient for input '{inp.name}' of '{node.name}'")
-            grads[inp.name] = b.op("Add", grads[inp.name], g) if inp.name in grads else g
+            grads[inp.name] = _shaped(b.op("Add", grads[inp.name], g) if inp.name in grads else g, inp, b.dtype)
     missing = [t.name for t in wrt if t.name not in grads]
     if missing:
         cut = _integer_cut(b.graph, on_path, score)
@@ -53,6 +53,15 @@ def backward(b: Builder, wrt: list, score: gs.Tensor, seed: gs.Tensor) -> dict:
             )
         raise OnnxcamError(f"'{score.name}' does not depend on {', '.join(missing)}: no gradient reaches it")
     return {t.name: grads[t.name] for t in wrt}
+
+
+def _shaped(g, x, dtype):
+    """g, declared with x's shape (a gradient has its tensor's shape): ONNX's shape inference loses the batch
+    dimension's name on the way back (Reshape to a computed shape), and ONNX Runtime keeps an elementwise op
+    in its blocked NCHWc layout only where it can tell that both inputs have the same shape."""
+    if isinstance(g, gs.Variable) and g.shape is None and x.shape is not None:
+        g.shape, g.dtype = list(x.shape), dtype
+    return g
 
 
 def _float_descendants(graph, starts) -> set:

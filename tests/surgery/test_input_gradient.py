@@ -1,7 +1,7 @@
 """Gradients with respect to the image input, plain and guided, from the same run as the layer gradients."""
 
 import numpy as np
-from onnx import numpy_helper
+from onnx import TensorProto, helper, numpy_helper
 
 from onnxcam.model import inspect_model
 from onnxcam.surgery import CLASS_INPUT, augment, grad_name
@@ -14,8 +14,8 @@ def _relu_model():
     return classifier(net, net.op("Tanh", net.op("Relu", "A", name="relu")))
 
 
-def _run(model, x, classes, **kwargs):
-    aug = session(augment(inspect_model(model), ["A"], **kwargs))
+def _run(model, x, classes, layers=("A",), **kwargs):
+    aug = session(augment(inspect_model(model), list(layers), **kwargs))
     names = [o.name for o in aug.get_outputs()]
     return dict(zip(names, aug.run(None, {"x": x, CLASS_INPUT: classes})))
 
@@ -64,3 +64,40 @@ def test_guided_backprop_closed_form_and_unguided_layer_gradients():
             expected += np.einsum("oc,ohw->chw", w[:, :, di, dj], window)
     np.testing.assert_allclose(out[grad_name("x")][0], expected, rtol=1e-4, atol=1e-6)
     assert (guided_a < 0).sum() == 0 and (upstream < 0).any()  # the case really drops negative gradients
+
+
+def _blocked_relu_model(channels=16, size=4, classes=3):
+    """x [N, 16, 4, 4] -> Relu -> Flatten -> MatMul -> logits: 16 channels fill ONNX Runtime's NCHWc blocks, so
+    the Relu's mask is the blocked step (a depthwise Conv with a fused HardSigmoid), not Greater + Cast."""
+    rng = np.random.default_rng(2)
+    fc = rng.normal(size=(channels * size * size, classes)).astype(np.float32)
+    nodes = [
+        helper.make_node("Relu", ["x"], ["y"], name="relu"),
+        helper.make_node("Flatten", ["y"], ["flat"], axis=1),
+        helper.make_node("MatMul", ["flat", "fc"], ["logits"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "blocked",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", channels, size, size])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes])],
+        [numpy_helper.from_array(fc, "fc")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model, fc
+
+
+def test_blocked_relu_mask_is_exact_at_subnormals_zeros_and_huge_values():
+    """dScore/dx = fc[:, c] where x > 0 (guided: also where fc[:, c] > 0), else 0, for every positive float:
+    subnormals (2^-149), normal tiny, huge (the step's scaling overflows to inf) and exact zeros."""
+    model, fc = _blocked_relu_model()
+    rng = np.random.default_rng(3)
+    values = np.array([0.0, -0.0, 2.0**-149, 1e-40, 1e-30, 1.0, 1e30, 3e38, -1e-40, -1.0, -3e38], np.float32)
+    x = rng.choice(values, size=(2, 16, 4, 4)).astype(np.float32)
+    classes = np.array([0, 2])
+    for kind in ("plain", "guided"):
+        g = _run(model, x, classes, layers=["y"], input_gradient=kind)[grad_name("x")]
+        upstream = fc[:, classes].T.reshape(x.shape)
+        keep = (x > 0) & (upstream > 0) if kind == "guided" else x > 0
+        np.testing.assert_array_equal(g, np.where(keep, upstream, 0.0))
