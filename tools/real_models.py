@@ -400,9 +400,9 @@ QLINEAR_OUTPUT = {
 def fd_gradcam(model: str, x: np.ndarray, layer: str, logits: str, target: int, steps: int, rows: int = 256):
     """Grad-CAM at `layer` for class `target` of one image, its channel weights by central differences on
     plain ONNX Runtime: w_k = d logits[target](A + t 1_k) / dt / (h w), the least-squares slope of the central
-    differences at t = step, 2 step, ... `steps` step (step = the layer's quantization step for an integer
-    layer, whose float value DequantizeLinear(A) is the one perturbed and quantized again, else 1e-2 of
-    mean |A|). Returns (ReLU(sum_k w_k A_k) [h, w], w)."""
+    differences at t = step, 2 step, ... `steps` step (step = an integer layer's quantization step, else 1e-2
+    of mean |A|). An integer layer's float value DequantizeLinear(A) is the one perturbed, and quantized
+    again. Returns (ReLU(sum_k w_k A_k) [h, w], w)."""
     m = onnx.load(model)
     graph = m.graph
     producers = {o: n for n in graph.node for o in n.output}
@@ -443,29 +443,25 @@ def fd_gradcam(model: str, x: np.ndarray, layer: str, logits: str, target: int, 
         )
         head.node.insert(0, onnx.helper.make_node("QuantizeLinear", ["A", "fd/scale", "fd/zero_point"], [layer]))
         a = ((a.astype(np.float32) - zero_point.astype(np.float32)) * scale).astype(np.float32)
-        step = float(scale)
     else:
         for n in head.node:
             n.input[:] = ["A" if i == layer else i for i in n.input]
-        step = 1e-2 * float(np.abs(a).mean())
+    step = float(quantization[0]) if quantization is not None else 1e-2 * float(np.abs(a).mean())
     head_model = onnx.helper.make_model(head, opset_imports=m.opset_import, ir_version=max(m.ir_version, 4))
     session = _session_of(head_model)
     extra = {i.name: x for i in session.get_inputs() if i.name != "A"}
     k = a.shape[1]
     t = step * np.arange(1, steps + 1)
-    perturbed = np.repeat(a, 2 * k * steps, axis=0)
-    for c in range(k):
-        for j, tj in enumerate(t):
-            perturbed[(c * steps + j) * 2, c] += tj
-            perturbed[(c * steps + j) * 2 + 1, c] -= tj
-    scores = np.concatenate(
-        [
-            session.run(None, {"A": chunk, **{n: np.repeat(v, len(chunk), axis=0) for n, v in extra.items()}})[0]
-            .reshape(len(chunk), -1)[:, target]
-            .astype(np.float64)
-            for chunk in np.array_split(perturbed, max(1, len(perturbed) // rows))
-        ]
-    )
+    scores = []
+    for start in range(0, k, max(1, rows // (2 * steps))):  # a chunk of channels a run: bounded memory
+        channels = range(start, min(k, start + max(1, rows // (2 * steps))))
+        perturbed = np.repeat(a, 2 * steps * len(channels), axis=0)
+        for r, (c, tj) in enumerate((c, tj) for c in channels for tj in t):
+            perturbed[2 * r, c] += tj
+            perturbed[2 * r + 1, c] -= tj
+        feeds = {"A": perturbed, **{n: np.repeat(v, len(perturbed), axis=0) for n, v in extra.items()}}
+        scores.append(session.run(None, feeds)[0].reshape(len(perturbed), -1)[:, target].astype(np.float64))
+    scores = np.concatenate(scores)
     central = ((scores[0::2] - scores[1::2]) / 2).reshape(k, steps)
     slope = (central * t).sum(axis=1) / (t * t).sum()
     w = slope / np.prod(a.shape[2:])
