@@ -17,6 +17,7 @@ from onnxcam import Explainer
 from onnxcam.cli import main
 from onnxcam.export import MAP_OUTPUT, METHODS, export
 from onnxcam.surgery import CLASS_INPUT, TARGET_OUTPUT
+from tinymodels import Net, classifier
 
 NODE_DIR = node_packages.NODE_DIR
 
@@ -127,11 +128,12 @@ def test_node_client_gets_the_same_map(tmp_path, demo_explainer, two_images):
 
 
 def test_export_hint_names_only_what_export_has(tmp_path):
-    """A quantized model has no backward rule through its integers: export says to choose another layer,
-    never to use an option (--gradients) that export does not have."""
-    result = CliRunner().invoke(
-        main, ["export", os.path.join(ROOT, "models", "zoo", "resnet_qdq.onnx"), "-o", str(tmp_path / "q.onnx")]
-    )
+    """An op without a backward rule (Softsign) between the layer and the scores: export says to choose another
+    layer, never to use an option (--gradients) that export does not have."""
+    model = tmp_path / "softsign.onnx"
+    net = Net(opset=13)
+    onnx.save(classifier(net, net.op("Softsign", "A", name="squash")), model)
+    result = CliRunner().invoke(main, ["export", str(model), "-o", str(tmp_path / "q.onnx")])
     assert result.exit_code == 3, result.output
     assert "no backward rule for" in result.stderr and "--layer" in result.stderr
     assert "--gradients" not in result.stderr and not (tmp_path / "q.onnx").exists()

@@ -7,7 +7,7 @@ Keras-style NHWC graph, a Caffe2-era opset-7 graph, a float16 model and a ResNet
 twice (QDQ and QOperator formats). For each model, at the automatic layer and at one mid-network layer:
 dScore/dA agrees with finite differences of the cut-off head (tests/gradcheck.py), the augmented model keeps the
 logits, a batch of 8 gives the maps of the 8 single images, and `onnxcam run` works. The quantized
-models have no analytic gradient (see QUANTIZED): they are tested through the finite-difference path.
+models' gradients are straight-through estimates (surgery/vjp_quantized.py; see QUANTIZED).
 
 Ops that have no backward rule yet make a test xfail with the op's name (run with -rx to
 list them); known onnxcam bugs are strict xfails that name the bug, so fixing one turns its
@@ -98,13 +98,13 @@ FP16_GRAD_RTOL = 2e-2
 MAP_ATOL = 1e-5
 
 # Quantized models: integer tensors (QuantizeLinear outputs, QLinear* ops) lie between every layer and the
-# logits, so no backward rule reaches the layers and Grad-CAM takes its channel weights from finite differences
-# ('auto' falls back to them); the tests run them that way.
+# logits; their gradients are the straight-through estimator's, the slope of the float function the integers
+# approximate, not the derivative of the quantized head (zero almost everywhere).
 QUANTIZED = {"resnet_qdq", "resnet_qoperator"}
 QUANTIZED_GRADIENT = (
-    "no backward rule crosses quantized ops (QuantizeLinear, QLinear*: a straight-through rule is missing), "
-    "and central differences of a quantized head are piecewise constant, so no small-step check applies; "
-    "test_quantized_gradcam_tracks_the_float_model checks them through the fd fallback instead"
+    "central differences of a quantized head at small steps see its staircase, so no small-step check applies; "
+    "test_quantized_gradcam_tracks_the_float_model checks the maps against the float model's, and "
+    "tests/test_real_models.py against central differences at steps above the quantization's"
 )
 # (test, model) -> reason: onnxcam bugs these tests found, strict so a fix is noticed
 KNOWN_BUGS = {}
@@ -125,9 +125,8 @@ def path(name):
 
 @functools.cache
 def explainer(name):
-    """Analytic gradients only (the 'auto' fallback to finite differences would hide a missing rule), except
-    for the quantized models, which have none to miss."""
-    return Explainer(path(name), device="cpu", gradients="auto" if name in QUANTIZED else "analytic")
+    """Analytic gradients only (the 'auto' fallback to finite differences would hide a missing rule)."""
+    return Explainer(path(name), device="cpu", gradients="analytic")
 
 
 @contextlib.contextmanager
@@ -186,8 +185,8 @@ def test_gradient_matches_finite_differences(case):
 
 @pytest.mark.parametrize("name", cases("logits", MODELS))
 def test_augmented_model_keeps_the_outputs(name):
-    """The model as the file has it vs the augmented one (with A's gradient, or for quantized models A alone,
-    as their fd path runs it): inspect_model's edits (the quantized models' float twins) must not move them."""
+    """The model as the file has it vs the augmented one (with A's gradient): inspect_model's edits (the
+    quantized models' float twins) must not move them."""
     info = explainer(name).info
     x = explainer(name).prepare([CHELSEA, COFFEE])
     names = list(dict.fromkeys([info.output_name, info.logits_name]))
@@ -195,10 +194,9 @@ def test_augmented_model_keeps_the_outputs(name):
     if info.logits_name not in [o.name for o in plain_model.graph.output]:  # expose the Softmax input
         plain_model.graph.output.append(helper.make_empty_tensor_value_info(info.logits_name))
     plain = session(plain_model).run(names, {info.input_name: x})
-    gradients = name not in QUANTIZED
     with rule_or_xfail():
-        aug = augment(info, [info.auto_layer.name], gradients=gradients)
-    feed = {info.input_name: x, **({CLASS_INPUT: np.array([-1, -1])} if gradients else {})}
+        aug = augment(info, [info.auto_layer.name])
+    feed = {info.input_name: x, CLASS_INPUT: np.array([-1, -1])}
     got = session(aug).run(names, feed)
     for expected, actual in zip(plain, got):
         if name == "fp16":
@@ -229,22 +227,23 @@ def test_batch_of_8_equals_single_images(name):
 def test_cli_run_writes_a_map_of_the_input_size(name, tmp_path):
     result = CliRunner().invoke(main, ["run", path(name), CHELSEA, "--npy", "--out", str(tmp_path), "--device", "cpu"])
     assert result.exit_code == 0, result.output
-    assert ("gradients finite differences" in result.output) == (name in QUANTIZED), result.output
+    assert "gradients finite differences" not in result.output, result.output
     heat = np.load(tmp_path / "chelsea.gradcam.npy")
     assert heat.shape == explainer(name).info.size and heat.dtype == np.float32
     assert 0 <= heat.min() and heat.max() <= 1
 
 
+@pytest.mark.parametrize("gradients", ["analytic", "fd"])
 @pytest.mark.parametrize("name", sorted(QUANTIZED))
-def test_quantized_gradcam_tracks_the_float_model(name):
-    """The quantized ResNets quantize the float one (logits correlate 0.995): their Grad-CAM, through the fd
-    fallback, should look like the float model's analytic Grad-CAM of the same class. (Not each one's top-1:
+def test_quantized_gradcam_tracks_the_float_model(name, gradients):
+    """The quantized ResNets quantize the float one (logits correlate 0.995): their Grad-CAM, straight-through
+    or from finite differences, should look like the float model's analytic Grad-CAM of the same class. (Not each one's top-1:
     int8 kernels round differently on CPUs with and without AVX512-VNNI/AMX, and the small quantized model
     ties classes on some of them.)"""
     images = [CHELSEA, COFFEE]
     reference = explainer("resnet").explain(images)
     float_maps = reference.maps
-    quantized = Explainer(path(name), device="cpu", gradients="fd").explain(images, target=reference.targets)
+    quantized = Explainer(path(name), device="cpu", gradients=gradients).explain(images, target=reference.targets)
     for i in range(len(images)):
         assert quantized.maps[i].std() > 0, f"image {i}: a flat map"
         assert np.corrcoef(quantized.maps[i].ravel(), float_maps[i].ravel())[0, 1] > 0.9, f"image {i}"

@@ -385,6 +385,97 @@ def derive_qoperator(src: str, dst: str, calibration: list) -> str:
     return dst
 
 
+# ---------------------------------------------------------------- a Grad-CAM reference by finite differences
+
+# QLinear op -> positions of its output's (scale, zero point): an integer layer's float value.
+QLINEAR_OUTPUT = {
+    "QLinearConv": (6, 7),
+    "QLinearAdd": (6, 7),
+    "QLinearMul": (6, 7),
+    "QLinearConcat": (0, 1),
+    "QLinearGlobalAveragePool": (3, 4),
+}
+
+
+def fd_gradcam(model: str, x: np.ndarray, layer: str, logits: str, target: int, steps: int, rows: int = 256):
+    """Grad-CAM at `layer` for class `target` of one image, its channel weights by central differences on
+    plain ONNX Runtime: w_k = d logits[target](A + t 1_k) / dt / (h w), the least-squares slope of the central
+    differences at t = step, 2 step, ... `steps` step (step = an integer layer's quantization step, else 1e-2
+    of mean |A|). An integer layer's float value DequantizeLinear(A) is the one perturbed, and quantized
+    again. Returns (ReLU(sum_k w_k A_k) [h, w], w)."""
+    m = onnx.load(model)
+    graph = m.graph
+    producers = {o: n for n in graph.node for o in n.output}
+    values = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    values.update({n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in graph.node if n.op_type == "Constant"})
+    quantization = None
+    if producers[layer].op_type in QLINEAR_OUTPUT:
+        node = producers[layer]
+        quantization = [values[node.input[i]] for i in QLINEAR_OUTPUT[node.op_type]]
+    probe = onnx.ModelProto.FromString(m.SerializeToString())
+    del probe.graph.output[:]
+    probe.graph.output.extend([onnx.ValueInfoProto(name=layer), onnx.ValueInfoProto(name=logits)])
+    a, _ = _session_of(probe).run(None, {graph.input[0].name: x})
+    # the head: the nodes that `logits` needs, `layer` an input (as a float tensor quantized again)
+    needed, stack = [], [logits]
+    seen = set(stack)
+    while stack:
+        node = producers.get(stack.pop())
+        if node is None or node in needed:
+            continue
+        needed.append(node)
+        for i in node.input:
+            if i and i != layer and i not in seen:
+                seen.add(i)
+                stack.append(i)
+    head = onnx.helper.make_graph(
+        [n for n in graph.node if n in needed],
+        "head",
+        [onnx.helper.make_tensor_value_info("A", onnx.TensorProto.FLOAT, None)]
+        + [i for i in graph.input if i.name in seen and i.name not in values],
+        [onnx.ValueInfoProto(name=logits)],
+        [t for t in graph.initializer if t.name in seen],
+    )
+    if quantization is not None:
+        scale, zero_point = quantization
+        head.initializer.extend(
+            [numpy_helper.from_array(scale, "fd/scale"), numpy_helper.from_array(zero_point, "fd/zero_point")]
+        )
+        head.node.insert(0, onnx.helper.make_node("QuantizeLinear", ["A", "fd/scale", "fd/zero_point"], [layer]))
+        a = ((a.astype(np.float32) - zero_point.astype(np.float32)) * scale).astype(np.float32)
+    else:
+        for n in head.node:
+            n.input[:] = ["A" if i == layer else i for i in n.input]
+    step = float(quantization[0]) if quantization is not None else 1e-2 * float(np.abs(a).mean())
+    head_model = onnx.helper.make_model(head, opset_imports=m.opset_import, ir_version=max(m.ir_version, 4))
+    session = _session_of(head_model)
+    extra = {i.name: x for i in session.get_inputs() if i.name != "A"}
+    k = a.shape[1]
+    t = step * np.arange(1, steps + 1)
+    scores = []
+    for start in range(0, k, max(1, rows // (2 * steps))):  # a chunk of channels a run: bounded memory
+        channels = range(start, min(k, start + max(1, rows // (2 * steps))))
+        perturbed = np.repeat(a, 2 * steps * len(channels), axis=0)
+        for r, (c, tj) in enumerate((c, tj) for c in channels for tj in t):
+            perturbed[2 * r, c] += tj
+            perturbed[2 * r + 1, c] -= tj
+        feeds = {"A": perturbed, **{n: np.repeat(v, len(perturbed), axis=0) for n, v in extra.items()}}
+        scores.append(session.run(None, feeds)[0].reshape(len(perturbed), -1)[:, target].astype(np.float64))
+    scores = np.concatenate(scores)
+    central = ((scores[0::2] - scores[1::2]) / 2).reshape(k, steps)
+    slope = (central * t).sum(axis=1) / (t * t).sum()
+    w = slope / np.prod(a.shape[2:])
+    return np.maximum(np.tensordot(w, a[0].astype(np.float64), axes=1), 0), w
+
+
+def _session_of(model: onnx.ModelProto):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
 # ---------------------------------------------------------------- cases
 
 

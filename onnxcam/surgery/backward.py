@@ -15,11 +15,13 @@ from onnxcam.errors import OnnxcamError, UnsupportedOpError
 from onnxcam.surgery import vjp_tokens  # noqa: F401  (its rules join the table)
 from onnxcam.surgery.builder import Builder, NeedsStaticShape
 from onnxcam.surgery.vjp import RULES, carries_no_gradient, unsupported
+from onnxcam.surgery.vjp_quantized import quantized_values
 
 
 def backward(b: Builder, wrt: list, score: gs.Tensor, seed: gs.Tensor) -> dict:
     """Reverse pass from `score` (with cotangent `seed`) to each tensor in `wrt`; name -> gradient."""
-    on_path = _float_descendants(b.graph, wrt)
+    b.quantized = quantized_values(b.graph)
+    on_path = _float_descendants(b.graph, wrt, b.quantized)
     grads = {score.name: seed}
     for node in reversed(list(b.graph.nodes)):  # rules append nodes: walk a snapshot
         if not any(o.name in grads for o in node.outputs) or not any(i.name in on_path for i in node.inputs):
@@ -64,12 +66,15 @@ def _shaped(g, x, dtype):
     return g
 
 
-def _float_descendants(graph, starts) -> set:
-    """Names of float tensors that depend on any of `starts` (integer tensors carry no gradient)."""
+def _float_descendants(graph, starts, quantized: dict) -> set:
+    """Names of the tensors with float values that depend on any of `starts`: float tensors, and integer ones
+    that stand for a float value (`quantized`); other integer tensors (indices, shapes) carry no gradient."""
     names = {t.name for t in starts}
     for node in graph.nodes:
         if any(i.name in names for i in node.inputs):
-            names.update(o.name for o in node.outputs if o.dtype is None or np.dtype(o.dtype).kind == "f")
+            names.update(
+                o.name for o in node.outputs if o.dtype is None or np.dtype(o.dtype).kind == "f" or o.name in quantized
+            )
     return names
 
 

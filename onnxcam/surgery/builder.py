@@ -35,9 +35,13 @@ class Builder:
         self._ids = itertools.count()
         self._prefix = prefix
         self._upcast = {}
+        self.quantized = {}  # integer tensor name -> (scale, zero point): `fwd` gives its float value
 
     def fwd(self, t: gs.Tensor) -> gs.Tensor:
-        """A forward tensor as the gradient dtype (float16/bfloat16/float64 values are cast once, then reused)."""
+        """A forward tensor as the gradient dtype (float16/bfloat16/float64 values are cast once, then reused);
+        a quantized one (in `quantized`) as its float value."""
+        if t.name in self.quantized:
+            return self.dequantized(t, *self.quantized[t.name])
         if t.dtype is None or np.dtype(t.dtype).name not in ("float16", "bfloat16", "float64"):
             return t
         if t.name not in self._upcast:
@@ -45,6 +49,13 @@ class Builder:
                 self._upcast[t.name] = self.const(np.asarray(t.values, dtype=self.dtype))
             else:
                 self._upcast[t.name] = self.op("Cast", t, to=helper.np_dtype_to_tensor_dtype(self.dtype))
+        return self._upcast[t.name]
+
+    def dequantized(self, t: gs.Tensor, scale: gs.Tensor, zero_point: gs.Tensor | None) -> gs.Tensor:
+        """DequantizeLinear(t, scale, zero point), made once per tensor."""
+        if t.name not in self._upcast:
+            inputs = [t, scale] + ([zero_point] if zero_point is not None else [])
+            self._upcast[t.name] = self.op("DequantizeLinear", *inputs, dtype=self.dtype, shape=t.shape)
         return self._upcast[t.name]
 
     def name(self, hint: str) -> str:
