@@ -29,9 +29,9 @@ class _Group(click.Group):
         """The program itself (the console script, `python -m onnxcam`; CliRunner calls main instead): signals
         are taken over before the command line is parsed, and once the command is over, stopped or not, they
         are ignored, so that nothing cuts the exit short (see onnxcam.interrupts)."""
-        stop = interrupts.take_over()
+        stop, status = interrupts.take_over(), None
         try:
-            self.main(*args, **kwargs)
+            status = self.main(*args, **kwargs)  # returns only with standalone_mode=False
         except SystemExit as done:
             status = done.code
         finally:
