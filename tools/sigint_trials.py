@@ -75,7 +75,14 @@ def launch(argv: list, out: str, env: dict) -> subprocess.Popen:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=_as_from_a_terminal,
     )
+
+
+def _as_from_a_terminal() -> None:
+    """SIGINT as a shell's foreground command gets it: a job started with `&` inherits SIGINT ignored, and
+    onnxcam (as Python) leaves an ignored SIGINT ignored, which would make every trial finish."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def trial(work: str, index: int, name: str, argv: list, warm: bool, duration: float, rng: random.Random) -> dict:
