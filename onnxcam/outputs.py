@@ -344,7 +344,11 @@ class Background:
         return self
 
     def __exit__(self, *exc):
-        self.pool.shutdown(wait=True)
+        try:
+            self.pool.shutdown(wait=True)
+        except KeyboardInterrupt:  # the first Ctrl-C, while waiting: wait again (the later ones are ignored)
+            self.pool.shutdown(wait=True)
+            raise
 
 
 def input_paths(items, tensors: bool = True) -> list:

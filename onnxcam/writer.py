@@ -16,13 +16,11 @@ sticky bits); a symbolic link at a target name is replaced, its target's permiss
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
 import os
 import re
-import signal
 import socket
 import stat
 import tempfile
@@ -30,6 +28,7 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
+from onnxcam import interrupts
 from onnxcam.errors import OnnxcamError, OutputError
 
 if TYPE_CHECKING:
@@ -41,37 +40,6 @@ TEMP_PREFIX = ".onnxcam-"
 STALE_SECONDS = 24 * 3600
 _HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
 _TEMP_NAME = re.compile(r"\.onnxcam-(?:([0-9a-f]{8})-(\d+)-)?.*\.tmp\Z")
-_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM or SIGHUP, raised like Ctrl-C (so every cleanup that Ctrl-C runs, runs); exit 128 + signum."""
-
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-@contextlib.contextmanager
-def interrupt_on_termination():
-    """While inside, SIGTERM and SIGHUP raise `Terminated` in the main thread instead of killing the process
-    on the spot (signals someone chose to ignore, as nohup does, stay ignored). The CLI runs each command so."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {}
-    for sig in _SIGNALS[1:]:
-        if signal.getsignal(sig) is signal.SIG_DFL:
-            previous[sig] = signal.signal(sig, _raise_terminated)
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-def _raise_terminated(signum, frame):
-    raise Terminated(signum)
 
 
 def check_target(path: str, protected=()) -> None:
@@ -107,7 +75,7 @@ def write_files(files: dict, protected=()) -> None:
     try:
         for path, data in files.items():
             staged[path] = _stage(path, data)
-        with _signals_held():
+        with interrupts.held():
             try:
                 for path, tmp in staged.items():
                     backups[path] = _backup(path)
@@ -267,28 +235,6 @@ def _roll_back(renamed: list, backups: dict) -> None:
                 os.unlink(path)
         except OSError:
             pass
-
-
-@contextlib.contextmanager
-def _signals_held():
-    """Ctrl-C, SIGTERM and SIGHUP wait until the block is done (the main thread only: Python runs signal
-    handlers there, so no other thread is interrupted by them), then take effect as usual."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    caught, previous = [], {}
-    for sig in _SIGNALS:
-        try:
-            previous[sig] = signal.signal(sig, lambda signum, frame: caught.append(signum))
-        except (OSError, ValueError):
-            pass
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        for signum in caught[:1]:
-            signal.raise_signal(signum)
 
 
 def _replace(tmp: str, path: str) -> None:

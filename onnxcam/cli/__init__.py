@@ -6,8 +6,11 @@ OpenCV, and option choices come from onnxcam.names."""
 
 from __future__ import annotations
 
+import sys
+
 import click
 
+from onnxcam import interrupts
 from onnxcam.cli import eval, export, inspect, methods, report, run, sanity
 from onnxcam.cli.options import one_line
 from onnxcam.errors import Interrupted, OnnxcamError
@@ -22,15 +25,28 @@ class _UserError(click.ClickException):
 
 
 class _Group(click.Group):
-    def invoke(self, ctx):
-        from onnxcam.writer import Terminated, interrupt_on_termination
-
+    def __call__(self, *args, **kwargs):
+        """The program itself (the console script, `python -m onnxcam`; CliRunner calls main instead): signals
+        are taken over before the command line is parsed, and once the command is over, stopped or not, they
+        are ignored, so that nothing cuts the exit short (see onnxcam.interrupts)."""
+        stop, status = interrupts.take_over(), None
         try:
-            with interrupt_on_termination():  # SIGTERM / SIGHUP unwind like Ctrl-C: no temporary file stays
+            status = self.main(*args, **kwargs)  # returns only with standalone_mode=False
+        except SystemExit as done:
+            status = done.code
+        finally:
+            interrupts.ignore()
+        if stop is not None and stop.signum is not None:  # also when it came before the command ran
+            status = 128 + stop.signum
+        sys.exit(status)
+
+    def invoke(self, ctx):
+        try:
+            with interrupts.stop_on_signals():  # SIGTERM / SIGHUP unwind like Ctrl-C: no temporary file stays
                 return super().invoke(ctx)
         except OnnxcamError as error:
             raise _UserError(error) from None
-        except Terminated as stop:  # shells expect 128 + the signal's number
+        except interrupts.Terminated as stop:  # shells expect 128 + the signal's number
             error = Interrupted(f"stopped by {stop}; files already written are complete")
             error.exit_code = 128 + stop.signum
             raise _UserError(error) from None

@@ -187,7 +187,7 @@ def command(
             chunk = paths[start : start + batch_size]
             try:
                 items, failed = job.explain(chunk)
-            except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM / SIGHUP (writer.Terminated)
+            except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM / SIGHUP (interrupts.Terminated)
                 where = (
                     f"at image {start + 1} of {len(paths)} ({chunk[0]})"
                     if len(chunk) == 1
