@@ -42,7 +42,23 @@ TOKEN_CASES = [
         "Einsum-implicit-output", 12, lambda n: n.op("Einsum", tokens(n), n.randn(WIDTH, 3), equation="akc,cd")
     ),  # -> "adk": [N, 3, 42]
     case("Attention-block", 17, attention),
+    case("Attention-opset23-tokens", 23, lambda n: onnx_attention(n, 2, 2)),
+    case("Attention-opset23-grouped-heads", 23, lambda n: onnx_attention(n, 2, 1, scale=0.3)),
+    case("Attention-opset23-per-head-mask", 23, lambda n: onnx_attention(n, 0, 0, mask=True)),
 ]
+
+
+def onnx_attention(n, q_heads, kv_heads, scale=None, mask=False):
+    """ONNX's Attention (opset 23) on the tokens: [N, 42, 4] q, k, v with q_heads and kv_heads (grouped-query
+    attention where fewer), or with 0 heads as [N, 2, 42, 2] per-head tensors with a float mask [42, 42]."""
+    t = tokens(n)
+    kv_width = WIDTH // q_heads * kv_heads if q_heads else WIDTH
+    q, k, v = (n.op("MatMul", t, n.randn(WIDTH, width, scale=0.7)) for width in (WIDTH, kv_width, kv_width))
+    extra = {"scale": scale} if scale else {}
+    if q_heads:
+        return n.op("Attention", q, k, v, q_num_heads=q_heads, kv_num_heads=kv_heads, **extra)
+    q, k, v = (n.op("Transpose", n.op("Reshape", x, n.ints([0, TOKENS, 2, 2])), perm=[0, 2, 1, 3]) for x in (q, k, v))
+    return n.op("Attention", q, k, v, n.randn(TOKENS, TOKENS), **extra)
 
 
 @pytest.mark.parametrize("opset, body, kinks, a_scale, eps", TOKEN_CASES)
@@ -121,11 +137,29 @@ FUSED_CASES = [
         {"epsilon": 1e-5},
         id="SkipLayerNormalization-sum-output-used",
     ),
+    # decomposed into standard ops (onnxcam/model/decompose.py); the forward is checked against ORT's kernel
+    pytest.param("Attention", [(WIDTH, 3 * WIDTH), (3 * WIDTH,)], 1, {"num_heads": 2}, id="Attention"),
+    pytest.param(
+        "Attention",
+        [(WIDTH, 3 * WIDTH), (3 * WIDTH,), "", "", (1, 2, TOKENS, TOKENS)],
+        1,
+        {"num_heads": 2, "scale": 0.4},
+        id="Attention-attention-bias-scale",
+    ),
+    pytest.param(
+        "MultiHeadAttention",
+        [lambda n, t: n.op("Tanh", t), lambda n, t: t, (3 * WIDTH,), "", (1, 2, TOKENS, TOKENS)],
+        1,
+        {"num_heads": 2},
+        id="MultiHeadAttention-bias-attention-bias",
+    ),
 ]
 
 
 @pytest.mark.parametrize("op, extra, outputs, attrs", FUSED_CASES)
 def test_fused_transformer_ops_match_finite_differences(op, extra, outputs, attrs):
+    """check_gradients also compares the logits with the fused model's in ONNX Runtime (its own kernels), so a
+    decomposed op computes what the fused one does."""
     check_gradients(_fused_model(op, extra, outputs, **attrs), eps=1e-3)  # LayerNorm over 4 entries: curved
 
 
