@@ -192,3 +192,19 @@ def test_export_of_a_swin():
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     heat = session.run([MAP_OUTPUT], {"input": fx["input"], "onnxcam/class": fx["targets"]})[0]
     assert np.abs(heat - fx["GradCAM/auto"]).max() <= 1e-3
+
+
+def test_onnx_attention_ops_give_the_same_maps_and_rollouts():
+    """vit_cls exported at opset 23, where timm's fused attention becomes ONNX `Attention` ops: onnxcam inlines
+    their schema's function body, so the backward rules cover them and rollout reads their Softmax."""
+    path = os.path.join(FIXTURES, "vit_cls_opset23.onnx")
+    assert sum(n.op_type == "Attention" for n in onnx.load(path).graph.node) == 2
+    fx = dict(np.load(os.path.join(FIXTURES, "vit_cls.npz")))
+    ex = Explainer(path, device="cpu")
+    assert ex.layers == [grid_name("layer_norm_2")] and len(ex.info.attention) == 2
+    for reference, method in METHODS.items():
+        res = ex.explain(fx["input"], method, target=fx["targets"])
+        assert res.gradients in ("analytic", None) and np.abs(res.maps - fx[reference]).max() <= 1e-3, method
+    for method, key in (("attention-rollout", "rollout"), ("gradient-rollout", "gradient_rollout")):
+        want = np.maximum(fx[key], 0)
+        assert np.abs(ex.explain(fx["input"], method, target=fx["targets"]).raw - want).max() <= 1e-4 * want.max()

@@ -12,6 +12,10 @@ automatic layer (channels-last [N, h, w, C] before the head's global pooling).
     pip install torch==2.13.0 timm grad-cam==1.5.7 onnxscript   (torchvision through tools/torch_tools.py)
     python tools/make_transformer_fixtures.py          # tests/fixtures/transformers/*.onnx and *.npz
     python tools/make_transformer_fixtures.py swin swin_torchvision     # only these
+    python tools/make_transformer_fixtures.py vit_cls_opset23   # vit_cls by the dynamo exporter at opset 23
+
+vit_cls_opset23.onnx: the same weights as vit_cls, exported at opset 23, where timm's fused attention
+(scaled_dot_product_attention) becomes ONNX `Attention` ops; its references are vit_cls.npz's.
 
 tests/test_transformers.py compares onnxcam with these files, without torch.
 """
@@ -161,23 +165,26 @@ def inputs() -> np.ndarray:
     return np.ascontiguousarray(((x / 255.0 - 0.5) / 0.25).transpose(0, 3, 1, 2))
 
 
-def export_both(model, x: np.ndarray, name: str, dynamo: bool = True) -> str:
-    """The legacy export (name.onnx) and the same weights through the dynamo exporter (name_dynamo.onnx, needs
-    onnxscript) at the opset it writes best."""
-    path = os.path.join(OUT, f"{name}.onnx")
-    export_onnx(model, torch.from_numpy(x), path)
-    if not dynamo:
-        return path
+def export_dynamo(model, x: np.ndarray, path: str, opset: int = 18) -> None:
     torch.onnx.export(
         model,
         (torch.from_numpy(x),),
         input_names=["input"],
         output_names=["logits"],
-        opset_version=18,
+        opset_version=opset,
         dynamo=True,
         dynamic_shapes={"x": {0: torch.export.Dim("N")}},
         external_data=False,
-    ).save(os.path.join(OUT, f"{name}_dynamo.onnx"))
+    ).save(path)
+
+
+def export_both(model, x: np.ndarray, name: str, dynamo: bool = True) -> str:
+    """The legacy export (name.onnx) and the same weights through the dynamo exporter (name_dynamo.onnx, needs
+    onnxscript) at the opset it writes best."""
+    path = os.path.join(OUT, f"{name}.onnx")
+    export_onnx(model, torch.from_numpy(x), path)
+    if dynamo:
+        export_dynamo(model, x, os.path.join(OUT, f"{name}_dynamo.onnx"))
     return path
 
 
@@ -201,12 +208,15 @@ def logits_and_targets(model, x: np.ndarray, name: str) -> tuple:
 
 
 def main() -> None:
-    names = sys.argv[1:] or [*MODELS, *SWINS]
-    unknown = sorted(set(names) - set(MODELS) - set(SWINS))
+    known = [*MODELS, *SWINS, "vit_cls_opset23"]
+    names = sys.argv[1:] or known
+    unknown = sorted(set(names) - set(known))
     if unknown:
-        sys.exit(f"unknown models {unknown}; choose from {[*MODELS, *SWINS]}")
+        sys.exit(f"unknown models {unknown}; choose from {known}")
     os.makedirs(OUT, exist_ok=True)
     x = inputs()
+    if "vit_cls_opset23" in names:
+        export_dynamo(build("vit_cls"), x, os.path.join(OUT, "vit_cls_opset23.onnx"), opset=23)
     for name, (_, prefix) in ((n, m) for n, m in MODELS.items() if n in names):
         model = build(name)
         path = export_both(model, x, name)

@@ -195,3 +195,12 @@ def test_global_pooling_input_is_a_candidate_where_the_layout_was_lost():
     info = inspect_model(model)
     assert info.auto_layer.name == pooled_input
     check_gradients(model, layers=(pooled_input,))
+
+
+def test_a_fused_attention_form_that_is_not_rewritten_is_refused_on_one_line():
+    from onnxcam import ModelError
+    from onnxcam.model import inspect_model
+
+    model = _fused_model("Attention", [(WIDTH, 3 * WIDTH), (3 * WIDTH,)], 1, num_heads=2, unidirectional=1)
+    with pytest.raises(ModelError, match=r"^com\.microsoft\.Attention node '.*' is unidirectional or rotary: [^\n]*$"):
+        inspect_model(model)
