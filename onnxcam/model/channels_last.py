@@ -1,8 +1,7 @@
 """Channels-last grids as candidate target layers, through exact NCHW twins.
 
 Swin keeps its stages as [N, H, W, C], and so do ConvNeXt's blocks between their Transposes and Keras models
-between their convolutions. Such a tensor t (any 4-D tensor whose layout is a permutation of N, C, H, W; see
-layout.py) gets the twin
+between their convolutions. Such a tensor t (layout NHWC, see layout.py) gets the twin
 
     nchw = Transpose(t, to NCHW)
 
@@ -19,8 +18,7 @@ from __future__ import annotations
 from onnx import helper
 
 from onnxcam.model.graph import REARRANGERS, add_round_trips
-
-IDENTITY = (0, 1, 2, 3)
+from onnxcam.model.layout import IDENTITY, NHWC
 
 
 def nchw_name(name: str) -> str:
@@ -28,13 +26,14 @@ def nchw_name(name: str) -> str:
     return f"{name}/nchw"
 
 
-def is_permuted(p) -> bool:
-    """Whether layout p is NCHW's axes in another order."""
-    return isinstance(p, tuple) and p != IDENTITY and sorted(p) == list(IDENTITY)
+def is_channels_last(p) -> bool:
+    """Whether layout p is NHWC (other orders of the axes, such as H and W swapped, are not an image's grid
+    that a model would pool or explain)."""
+    return p == NHWC
 
 
 def is_new_layer(name, producer, consumers: list, layouts: dict) -> bool:
-    """Whether permuted tensor `name` is a layer of its own, not a rearrangement of a listed one (see the
+    """Whether channels-last tensor `name` is a layer of its own, not a rearrangement of a listed one (see the
     module's docstring)."""
     if producer.op_type in REARRANGERS:
         return False
@@ -44,7 +43,8 @@ def is_new_layer(name, producer, consumers: list, layouts: dict) -> bool:
 
 
 def add_nchw_twins(model, layers: dict) -> None:
-    """Give each permuted tensor in `layers` ({name: layout}) its NCHW twin; its consumers read the round trip."""
+    """Give each channels-last tensor in `layers` ({name: layout}) its NCHW twin; its consumers read the round
+    trip."""
     if not layers:
         return
     infos = {vi.name: vi for vi in [*model.graph.value_info, *model.graph.output]}

@@ -18,7 +18,7 @@ from onnx import helper
 
 from onnxcam import heads
 from onnxcam.errors import ModelError
-from onnxcam.model.channels_last import add_nchw_twins, is_new_layer, is_permuted, nchw_name
+from onnxcam.model.channels_last import add_nchw_twins, is_channels_last, is_new_layer, nchw_name
 from onnxcam.model.decompose import decompose_attention
 from onnxcam.model.graph import REARRANGERS, ancestors, constants, data_ancestors, inline_constant_branches
 from onnxcam.model.layout import IDENTITY, NHWC, layouts, pooled_layouts
@@ -410,7 +410,7 @@ def _candidate_layers(graph, shapes, feeding, found, floats, quantized, tokens):
             layers.append(Layer(grid_name(out), node.op_type, node.name, (None, shape[2], g.height, g.width), g))
             continue
         p = found.get(out)
-        if p is None or not (is_permuted(p) or p == IDENTITY) or out not in feeding:
+        if p is None or not (is_channels_last(p) or p == IDENTITY) or out not in feeding:
             continue
         nchw = tuple(shape[p.index(axis)] for axis in IDENTITY)
         if not (nchw[2] and nchw[3] and nchw[2] * nchw[3] > 1):

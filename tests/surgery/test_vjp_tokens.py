@@ -197,6 +197,31 @@ def test_global_pooling_input_is_a_candidate_where_the_layout_was_lost():
     check_gradients(model, layers=(pooled_input,))
 
 
+@pytest.mark.parametrize("opset", [17, 18])  # ReduceMean's axes: an attribute, then an input
+def test_a_channels_last_grid_pooled_over_its_axes_1_and_2_is_a_candidate(opset):
+    """timm's Swin: tokens [N, h*w, C] reshaped to [N, h, w, C], a LayerNorm, ReduceMean over (1, 2). Found back
+    from the pooling: the normed grid through its NCHW twin (the automatic layer), and the tokens, on their
+    7x6 grid without prefix; the Reshape's output, the same values as the tokens, is not listed twice."""
+    from onnxcam.model import inspect_model
+    from onnxcam.model.channels_last import nchw_name
+    from onnxcam.model.tokens import grid_name
+    from tinymodels import CLASSES, Net
+
+    net = Net(opset)
+    mixed = net.op("MatMul", tokens(net), net.randn(WIDTH, WIDTH, scale=0.5))  # [N, 42, 4]
+    nhwc = net.op("Reshape", mixed, net.ints([0, 7, 6, WIDTH]))
+    normed = net.op("LayerNormalization", nhwc, net.randn(WIDTH, scale=0.5), net.randn(WIDTH, scale=0.1), axis=-1)
+    axes = {"axes": [1, 2]} if opset < 18 else {}
+    pooled = net.op("ReduceMean", normed, *([net.ints([1, 2])] if opset >= 18 else []), keepdims=0, **axes)
+    model = classifier(net, pooled, classes=CLASSES)
+    info = inspect_model(model)
+    names = [layer.name for layer in info.layers]
+    assert info.auto_layer.name == nchw_name(normed) and info.auto_layer.shape == (None, WIDTH, 7, 6)
+    assert grid_name(mixed) in names and nchw_name(nhwc) not in names
+    assert info.resolve_layer(mixed).tokens.prefix == 0
+    check_gradients(model, layers=(nchw_name(normed), grid_name(mixed)), eps=1e-3)  # LayerNorm over 4: curved
+
+
 def test_a_fused_attention_form_that_is_not_rewritten_is_refused_on_one_line():
     from onnxcam import ModelError
     from onnxcam.model import inspect_model
