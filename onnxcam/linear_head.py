@@ -11,6 +11,7 @@ from onnx import numpy_helper
 
 from onnxcam.errors import ModelError
 from onnxcam.model import ModelInfo, constants
+from onnxcam.model.graph import reduce_axes
 
 _NO_OPS = {"Identity", "Dropout", "Flatten", "Reshape", "Squeeze"}
 
@@ -64,12 +65,5 @@ def linear_head_weights(info: ModelInfo, layer: str) -> np.ndarray:
 def _is_global_average(node, tensors) -> bool:
     if node.op_type == "GlobalAveragePool":
         return True
-    if node.op_type != "ReduceMean":
-        return False
-    axes = [a.ints for a in node.attribute if a.name == "axes"]
-    axes = (
-        list(axes[0])
-        if axes
-        else (numpy_helper.to_array(tensors[node.input[1]]).tolist() if len(node.input) > 1 else [])
-    )
-    return sorted(a % 4 for a in axes) == [2, 3]
+    axes = reduce_axes(node, tensors) if node.op_type == "ReduceMean" else None
+    return axes is not None and sorted(a % 4 for a in axes) == [2, 3]

@@ -2,9 +2,12 @@
 
 Fixtures (tools/make_transformer_fixtures.py): narrow timm models with seeded weights, exported by torch.onnx's
 legacy and dynamo exporters, and pytorch-grad-cam's maps on two photos: a ViT with a class token, a DeiT with a
-distillation token, a ViT with four register tokens, and a ViT with average pooling and no class token.
+distillation token, a ViT with four register tokens, and a ViT with average pooling and no class token; and
+Swin, timm's and torchvision's, with pytorch-grad-cam's maps at its Swin tutorial's layer, the last block's norm2,
+and at onnxcam's automatic layer, the final norm (channels-last before the head's global pooling).
 """
 
+import functools
 import os
 
 import numpy as np
@@ -122,3 +125,86 @@ def test_inspect_shows_token_layers_with_their_grid_and_prefix():
     assert result.exit_code == 0, result.output
     assert f"{grid_name(NORM1)}" in result.output and "tokens: 2 prefix + 4x4 grid" in result.output
     assert "attention   2 blocks" in result.output
+
+
+# name -> exporter -> (file suffix, the last block's norm2 (pytorch-grad-cam's Swin tutorial), the final norm: the
+# automatic layer, as its NCHW twin or, for torchvision, the Transpose to NCHW that the head's pooling reads)
+SWINS = {
+    "swin": {
+        "legacy": (
+            "",
+            "/layers/layers.1/blocks/blocks.1/norm2/LayerNormalization_output_0",
+            "/norm/LayerNormalization_output_0/nchw",
+        ),
+        "dynamo": ("_dynamo", "layer_norm_9", "layer_norm_10/nchw"),
+    },
+    "swin_torchvision": {
+        "legacy": (
+            "",
+            "/features/features.3/features.3.1/norm2/LayerNormalization_output_0",
+            "/permute/Transpose_output_0",
+        )
+    },
+}
+SWIN_CASES = [(name, exporter) for name, exporters in SWINS.items() for exporter in exporters]
+
+
+@functools.cache
+def _swin(name, exporter, layer=None, maps_in_graph=False):
+    """(Explainer, fixtures) of a Swin fixture; shared by the tests (building one runs the model's shapes)."""
+    suffix = SWINS[name][exporter][0]
+    path = os.path.join(FIXTURES, f"{name}{suffix}.onnx")
+    ex = Explainer(path, layer=layer, device="cpu", maps_in_graph=maps_in_graph)
+    return ex, dict(np.load(os.path.join(FIXTURES, f"{name}.npz")))
+
+
+@pytest.mark.parametrize(("name", "exporter"), SWIN_CASES)
+def test_swin_layers_are_channels_last_grids(name, exporter):
+    """The automatic layer is the final norm; the tutorial's norm2 is a candidate on the last stage's 8x8 grid
+    (timm's: tokens [N, 64, C], torchvision's: channels-last [N, 8, 8, C])."""
+    _, norm2, auto = SWINS[name][exporter]
+    ex, fx = _swin(name, exporter)
+    assert ex.info.auto_layer.name == auto and ex.info.auto_layer.shape == (None, 32, 8, 8)
+    layer = ex.info.resolve_layer(norm2)
+    assert layer.shape == (None, 32, 8, 8) and (layer.tokens is None) == (name == "swin_torchvision")
+    path = os.path.join(FIXTURES, f"{name}{SWINS[name][exporter][0]}.onnx")
+    plain = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {"input": fx["input"]})[0]
+    np.testing.assert_allclose(ex.logits(fx["input"]), plain, rtol=1e-5, atol=1e-5)  # the twins change nothing
+
+
+@pytest.mark.parametrize("layer", ["norm2", "auto"])
+@pytest.mark.parametrize(("name", "exporter"), SWIN_CASES)
+def test_swin_maps_equal_pytorch_grad_cam(name, exporter, layer):
+    """At the tutorial's norm2 with the maps computed in the graph, at the automatic layer in NumPy."""
+    norm2 = SWINS[name][exporter][1]
+    ex, fx = _swin(name, exporter, norm2, True) if layer == "norm2" else _swin(name, exporter)
+    key = "" if layer == "norm2" else "/auto"
+    for reference, method in METHODS.items():
+        res = ex.explain(fx["input"], method, target=fx["targets"])
+        assert res.gradients in ("analytic", None), (name, method)
+        assert np.abs(res.maps - fx[reference + key]).max() <= 1e-3, (name, layer, method)
+
+
+def test_export_of_a_swin():
+    ex, fx = _swin("swin", "dynamo")
+    model = export(ex.info, ex.layers, "gradcam")
+    onnx.checker.check_model(model)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    heat = session.run([MAP_OUTPUT], {"input": fx["input"], "onnxcam/class": fx["targets"]})[0]
+    assert np.abs(heat - fx["GradCAM/auto"]).max() <= 1e-3
+
+
+def test_onnx_attention_ops_give_the_same_maps_and_rollouts():
+    """vit_cls exported at opset 23, where timm's fused attention becomes ONNX `Attention` ops: onnxcam inlines
+    their schema's function body, so the backward rules cover them and rollout reads their Softmax."""
+    path = os.path.join(FIXTURES, "vit_cls_opset23.onnx")
+    assert sum(n.op_type == "Attention" for n in onnx.load(path).graph.node) == 2
+    fx = dict(np.load(os.path.join(FIXTURES, "vit_cls.npz")))
+    ex = Explainer(path, device="cpu")
+    assert ex.layers == [grid_name("layer_norm_2")] and len(ex.info.attention) == 2
+    for reference, method in METHODS.items():
+        res = ex.explain(fx["input"], method, target=fx["targets"])
+        assert res.gradients in ("analytic", None) and np.abs(res.maps - fx[reference]).max() <= 1e-3, method
+    for method, key in (("attention-rollout", "rollout"), ("gradient-rollout", "gradient_rollout")):
+        want = np.maximum(fx[key], 0)
+        assert np.abs(ex.explain(fx["input"], method, target=fx["targets"]).raw - want).max() <= 1e-4 * want.max()

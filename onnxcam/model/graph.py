@@ -6,12 +6,13 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-# Inputs that give another tensor's shape, sizes, axes or positions, not its values: a tensor that reaches the
+# Inputs that give another tensor's shape, sizes, axes, positions or type, not its values: a tensor that reaches the
 # scores only through them (or through Shape / Size, which read nothing but the shape) carries no gradient to
 # them. op -> positions of such inputs; None: every input.
 SHAPE_OPERANDS = {
     "Shape": None,
     "Size": None,
+    "CastLike": (1,),
     "Reshape": (1,),
     "Expand": (1,),
     "Tile": (1,),
@@ -37,6 +38,10 @@ SHAPE_OPERANDS = {
     "ReduceLogSumExp": (1,),
     "ReduceSumSquare": (1,),
 }
+
+
+# Ops that only move values to other places: their output is the same layer as their input.
+REARRANGERS = {"Transpose", "Reshape", "Flatten"}
 
 
 def constants(graph) -> dict:
@@ -72,6 +77,16 @@ def data_ancestors(name, producers) -> set:
     """The tensors whose values `name` is computed from, itself included: not those that only set a shape
     (`SHAPE_OPERANDS`), so not a layer whose one consumer is a Shape node that sizes a Reshape."""
     return ancestors(name, producers, data_inputs)
+
+
+def reduce_axes(node, tensors: dict):
+    """The axes a Reduce* node reduces (its `axes` attribute, or from opset 18 its constant second input); None
+    where they are not known (all axes, or computed)."""
+    attr = next((list(a.ints) for a in node.attribute if a.name == "axes"), None)
+    if attr is not None:
+        return attr
+    name = node.input[1] if len(node.input) > 1 else ""
+    return numpy_helper.to_array(tensors[name]).reshape(-1).tolist() if name in tensors else None
 
 
 def args(node, positions) -> list:

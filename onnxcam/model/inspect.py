@@ -18,8 +18,10 @@ from onnx import helper
 
 from onnxcam import detection, heads
 from onnxcam.errors import ModelError, OnnxcamError
-from onnxcam.model.graph import ancestors, constants, data_ancestors, inline_constant_branches
-from onnxcam.model.layout import IDENTITY, layouts
+from onnxcam.model.channels_last import add_nchw_twins, is_channels_last, is_new_layer, nchw_name
+from onnxcam.model.decompose import decompose_attention
+from onnxcam.model.graph import REARRANGERS, ancestors, constants, data_ancestors, inline_constant_branches
+from onnxcam.model.layout import IDENTITY, NHWC, layouts, pooled_layouts
 from onnxcam.model.load import check_nodes
 from onnxcam.model.metadata import labels_from_metadata, metadata, preset_from_metadata
 from onnxcam.model.neck import neck_layers
@@ -123,7 +125,7 @@ class ModelInfo:
         if name is None:
             return self.auto_layer
         for layer in self.layers:
-            if name in (layer.name, layer.node) or grid_name(name) == layer.name:
+            if layer.name in (name, layer.node, grid_name(name), nchw_name(name)):
                 return layer
         known = [layer.name for layer in self.layers] + [layer.node for layer in self.layers if layer.node]
         close = difflib.get_close_matches(name, known, n=3, cutoff=0.4)
@@ -163,6 +165,8 @@ def inspect_model(
     _drop_other_inputs(model, image_input.name, output)
     layout, shape = _pin_input_shape(image_input, input_size)
     model = infer_shapes(model)
+    if decompose_attention(model):  # fused attention ops as the standard ops they stand for
+        model = infer_shapes(model)
 
     graph = model.graph
     producers = {out: node for node in graph.node for out in node.output}
@@ -188,11 +192,15 @@ def inspect_model(
     tensors = constants(graph)
     quantized = quantized_tensors(graph, tensors) if opset >= 10 else {}  # QuantizeLinear comes with opset 10
     found = layouts(graph, shapes, nchw_input, tensors)
+    pooled = pooled_layouts(graph, shapes, tensors, found)
+    found.update((t, p) for t, p in pooled.items() if not isinstance(p, TokenGrid))
     tokens = token_layers(graph, shapes, found, feeding, logits, tensors)
+    tokens.update(_pooled_tokens(pooled, shapes, producers, found, tokens))
     layers = _candidate_layers(graph, shapes, feeding, found, _float_names(model), quantized, tokens)
     names = {layer.name for layer in layers}
     add_float_twins(model, {t: params for t, params in quantized.items() if twin(t) in names}, tensors)
     add_grid_twins(model, {t: g for t, g in tokens.items() if grid_name(t) in names}, opset)
+    add_nchw_twins(model, {t: p for t, p in found.items() if nchw_name(t) in names})
     if not layers:
         raise ModelError(
             "no candidate target layer: no 4-D NCHW tensor with spatial size > 1 feeds the logits "
@@ -421,9 +429,27 @@ def _float_names(model) -> set:
     }
 
 
+def _pooled_tokens(pooled, shapes, producers, found, tokens) -> dict:
+    """The token layers found back from a global pooling (layout.pooled_layouts): tokens as wide as a grid
+    [N, h, w, C] they are laid on, not the output of a Reshape (the same values as that grid)."""
+    widths = {(shapes[t][1] * shapes[t][2], shapes[t][3]) for t, p in found.items() if p == NHWC}
+    return {
+        t: g
+        for t, g in pooled.items()
+        if isinstance(g, TokenGrid)
+        and t not in tokens
+        and (g.tokens, shapes[t][2]) in widths
+        and producers[t].op_type not in REARRANGERS
+    }
+
+
 def _candidate_layers(graph, shapes, feeding, found, floats, quantized, tokens):
     """NCHW tensors with spatial size > 1 whose values reach the logits (`feeding`): float ones, the float
-    twins of quantized ones, and the grid twins of token layers."""
+    twins of quantized ones, the grid twins of token layers and the NCHW twins of channels-last ones."""
+    consumers = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
     layers = []
     for node in graph.node:
         out = node.output[0] if node.output else ""
@@ -432,9 +458,16 @@ def _candidate_layers(graph, shapes, feeding, found, floats, quantized, tokens):
             g = tokens[out]
             layers.append(Layer(grid_name(out), node.op_type, node.name, (None, shape[2], g.height, g.width), g))
             continue
-        if found.get(out) != IDENTITY or out not in feeding or not (shape[2] and shape[3] and shape[2] * shape[3] > 1):
+        p = found.get(out)
+        if p is None or not (is_channels_last(p) or p == IDENTITY) or out not in feeding:
             continue
-        if out in floats:
+        nchw = tuple(shape[p.index(axis)] for axis in IDENTITY)
+        if not (nchw[2] and nchw[3] and nchw[2] * nchw[3] > 1):
+            continue
+        if p != IDENTITY:
+            if out in floats and is_new_layer(out, node, consumers.get(out, []), found):
+                layers.append(Layer(nchw_name(out), node.op_type, node.name, nchw))
+        elif out in floats:
             layers.append(Layer(out, node.op_type, node.name, shape))
         elif out in quantized:
             layers.append(Layer(twin(out), node.op_type, node.name, shape))

@@ -5,9 +5,18 @@ NCHW map, a possible target layer, when p is the identity: NCHW -> Transpose(0, 
 Transpose(0, 3, 1, 2) is one again. A Reshape that splits C into parts (several axes with p[i] = 1) or merges
 such parts back, in any order, only permutes the channels: ShuffleNet's channel shuffle, [N, C, H, W] ->
 [N, g, C/g, H, W] -> Transpose(0, 2, 1, 3, 4) -> [N, C, H, W], keeps N, H and W, so it keeps the layout.
+
+Layouts are found forward from the ops that define them (`layouts`) and backward from a global pooling, whose
+pooled axes are H and W (`pooled_layouts`): Swin keeps its stages channels-last, [N, H, W, C] and, between
+windowed attentions, tokens [N, H*W, C], and pools them with ReduceMean over axes (1, 2); what was lost on the
+way forward (the windows, the shifts) is found again going back from the pooling through the ops that keep
+every position where it was.
 """
 
 from __future__ import annotations
+
+from onnxcam.model.graph import data_inputs, reduce_axes
+from onnxcam.model.tokens import TokenGrid
 
 # Ops whose 4-D output is NCHW by definition.
 NCHW_SOURCES = {"Conv", "ConvTranspose", "MaxPool", "AveragePool", "LpPool", "QLinearConv", "ConvInteger"}
@@ -61,7 +70,11 @@ NCHW_KEEPERS = {
 # Ops that read their 4-D input as NCHW by definition: pooling over axes 2 and 3.
 NCHW_SINKS = {"GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool"}
 IDENTITY = (0, 1, 2, 3)
+NHWC = (0, 2, 3, 1)
 CHANNEL = 1
+# The layout of a 4-D tensor that a global pooling reads, by the axes it pools.
+POOLED_AXES = {(2, 3): IDENTITY, (1, 2): NHWC}
+_POOLING_REDUCES = {"ReduceMean", "ReduceMax"}
 
 
 def layouts(graph, shapes: dict, nchw_input: set, tensors: dict) -> dict:
@@ -69,9 +82,7 @@ def layouts(graph, shapes: dict, nchw_input: set, tensors: dict) -> dict:
     global pooling reads is NCHW even where its axes were lost on the way (Swin's windows, a transformer's
     channels-last stage permuted back before the pooling)."""
     found = dict.fromkeys(nchw_input, IDENTITY)
-    found.update(
-        (n.input[0], IDENTITY) for n in graph.node if n.op_type in NCHW_SINKS and len(shapes.get(n.input[0]) or ()) == 4
-    )
+    found.update((n.input[0], IDENTITY) for n in graph.node if _pooled_layout(n, shapes, tensors) == IDENTITY)
     for node in graph.node:
         p = _output_layout(node, found, tensors, shapes)
         if p is not None:
@@ -99,6 +110,66 @@ def _output_layout(node, found, tensors, shapes):
             p if node.input[0] in found and p[-1] == CHANNEL and weight is not None and len(weight.dims) == 2 else None
         )
     return p if node.op_type in NCHW_KEEPERS else None
+
+
+def _pooled_layout(node, shapes, tensors):
+    """The layout of the 4-D tensor that `node` pools globally over its H and W axes, or None."""
+    if not node.input or len(shapes.get(node.input[0]) or ()) != 4:
+        return None
+    if node.op_type in NCHW_SINKS:
+        return IDENTITY
+    axes = reduce_axes(node, tensors) if node.op_type in _POOLING_REDUCES else None
+    return POOLED_AXES.get(tuple(sorted(a % 4 for a in axes))) if axes else None
+
+
+def pooled_layouts(graph, shapes: dict, tensors: dict, known: dict) -> dict:
+    """name -> layout for the tensors found backward from a global pooling (see the module's docstring), not
+    already in `known`: a 4-D layout, or for tokens [N, h*w, C] that a Reshape lays on an NHWC grid [N, h, w, C],
+    their TokenGrid (no prefix tokens). Going back keeps a layout through the ops that keep every position
+    (elementwise ops and normalizations, to their inputs of the output's shape), Transpose, a linear layer over
+    the channels, and the Reshapes between tokens and their grid."""
+    producers = {o: n for n in graph.node for o in n.output}
+    stack = [(n.input[0], p) for n in graph.node if (p := _pooled_layout(n, shapes, tensors)) is not None]
+    found = {}
+    while stack:
+        name, p = stack.pop()
+        if name in found or known.get(name, p) != p:
+            continue
+        found[name] = p
+        node = producers.get(name)
+        if node is not None and node.domain in ("", "ai.onnx"):
+            stack.extend(_input_layouts(node, name, p, shapes, tensors))
+    return {name: p for name, p in found.items() if name not in known}
+
+
+def _input_layouts(node, name, p, shapes, tensors) -> list:
+    """(input, layout) for the inputs of `node` whose layout the layout p of its output `name` tells."""
+    out, first = shapes.get(name), node.input[0]
+    before = shapes.get(first)
+    if out is None:
+        return []
+    if node.op_type in NCHW_KEEPERS:
+        return [(i, p) for i in data_inputs(node) if shapes.get(i) == out]
+    if before is None:
+        return []
+    if node.op_type == "Transpose" and not isinstance(p, TokenGrid):
+        perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), list(range(len(p)))[::-1])
+        q = [None] * len(p)
+        for i, axis in enumerate(perm):
+            q[axis] = p[i]
+        return [(first, tuple(q))]
+    if node.op_type == "Reshape" and before[0] is None and out[0] is None:
+        if p == NHWC and before[1:] == (out[1] * out[2], out[3]):
+            return [(first, TokenGrid(out[1] * out[2], 0, out[1], out[2]))]
+        if isinstance(p, TokenGrid) and len(before) == 4 and before[1:] == (p.height, p.width, out[2]):
+            return [(first, NHWC)]
+        return []
+    if node.op_type == "MatMul":
+        weight = tensors.get(node.input[1])
+        over_channels = isinstance(p, TokenGrid) or p[-1] == CHANNEL
+        same = before[:-1] == out[:-1]
+        return [(first, p)] if over_channels and same and weight is not None and len(weight.dims) == 2 else []
+    return []
 
 
 def _reshaped(p: tuple, before, after):

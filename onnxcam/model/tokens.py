@@ -26,9 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 from onnx import helper, numpy_helper
 
-from onnxcam.model.graph import add_round_trips, data_inputs
+from onnxcam.model.graph import REARRANGERS, add_round_trips, data_inputs
 
-_FLATTENERS = {"Reshape", "Flatten", "Transpose"}
 # Ops that change or select along the token axis of a [N, T, C] tensor; anything else that keeps the shape is
 # taken to work token by token (norms, linear layers, activations, residual adds).
 _SELECTORS = {"Gather", "Slice"}
@@ -71,7 +70,7 @@ def token_layers(graph, shapes: dict, layouts: dict, feeding: set, logits: str, 
                 and shape[1] == grid.tokens
                 and shape[2] == width
                 and producers.get(name) is not None
-                and producers[name].op_type not in _FLATTENERS
+                and producers[name].op_type not in REARRANGERS
                 and _grid_reaches(name, grid, consumers, shapes, logits, tensors)
             ):
                 found[name] = grid
@@ -102,7 +101,7 @@ def _flattened(name, consumers, shapes, want, depth=3):
         nxt = []
         for t, moved in frontier:
             for node in consumers.get(t, []):
-                if node.op_type not in _FLATTENERS:
+                if node.op_type not in REARRANGERS:
                     continue
                 out = node.output[0]
                 perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)

@@ -12,6 +12,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxcam.errors import OnnxcamError, UnsupportedOpError
+from onnxcam.model.graph import SHAPE_OPERANDS
 from onnxcam.surgery import vjp_tokens  # noqa: F401  (its rules join the table)
 from onnxcam.surgery.builder import Builder, NeedsStaticShape
 from onnxcam.surgery.vjp import RULES, carries_no_gradient, unsupported
@@ -71,7 +72,8 @@ def _float_descendants(graph, starts, quantized: dict) -> set:
     that stand for a float value (`quantized`); other integer tensors (indices, shapes) carry no gradient."""
     names = {t.name for t in starts}
     for node in graph.nodes:
-        if any(i.name in names for i in node.inputs):
+        skipped = SHAPE_OPERANDS.get(node.op, ()) if node.domain in ("", "ai.onnx") else ()
+        if skipped is not None and any(i.name in names for k, i in enumerate(node.inputs) if k not in skipped):
             names.update(
                 o.name for o in node.outputs if o.dtype is None or np.dtype(o.dtype).kind == "f" or o.name in quantized
             )

@@ -42,7 +42,23 @@ TOKEN_CASES = [
         "Einsum-implicit-output", 12, lambda n: n.op("Einsum", tokens(n), n.randn(WIDTH, 3), equation="akc,cd")
     ),  # -> "adk": [N, 3, 42]
     case("Attention-block", 17, attention),
+    case("Attention-opset23-tokens", 23, lambda n: onnx_attention(n, 2, 2)),
+    case("Attention-opset23-grouped-heads", 23, lambda n: onnx_attention(n, 2, 1, scale=0.3)),
+    case("Attention-opset23-per-head-mask", 23, lambda n: onnx_attention(n, 0, 0, mask=True)),
 ]
+
+
+def onnx_attention(n, q_heads, kv_heads, scale=None, mask=False):
+    """ONNX's Attention (opset 23) on the tokens: [N, 42, 4] q, k, v with q_heads and kv_heads (grouped-query
+    attention where fewer), or with 0 heads as [N, 2, 42, 2] per-head tensors with a float mask [42, 42]."""
+    t = tokens(n)
+    kv_width = WIDTH // q_heads * kv_heads if q_heads else WIDTH
+    q, k, v = (n.op("MatMul", t, n.randn(WIDTH, width, scale=0.7)) for width in (WIDTH, kv_width, kv_width))
+    extra = {"scale": scale} if scale else {}
+    if q_heads:
+        return n.op("Attention", q, k, v, q_num_heads=q_heads, kv_num_heads=kv_heads, **extra)
+    q, k, v = (n.op("Transpose", n.op("Reshape", x, n.ints([0, TOKENS, 2, 2])), perm=[0, 2, 1, 3]) for x in (q, k, v))
+    return n.op("Attention", q, k, v, n.randn(TOKENS, TOKENS), **extra)
 
 
 @pytest.mark.parametrize("opset, body, kinks, a_scale, eps", TOKEN_CASES)
@@ -121,11 +137,29 @@ FUSED_CASES = [
         {"epsilon": 1e-5},
         id="SkipLayerNormalization-sum-output-used",
     ),
+    # decomposed into standard ops (onnxcam/model/decompose.py); the forward is checked against ORT's kernel
+    pytest.param("Attention", [(WIDTH, 3 * WIDTH), (3 * WIDTH,)], 1, {"num_heads": 2}, id="Attention"),
+    pytest.param(
+        "Attention",
+        [(WIDTH, 3 * WIDTH), (3 * WIDTH,), "", "", (1, 2, TOKENS, TOKENS)],
+        1,
+        {"num_heads": 2, "scale": 0.4},
+        id="Attention-attention-bias-scale",
+    ),
+    pytest.param(
+        "MultiHeadAttention",
+        [lambda n, t: n.op("Tanh", t), lambda n, t: t, (3 * WIDTH,), "", (1, 2, TOKENS, TOKENS)],
+        1,
+        {"num_heads": 2},
+        id="MultiHeadAttention-bias-attention-bias",
+    ),
 ]
 
 
 @pytest.mark.parametrize("op, extra, outputs, attrs", FUSED_CASES)
 def test_fused_transformer_ops_match_finite_differences(op, extra, outputs, attrs):
+    """check_gradients also compares the logits with the fused model's in ONNX Runtime (its own kernels), so a
+    decomposed op computes what the fused one does."""
     check_gradients(_fused_model(op, extra, outputs, **attrs), eps=1e-3)  # LayerNorm over 4 entries: curved
 
 
@@ -161,3 +195,37 @@ def test_global_pooling_input_is_a_candidate_where_the_layout_was_lost():
     info = inspect_model(model)
     assert info.auto_layer.name == pooled_input
     check_gradients(model, layers=(pooled_input,))
+
+
+@pytest.mark.parametrize("opset", [17, 18])  # ReduceMean's axes: an attribute, then an input
+def test_a_channels_last_grid_pooled_over_its_axes_1_and_2_is_a_candidate(opset):
+    """timm's Swin: tokens [N, h*w, C] reshaped to [N, h, w, C], a LayerNorm, ReduceMean over (1, 2). Found back
+    from the pooling: the normed grid through its NCHW twin (the automatic layer), and the tokens, on their
+    7x6 grid without prefix; the Reshape's output, the same values as the tokens, is not listed twice."""
+    from onnxcam.model import inspect_model
+    from onnxcam.model.channels_last import nchw_name
+    from onnxcam.model.tokens import grid_name
+    from tinymodels import CLASSES, Net
+
+    net = Net(opset)
+    mixed = net.op("MatMul", tokens(net), net.randn(WIDTH, WIDTH, scale=0.5))  # [N, 42, 4]
+    nhwc = net.op("Reshape", mixed, net.ints([0, 7, 6, WIDTH]))
+    normed = net.op("LayerNormalization", nhwc, net.randn(WIDTH, scale=0.5), net.randn(WIDTH, scale=0.1), axis=-1)
+    axes = {"axes": [1, 2]} if opset < 18 else {}
+    pooled = net.op("ReduceMean", normed, *([net.ints([1, 2])] if opset >= 18 else []), keepdims=0, **axes)
+    model = classifier(net, pooled, classes=CLASSES)
+    info = inspect_model(model)
+    names = [layer.name for layer in info.layers]
+    assert info.auto_layer.name == nchw_name(normed) and info.auto_layer.shape == (None, WIDTH, 7, 6)
+    assert grid_name(mixed) in names and nchw_name(nhwc) not in names
+    assert info.resolve_layer(mixed).tokens.prefix == 0
+    check_gradients(model, layers=(nchw_name(normed), grid_name(mixed)), eps=1e-3)  # LayerNorm over 4: curved
+
+
+def test_a_fused_attention_form_that_is_not_rewritten_is_refused_on_one_line():
+    from onnxcam import ModelError
+    from onnxcam.model import inspect_model
+
+    model = _fused_model("Attention", [(WIDTH, 3 * WIDTH), (3 * WIDTH,)], 1, num_heads=2, unidirectional=1)
+    with pytest.raises(ModelError, match=r"^com\.microsoft\.Attention node '.*' is unidirectional or rotary: [^\n]*$"):
+        inspect_model(model)
