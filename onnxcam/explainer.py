@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from onnxcam import cache, finite_diff, heads, postprocess, preprocess
+from onnxcam import cache, finite_diff, heads, postprocess, preprocess, segmentation
 from onnxcam.errors import ModelError, OnnxcamError
 from onnxcam.linear_head import linear_head_weights
 from onnxcam.methods import ELEMENTWISE, METHODS, SAMPLES, AttentionData, LayerData, method_named, projection
@@ -49,7 +49,7 @@ class Explanation:
     maps: np.ndarray  # float32 [N, H_in, W_in] in [0, 1]
     raw: np.ndarray | None  # float32 [N, h, w]: first layer's map after ReLU, before normalization
     targets: np.ndarray  # int64 [N]: the class each map explains
-    scores: np.ndarray  # [N, C] logits
+    scores: np.ndarray  # [N, C] logits (segmentation: the fraction of pixels predicted as each class)
     method: str
     layers: list
     gradients: str | None = None  # "analytic", "finite differences", or None for gradient-free methods
@@ -58,6 +58,7 @@ class Explanation:
     # bool [N]: the map has no spread (all-zero gradients, or no positive evidence after ReLU): its range
     # fell below the 1e-7 normalization floor, so `maps` holds (finite) zeros rather than a picture
     flat: np.ndarray | None = None
+    region: np.ndarray | None = None  # segmentation: bool [N, h, w] the pixels of the output explained
 
     def item(self, i: int) -> Explanation:
         """The explanation of image i alone (arrays keep their batch axis, of length 1)."""
@@ -73,6 +74,7 @@ class Explanation:
             scores=one(self.scores),
             saliency=one(self.saliency),
             flat=one(self.flat),
+            region=one(self.region),
         )
 
     def _repr_html_(self) -> str:
@@ -102,7 +104,8 @@ class Explainer:
     head op has no rule; `missing_rule` then says which). maps_in_graph: compute the maps of the gradient
     methods in surgery.maps.FORMULAS inside the ONNX graph (the default), or in NumPy from A and dScore/dA.
     labels: class names (a list, or a file: text one a line, a JSON list, a JSON object {index: name}) in place
-    of those in the model's metadata.
+    of those in the model's metadata. task: one of names.TASKS, None to choose it from the output's shape
+    (a segmentation model's maps explain a class's scores summed over a region: onnxcam.segmentation).
     """
 
     def __init__(
@@ -119,9 +122,12 @@ class Explainer:
         gradients="auto",
         maps_in_graph=True,
         labels=None,
+        task=None,
     ):
         proto = load_model(model) if isinstance(model, str) else model
-        self.info = inspect_model(proto, input_name=input_name, output_name=output_name, input_size=input_size)
+        self.info = inspect_model(
+            proto, input_name=input_name, output_name=output_name, input_size=input_size, task=task
+        )
         names = layer if isinstance(layer, (list, tuple)) else [layer]
         self.layers = list(dict.fromkeys(self.info.resolve_layer(n).name for n in names))
         self.providers = list(providers) if providers else providers_for(device)
@@ -158,6 +164,8 @@ class Explainer:
                 "output": output_name,
                 "size": list(self.info.size),
             }
+            if self.info.task != "classify":  # the graph's default class depends on the labels' background
+                cache_key["task"] = [self.info.task, segmentation.has_background(self.info.labels, self.head)]
         self.sessions = Sessions(self.info, self.layers, self.providers, cache_key)
         self._head_weights = {}
         self._quantization_step = None  # the smallest useful finite-difference step (QDQ models), once known
@@ -209,8 +217,10 @@ class Explainer:
         noise: float = 0.15,
         seed: int = 0,
         scorecam_channels: int | None = None,
+        region=None,
     ) -> Explanation:
-        """Explain x for `target` (class index, one per image, or None for the top-1 class).
+        """Explain x for `target` (class index, one per image, or None for the top-1 class; for segmentation,
+        the default class of onnxcam.segmentation).
 
         score: "logit" or "probability" of the class. unit: (tensor, channel[, i, j]) explains that
         feature map or neuron instead of a class. aug_smooth: average over flips and input scalings;
@@ -218,10 +228,20 @@ class Explainer:
         samples, noise, seed: noisy copies for smoothgrad and smoothgradcam++ (noise as a fraction of
         the input's range, as in SmoothGrad). scorecam_channels: Score-CAM scores only this many channels,
         those of largest activation mass (an approximation; None: all, the method as published).
+        region (segmentation): a mask picture's path or an array [h, w] / [N, h, w], nonzero = inside, resized to
+        the output's resolution; the class's scores are summed there (None: where the model predicts the class).
         """
         m = method_named(method)
         if score not in SCORES:
             raise OnnxcamError(f"unknown score '{score}'; choose one of {', '.join(SCORES)}")
+        segment = self.info.task == "segment"
+        if segment and (score != "logit" or aug_smooth or m.attention):
+            what = "--score probability" if score != "logit" else "--aug-smooth" if aug_smooth else m.name
+            raise OnnxcamError(
+                f"{what} does not apply to segmentation; its maps explain a class's scores summed over a region"
+            )
+        if region is not None and not segment:
+            raise OnnxcamError(f"a region applies to segmentation models; this one is a {self.info.task} model")
         if aug_smooth and m.map is None:
             raise OnnxcamError(f"--aug-smooth applies to CAM methods, not to {m.name}")
         t0 = time.perf_counter()
@@ -231,9 +251,12 @@ class Explainer:
         plan = self._plan(m, score, unit, eigen_smooth)
         if unit and not plan.analytic:
             raise OnnxcamError(f"explaining a unit needs a gradient method with backward rules, not {m.name}")
+        if segment and not plan.analytic and (m.gradients is not None or m.input_gradient):
+            raise OnnxcamError(f"method '{m.name}' on a segmentation model needs backward rules: {self.missing_rule}")
         if scorecam_channels is not None and scorecam_channels < 1:
             raise OnnxcamError(f"scorecam_channels must be at least 1, not {scorecam_channels}")
         options = dict(
+            region=None if region is None else self._region(region, len(tensor)),
             score=score,
             unit=unit,
             eigen_smooth=eigen_smooth,
@@ -368,18 +391,19 @@ class Explainer:
         return first
 
     def _explain(
-        self, tensor, classes, m, plan, *, score, unit, eigen_smooth, samples, noise, seed, channels
+        self, tensor, classes, m, plan, *, region, score, unit, eigen_smooth, samples, noise, seed, channels
     ) -> Explanation:
         if plan.in_graph:
-            res = self._explain_in_graph(tensor, classes, m, plan.spec)
+            res = self._explain_in_graph(tensor, classes, m, plan.spec, region)
             if res is not None:  # None: a map with NaN or Inf, which the NumPy path below traces to A or dScore/dA
                 return res
             plan = Plan(SessionSpec.gradients(m.map is not None, m.input_gradient, score, unit), True, False)
         spec = plan.spec
-        outputs = self.sessions.run_model(spec, tensor, classes)
+        outputs = self.sessions.run_model(spec, tensor, classes, region)
         scores = outputs[self.info.logits_name].reshape(len(tensor), -1).astype(np.float32)
         _check_finite(scores, "class scores")
         targets = self._targets(spec, outputs, classes, scores)
+        inside = self._inside(scores, targets, region)
         if m.attention:
             return self._explain_attention(m, plan, outputs, scores, targets)
         noisy = self._noisy_runs(spec, tensor, targets, samples, noise, seed) if m.gradients == SAMPLES else []
@@ -389,7 +413,7 @@ class Explainer:
             scaled = []
             for layer in self.layers:
                 layer_map = self._layer_map(
-                    m, layer, outputs, noisy, tensor, targets, scores, score, eigen_smooth, channels
+                    m, layer, outputs, noisy, tensor, targets, scores, score, eigen_smooth, channels, inside
                 )
                 raw = layer_map if raw is None else raw
                 scaled.append(postprocess.normalize_and_resize(layer_map, self.info.size))
@@ -407,11 +431,12 @@ class Explainer:
             maps=maps,
             raw=raw,
             targets=targets.astype(np.int64),
-            scores=scores,
+            scores=self._shown_scores(scores),
             method=m.name,
             layers=self.layers,
             gradients=_source(m, plan.analytic),
             saliency=None if saliency is None else np.float32(saliency),
+            region=inside,
         )
 
     def _explain_attention(self, m, plan, outputs, scores, targets) -> Explanation:
@@ -436,26 +461,28 @@ class Explainer:
             gradients=_source(m, plan.analytic),
         )
 
-    def _explain_in_graph(self, tensor, classes, m, spec) -> Explanation | None:
+    def _explain_in_graph(self, tensor, classes, m, spec, region) -> Explanation | None:
         """The maps of one run of the in-graph map model: only logits, targets, the [N, h, w] layer maps and the
         finished [N, H, W] heatmaps come back."""
-        outputs = self.sessions.run_model(spec, tensor, classes)
+        outputs = self.sessions.run_model(spec, tensor, classes, region)
         scores = outputs[self.info.logits_name].reshape(len(tensor), -1).astype(np.float32)
         _check_finite(scores, "class scores")
         raw = [outputs[layer_map_name(layer)][:, 0] for layer in self.layers]
         if not all(np.isfinite(r).all() for r in raw):
             return None
+        targets = outputs[TARGET_OUTPUT].astype(np.int64)
         return Explanation(
             maps=outputs[MAP_OUTPUT],
             raw=raw[0],
-            targets=outputs[TARGET_OUTPUT].astype(np.int64),
-            scores=scores,
+            targets=targets,
+            scores=self._shown_scores(scores),
             method=m.name,
             layers=self.layers,
             gradients="analytic",
+            region=self._inside(scores, targets, region),
         )
 
-    def _layer_map(self, m, layer, outputs, noisy, tensor, targets, scores, score, eigen_smooth, channels):
+    def _layer_map(self, m, layer, outputs, noisy, tensor, targets, scores, score, eigen_smooth, channels, inside):
         """One layer's map at layer resolution, after ReLU."""
         a = outputs[layer].astype(np.float32)
         _check_finite(a, f"activations at '{layer}'")
@@ -468,9 +495,9 @@ class Explainer:
             gradient_samples=[r[grad_name(layer)].astype(np.float32) for r in noisy] or None,
             class_weights=self._linear_head(layer)[targets] if m.needs_linear_head else None,
             directional=self._finite_differences(layer, a, targets, tensor, score) if grads is None else None,
-            masked_scores=lambda acts: self._masked_scores(tensor, acts, targets, score),
-            ablated_scores=lambda: self._ablated_scores(layer, a, tensor, targets, score),
-            scores=self._score_of(scores, targets, score),
+            masked_scores=lambda acts: self._masked_scores(tensor, acts, targets, score, inside),
+            ablated_scores=lambda: self._ablated_scores(layer, a, tensor, targets, score, inside),
+            scores=self._score_of(scores, targets, score, inside),
             channels=channels,
         )
         terms = m.map(data)
@@ -510,7 +537,7 @@ class Explainer:
             progress=lambda done, total: self._report("finite differences", done, total),
         )
 
-    def _masked_scores(self, tensor, activations, targets, score) -> np.ndarray:
+    def _masked_scores(self, tensor, activations, targets, score, inside=None) -> np.ndarray:
         """Score-CAM: [N, K] scores of the model on x * (min-max normalized, upsampled A_k). Masks are made
         BATCH_ROWS channels at a time: all K at the input's size would take K * H * W floats per image."""
         n, k = activations.shape[:2]
@@ -526,12 +553,12 @@ class Explainer:
                 rows = tensor[i : i + 1] * (m[:, None] if self.info.layout == "NCHW" else m[:, :, :, None])
                 logits = self.sessions.run_model(forward, rows.astype(tensor.dtype))[self.info.logits_name]
                 out[i, start : start + len(m)] = self._score_of(
-                    logits.reshape(len(m), -1), np.full(len(m), targets[i]), score
+                    logits.reshape(len(m), -1), np.full(len(m), targets[i]), score, _rows(inside, i, len(m))
                 )
                 self._report("masked inputs", i * k + start + len(m), n * k)
         return out
 
-    def _ablated_scores(self, layer, activations, tensor, targets, score) -> np.ndarray:
+    def _ablated_scores(self, layer, activations, tensor, targets, score, inside=None) -> np.ndarray:
         """Ablation-CAM: [N, K] head scores with channel k set to 0 (or to min(A) - 1e7 where min(A) != 0)."""
         run_head, extra = self._head(layer, tensor)
         dtype = self.sessions.input_dtype(SessionSpec.head(layer), layer)
@@ -549,7 +576,9 @@ class Explainer:
                     {name: np.repeat(v[i : i + 1], len(channels), axis=0) for name, v in (extra or {}).items()}
                 )
                 logits = run_head(feeds).reshape(len(channels), -1)
-                out[i, channels] = self._score_of(logits, np.full(len(channels), targets[i]), score)
+                out[i, channels] = self._score_of(
+                    logits, np.full(len(channels), targets[i]), score, _rows(inside, i, len(channels))
+                )
                 self._report("ablated channels", i * k + channels[-1] + 1, n * k)
         return out
 
@@ -573,10 +602,40 @@ class Explainer:
         """The class each row explains: chosen in the graph where the session takes a class, else here."""
         if spec.takes_class:
             return outputs[TARGET_OUTPUT]
-        return np.where(classes < 0, heads.top1(scores, self.head), classes)
+        if self.info.task == "segment":
+            background = segmentation.has_background(self.info.labels, self.head)
+            top = segmentation.default_class(self._segment_logits(scores), self.head, background)
+        else:
+            top = heads.top1(scores, self.head)
+        return np.where(classes < 0, top, classes)
 
-    def _score_of(self, logits, classes, score) -> np.ndarray:
+    def _score_of(self, logits, classes, score, inside=None) -> np.ndarray:
+        """[rows] each row's explained score (segmentation: summed over `inside`, bool [rows, h, w])."""
+        if self.info.task == "segment":
+            return segmentation.region_score(self._segment_logits(logits), self.head, classes, inside)
         return heads.class_score(logits, classes, score, self.head)
+
+    def _segment_logits(self, scores) -> np.ndarray:
+        return scores.reshape(len(scores), *self.info.logits_shape[1:])
+
+    def _inside(self, scores, targets, region) -> np.ndarray | None:
+        """Segmentation: bool [N, h, w] the region each image's class is explained over (None for other tasks)."""
+        if self.info.task != "segment":
+            return None
+        return segmentation.regions(self._segment_logits(scores), self.head, targets, region)
+
+    def _shown_scores(self, scores) -> np.ndarray:
+        """What an Explanation reports as scores: the logits, or a segmentation's pixel fraction per class."""
+        if self.info.task == "segment":
+            return segmentation.pixel_fractions(self._segment_logits(scores), self.head)
+        return scores
+
+    def _region(self, region, n: int) -> np.ndarray:
+        """float32 [N, h, w] at the output's resolution: one mask for every image, or one each."""
+        masks = segmentation.read_region(region, self.info.logits_shape[2:])
+        if len(masks) not in (1, n):
+            raise OnnxcamError(f"got {len(masks)} region masks for {n} images; give one mask or one per image")
+        return np.ascontiguousarray(np.broadcast_to(masks, (n, *masks.shape[1:])))
 
     def _nchw(self, x):
         return x if self.info.layout == "NCHW" else x.transpose(0, 3, 1, 2)
@@ -599,6 +658,11 @@ class Explainer:
         if layer not in self._head_weights:
             self._head_weights[layer] = linear_head_weights(self.info, layer)
         return self._head_weights[layer]
+
+
+def _rows(inside, i: int, count: int):
+    """Image i's region repeated for `count` rows of one run (None stays None)."""
+    return None if inside is None else np.repeat(inside[i : i + 1], count, axis=0)
 
 
 def _source(m, analytic: bool) -> str | None:

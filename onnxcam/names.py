@@ -19,6 +19,7 @@ DEVICES = ("auto", "cpu", "cuda")  # --device; runtime.providers_for
 PRESETS = ("imagenet", "inception", "lite", "caffe", "unit", "raw", "bgr")  # preprocess.PRESETS
 DEFAULT_PRESET = "imagenet"  # when neither --preprocess nor the model says
 GRADIENT_MODES = ("auto", "analytic", "fd")  # Explainer(gradients=...)
+TASKS = ("classify", "detect", "segment")  # what the model's output is (model.inspect chooses; --task overrides)
 SCORES = ("logit", "probability")  # what the map explains: the class's logit or its softmax probability
 DEFAULT_MAX_PIXELS = 100_000_000  # preprocess.load_image refuses larger images unless told
 
@@ -51,6 +52,7 @@ CLASS_INPUT_MODES = ("optional", "required")  # export's class input
 CLASS_INPUT = "onnxcam/class"
 MAP_OUTPUT = "onnxcam/map"
 TARGET_OUTPUT = "onnxcam/target"
+REGION_INPUT = "onnxcam/region"  # segmentation: float [N, H, W] at the output's resolution, 1 inside; -1 = predicted
 
 # Pictures that preprocess.load_image reads (PNG, JPEG, BMP, GIF, WebP, TIFF, PNM), by file name suffix: the
 # files a folder stands for. A .npy file is a ready input tensor.

@@ -17,7 +17,7 @@ import onnx
 from onnx import helper
 
 from onnxcam import heads
-from onnxcam.errors import ModelError
+from onnxcam.errors import ModelError, OnnxcamError
 from onnxcam.model.graph import ancestors, constants, data_ancestors, inline_constant_branches
 from onnxcam.model.layout import IDENTITY, layouts
 from onnxcam.model.load import check_nodes
@@ -32,12 +32,28 @@ from onnxcam.model.shapes import (
     unknown_shapes,
 )
 from onnxcam.model.tokens import TokenGrid, add_grid_twins, attention_maps, grid_name, token_layers
+from onnxcam.names import TASKS
 
 # Ops that turn logits into probabilities: seed the class score at their input.
 _PROBABILITY_OPS = {"Softmax", "LogSoftmax", "Sigmoid"}
 _PASS_THROUGH = {"Identity", "Reshape", "Flatten", "Squeeze"}
 # Refuse models whose declared input would need more than this many elements.
 MAX_INPUT_ELEMENTS = 1 << 28
+
+
+def _classify_shape(dims) -> bool:
+    """[C] or [C, 1, 1]: one score per class (a dimension known only at run time is taken for 1)."""
+    return isinstance(dims[0], int) and dims[0] >= 1 and all(d == 1 for d in dims[1:] if isinstance(d, int))
+
+
+def _segment_shape(dims) -> bool:
+    """[C, H, W] with H*W > 1: one score per class and pixel."""
+    return len(dims) == 3 and all(isinstance(d, int) and d >= 1 for d in dims) and dims[1] * dims[2] > 1
+
+
+# task -> (does the explained output's shape, after the batch axis, fit it; how that shape is written), in the
+# order the automatic choice tries them. detect ([N, 4+C, A] ultralytics v8/v11, [N, A, 5+C] v5) is not here yet.
+TASK_SHAPES = {"classify": (_classify_shape, "[N, C]"), "segment": (_segment_shape, "[N, C, H, W] with H*W > 1")}
 
 
 @dataclass(frozen=True)
@@ -65,6 +81,8 @@ class ModelInfo:
     num_classes: int  # entries of the logits per image (1 for a single-logit head)
     opset: int
     layers: list = field(default_factory=list)
+    task: str = "classify"  # one of names.TASKS, chosen from the explained output's shape (`TASK_SHAPES`)
+    logits_shape: tuple = ()  # the explained output's static shape, batch entry None
     labels: list | None = None  # one name per class (a single-logit head has two: negative, positive)
     preprocess: str | None = None  # a preprocess.PRESETS name the metadata determines
     head: str = "softmax"  # what the scores mean: one of heads.KINDS (see `_head_kind`)
@@ -86,7 +104,11 @@ class ModelInfo:
 
     @property
     def auto_layer(self) -> Layer:
-        """The last candidate before the logits: where Grad-CAM is usually computed."""
+        """The last candidate before the logits: where Grad-CAM is usually computed. For segmentation, the last
+        that is not a per-class map (the logits themselves and their resizes have as many channels as classes)."""
+        if self.task == "segment":
+            features = [layer for layer in self.layers if layer.shape[1] != self.num_classes]
+            return (features or self.layers)[-1]
         return self.layers[-1]
 
     def resolve_layer(self, name: str | None) -> Layer:
@@ -114,8 +136,12 @@ def inspect_model(
     input_name: str | None = None,
     output_name: str | None = None,
     input_size: tuple | None = None,
+    task: str | None = None,
 ) -> ModelInfo:
-    """Find the image input, the logits, the head and the candidate layers of a classifier."""
+    """Find the image input, the logits, the head and the candidate layers of a classifier (or, by the output's
+    shape or `task`, a segmentation model)."""
+    if task is not None and task not in TASKS:
+        raise OnnxcamError(f"unknown task '{task}'; choose one of {', '.join(TASKS)}")
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     if opset is None:
         raise ModelError("the model imports no default-domain ONNX opset")
@@ -148,15 +174,8 @@ def inspect_model(
         check_tensor_sizes(shapes, producers)
     fold_shape_operands(model, feeding, image_input.name, shape)
     logits_shape = shapes.get(logits)
-    num_classes = logits_shape[1] if logits_shape and len(logits_shape) >= 2 else None
-    if (
-        not isinstance(num_classes, int)
-        or num_classes < 1
-        or any(d != 1 for d in logits_shape[2:] if isinstance(d, int))
-    ):
-        raise ModelError(
-            f"the logits tensor '{logits}' has shape {logits_shape}; expected [N, classes] with a known class count"
-        )
+    task = _task(logits, logits_shape, task)
+    num_classes = logits_shape[1]
 
     nchw_input = {image_input.name} if layout == "NCHW" else set()
     tensors = constants(graph)
@@ -186,6 +205,8 @@ def inspect_model(
         num_classes=num_classes,
         opset=opset,
         layers=layers,
+        task=task,
+        logits_shape=(None, *logits_shape[1:]),
         labels=labels,
         preprocess=preset,
         head=head,
@@ -313,6 +334,26 @@ def _pick_output(graph, name):
             f"the model has {len(names)} outputs ({', '.join(names)}); choose the scores with --output NAME"
         )
     return names[0]
+
+
+def _task(logits: str, shape, wanted: str | None) -> str:
+    """The task the explained output's shape fits (the first in TASK_SHAPES), or `wanted` if the shape fits it;
+    a user error naming the shape otherwise."""
+    dims = list(shape[1:]) if shape and len(shape) >= 2 else None
+    fits = [task for task, (test, _) in TASK_SHAPES.items() if dims and test(dims)]
+    if wanted is None and fits:
+        return fits[0]
+    if wanted in fits:
+        return wanted
+    if wanted is None:
+        expected = " or ".join(f"{form} ({task})" for task, (_, form) in TASK_SHAPES.items())
+        raise ModelError(f"the logits tensor '{logits}' has shape {shape}; expected {expected} with known sizes")
+    if wanted not in TASK_SHAPES:
+        raise ModelError(f"task '{wanted}' is not supported yet (the output '{logits}' has shape {shape})")
+    raise ModelError(
+        f"--task {wanted} needs an output of shape {TASK_SHAPES[wanted][1]}; '{logits}' has shape {shape}"
+        + (f" (a {fits[0]} output)" if fits else "")
+    )
 
 
 def _head_kind(num_classes: int, probability) -> str:
