@@ -18,8 +18,8 @@ import numpy as np
 from onnxcam import cache
 from onnxcam.errors import ModelError, UnsupportedOpError
 from onnxcam.linear_head import linear_head_weights
-from onnxcam.runtime import ort_error_text
 from onnxcam.names import REGION_INPUT
+from onnxcam.runtime import ort_error_text
 from onnxcam.surgery import CLASS_INPUT, augment, cut_head
 from onnxcam.surgery.maps import maps_model
 
