@@ -45,9 +45,11 @@ class RunOptions:
     noise: float = 0.15
     seed: int = 0
     scorecam_channels: int | None = None
+    region: str | None = None  # segmentation: a mask picture, nonzero = the region explained
 
     def explain_args(self) -> dict:
         return dict(
+            region=self.region,
             score=self.score,
             unit=self.unit,
             aug_smooth=self.aug_smooth,
@@ -65,7 +67,7 @@ class ImageResult:
 
     image: str
     rgb: np.ndarray  # the picture the overlays are drawn on (black for a tensor input)
-    probabilities: np.ndarray  # [C]
+    probabilities: np.ndarray  # [C] (segmentation: the fraction of pixels predicted as each class)
     explanations: list  # an Explanation of this image alone per (method, class)
     units: list | None  # [(channel, contribution, activation map)], the most contributing first
     seconds: float  # this image's share of its batch's time
@@ -133,7 +135,9 @@ class Run:
                 ImageResult(
                     image,
                     rgb,
-                    heads.probabilities(first.scores[i : i + 1], self.ex.head)[0],
+                    first.scores[i]
+                    if first.region is not None
+                    else heads.probabilities(first.scores[i : i + 1], ex.head)[0],
                     [r.item(i) for r in results],
                     units[i] if units else None,
                     seconds,
@@ -164,17 +168,20 @@ class Run:
         ex, opts = self.ex, self.opts
         label = ex.info.label
         probabilities = item.probabilities
-        best = np.argsort(-probabilities)[: opts.top]
-        logits = heads.class_score(item.explanations[0].scores[[0] * len(best)], best, "logit", ex.head)
-        report = Report(
-            item.image,
-            [
+        best = np.argsort(-probabilities, kind="stable")[: opts.top]
+        if item.explanations[0].region is not None:  # segmentation: the classes on the most pixels
+            predictions = [
+                {"class": int(c), "label": label(int(c)), "fraction": float(probabilities[c])}
+                for c in best
+                if probabilities[c] > 0
+            ]
+        else:
+            logits = heads.class_score(item.explanations[0].scores[[0] * len(best)], best, "logit", ex.head)
+            predictions = [
                 {"class": int(c), "label": label(int(c)), "probability": float(probabilities[c]), "logit": float(z)}
                 for c, z in zip(best, logits)
-            ],
-            [],
-            None,
-        )
+            ]
+        report = Report(item.image, predictions, [], None)
         one_method, pictures, fmt = len(self.methods) == 1, opts.pictures != "none", opts.pictures
         files, tiles, captions = {}, [], []
         h, w = item.rgb.shape[:2]
@@ -192,6 +199,13 @@ class Run:
                     "flat": flat,
                 }
             )
+            if res.region is not None:  # segmentation: the class's share of the pixels, and the region explained
+                report.explanations[-1]["target"]["fraction"] = float(res.scores[0, cls])
+                report.explanations[-1]["region"] = {
+                    "source": opts.region or "predicted",
+                    "pixels": int(res.region[0].sum()),
+                    "fraction": float(res.region[0].mean()),
+                }
             if pictures:
                 tiles.append(render.overlay(item.rgb, heat_on_image, box=found))
                 captions.append(f"{res.method}: {label(cls)}")

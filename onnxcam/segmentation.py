@@ -18,7 +18,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from onnxcam.errors import OnnxcamError
+from onnxcam.errors import ImageError, OnnxcamError
 from onnxcam.preprocess import load_image
 
 BACKGROUND_NAMES = ("background", "__background__", "_background_", "bg", "__bg__")
@@ -77,7 +77,10 @@ def read_region(source, size: tuple) -> np.ndarray:
     """float32 [N or 1, H, W] of 0 and 1 at the output's (height, width): a mask picture's path (any size, any
     channels; nonzero = inside) or an array [h, w] / [N, h, w], resized to (H, W) by nearest neighbour."""
     if isinstance(source, str):
-        source = load_image(source).max(axis=2)  # its one-line errors name the file; any channel nonzero = inside
+        try:
+            source = load_image(source).max(axis=2)  # any channel nonzero = inside
+        except ImageError as error:
+            raise ImageError(f"region mask: {error}") from None
     mask = np.asarray(source)
     if mask.ndim == 2:
         mask = mask[None]

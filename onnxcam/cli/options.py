@@ -22,8 +22,8 @@ def model_options(fn):
     keyword, `model_args`: inspect_model's (and Explainer's) keyword arguments."""
 
     @functools.wraps(fn)
-    def command(*args, input_name, output_name, input_size, **kwargs):
-        model_args = dict(input_name=input_name, output_name=output_name, input_size=input_size or None)
+    def command(*args, input_name, output_name, input_size, task, **kwargs):
+        model_args = dict(input_name=input_name, output_name=output_name, input_size=input_size or None, task=task)
         return fn(*args, model_args=model_args, **kwargs)
 
     return _apply(
@@ -39,6 +39,12 @@ def model_options(fn):
                 type=click.IntRange(1, 16384),
                 metavar="H W",
                 help="Spatial size for models whose input size is dynamic.",
+            ),
+            click.option(
+                "--task",
+                type=click.Choice(names.TASKS),
+                help="What the model does. Default: chosen from the output's shape ([N, C]: classify; "
+                "[N, C, H, W]: segment).",
             ),
         ),
     )

@@ -67,6 +67,13 @@ from onnxcam.errors import Interrupted, OnnxcamError
     help="Localization box: the largest region where the map is >= this fraction of its max.",
 )
 @click.option(
+    "--region",
+    metavar="MASK",
+    type=click.Path(dir_okay=False),
+    help="Segmentation: explain the class's scores summed over this mask (a picture, nonzero = inside) "
+    "instead of the pixels predicted as the class.",
+)
+@click.option(
     "--labels",
     type=click.Path(exists=True, dir_okay=False),
     help="Class names: text (one a line), a JSON list, or a JSON object {index: name}.",
@@ -211,7 +218,8 @@ def _report(job, items) -> list:
 def _show(report, top: int) -> None:
     click.echo(f"\n{report.image}")
     for rank, p in enumerate(report.predictions):
-        click.echo(f"  {f'top-{top}' if rank == 0 else '':9} {p['probability']:6.1%}  {p['class']:>4}  {p['label']}")
+        head = ("pixels" if "fraction" in p else f"top-{top}") if rank == 0 else ""
+        click.echo(f"  {head:9} {p.get('probability', p.get('fraction')):6.1%}  {p['class']:>4}  {p['label']}")
     for e in report.explanations:
         cls, label, method = e["target"]["class"], e["target"]["label"], e["method"]
         if e["flat"]:
@@ -221,8 +229,10 @@ def _show(report, top: int) -> None:
                 "--layer or --method",
                 err=True,
             )
+        region = f"  region {e['region']['source']} ({e['region']['fraction']:.1%})" if "region" in e else ""
         click.echo(
-            f"  explain   {cls}  {label}  [{method}]" + (f"  box {e['box']}" if e["box"] else "  (flat map: no region)")
+            f"  explain   {cls}  {label}  [{method}]{region}"
+            + (f"  box {e['box']}" if e["box"] else "  (flat map: no region)")
         )
     if report.units is not None:
         click.echo("  units     " + ", ".join(f"{u['channel']} ({u['contribution']:+.3f})" for u in report.units))

@@ -341,6 +341,7 @@ def _task(logits: str, shape, wanted: str | None) -> str:
     a user error naming the shape otherwise."""
     dims = list(shape[1:]) if shape and len(shape) >= 2 else None
     fits = [task for task, (test, _) in TASK_SHAPES.items() if dims and test(dims)]
+    shape = "unknown" if shape is None else "[" + ", ".join("N" if d is None else str(d) for d in shape) + "]"
     if wanted is None and fits:
         return fits[0]
     if wanted in fits:
