@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 
 import cv2
 import numpy as np
@@ -247,3 +248,23 @@ def test_segment_on_a_classifier_is_a_one_line_error(tmp_path):
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: --task segment needs an output of shape [N, C, H, W]")
     assert lines[0].endswith("has shape [N, 10] (a classify output)")
+
+
+def test_a_real_text_detector_explains_its_text():
+    """PaddleOCR's PP-OCRv4 DBNet text detector (models/real): a one-channel probability map. Its default class is
+    text (class 1) over the pixels it calls text, and the Grad-CAM map follows that region."""
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
+    import real_models
+
+    page, (x0, y0, x1, y1) = real_models.render_page()
+    model = os.path.join(ROOT, "models", "real", "ch_PP-OCRv4_det_infer.onnx")
+    ex = Explainer(model, device="cpu", input_size=(320, 320), preprocess_preset="inception")
+    assert (ex.info.task, ex.info.head) == ("segment", "binary")
+    res = ex.explain(page, "gradcam")
+    inside = res.region[0]
+    assert res.targets[0] == 1 and 0.01 < inside.mean() < 0.2
+    ys, xs = np.nonzero(inside)
+    scale = 320 / 400
+    assert xs.min() >= (x0 - 10) * scale and xs.max() <= (x1 + 10) * scale  # text found where the ink is
+    assert ys.min() >= (y0 - 10) * scale and ys.max() <= (y1 + 10) * scale
+    assert np.corrcoef(res.maps[0].ravel(), inside.ravel())[0, 1] > 0.7
