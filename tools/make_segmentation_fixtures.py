@@ -201,11 +201,11 @@ def classes_to_explain(out: np.ndarray) -> list:
     return [int(order[i, 0]) for i in range(len(out))], [int(order[i, 1]) for i in range(len(out))]
 
 
-def onnxcam_maps(path: str, layer: str, x: np.ndarray, classes: list) -> tuple:
+def onnxcam_maps(path: str, layer: str, x: np.ndarray, classes: list, region=None) -> tuple:
     from onnxcam import Explainer
 
     ex = Explainer(path, layer=layer, device="cpu")
-    maps = {m: ex.explain(x, m, target=classes) for m in METHODS}
+    maps = {m: ex.explain(x, m, target=classes, region=region) for m in METHODS}
     return {m: r.maps for m, r in maps.items()}, next(iter(maps.values())).region
 
 
@@ -253,6 +253,7 @@ def check_full(kind: str, size: int) -> None:
     model = full_model(kind)
     x = photographs(size)
     calibrate(model, x)
+    x = away_from_kinks(model, x)
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, f"{kind}.onnx")
         export(model, x, path)
@@ -262,10 +263,15 @@ def check_full(kind: str, size: int) -> None:
         classes = classes_to_explain(out)[0]
         maps, masks, margin, _ = reference(model, model.backbone.layer4, x, classes)
         ours, region = onnxcam_maps(path, layer, x, classes)
-    equal = bool(np.array_equal(region, masks.astype(bool)))
-    print(f"{kind} {size}x{size}: layer {layer}, classes {classes}, top-2 margin {margin:.2e}, regions equal: {equal}")
+        fed, _ = onnxcam_maps(path, layer, x, classes, region=masks)
+    differ = int((region != masks.astype(bool)).sum())
+    print(f"{kind} {size}x{size}: layer {layer}, classes {classes}, top-2 margin {margin:.2e}")
+    print(f"  predicted regions: {differ} of {masks.size} pixels differ from torch's (argmax near-ties)")
     for m in METHODS:
-        print(f"  {m:10} max |onnxcam - pytorch-grad-cam| = {np.abs(ours[m] - maps[m]).max():.2e}")
+        print(
+            f"  {m:10} max |onnxcam - pytorch-grad-cam| = {np.abs(fed[m] - maps[m]).max():.2e} (torch's region fed), "
+            f"{np.abs(ours[m] - maps[m]).max():.2e} (onnxcam's predicted region)"
+        )
 
 
 def main() -> None:
