@@ -128,6 +128,7 @@ class Run:
         ]
         units = ex.units(x, target=first.targets, count=self.opts.unit_count)[1] if self.opts.unit_count else None
         seconds = (time.perf_counter() - t0) / len(loaded)
+        segment = ex.info.task == "segment"  # its scores are already the pixel fraction of each class
         items = []
         for i, (image, data) in enumerate(loaded):
             rgb = data if data.dtype == np.uint8 else blank_picture(first.maps.shape[1:])
@@ -135,9 +136,7 @@ class Run:
                 ImageResult(
                     image,
                     rgb,
-                    first.scores[i]
-                    if first.region is not None
-                    else heads.probabilities(first.scores[i : i + 1], ex.head)[0],
+                    first.scores[i] if segment else heads.probabilities(first.scores[i : i + 1], ex.head)[0],
                     [r.item(i) for r in results],
                     units[i] if units else None,
                     seconds,
@@ -169,7 +168,7 @@ class Run:
         label = ex.info.label
         probabilities = item.probabilities
         best = np.argsort(-probabilities, kind="stable")[: opts.top]
-        if item.explanations[0].region is not None:  # segmentation: the classes on the most pixels
+        if ex.info.task == "segment":  # the classes on the most pixels
             predictions = [
                 {"class": int(c), "label": label(int(c)), "fraction": float(probabilities[c])}
                 for c in best

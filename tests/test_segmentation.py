@@ -258,6 +258,7 @@ def test_a_real_text_detector_explains_its_text():
 
     page, (x0, y0, x1, y1) = real_models.render_page()
     model = os.path.join(ROOT, "models", "real", "ch_PP-OCRv4_det_infer.onnx")
+    assert real_models.sha256(model) == "d2a7720d45a54257208b1e13e36a8479894cb74155a5efe29462512d42f49da9"  # README
     ex = Explainer(model, device="cpu", input_size=(320, 320), preprocess_preset="inception")
     assert (ex.info.task, ex.info.head) == ("segment", "binary")
     res = ex.explain(page, "gradcam")
