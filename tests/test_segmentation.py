@@ -21,7 +21,8 @@ from onnxcam.cli import main
 from onnxcam.errors import ModelError, OnnxcamError
 from onnxcam.export import export
 from onnxcam.model import inspect_model
-from onnxcam.names import CLASS_INPUT, MAP_OUTPUT, REGION_INPUT, TARGET_OUTPUT
+from onnxcam.model.inspect import TASK_SHAPES
+from onnxcam.names import CLASS_INPUT, MAP_OUTPUT, REGION_INPUT, TARGET_OUTPUT, TASKS
 from onnxcam.surgery import augment, cut_head, grad_name
 from tinymodels import Net, classifier, segmenter, session
 
@@ -152,6 +153,7 @@ def test_default_class_passes_over_a_background_named_in_the_labels():
 
 
 def test_the_task_follows_the_output_shape_and_a_wrong_choice_is_refused():
+    assert set(TASK_SHAPES) <= set(TASKS)
     assert inspect_model(classifier(Net(13), "A")).task == "classify"
     info = inspect_model(segmenter())
     assert (info.task, info.num_classes, info.logits_shape, info.auto_layer.name) == (
