@@ -112,5 +112,6 @@ def test_run_options_are_typed_and_carry_the_explain_keywords():
         noise=0.15,
         seed=0,
         scorecam_channels=8,
+        region=None,
     )
     assert opts.max_pixels == names.DEFAULT_MAX_PIXELS and opts.pictures in names.PICTURE_FORMATS
