@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from onnxcam import cache, detection, finite_diff, heads, postprocess, preprocess
+from onnxcam import cache, detection, finite_diff, heads, postprocess, preprocess, segmentation
 from onnxcam.errors import ModelError, OnnxcamError
 from onnxcam.linear_head import linear_head_weights
 from onnxcam.methods import ELEMENTWISE, METHODS, SAMPLES, AttentionData, LayerData, method_named, projection
@@ -49,7 +49,7 @@ class Explanation:
     maps: np.ndarray  # float32 [N, H_in, W_in] in [0, 1]
     raw: np.ndarray | None  # float32 [N, h, w]: first layer's map after ReLU, before normalization
     targets: np.ndarray  # int64 [N]: the class each map explains
-    scores: np.ndarray  # [N, C] logits
+    scores: np.ndarray  # [N, C] logits (segmentation: the fraction of pixels predicted as each class)
     method: str
     layers: list
     gradients: str | None = None  # "analytic", "finite differences", or None for gradient-free methods
@@ -62,6 +62,7 @@ class Explanation:
     # detections: per map, the onnxcam.detection.Detection(s) it explains (boxes in model-input pixels)
     images: np.ndarray | None = None
     detections: list | None = None
+    region: np.ndarray | None = None  # segmentation: bool [N, h, w] the pixels of the output explained
 
     def item(self, i: int) -> Explanation:
         """The explanation of image i alone (arrays keep their batch axis: of length 1, or for a detector, the
@@ -83,6 +84,7 @@ class Explanation:
             scores=one(self.scores),
             saliency=one(self.saliency),
             flat=one(self.flat),
+            region=one(self.region),
         )
 
     def _repr_html_(self) -> str:
@@ -113,7 +115,8 @@ class Explainer:
     methods in surgery.maps.FORMULAS inside the ONNX graph (the default), or in NumPy from A and dScore/dA.
     labels: class names (a list, or a file: text one a line, a JSON list, a JSON object {index: name}) in place
     of those in the model's metadata. task: one of names.TASKS, None to choose it from the output's shape (a
-    detector's maps explain its detections: `explain`'s conf, iou, max_det and detection_target, onnxcam.detection).
+    detector's maps explain its detections: `explain`'s conf, iou, max_det and detection_target, onnxcam.detection;
+    a segmentation model's maps explain a class's scores summed over a region: onnxcam.segmentation).
     """
 
     def __init__(
@@ -174,6 +177,8 @@ class Explainer:
                 "output": output_name,
                 "size": list(self.info.size),
             }
+            if self.info.task != "classify":  # the graph's default class depends on the labels' background
+                cache_key["task"] = [self.info.task, segmentation.has_background(self.info.labels, self.head)]
         self.sessions = Sessions(self.info, self.layers, self.providers, cache_key)
         self._head_weights = {}
         self._quantization_step = None  # the smallest useful finite-difference step (QDQ models), once known
@@ -229,8 +234,10 @@ class Explainer:
         iou: float | None = None,
         max_det: int | None = None,
         detection_target: str | None = None,
+        region=None,
     ) -> Explanation:
-        """Explain x for `target` (class index, one per image, or None for the top-1 class).
+        """Explain x for `target` (class index, one per image, or None for the top-1 class; for segmentation,
+        the default class of onnxcam.segmentation).
 
         score: "logit" or "probability" of the class. unit: (tensor, channel[, i, j]) explains that
         feature map or neuron instead of a class. aug_smooth: average over flips and input scalings;
@@ -241,6 +248,8 @@ class Explainer:
         Detectors: one map per detection above `conf` (default 0.25) after NMS at `iou` (0.45), at most `max_det`
         (300) an image, of class `target` only when given; detection_target (onnxcam.detection.TARGETS) says what
         each map explains (default: the detection's score).
+        region (segmentation): a mask picture's path or an array [h, w] / [N, h, w], nonzero = inside, resized to
+        the output's resolution; the class's scores are summed there (None: where the model predicts the class).
         """
         m = method_named(method)
         detect = dict(conf=conf, iou=iou, max_det=max_det, detection_target=detection_target)
@@ -253,6 +262,14 @@ class Explainer:
             )
         if score not in SCORES:
             raise OnnxcamError(f"unknown score '{score}'; choose one of {', '.join(SCORES)}")
+        segment = self.info.task == "segment"
+        if segment and (score != "logit" or aug_smooth or m.attention):
+            what = "--score probability" if score != "logit" else "--aug-smooth" if aug_smooth else m.name
+            raise OnnxcamError(
+                f"{what} does not apply to segmentation; its maps explain a class's scores summed over a region"
+            )
+        if region is not None and not segment:
+            raise OnnxcamError(f"a region applies to segmentation models; this one is a {self.info.task} model")
         if aug_smooth and m.map is None:
             raise OnnxcamError(f"--aug-smooth applies to CAM methods, not to {m.name}")
         t0 = time.perf_counter()
@@ -262,9 +279,12 @@ class Explainer:
         plan = self._plan(m, score, unit, eigen_smooth)
         if unit and not plan.analytic:
             raise OnnxcamError(f"explaining a unit needs a gradient method with backward rules, not {m.name}")
+        if segment and not plan.analytic and (m.gradients is not None or m.input_gradient):
+            raise OnnxcamError(f"method '{m.name}' on a segmentation model needs backward rules: {self.missing_rule}")
         if scorecam_channels is not None and scorecam_channels < 1:
             raise OnnxcamError(f"scorecam_channels must be at least 1, not {scorecam_channels}")
         options = dict(
+            region=None if region is None else self._region(region, len(tensor)),
             score=score,
             unit=unit,
             eigen_smooth=eigen_smooth,
@@ -399,18 +419,19 @@ class Explainer:
         return first
 
     def _explain(
-        self, tensor, classes, m, plan, *, score, unit, eigen_smooth, samples, noise, seed, channels
+        self, tensor, classes, m, plan, *, region, score, unit, eigen_smooth, samples, noise, seed, channels
     ) -> Explanation:
         if plan.in_graph:
-            res = self._explain_in_graph(tensor, classes, m, plan.spec)
+            res = self._explain_in_graph(tensor, classes, m, plan.spec, region)
             if res is not None:  # None: a map with NaN or Inf, which the NumPy path below traces to A or dScore/dA
                 return res
             plan = Plan(SessionSpec.gradients(m.map is not None, m.input_gradient, score, unit), True, False)
         spec = plan.spec
-        outputs = self.sessions.run_model(spec, tensor, classes)
+        outputs = self.sessions.run_model(spec, tensor, classes, region)
         scores = outputs[self.info.logits_name].reshape(len(tensor), -1).astype(np.float32)
         _check_finite(scores, "class scores")
         targets = self._targets(spec, outputs, classes, scores)
+        inside = self._inside(scores, targets, region)
         if m.attention:
             return self._explain_attention(m, plan, outputs, scores, targets)
         noisy = self._noisy_runs(spec, tensor, targets, samples, noise, seed) if m.gradients == SAMPLES else []
@@ -420,7 +441,7 @@ class Explainer:
             scaled = []
             for layer in self.layers:
                 layer_map = self._layer_map(
-                    m, layer, outputs, noisy, tensor, targets, scores, score, eigen_smooth, channels
+                    m, layer, outputs, noisy, tensor, targets, scores, score, eigen_smooth, channels, inside
                 )
                 raw = layer_map if raw is None else raw
                 scaled.append(postprocess.normalize_and_resize(layer_map, self.info.size))
@@ -438,11 +459,12 @@ class Explainer:
             maps=maps,
             raw=raw,
             targets=targets.astype(np.int64),
-            scores=scores,
+            scores=self._shown_scores(scores),
             method=m.name,
             layers=self.layers,
             gradients=_source(m, plan.analytic),
             saliency=None if saliency is None else np.float32(saliency),
+            region=inside,
         )
 
     def _explain_detections(self, x, m, target, detect, given, eigen_smooth, channels) -> Explanation:
@@ -539,30 +561,33 @@ class Explainer:
             gradients=_source(m, plan.analytic),
         )
 
-    def _explain_in_graph(self, tensor, classes, m, spec) -> Explanation | None:
+    def _explain_in_graph(self, tensor, classes, m, spec, region) -> Explanation | None:
         """The maps of one run of the in-graph map model: only logits, targets, the [N, h, w] layer maps and the
         finished [N, H, W] heatmaps come back."""
-        outputs = self.sessions.run_model(spec, tensor, classes)
+        outputs = self.sessions.run_model(spec, tensor, classes, region)
         scores = outputs[self.info.logits_name].reshape(len(tensor), -1).astype(np.float32)
         _check_finite(scores, "class scores")
         raw = [outputs[layer_map_name(layer)][:, 0] for layer in self.layers]
         if not all(np.isfinite(r).all() for r in raw):
             return None
+        targets = outputs[TARGET_OUTPUT].astype(np.int64)
         return Explanation(
             maps=outputs[MAP_OUTPUT],
             raw=raw[0],
-            targets=outputs[TARGET_OUTPUT].astype(np.int64),
-            scores=scores,
+            targets=targets,
+            scores=self._shown_scores(scores),
             method=m.name,
             layers=self.layers,
             gradients="analytic",
+            region=self._inside(scores, targets, region),
         )
 
-    def _layer_map(self, m, layer, outputs, noisy, tensor, targets, scores, score, eigen_smooth, channels):
+    def _layer_map(self, m, layer, outputs, noisy, tensor, targets, scores, score, eigen_smooth, channels, inside):
         """One layer's map at layer resolution, after ReLU."""
 
         def score_rows(logits, i):
-            return self._score_of(logits.reshape(len(logits), -1), np.full(len(logits), targets[i]), score)
+            n = len(logits)
+            return self._score_of(logits.reshape(n, -1), np.full(n, targets[i]), score, _rows(inside, i, n))
 
         a = outputs[layer].astype(np.float32)
         _check_finite(a, f"activations at '{layer}'")
@@ -577,7 +602,7 @@ class Explainer:
             directional=self._finite_differences(layer, a, targets, tensor, score) if grads is None else None,
             masked_scores=lambda acts: self._masked_scores(tensor, acts, score_rows),
             ablated_scores=lambda: self._ablated_scores(layer, a, tensor, score_rows),
-            scores=self._score_of(scores, targets, score),
+            scores=self._score_of(scores, targets, score, inside),
             channels=channels,
         )
         return _layer_terms(m, data, eigen_smooth)
@@ -675,10 +700,40 @@ class Explainer:
         """The class each row explains: chosen in the graph where the session takes a class, else here."""
         if spec.takes_class:
             return outputs[TARGET_OUTPUT]
-        return np.where(classes < 0, heads.top1(scores, self.head), classes)
+        if self.info.task == "segment":
+            background = segmentation.has_background(self.info.labels, self.head)
+            top = segmentation.default_class(self._segment_logits(scores), self.head, background)
+        else:
+            top = heads.top1(scores, self.head)
+        return np.where(classes < 0, top, classes)
 
-    def _score_of(self, logits, classes, score) -> np.ndarray:
+    def _score_of(self, logits, classes, score, inside=None) -> np.ndarray:
+        """[rows] each row's explained score (segmentation: summed over `inside`, bool [rows, h, w])."""
+        if self.info.task == "segment":
+            return segmentation.region_score(self._segment_logits(logits), self.head, classes, inside)
         return heads.class_score(logits, classes, score, self.head)
+
+    def _segment_logits(self, scores) -> np.ndarray:
+        return scores.reshape(len(scores), *self.info.logits_shape[1:])
+
+    def _inside(self, scores, targets, region) -> np.ndarray | None:
+        """Segmentation: bool [N, h, w] the region each image's class is explained over (None for other tasks)."""
+        if self.info.task != "segment":
+            return None
+        return segmentation.regions(self._segment_logits(scores), self.head, targets, region)
+
+    def _shown_scores(self, scores) -> np.ndarray:
+        """What an Explanation reports as scores: the logits, or a segmentation's pixel fraction per class."""
+        if self.info.task == "segment":
+            return segmentation.pixel_fractions(self._segment_logits(scores), self.head)
+        return scores
+
+    def _region(self, region, n: int) -> np.ndarray:
+        """float32 [N, h, w] at the output's resolution: one mask for every image, or one each."""
+        masks = segmentation.read_region(region, self.info.logits_shape[2:])
+        if len(masks) not in (1, n):
+            raise OnnxcamError(f"got {len(masks)} region masks for {n} images; give one mask or one per image")
+        return np.ascontiguousarray(np.broadcast_to(masks, (n, *masks.shape[1:])))
 
     def _nchw(self, x):
         return x if self.info.layout == "NCHW" else x.transpose(0, 3, 1, 2)
@@ -709,6 +764,11 @@ def _layer_terms(m, data: LayerData, eigen_smooth: bool) -> np.ndarray:
     if m.terms:
         terms = projection(terms) if eigen_smooth else terms.sum(axis=1)
     return np.maximum(terms, 0).astype(np.float32)
+
+
+def _rows(inside, i: int, count: int):
+    """Image i's region repeated for `count` rows of one run (None stays None)."""
+    return None if inside is None else np.repeat(inside[i : i + 1], count, axis=0)
 
 
 def _source(m, analytic: bool) -> str | None:

@@ -20,7 +20,7 @@ import onnxruntime as ort
 from onnxcam.errors import OnnxcamError, UnsupportedOpError
 from onnxcam.linear_head import linear_head_weights
 from onnxcam.model import ModelInfo
-from onnxcam.names import MAP_OUTPUT
+from onnxcam.names import MAP_OUTPUT, REGION_INPUT
 from onnxcam.surgery import CLASS_INPUT, TARGET_OUTPUT
 from onnxcam.surgery.builder import Builder
 from onnxcam.surgery.graph import augmented_graph, finish
@@ -59,12 +59,19 @@ def export(info: ModelInfo, layers: list, method: str = "gradcam", class_input: 
 def _describe(model: onnx.ModelProto, info: ModelInfo, layers: list, method: str, class_input: str) -> None:
     """Say what the extra input and outputs are, in the graph and in the metadata."""
     h, w = info.size
-    unfed = "; unfed = the top-1 class" if class_input == "optional" else ""
+    top = "the default class (the one predicted on the most pixels)" if info.task == "segment" else "the top-1 class"
+    unfed = f"; unfed = {top}" if class_input == "optional" else ""
     docs = {
-        CLASS_INPUT: f"int64 [N], {class_input}: the class to explain per image; -1 = the top-1 class{unfed}",
+        CLASS_INPUT: f"int64 [N], {class_input}: the class to explain per image; -1 = {top}{unfed}",
         MAP_OUTPUT: f"float32 [N, {h}, {w}]: the {method} heatmap in [0, 1] at the input's resolution",
         TARGET_OUTPUT: "int64 [N]: the class each map explains",
     }
+    if info.task == "segment":
+        oh, ow = info.logits_shape[2:]
+        docs[REGION_INPUT] = (
+            f"float32 [N, {oh}, {ow}], {class_input}: the pixels of the output whose class scores are summed "
+            f"(1 inside, 0 outside); -1 = those predicted as the class{'; unfed = -1 everywhere' if unfed else ''}"
+        )
     for value in list(model.graph.input) + list(model.graph.output):
         if value.name in docs:
             value.doc_string = docs[value.name]
@@ -74,6 +81,7 @@ def _describe(model: onnx.ModelProto, info: ModelInfo, layers: list, method: str
         "image_input": info.input_name,
         "layout": info.layout,
         "logits": info.logits_name,
+        "task": info.task,
         "inputs_and_outputs": docs,
     }
     kept = [p for p in info.model.metadata_props if not p.key.startswith("onnxcam.export")]

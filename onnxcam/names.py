@@ -55,6 +55,7 @@ CLASS_INPUT = "onnxcam/class"
 MAP_OUTPUT = "onnxcam/map"
 TARGET_OUTPUT = "onnxcam/target"
 SEED_INPUT = "onnxcam/seed"  # detection: dScore/doutput, fed at run time (the output's shape)
+REGION_INPUT = "onnxcam/region"  # segmentation: float [N, H, W] at the output's resolution, 1 inside; -1 = predicted
 
 # Pictures that preprocess.load_image reads (PNG, JPEG, BMP, GIF, WebP, TIFF, PNM), by file name suffix: the
 # files a folder stands for. A .npy file is a ready input tensor.

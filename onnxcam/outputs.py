@@ -52,9 +52,11 @@ class RunOptions:
     iou: float | None = None
     max_det: int | None = None
     detection_target: str | None = None
+    region: str | None = None  # segmentation: a mask picture, nonzero = the region explained
 
     def explain_args(self) -> dict:
         return dict(
+            region=self.region,
             score=self.score,
             unit=self.unit,
             aug_smooth=self.aug_smooth,
@@ -80,7 +82,8 @@ class ImageResult:
 
     image: str
     rgb: np.ndarray  # the picture the overlays are drawn on (black for a tensor input)
-    probabilities: np.ndarray | None  # [C] (None for a detector: its detections are in the explanations)
+    probabilities: np.ndarray | None  # [C] (segmentation: the fraction of pixels predicted as each class; None
+    # for a detector: its detections are in the explanations)
     explanations: list  # an Explanation of this image alone per (method, class)
     units: list | None  # [(channel, contribution, activation map)], the most contributing first
     seconds: float  # this image's share of its batch's time
@@ -146,6 +149,7 @@ class Run:
         ]
         units = ex.units(x, target=first.targets, count=self.opts.unit_count)[1] if self.opts.unit_count else None
         seconds = (time.perf_counter() - t0) / len(loaded)
+        segment = ex.info.task == "segment"  # its scores are already the pixel fraction of each class
         items = []
         for i, (image, data) in enumerate(loaded):
             rgb = data if data.dtype == np.uint8 else blank_picture(first.maps.shape[1:])
@@ -153,7 +157,11 @@ class Run:
                 ImageResult(
                     image,
                     rgb,
-                    None if detect else heads.probabilities(first.scores[i : i + 1], self.ex.head)[0],
+                    None
+                    if detect
+                    else first.scores[i]
+                    if segment
+                    else heads.probabilities(first.scores[i : i + 1], ex.head)[0],
                     [r.item(i) for r in results],
                     units[i] if units else None,
                     seconds,
@@ -186,17 +194,20 @@ class Run:
         ex, opts = self.ex, self.opts
         label = ex.info.label
         probabilities = item.probabilities
-        best = np.argsort(-probabilities)[: opts.top]
-        logits = heads.class_score(item.explanations[0].scores[[0] * len(best)], best, "logit", ex.head)
-        report = Report(
-            item.image,
-            [
+        best = np.argsort(-probabilities, kind="stable")[: opts.top]
+        if ex.info.task == "segment":  # the classes on the most pixels
+            predictions = [
+                {"class": int(c), "label": label(int(c)), "fraction": float(probabilities[c])}
+                for c in best
+                if probabilities[c] > 0
+            ]
+        else:
+            logits = heads.class_score(item.explanations[0].scores[[0] * len(best)], best, "logit", ex.head)
+            predictions = [
                 {"class": int(c), "label": label(int(c)), "probability": float(probabilities[c]), "logit": float(z)}
                 for c, z in zip(best, logits)
-            ],
-            [],
-            None,
-        )
+            ]
+        report = Report(item.image, predictions, [], None)
         one_method, pictures, fmt = len(self.methods) == 1, opts.pictures != "none", opts.pictures
         several_classes = len(item.explanations) > len(self.methods)
         files, tiles, captions = {}, [], []
@@ -219,6 +230,13 @@ class Run:
                 on = np.zeros((h, w), bool) if flat else postprocess.mask(heat_on_image, opts.box_threshold)
                 files[f"{tag}.mask.png"] = picture_bytes(np.uint8(on) * 255, "png")
                 entry["mask"] = self._path(item.image, f"{tag}.mask.png")
+            if res.region is not None:  # segmentation: the class's share of the pixels, and the region explained
+                entry["target"]["fraction"] = float(res.scores[0, cls])
+                entry["region"] = {
+                    "source": opts.region or "predicted",
+                    "pixels": int(res.region[0].sum()),
+                    "fraction": float(res.region[0].mean()),
+                }
             report.explanations.append(entry)
             if pictures:
                 tiles.append(render.overlay(item.rgb, heat_on_image, boxes=[r.box for r in regions]))

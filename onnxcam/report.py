@@ -159,12 +159,13 @@ def run_item(folder: str, name: str, record: dict, files: set) -> dict:
     stem = os.path.splitext(os.path.basename(image))[0] if image else name.rsplit(".", 2)[0]
     predictions = []
     for p in _list(record.get("predictions"), "predictions", problems):
-        if isinstance(p, dict) and _int(p.get("class")) is not None and _number(p.get("probability")) is not None:
+        share = p.get("probability", p.get("fraction")) if isinstance(p, dict) else None  # fraction: segmentation
+        if isinstance(p, dict) and _int(p.get("class")) is not None and _number(share) is not None:
             predictions.append(
                 {
                     "class": _int(p["class"]),
                     "label": _text(p.get("label")) or f"class {p['class']}",
-                    "probability": _number(p["probability"]),
+                    "probability": _number(share),
                 }
             )
         else:

@@ -18,6 +18,7 @@ import numpy as np
 from onnxcam import cache
 from onnxcam.errors import ModelError, UnsupportedOpError
 from onnxcam.linear_head import linear_head_weights
+from onnxcam.names import REGION_INPUT
 from onnxcam.runtime import ort_error_text
 from onnxcam.surgery import CLASS_INPUT, augment, cut_head
 from onnxcam.surgery.maps import maps_model
@@ -131,11 +132,14 @@ class Sessions:
             chunks.append([out[:count] for out in _run_session(session, names, part)])
         return {name: np.concatenate([c[i] for c in chunks]) for i, name in enumerate(names)}
 
-    def run_model(self, spec: SessionSpec, tensor: np.ndarray, classes: np.ndarray | None = None) -> dict:
-        """Run a whole-model spec on input tensors; classes (-1: top-1) go to the sessions that take a class."""
+    def run_model(self, spec: SessionSpec, tensor: np.ndarray, classes: np.ndarray | None = None, region=None) -> dict:
+        """Run a whole-model spec on input tensors; classes (-1: top-1) go to the sessions that take a class, and
+        so does a segmentation's region (float [N, h, w]; left unfed: the predicted region)."""
         feeds = {self.info.input_name: tensor}
         if spec.takes_class and classes is not None:
             feeds[CLASS_INPUT] = classes
+        if spec.takes_class and region is not None:
+            feeds[REGION_INPUT] = region
         return self.run(spec, feeds)
 
     def input_dtype(self, spec: SessionSpec, name: str):

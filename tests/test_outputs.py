@@ -116,5 +116,6 @@ def test_run_options_are_typed_and_carry_the_explain_keywords():
         iou=None,
         max_det=None,
         detection_target=None,
+        region=None,
     )
     assert opts.max_pixels == names.DEFAULT_MAX_PIXELS and opts.pictures in names.PICTURE_FORMATS

@@ -155,3 +155,31 @@ def gap_linear(
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     return model, logits
+
+
+def segmenter(classes: int = 4, opset: int = 13, end: str | None = None, seed: int = 0) -> onnx.ModelProto:
+    """A tiny segmentation model, as torchvision's FCN is built: x [N, 3, 16, 12] -> Conv -> Relu 'A'
+    [N, 8, 16, 12] -> Conv stride 2 -> Relu 'B' [N, 8, 8, 6] -> Conv 1x1 -> [N, classes, 8, 6] -> Resize
+    (bilinear, half-pixel) to 16x12 -> 'out' (then `end`: "Softmax" over the classes, or "Sigmoid")."""
+    net = Net(opset, seed)
+    net.op("Relu", net.op("Conv", "x", net.randn(8, 3, 3, 3, scale=0.5), net.randn(8, scale=0.1), pads=[1, 1, 1, 1]))
+    net.nodes[-1].output[0] = "A"
+    conv = net.op("Conv", "A", net.randn(8, 8, 3, 3, scale=0.3), net.randn(8, scale=0.1), pads=[1] * 4, strides=[2, 2])
+    net.op("Relu", conv)
+    net.nodes[-1].output[0] = "B"
+    low = net.op("Conv", "B", net.randn(classes, 8, 1, 1, scale=0.5), net.randn(classes, scale=0.3))
+    mode = "pytorch_half_pixel" if opset >= 11 else None
+    attrs = {"mode": "linear", "coordinate_transformation_mode": mode} if mode else {"mode": "linear"}
+    if opset >= 13:  # sizes (the batch pinned to 1 below: Resize's sizes name it)
+        out = net.op("Resize", low, "", "", net.ints([1, classes, 16, 12]), **attrs)
+    else:
+        out = net.op("Resize", low, net.const(np.zeros(0)), net.const([1, 1, 2, 2]), **attrs)
+    if end:
+        out = net.op(end, out, **({"axis": 1} if end == "Softmax" else {}))
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 12])
+    y = helper.make_tensor_value_info(out, TensorProto.FLOAT, [1, classes, 16, 12])
+    graph = helper.make_graph(net.nodes, "segmenter", [x], [y], net.initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = ir_version(opset)
+    onnx.checker.check_model(model, full_check=True)
+    return model

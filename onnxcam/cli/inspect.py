@@ -25,7 +25,7 @@ def command(model, show_all, model_args):
     note = "" if info.logits_name == info.output_name else "  (before the output's softmax)"
     click.echo(f"logits      {info.logits_name}  {info.num_classes} classes{note}  ({info.head} head)")
     neck = f"  (detection head reads {', '.join(info.neck)})" if info.neck else ""
-    click.echo(f"task        {info.task}{neck}")
+    click.echo(f"task        {info.task}  (output {_shape(info.logits_shape)}){neck}")
     unknown = f"not recorded (run uses --preprocess, default {names.DEFAULT_PRESET})"
     click.echo(f"preprocess  {info.preprocess or unknown}")
     names_in_model = f"{len(info.labels)} names in the model" if info.labels else None

@@ -43,7 +43,8 @@ def model_options(fn):
             click.option(
                 "--task",
                 type=click.Choice(names.TASKS),
-                help="What the model's output is. Default: chosen from the output's shape.",
+                help="What the model does. Default: chosen from the output's shape ([N, C]: classify; "
+                "[N, C, H, W]: segment; [N, 4+C, A] or [N, A, 5+C]: detect).",
             ),
         ),
     )

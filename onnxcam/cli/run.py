@@ -77,6 +77,13 @@ from onnxcam.errors import Interrupted, OnnxcamError
     "--masks", is_flag=True, help="Also write each map's thresholded pixels as a PNG mask (0/255, image size)."
 )
 @click.option(
+    "--region",
+    metavar="MASK",
+    type=click.Path(dir_okay=False),
+    help="Segmentation: explain the class's scores summed over this mask (a picture, nonzero = inside) "
+    "instead of the pixels predicted as the class.",
+)
+@click.option(
     "--labels",
     type=click.Path(exists=True, dir_okay=False),
     help="Class names: text (one a line), a JSON list, or a JSON object {index: name}.",
@@ -237,7 +244,8 @@ def _show(report, top: int) -> None:
     if report.detect:
         return _show_detections(report)
     for rank, p in enumerate(report.predictions):
-        click.echo(f"  {f'top-{top}' if rank == 0 else '':9} {p['probability']:6.1%}  {p['class']:>4}  {p['label']}")
+        head = ("pixels" if "fraction" in p else f"top-{top}") if rank == 0 else ""
+        click.echo(f"  {head:9} {p.get('probability', p.get('fraction')):6.1%}  {p['class']:>4}  {p['label']}")
     for e in report.explanations:
         cls, label, method = e["target"]["class"], e["target"]["label"], e["method"]
         if e["flat"]:
@@ -254,7 +262,8 @@ def _show(report, top: int) -> None:
             if "boxes" in e
             else f"  box {e['box']}"
         )
-        click.echo(f"  explain   {cls}  {label}  [{method}]{found}")
+        region = f"  region {e['region']['source']} ({e['region']['fraction']:.1%})" if "region" in e else ""
+        click.echo(f"  explain   {cls}  {label}  [{method}]{region}{found}")
         for r in e.get("boxes", []):
             click.echo(f"  {'':9} box {r['box']}  area {r['area']}  peak {r['peak']:.3f}  mean {r['mean']:.3f}")
     if report.units is not None:

@@ -54,11 +54,17 @@ def _detect_shape(dims) -> bool:
     return detection.layout((None, *dims)) is not None
 
 
+def _segment_shape(dims) -> bool:
+    """[C, H, W] with H*W > 1: one score per class and pixel."""
+    return len(dims) == 3 and all(isinstance(d, int) and d >= 1 for d in dims) and dims[1] * dims[2] > 1
+
+
 # task -> (does the explained output's shape, after the batch axis, fit it; how that shape is written), in the
 # order the automatic choice tries them.
 TASK_SHAPES = {
     "classify": (_classify_shape, "[N, C]"),
     "detect": (_detect_shape, "[N, 4+C, A] (YOLOv8/11) or [N, A, 5+C] (YOLOv5), anchors A > 4+C"),
+    "segment": (_segment_shape, "[N, C, H, W] with H*W > 1"),
 }
 
 
@@ -116,7 +122,11 @@ class ModelInfo:
 
     @property
     def auto_layer(self) -> Layer:
-        """The last candidate before the logits: where Grad-CAM is usually computed."""
+        """The last candidate before the logits: where Grad-CAM is usually computed. For segmentation, the last
+        that is not a per-class map (the logits themselves and their resizes have as many channels as classes)."""
+        if self.task == "segment":
+            features = [layer for layer in self.layers if layer.shape[1] != self.num_classes]
+            return (features or self.layers)[-1]
         return self.layers[-1]
 
     def resolve_layer(self, name: str | None) -> Layer:
@@ -147,7 +157,7 @@ def inspect_model(
     task: str | None = None,
 ) -> ModelInfo:
     """Find the image input, the logits, the head and the candidate layers of a classifier (or, by the output's
-    shape or `task`, a detector)."""
+    shape or `task`, a detector or a segmentation model)."""
     if task is not None and task not in TASKS:
         raise OnnxcamError(f"unknown task '{task}'; choose one of {', '.join(TASKS)}")
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
@@ -220,14 +230,14 @@ def inspect_model(
         num_classes=num_classes,
         opset=opset,
         layers=layers,
+        task=task,
+        logits_shape=(None, *logits_shape[1:]),
         labels=labels,
         preprocess=preset,
         head=head,
         labels_source=labels_source,
         preprocess_source=preset_source,
         notes=notes,
-        task=task,
-        logits_shape=(None, *logits_shape[1:]),
         neck=neck_layers(graph, image_input.name, logits, producers, shapes, layers) if kind else [],
         attention=attention_maps(graph, shapes, layers[-1].tokens, feeding) if layers[-1].tokens else [],
     )
@@ -357,6 +367,7 @@ def _task(logits: str, shape, wanted: str | None) -> str:
     a user error naming the shape otherwise."""
     dims = list(shape[1:]) if shape and len(shape) >= 2 else None
     fits = [task for task, (test, _) in TASK_SHAPES.items() if dims and test(dims)]
+    shape = "unknown" if shape is None else "[" + ", ".join("N" if d is None else str(d) for d in shape) + "]"
     if wanted is None and fits:
         return fits[0]
     if wanted in fits:

@@ -3,7 +3,9 @@
 `augment` returns a model whose single run gives the logits, the class each
 image is explained for, and for every target layer its activations A and the
 gradient dScore/dA. The class is a runtime input (negative = top-1, chosen in
-the graph), so one augmented model serves every class.
+the graph), so one augmented model serves every class. What the class's score
+is depends on the task (`SEEDS`): a classifier's logit, or a segmentation
+model's class scores summed over a region (itself an optional runtime input).
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx import numpy_helper
 
+from onnxcam import segmentation
 from onnxcam.errors import ModelError
 from onnxcam.model import ModelInfo
-from onnxcam.names import CLASS_INPUT, SCORES, SEED_INPUT, TARGET_OUTPUT
+from onnxcam.names import CLASS_INPUT, REGION_INPUT, SCORES, SEED_INPUT, TARGET_OUTPUT
 from onnxcam.surgery.backward import backward
 from onnxcam.surgery.builder import Builder
 
@@ -74,7 +77,7 @@ def augmented_graph(
         else:
             cls = gs.Variable(CLASS_INPUT, dtype=np.int64, shape=["N"])
             graph.inputs.append(cls)
-            target, seed = _class_seed(b, logits, info.head, info.num_classes, cls, score)
+            target, seed = SEEDS[info.task](b, graph, logits, info, cls, score)
             outputs.append(b.named(target, TARGET_OUTPUT, np.int64, ["N"]))
         seeded = logits
         if unit is not None:
@@ -97,11 +100,12 @@ def augmented_graph(
 def finish(graph: gs.Graph, info: ModelInfo, class_default: bool = True) -> onnx.ModelProto:
     """Clean up and export an edited graph. With class_default, a class input gets the default -1 (top-1)
     as an overridable initializer, so it may be left unfed (clients that cannot feed initializers, such as
-    onnxruntime-node, need class_default=False and always feed it)."""
+    onnxruntime-node, need class_default=False and always feed it); so does a region input (-1: predicted)."""
     model = _export(graph, info)
-    if class_default and CLASS_INPUT in {i.name for i in model.graph.input}:
+    defaults = {CLASS_INPUT: np.array([-1], np.int64), REGION_INPUT: np.full((1, 1, 1), -1, np.float32)}
+    for name in [i.name for i in model.graph.input if i.name in defaults] if class_default else []:
         model.ir_version = max(model.ir_version, 4)  # callers may feed an initializer only from IR 4
-        model.graph.initializer.append(numpy_helper.from_array(np.array([-1], np.int64), CLASS_INPUT))
+        model.graph.initializer.append(numpy_helper.from_array(defaults[name], name))
     return model
 
 
@@ -151,6 +155,47 @@ def _class_seed(b: Builder, logits, head: str, num_classes: int, cls, score: str
     if len(logits.shape) != 2:
         seed = b.reshape_like(seed, logits)
     return target, seed
+
+
+def _classify_seed(b: Builder, graph, logits, info: ModelInfo, cls, score: str):
+    return _class_seed(b, logits, info.head, info.num_classes, cls, score)
+
+
+def _segment_seed(b: Builder, graph, logits, info: ModelInfo, cls, score: str):
+    """onnxcam.segmentation's rules in the graph: each row's class c (negative = the default class), and
+    dScore/dz = onehot(c) over the channels x the region, for score = sum over the region of class c's scores.
+    The region is a runtime input, float [N, H, W] (1 inside), where a negative value stands for the pixels
+    predicted as c (all of them when none is): its default, one -1, means "predicted" everywhere."""
+    assert score == "logit", score
+    dtype = onnx.helper.np_dtype_to_tensor_dtype(b.dtype)
+    z = b.fwd(logits)
+    binary = info.head == "binary"
+    scores = b.op("Concat", b.op("Neg", z), z, axis=1) if binary else z  # a one-channel map's two classes
+    classes = info.num_classes + binary
+    channels = b.const(np.arange(classes, dtype=np.int64).reshape(1, -1, 1, 1))
+    hits = b.op("Cast", b.op("Equal", b.op("ArgMax", scores, axis=1, keepdims=1), channels), to=dtype)
+    counts = b.reduce_sum(hits, [2, 3], keepdims=False)  # [N, classes] pixels predicted as each class
+    if segmentation.has_background(info.labels, info.head):  # class 0 below any other class with one pixel
+        h, w = info.logits_shape[2:]
+        counts = b.op("Mul", counts, b.const(np.float32([1 / (h * w + 1)] + [1] * (classes - 1))[None]))
+    top = b.op("ArgMax", counts, axis=1, keepdims=0)
+    negative = b.op("Cast", b.op("Less", b.op("Cast", cls, to=dtype), b.const(0.0)), to=onnx.TensorProto.INT64)
+    target = b.op("Add", cls, b.op("Mul", b.op("Sub", top, cls), negative))
+    onehot = b.op("Cast", b.op("Equal", b.op("Reshape", target, b.const([-1, 1, 1, 1], np.int64)), channels), to=dtype)
+    mine = b.reduce_sum(b.op("Mul", hits, onehot), [1])  # [N, 1, H, W] pixels predicted as the target
+    mine = b.op("Add", mine, b.op("Sub", b.const(1.0), b.reduce("ReduceMax", mine, [2, 3])))  # none: all
+    region = gs.Variable(REGION_INPUT, dtype=np.float32, shape=["region_n", "region_h", "region_w"])
+    graph.inputs.append(region)
+    region = b.unsqueeze(region, [1])
+    inside = b.where(b.op("Less", region, b.const(0.0)), mine, region)
+    seed = b.op("Mul", onehot, inside)
+    if binary:  # d/dz of the two classes' scores -z and z
+        seed = b.op("Sub", b.slice(seed, [1], [2], [1]), b.slice(seed, [0], [1], [1]))
+    return target, seed
+
+
+# task -> the seed builder: (builder, graph, logits, info, class input, score) -> (target class, dScore/dlogits)
+SEEDS = {"classify": _classify_seed, "segment": _segment_seed}
 
 
 def _unit_seed(b: Builder, tensors, unit):
