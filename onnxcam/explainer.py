@@ -338,6 +338,9 @@ class Explainer:
 
     def _plan(self, m, score="logit", unit=None, eigen_smooth=False) -> Plan:
         """The session that runs m, and whether its gradients come from rules; decided here only."""
+        if self.info.task == "detect":  # its seeds come from the decoded detections (onnxcam.detection), fed
+            spec = SessionSpec.seeded()
+            return Plan(spec, m.gradients is not None and self.sessions.buildable(spec) is None, False)
         if m.attention:
             if not self.info.attention:
                 raise OnnxcamError(

@@ -154,7 +154,7 @@ def test_run_writes_a_map_per_detection_with_boxes_in_image_pixels(tmp_path, ref
 @pytest.mark.parametrize(
     ("model", "args", "message"),
     [
-        (MODEL, ["--task", "segment"], "'output0' has shape (1, 24, 525)"),
+        (MODEL, ["--task", "segment"], "'output0' has shape [1, 24, 525]"),
         (MODEL, ["--task", "classify"], "--task classify needs an output of shape [N, C]"),
         (CLASSIFIER, ["--task", "detect"], "--task detect needs an output of shape"),
         (MODEL, ["--method", "guided-backprop"], "does not apply to detectors"),

@@ -229,7 +229,7 @@ def test_the_command_line_writes_the_overlay_and_the_region_in_json(tmp_path):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--task", "detect"], "task 'detect' is not supported yet"),
+        (["--task", "detect"], "--task detect needs an output of shape [N, 4+C, A]"),
         (["--region", "missing.png"], "region mask: image file not found"),
     ],
 )

@@ -375,8 +375,6 @@ def _task(logits: str, shape, wanted: str | None) -> str:
     if wanted is None:
         expected = " or ".join(f"{form} ({task})" for task, (_, form) in TASK_SHAPES.items())
         raise ModelError(f"the logits tensor '{logits}' has shape {shape}; expected {expected} with known sizes")
-    if wanted not in TASK_SHAPES:
-        raise ModelError(f"task '{wanted}' is not supported yet (the output '{logits}' has shape {shape})")
     raise ModelError(
         f"--task {wanted} needs an output of shape {TASK_SHAPES[wanted][1]}; '{logits}' has shape {shape}"
         + (f" (a {fits[0]} output)" if fits else "")
