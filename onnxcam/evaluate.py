@@ -118,6 +118,7 @@ class Evaluation:
     """Per-image metric values for each method, added one batch of images at a time."""
 
     def __init__(self, ex, methods: list, options: EvalOptions):
+        ex.info.require_task("eval", ("classify",))  # its benchmarks score classes, one per image
         self.ex, self.methods, self.options = ex, methods, options
         self.rows = {m: [] for m in methods}  # per-image dicts
         self.curves = {m: {"deletion": [], "insertion": []} for m in methods}

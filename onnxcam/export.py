@@ -33,6 +33,7 @@ def export(info: ModelInfo, layers: list, method: str = "gradcam", class_input: 
     """The explained model. class_input "optional": an overridable initializer defaulting to -1 (top-1),
     which the C, C++, C#, Java and Python APIs can feed by name; "required": a plain input (feed -1 for
     top-1), for clients such as onnxruntime-node that only feed the graph's declared inputs."""
+    info.require_task("export", ("classify", "segment"))
     if method not in FORMULAS:
         raise OnnxcamError(f"export supports {', '.join(FORMULAS)}; not '{method}'")
     if class_input not in ("optional", "required"):

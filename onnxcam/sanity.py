@@ -178,6 +178,7 @@ def randomization_test(
 
     proto = load_model(model) if isinstance(model, str) else model
     ex = Explainer(proto, layer=layer, **explainer_options)
+    ex.info.require_task("sanity", ("classify", "segment"))  # one map per image, compared step by step
     options = dict(explainer_options, preprocess_preset=ex.preset)
     tensor = ex.prepare(x)[:1]
     plan = cascade(proto, steps)

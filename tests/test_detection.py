@@ -205,3 +205,23 @@ def test_run_refusals_are_one_line(tmp_path, model, args, message):
     assert (
         len(result.output.strip().splitlines()[-1]) > 0 and not (tmp_path / "o" / "astronaut.gradcam.d0.png").exists()
     )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["export", MODEL, "-o", "{tmp}/x.onnx"], "export works on classify models and segment models"),
+        (["eval", MODEL, "{image}"], "eval works on classify models"),
+        (["sanity", MODEL, "{image}"], "sanity works on classify models and segment models"),
+    ],
+)
+def test_commands_without_meaning_for_a_detector_refuse_in_one_line(tmp_path, args, message):
+    image = _picture(tmp_path, "coffee")
+    args = [a.format(tmp=tmp_path, image=image) for a in args]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert (
+        result.output.strip().splitlines()[-1]
+        == f"Error: {message}; 'output0' of shape [N, 24, 525] makes this one a detect model"
+    )
+    assert not (tmp_path / "x.onnx").exists()

@@ -104,6 +104,16 @@ class ModelInfo:
     attention: list = field(default_factory=list)  # a transformer's attention probabilities [N, heads, T, T]
     neck: list = field(default_factory=list)  # detect: the feature maps the detection head reads, one a scale
 
+    def require_task(self, what: str, tasks: tuple) -> None:
+        """Refuse, in one line, a command that means nothing for this model's task (eval's class benchmarks on a
+        detector, say)."""
+        if self.task not in tasks:
+            shape = "[" + ", ".join("N" if d is None else str(d) for d in self.logits_shape) + "]"
+            raise ModelError(
+                f"{what} works on {' and '.join(f'{t} models' for t in tasks)}; '{self.logits_name}' of shape "
+                f"{shape} makes this one a {self.task} model"
+            )
+
     @property
     def default_layers(self) -> list:
         """The layers explained when none is named: a detector's neck maps, else the automatic layer."""
