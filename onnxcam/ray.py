@@ -62,6 +62,21 @@ SCHEMA = pa.schema(
         ("target", pa.struct([("class", pa.int64()), ("label", pa.string())])),
         ("gradients", pa.string()),
         ("box", pa.list_(pa.int64(), 4)),  # x0, y0, x1, y1, inclusive, in image pixels; null for a flat map
+        # --boxes all: every region above the threshold (postprocess.Region.record); --masks: the mask file
+        (
+            "boxes",
+            pa.list_(
+                pa.struct(
+                    [
+                        ("box", pa.list_(pa.int64(), 4)),
+                        ("area", pa.int64()),
+                        ("peak", pa.float64()),
+                        ("mean", pa.float64()),
+                    ]
+                )
+            ),
+        ),
+        ("mask", pa.string()),
         ("flat", pa.bool_()),
         ("units", pa.list_(pa.struct([("channel", pa.int64()), ("contribution", pa.float64())]))),
         ("outputs", pa.list_(pa.string())),
@@ -136,6 +151,7 @@ class _Worker:
         ex = Explainer(
             model, providers=_providers(num_gpus), labels=settings.labels and list(settings.labels), **explainer
         )
+        ex.info.require_task("onnxcam.ray", ("classify",))  # its rows are a classifier's (SCHEMA)
         self.run = _BatchRun(ex, model, list(settings.methods), settings.target, settings.options, [], started)
         self.settings = settings
         self.fs = _filesystem(settings.options.out)

@@ -71,6 +71,8 @@ def plain(folder, tmp_path_factory):
             "--npy",
             "--pictures",
             "none",
+            "--boxes",
+            "all",
             "--out",
             str(out),
             "-b",
@@ -91,7 +93,7 @@ def _by_name(rows):
     return {(os.path.basename(r["path"]), r["method"]): r for r in rows}
 
 
-def _same_record(row, record, method):
+def _same_record(row, record, method, boxes=False):
     """A row holds the record `run --json` wrote for its image and method (scores to float32 rounding)."""
     for key in ("model", "layers", "provider", "preprocess", "score", "units"):
         assert row[key] == record[key], key
@@ -99,6 +101,10 @@ def _same_record(row, record, method):
     explanation = next(e for e in record["explanations"] if e["method"] == method)
     for key in ("target", "gradients", "box", "flat"):
         assert row[key] == explanation[key], key
+    if boxes:  # the row was made with --boxes all, as the record
+        assert [b["box"] for b in row["boxes"]] == [b["box"] for b in explanation["boxes"]]
+        for got, want in zip(row["boxes"], explanation["boxes"]):
+            assert abs(got["peak"] - want["peak"]) < 1e-5 and abs(got["mean"] - want["mean"]) < 1e-5
     assert len(row["predictions"]) == len(record["predictions"])
     for got, want in zip(row["predictions"], record["predictions"]):
         assert abs(got["probability"] - want["probability"]) < 1e-5 and abs(got["logit"] - want["logit"]) < 1e-4
@@ -125,6 +131,8 @@ def test_cli_rows_equal_plain_run(cluster, folder, plain, tmp_path):
             "--npy",
             "--pictures",
             "none",
+            "--boxes",
+            "all",
             "--out",
             str(out),
             "-b",
@@ -142,7 +150,7 @@ def test_cli_rows_equal_plain_run(cluster, folder, plain, tmp_path):
     for name, record in records.items():
         for method in METHODS:
             row = by_name[name, method]
-            _same_record(row, record, method)
+            _same_record(row, record, method, boxes=True)
             assert row["path"] == record["image"]
             stem = os.path.splitext(name)[0]
             assert row["outputs"] == [str(out / f"{stem}.{m}.npy") for m in METHODS]

@@ -317,6 +317,7 @@ def _run_on_ray(
     onnxcam.outputs.check_distinct_outputs(paths, opts.out)
     methods = names.method_names([*methods, *([grid] if grid else [])])
     ex = onnxcam.Explainer(model, layer=list(layers) or None, labels=labels, **{**explainer_args, "device": "cpu"})
+    ex.info.require_task("run --ray", ("classify",))
     settings = on_ray.Settings(
         tuple(methods),
         names.parse_target(target, ex.info.labels, ex.num_classes),
