@@ -260,22 +260,7 @@ class Run:
                 files[f"units.{fmt}"] = picture_bytes(render.grid(unit_tiles, unit_captions), fmt)
         report.files = {self._path(item.image, name): data for name, data in files.items()}
         if opts.as_json:
-            path = self._path(item.image, f"{self.methods[0] if one_method else 'grid'}.json")
-            report.files[path] = json_bytes(
-                {
-                    "image": item.image,
-                    "model": self.model,
-                    "layers": ex.layers,
-                    "provider": ex.provider,
-                    "preprocess": ex.preset,
-                    "score": opts.score,
-                    "predictions": report.predictions,
-                    "explanations": report.explanations,
-                    "units": report.units,
-                    "timings_s": {"setup": round(self.setup, 6), "image": round(item.seconds, 6)},
-                    "outputs": [*report.files, path],
-                }
-            )
+            self._add_record(item, report, score=opts.score, predictions=report.predictions, units=report.units)
         return report
 
     def _detections_report(self, item: ImageResult) -> Report:
@@ -314,23 +299,27 @@ class Run:
         report.predictions = sorted(seen.values(), key=lambda d: -d["score"])
         report.files = {self._path(item.image, name): data for name, data in files.items()}
         if opts.as_json:
-            path = self._path(item.image, f"{self.methods[0] if len(self.methods) == 1 else 'grid'}.json")
-            report.files[path] = json_bytes(
-                {
-                    "image": item.image,
-                    "model": self.model,
-                    "task": "detect",
-                    "layers": ex.layers,
-                    "provider": ex.provider,
-                    "preprocess": ex.preset,
-                    "explain": opts.detection_target or "score",
-                    "detections": report.predictions,
-                    "explanations": report.explanations,
-                    "timings_s": {"setup": round(self.setup, 6), "image": round(item.seconds, 6)},
-                    "outputs": [*report.files, path],
-                }
+            self._add_record(
+                item, report, task="detect", explain=opts.detection_target or "score", detections=report.predictions
             )
         return report
+
+    def _add_record(self, item: ImageResult, report: Report, **fields) -> None:
+        """Add the image's JSON record (`run --json`) to its files: what every task's record holds, and `fields`."""
+        ex = self.ex
+        path = self._path(item.image, f"{self.methods[0] if len(self.methods) == 1 else 'grid'}.json")
+        record = {
+            "image": item.image,
+            "model": self.model,
+            **fields,
+            "layers": ex.layers,
+            "provider": ex.provider,
+            "preprocess": ex.preset,
+            "explanations": report.explanations,
+            "timings_s": {"setup": round(self.setup, 6), "image": round(item.seconds, 6)},
+            "outputs": [*report.files, path],
+        }
+        report.files[path] = json_bytes(record)
 
     def _path(self, image: str, name: str) -> str:
         path = output_path(image, name, self.opts.out)
