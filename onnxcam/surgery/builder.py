@@ -35,6 +35,7 @@ class Builder:
         self._ids = itertools.count()
         self._prefix = prefix
         self._upcast = {}
+        self.one_hot = {}  # gradient name -> [N] column of its single 1.0 per row (a class score's seed)
 
     def fwd(self, t: gs.Tensor) -> gs.Tensor:
         """A forward tensor as the gradient dtype (float16/bfloat16/float64 values are cast once, then reused)."""

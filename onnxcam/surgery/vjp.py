@@ -308,7 +308,14 @@ def _gemm(b, node, g):
     alpha, beta = node.attrs.get("alpha", 1.0), node.attrs.get("beta", 1.0)
     ta, tb = node.attrs.get("transA", 0), node.attrs.get("transB", 0)
     zero = [] if b.opset >= 11 else [b.const(0.0)]  # C is required before opset 11
-    if ta:
+    rows = b.one_hot.get(g[0].name)
+    if rows is not None and not ta and isinstance(w, gs.Constant):
+        # a class's one-hot seed times the weights is that class's row of them, exactly (1 * w plus zeros):
+        # a Gather reads K weights, the product all C * K of them, as many bytes as the forward's head
+        da = b.op("Gather", w, rows, axis=0 if tb else 1)
+        da = da if tb else b.op("Transpose", da, perm=[1, 0])
+        da = da if alpha == 1.0 else b.op("Mul", da, b.const(alpha))
+    elif ta:
         da = b.op("Gemm", w, g[0], *zero, alpha=alpha, transA=tb, transB=1)
     else:
         da = b.op("Gemm", g[0], w, *zero, alpha=alpha, transB=1 - tb)
