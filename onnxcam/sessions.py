@@ -130,6 +130,8 @@ class Sessions:
             if count < step:  # a fixed batch: pad with copies of the last row, dropped below
                 part = {name: np.concatenate([v, np.repeat(v[-1:], step - count, axis=0)]) for name, v in part.items()}
             chunks.append([out[:count] for out in _run_session(session, names, part)])
+        if len(chunks) == 1:  # no copy of the whole output (a batch of heatmaps is N * H * W floats)
+            return dict(zip(names, chunks[0]))
         return {name: np.concatenate([c[i] for c in chunks]) for i, name in enumerate(names)}
 
     def run_model(self, spec: SessionSpec, tensor: np.ndarray, classes: np.ndarray | None = None, region=None) -> dict:

@@ -15,7 +15,7 @@ from onnxcam.errors import OnnxcamError, UnsupportedOpError
 from onnxcam.model.graph import SHAPE_OPERANDS
 from onnxcam.surgery import vjp_tokens  # noqa: F401  (its rules join the table)
 from onnxcam.surgery.builder import Builder, NeedsStaticShape
-from onnxcam.surgery.vjp import RULES, carries_no_gradient, unsupported
+from onnxcam.surgery.vjp import RULES, carries_no_gradient, unblocked, unsupported
 from onnxcam.surgery.vjp_quantized import quantized_values
 
 
@@ -55,7 +55,7 @@ def backward(b: Builder, wrt: list, score: gs.Tensor, seed: gs.Tensor) -> dict:
                 cut, "on the way from the target layer to the class score: it turns the path into integers"
             )
         raise OnnxcamError(f"'{score.name}' does not depend on {', '.join(missing)}: no gradient reaches it")
-    return {t.name: grads[t.name] for t in wrt}
+    return {t.name: unblocked(grads[t.name]) for t in wrt}
 
 
 def _shaped(g, x, dtype):

@@ -36,6 +36,7 @@ class Builder:
         self._prefix = prefix
         self._upcast = {}
         self.quantized = {}  # integer tensor name -> (scale, zero point): `fwd` gives its float value
+        self.one_hot = {}  # gradient name -> [N] column of its single 1.0 per row (a class score's seed)
 
     def fwd(self, t: gs.Tensor) -> gs.Tensor:
         """A forward tensor as the gradient dtype (float16/bfloat16/float64 values are cast once, then reused);

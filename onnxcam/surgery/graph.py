@@ -86,6 +86,7 @@ def augmented_graph(
         image = tensors[info.input_name]
         if input_gradient == "guided":  # a second reverse pass: the layers' gradients stay unguided
             passes.append((Builder(graph, info.opset, guided=True, prefix="onnxcam/guided"), [image]))
+            passes[-1][0].one_hot = b.one_hot
         elif input_gradient:
             passes[0][1].append(image)
         for builder, wrt in passes:
@@ -145,6 +146,7 @@ def _class_seed(b: Builder, logits, head: str, num_classes: int, cls, score: str
     else:
         hot = b.op("Equal", column, b.const(np.arange(num_classes, dtype=np.int64)[None]))
         seed = b.op("Cast", hot, to=dtype)
+        b.one_hot[seed.name] = target
         if score == "probability" and head == "multilabel":
             p = b.op("Sigmoid", z)
             seed = b.op("Mul", seed, b.op("Mul", p, b.op("Sub", b.const(1.0), p)))

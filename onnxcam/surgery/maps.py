@@ -105,19 +105,21 @@ def layer_maps(b: Builder, tensors: dict, layers: list, method: str, head_weight
 def heatmap(b: Builder, layer_maps: list, info, layers: list):
     """[N, H, W]: each layer's map min-max normalized and resized to the input's size (cv2.resize's bilinear, as
     two MatMuls with constant interpolation matrices), then ReLU, mean over layers, min-max again: what
-    `postprocess.normalize_and_resize` and `postprocess.combine` do in NumPy."""
+    `postprocess.normalize_and_resize` and `postprocess.combine` do in NumPy. The maps lose their channel axis
+    while small: a Reshape of the finished [N, 1, H, W] would copy it."""
     shapes = [next(lay.shape[2:] for lay in info.layers if lay.name == layer) for layer in layers]
     h, w = info.size
     scaled = []
     for layer_map, (mh, mw) in zip(layer_maps, shapes):
         rows = b.const(postprocess.interpolation(mh, h))  # [H, h]
         cols = b.const(postprocess.interpolation(mw, w).T)  # [w, W]
-        scaled.append(b.op("MatMul", b.op("MatMul", rows, _normalize(b, layer_map)), cols))
+        flat = b.op("Reshape", layer_map, b.const(np.array([0, mh, mw], np.int64)))
+        scaled.append(b.op("MatMul", b.op("MatMul", rows, _normalize(b, flat)), cols))
     combined = scaled[0] if len(scaled) == 1 else b.op("Mean", *scaled)
-    return b.op("Reshape", _normalize(b, b.op("Relu", combined)), b.const(np.array([0, h, w], np.int64)))
+    return _normalize(b, b.op("Relu", combined))
 
 
 def _normalize(b, x):
-    """Per-image min-max over [1, h, w], with pytorch-grad-cam's 1e-7."""
-    shifted = b.op("Sub", x, b.reduce("ReduceMin", x, [1, 2, 3]))
-    return b.op("Div", shifted, b.op("Add", b.reduce("ReduceMax", shifted, [1, 2, 3]), b.const(1e-7)))
+    """Per-image min-max over [h, w], with pytorch-grad-cam's 1e-7."""
+    shifted = b.op("Sub", x, b.reduce("ReduceMin", x, [1, 2]))
+    return b.op("Div", shifted, b.op("Add", b.reduce("ReduceMax", shifted, [1, 2]), b.const(1e-7)))

@@ -200,6 +200,24 @@ def _blocked(b, t, shape):
     return _pointwise(b, t, shape[1], 1.0)
 
 
+def unblocked(t):
+    """t as it was before `_blocked`, where nothing reads t any more in the backward (a wanted tensor's gradient
+    that the reverse pass does not carry further): there the identity Conv only costs ONNX Runtime a reorder
+    into its layout, the Conv and a reorder back out."""
+    node = t.inputs[0] if len(t.inputs) == 1 and not t.outputs else None
+    if node is None or node.op != "Conv" or len(node.inputs) != 2:
+        return t
+    weight = node.inputs[1]
+    channels = weight.shape[0] if isinstance(weight, gs.Constant) else None
+    identity = (
+        channels is not None
+        and node.attrs.get("group") == channels
+        and tuple(weight.shape) == (channels, 1, 1, 1)
+        and np.all(weight.values == 1.0)
+    )
+    return node.inputs[0] if identity else t
+
+
 def _step(b, y):
     """1.0 where y > 0, else 0.0, exactly and in the NCHWc layout: HardSigmoid(2^126 * 2^100 * y) = min(1,
     max(0, 2^226 y)) takes every positive float (subnormals included) to >= 1 (or inf), so to 1. ONNX Runtime
@@ -290,7 +308,14 @@ def _gemm(b, node, g):
     alpha, beta = node.attrs.get("alpha", 1.0), node.attrs.get("beta", 1.0)
     ta, tb = node.attrs.get("transA", 0), node.attrs.get("transB", 0)
     zero = [] if b.opset >= 11 else [b.const(0.0)]  # C is required before opset 11
-    if ta:
+    rows = b.one_hot.get(g[0].name)
+    if rows is not None and not ta and isinstance(w, gs.Constant):
+        # a class's one-hot seed times the weights is that class's row of them, exactly (1 * w plus zeros):
+        # a Gather reads K weights, the product all C * K of them, as many bytes as the forward's head
+        da = b.op("Gather", w, rows, axis=0 if tb else 1)
+        da = da if tb else b.op("Transpose", da, perm=[1, 0])
+        da = da if alpha == 1.0 else b.op("Mul", da, b.const(alpha))
+    elif ta:
         da = b.op("Gemm", w, g[0], *zero, alpha=alpha, transA=tb, transB=1)
     else:
         da = b.op("Gemm", g[0], w, *zero, alpha=alpha, transB=1 - tb)

@@ -1209,6 +1209,53 @@ def test_negative_class_picks_the_top_class_in_the_graph():
     assert not np.allclose(run(other)[grad_name("A")], default[grad_name("A")])  # the class does matter
 
 
+@pytest.mark.parametrize("trans_b", [0, 1])
+@pytest.mark.parametrize("alpha", [1.0, 0.7])
+@pytest.mark.parametrize("opset", [7, 13])
+def test_class_seed_through_a_gemm_head_is_the_class_row(opset, alpha, trans_b):
+    """x -> Conv -> A -> GAP -> Flatten -> Gemm -> logits: dlogit_c/dA = alpha W_c / (h w) (closed form), read by a
+    Gather of the class's weights rather than a product of the one-hot seed with all of them."""
+    net = Net(opset)
+    c, h, w = IN_SHAPE
+    weights = net.rng.normal(size=(CLASSES, CHANNELS)).astype(np.float32)
+    a = net.op("Conv", "x", net.randn(CHANNELS, c, 3, 3), kernel_shape=[3, 3], pads=[1] * 4)
+    flat = net.op("Flatten", net.op("GlobalAveragePool", a), axis=1)
+    fc = net.const(weights if trans_b else weights.T)
+    logits = net.op("Gemm", flat, fc, net.randn(CLASSES), alpha=alpha, transB=trans_b)
+    graph = helper.make_graph(
+        net.nodes,
+        "gemm_head",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", c, h, w])],
+        [helper.make_tensor_value_info(logits, TensorProto.FLOAT, ["N", CLASSES])],
+        net.initializers,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    augmented = augment(inspect_model(model), [a])
+    assert "Gather" in {n.op_type for n in augmented.graph.node}
+    classes = np.int64([4, 0, 9])
+    x = np.random.default_rng(2).normal(size=(3, c, h, w)).astype(np.float32)
+    names = [o.name for o in augmented.graph.output]
+    out = dict(zip(names, session(augmented).run(None, {"x": x, CLASS_INPUT: classes})))
+    expected = np.broadcast_to((alpha * weights[classes] / (h * w))[:, :, None, None], out[a].shape)
+    np.testing.assert_allclose(out[grad_name(a)], expected, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("input_gradient", [None, "plain"])
+def test_gradient_enters_the_blocked_layout_only_to_go_on(input_gradient):
+    """GAP's gradient goes into ONNX Runtime's NCHWc layout by an identity Conv only where the backward goes on
+    from it (to the input); a target layer's own gradient would only be reordered back out."""
+    net = Net(13)
+    b = net.op("Conv", "A", net.randn(16, C, 1, 1), kernel_shape=[1, 1])  # 16 channels: one NCHWc block
+    model = classifier(net, net.op("GlobalAveragePool", b))
+    graph = augment(inspect_model(model), [b], input_gradient=input_gradient).graph
+    weights = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    identities = [
+        n for n in graph.node if n.op_type == "Conv" and n.input[1] in weights and np.all(weights[n.input[1]] == 1)
+    ]
+    assert len(identities) == (1 if input_gradient else 0)
+
+
 @pytest.mark.parametrize("opset", [7, 13, 21])
 @pytest.mark.parametrize("label, attrs, widen, a_scale", [pytest.param(*v, id=v[0]) for v in LRN_EVEN_VARIANTS])
 def test_lrn_even_size_matches_finite_differences(opset, label, attrs, widen, a_scale):
