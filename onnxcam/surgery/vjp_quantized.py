@@ -85,7 +85,9 @@ def _qlinear(b, node, g):
     twin = SimpleNamespace(op=float_op, name=node.name, attrs=attrs, inputs=inputs, outputs=[out])
     recompute = _FLOAT_OUTPUT.get(float_op)
     if recompute is not None:
-        twin.outputs = [recompute(b, twin)]
+        y = recompute(b, twin)
+        y.dtype, y.shape = b.dtype, out.shape  # rules read the output's shape
+        twin.outputs = [y]
         grad = _in_range(b, node, out, g[0], twin.outputs[0], 0.0) if quantized else g[0]
     else:
         twin.outputs = [b.fwd(out) if quantized else out]
