@@ -683,9 +683,11 @@ def _max_min(b, node, g):
 
 
 def _softmax_axes(b, node, rank):
-    """Opset 13 normalizes along one axis; before, the input is coerced to 2-D at `axis` (default 1)."""
-    axis = node.attrs.get("axis", -1 if b.opset >= 13 else 1) % rank
-    return [axis] if b.opset >= 13 else list(range(axis, rank))
+    """Opset 13 normalizes along one axis; before, the input is coerced to 2-D at `axis` (default 1). The opset is
+    the model's, or the `opset` attribute of a QLinearSoftmax's stand-in (vjp_quantized.py)."""
+    opset = node.attrs.get("opset", b.opset)
+    axis = node.attrs.get("axis", -1 if opset >= 13 else 1) % rank
+    return [axis] if opset >= 13 else list(range(axis, rank))
 
 
 @vjp("Softmax")

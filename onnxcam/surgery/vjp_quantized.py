@@ -6,9 +6,9 @@ gradient of an integer tensor t is the gradient with respect to its float value 
 zero point) (`quantized_values`; rules read that value through `Builder.fwd`). So DequantizeLinear passes its
 gradient through, QuantizeLinear passes it where it does not saturate, and a QLinear op is its float op
 (model.quantized.QLINEAR) on the dequantized inputs, its gradient masked where the output saturates, which
-is also how QOperator models express a ReLU fused into the op (the output's range starts at 0). Checked
-against central differences of the quantized heads (tests/test_real_models.py, steps above the
-quantization's).
+is also how QOperator models express a ReLU fused into the op (the output's range starts at 0). Checked op by
+op against central differences of the float op (tests/surgery/test_vjp_quantized.py), and against central
+differences of quantized heads (tests/test_real_models.py, steps above the quantization's).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxcam.model.quantized import QLINEAR
-from onnxcam.surgery.vjp import RULES, _constant_value, unsupported, vjp
+from onnxcam.surgery.vjp import RULES, _constant_value, _softmax_axes, unsupported, vjp
 
 # Ops that move an integer tensor's entries without computing with them: the output has the input's scale
 # and zero point, and the op's own rule carries the gradient of the float values.
@@ -67,25 +67,56 @@ def _quantize_linear(b, node, g):
 
 @vjp(*QLINEAR)
 def _qlinear(b, node, g):
-    """The float op's own rule on a stand-in node: the dequantized inputs in, the dequantized output out."""
+    """The float op's own rule on a stand-in node: the dequantized inputs in, the dequantized output out (for ops
+    whose rule reads that output, the float op's own, which the integers only round: `_FLOAT_OUTPUT`)."""
     float_op, triples, (scale_at, zero_at) = QLINEAR[node.op]
     if triples is None:  # QLinearConcat: (output scale, zero point), then one triple per input
         triples = [(k, k + 1, k + 2) for k in range(2, len(node.inputs), 3)]
     if node.attrs.get("channels_last", 0):
         raise unsupported(node, "with channels_last")
-    weight_axis = 0 if node.op == "QLinearConv" else -1  # per-channel weight scales: Conv's out channels
-    inputs = [_dequantized(b, node, *(node.inputs[i] for i in t), weight_axis) for t in triples]
+    inputs = [_dequantized(b, node, *(node.inputs[i] for i in t), _weight_axis(node)) for t in triples]
     out = node.outputs[0]
     quantized = _input(node, scale_at) is not None
-    y = b.fwd(out) if quantized else out
-    attrs = {k: v for k, v in node.attrs.items() if k not in ("channels_last", "opset")}
-    twin = SimpleNamespace(op=float_op, name=node.name, attrs=attrs, inputs=inputs, outputs=[y])
-    grad = _in_range(b, node, out, g[0], y, -0.5) if quantized else g[0]
+    attrs = {k: v for k, v in node.attrs.items() if k != "channels_last"}
+    if node.op == "QLinearSoftmax":  # its axis defaults to -1, and its `opset` says whose Softmax it computes
+        attrs.setdefault("axis", -1)
+    else:
+        attrs.pop("opset", None)
+    twin = SimpleNamespace(op=float_op, name=node.name, attrs=attrs, inputs=inputs, outputs=[out])
+    recompute = _FLOAT_OUTPUT.get(float_op)
+    if recompute is not None:
+        y = recompute(b, twin)
+        y.dtype, y.shape = b.dtype, out.shape  # rules read the output's shape
+        twin.outputs = [y]
+        grad = _in_range(b, node, out, g[0], twin.outputs[0], 0.0) if quantized else g[0]
+    else:
+        twin.outputs = [b.fwd(out) if quantized else out]
+        grad = _in_range(b, node, out, g[0], twin.outputs[0], -0.5) if quantized else g[0]
     twin_grads = RULES[float_op](b, twin, [grad])
     grads = [None] * len(node.inputs)
     for t, gx in zip(triples, twin_grads):
         grads[t[0]] = gx
     return grads
+
+
+def _weight_axis(node) -> int:
+    """The axis of a constant weight's per-channel scales: its output channels (Conv's first axis, the columns
+    of MatMul's and Gemm's B, which Gemm's transB stores first)."""
+    if node.op == "QLinearConv" or (node.op == "QGemm" and node.attrs.get("transB", 0)):
+        return 0
+    return -1
+
+
+def _softmax(b, twin):
+    x = twin.inputs[0]
+    axes = _softmax_axes(b, twin, len(x.shape))
+    e = b.op("Exp", b.op("Sub", x, b.reduce("ReduceMax", x, axes)))
+    return b.op("Div", e, b.reduce_sum(e, axes))
+
+
+# Float ops whose rule reads their output, which is cheap to compute again: their output from the dequantized
+# inputs (the quantized output is off by up to half a step, and saturates where the float output does not).
+_FLOAT_OUTPUT = {"Sigmoid": lambda b, twin: b.op("Sigmoid", twin.inputs[0]), "Softmax": _softmax}
 
 
 def _dequantized(b, node, x, scale, zero_point, axis):
