@@ -495,8 +495,8 @@ class Explainer:
         rows = np.int64([t.image for t in chosen])
         if m.gradients is not None:
             spec = SessionSpec.seeded()
-            if self.gradients == "fd" or self.sessions.buildable(spec) is not None:
-                why = self.sessions.buildable(spec) if self.gradients != "fd" else "--gradients fd"
+            why = "--gradients fd" if self.gradients == "fd" else self.sessions.buildable(spec)
+            if why is not None:
                 raise OnnxcamError(f"method '{m.name}' on a detector needs gradients from backward rules: {why}")
             if chosen:
                 seeds = np.stack([detection.seed(raw[t.image], t, kind) for t in chosen])

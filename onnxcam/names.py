@@ -140,3 +140,8 @@ def parse_unit(text: str | None):
 def is_tensor_file(path: str) -> bool:
     """Whether an input path is a ready input tensor (.npy) rather than a picture."""
     return os.path.splitext(path)[1].lower() == TENSOR_SUFFIX
+
+
+def format_shape(dims) -> str:
+    """[N, 1280, 7, 7]: a symbolic (None) dimension shows as N."""
+    return "[" + ", ".join("N" if d is None else str(d) for d in dims) + "]"

@@ -6,7 +6,6 @@ import click
 
 import onnxcam
 from onnxcam import names
-from onnxcam.cli.options import format_shape as _shape
 from onnxcam.cli.options import model_options
 
 
@@ -19,13 +18,15 @@ def command(model, show_all, model_args):
     info = onnxcam.model.inspect_model(onnxcam.model.load_model(model), **model_args)
     graph = info.model.graph
     click.echo(f"model       {model}  (opset {info.opset}, IR {info.model.ir_version}, {len(graph.node)} nodes)")
-    click.echo(f"input       {info.input_name}  {_shape(info.input_shape)}  {info.layout}  {info.input_dtype}")
+    click.echo(
+        f"input       {info.input_name}  {names.format_shape(info.input_shape)}  {info.layout}  {info.input_dtype}"
+    )
     for out in graph.output:
-        click.echo(f"output      {out.name}  {_shape(_dims(out))}")
+        click.echo(f"output      {out.name}  {names.format_shape(_dims(out))}")
     note = "" if info.logits_name == info.output_name else "  (before the output's softmax)"
     click.echo(f"logits      {info.logits_name}  {info.num_classes} classes{note}  ({info.head} head)")
     neck = f"  (detection head reads {', '.join(info.neck)})" if info.neck else ""
-    click.echo(f"task        {info.task}  (output {_shape(info.logits_shape)}){neck}")
+    click.echo(f"task        {info.task}  (output {names.format_shape(info.logits_shape)}){neck}")
     unknown = f"not recorded (run uses --preprocess, default {names.DEFAULT_PRESET})"
     click.echo(f"preprocess  {info.preprocess or unknown}")
     names_in_model = f"{len(info.labels)} names in the model" if info.labels else None
@@ -38,7 +39,7 @@ def command(model, show_all, model_args):
     for layer in shown:
         tokens = layer.tokens
         grid = f"  tokens: {tokens.prefix} prefix + {tokens.height}x{tokens.width} grid" if tokens else ""
-        click.echo(f"  {layer.name:{width}}  {layer.op:18}  {_shape(layer.shape)}{grid}")
+        click.echo(f"  {layer.name:{width}}  {layer.op:18}  {names.format_shape(layer.shape)}{grid}")
     if info.attention:
         click.echo(f"\nattention   {len(info.attention)} blocks' probabilities (attention-rollout, gradient-rollout)")
     click.echo(f"\nautomatic layer  {info.auto_layer.name}")

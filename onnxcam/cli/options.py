@@ -136,7 +136,7 @@ def banner(model: str, ex, methods=(), pictures: bool = True) -> None:
     click.echo(f"model     {model}")
     click.echo(f"provider  {ex.provider}")
     for name in ex.layers:
-        click.echo(f"layer     {name}  {format_shape(ex.info.resolve_layer(name).shape)}")
+        click.echo(f"layer     {name}  {names.format_shape(ex.info.resolve_layer(name).shape)}")
     if ex.preset_source == "assumed" and pictures:
         click.echo(
             f"preprocess {ex.preset} (assumed: the model records no preprocessing; if it was trained with "
@@ -148,11 +148,6 @@ def banner(model: str, ex, methods=(), pictures: bool = True) -> None:
         reasons = "; ".join(r for r in (ex.missing_rule, cost) if r)
         why = f" ({reasons})" if reasons and source == "finite differences" else ""
         click.echo(f"method    {name}" + (f"  gradients {source}{why}" if source else ""))
-
-
-def format_shape(dims) -> str:
-    """[N, 1280, 7, 7]: a symbolic (None) dimension shows as N."""
-    return "[" + ", ".join("N" if d is None else str(d) for d in dims) + "]"
 
 
 def one_line(text) -> str:

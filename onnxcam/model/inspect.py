@@ -35,7 +35,7 @@ from onnxcam.model.shapes import (
     unknown_shapes,
 )
 from onnxcam.model.tokens import TokenGrid, add_grid_twins, attention_maps, grid_name, token_layers
-from onnxcam.names import TASKS
+from onnxcam.names import TASKS, format_shape
 
 # Ops that turn logits into probabilities: seed the class score at their input.
 _PROBABILITY_OPS = {"Softmax", "LogSoftmax", "Sigmoid"}
@@ -108,10 +108,9 @@ class ModelInfo:
         """Refuse, in one line, a command that means nothing for this model's task (eval's class benchmarks on a
         detector, say)."""
         if self.task not in tasks:
-            shape = "[" + ", ".join("N" if d is None else str(d) for d in self.logits_shape) + "]"
             raise ModelError(
                 f"{what} works on {' and '.join(f'{t} models' for t in tasks)}; '{self.logits_name}' of shape "
-                f"{shape} makes this one a {self.task} model"
+                f"{format_shape(self.logits_shape)} makes this one a {self.task} model"
             )
 
     @property
@@ -377,7 +376,7 @@ def _task(logits: str, shape, wanted: str | None) -> str:
     a user error naming the shape otherwise."""
     dims = list(shape[1:]) if shape and len(shape) >= 2 else None
     fits = [task for task, (test, _) in TASK_SHAPES.items() if dims and test(dims)]
-    shape = "unknown" if shape is None else "[" + ", ".join("N" if d is None else str(d) for d in shape) + "]"
+    shape = "unknown" if shape is None else format_shape(shape)
     if wanted is None and fits:
         return fits[0]
     if wanted in fits:

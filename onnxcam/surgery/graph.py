@@ -134,9 +134,7 @@ def _class_seed(b: Builder, logits, head: str, num_classes: int, cls, score: str
         top = b.op("Reshape", top, b.const([-1], np.int64))
     else:
         top = b.op("ArgMax", flat, axis=1, keepdims=0)
-    # target = cls < 0 ? top : cls, in ops valid from opset 7 (Where and integer Less need opset 9)
-    negative = b.op("Cast", b.op("Less", b.op("Cast", cls, to=dtype), b.const(0.0)), to=onnx.TensorProto.INT64)
-    target = b.op("Add", cls, b.op("Mul", b.op("Sub", top, cls), negative))
+    target = _chosen(b, cls, top)
     column = b.op("Reshape", target, b.const([-1, 1], np.int64))
     if head == "binary":
         seed = b.op("Sub", b.op("Mul", b.op("Cast", column, to=dtype), b.const(2.0)), b.const(1.0))  # +1 or -1
@@ -157,6 +155,14 @@ def _class_seed(b: Builder, logits, head: str, num_classes: int, cls, score: str
     if len(logits.shape) != 2:
         seed = b.reshape_like(seed, logits)
     return target, seed
+
+
+def _chosen(b: Builder, cls, default):
+    """Each row's class: cls where it is given (>= 0), else the default; cls < 0 ? default : cls, in ops valid from
+    opset 7 (Where and integer Less need opset 9)."""
+    dtype = onnx.helper.np_dtype_to_tensor_dtype(b.dtype)
+    negative = b.op("Cast", b.op("Less", b.op("Cast", cls, to=dtype), b.const(0.0)), to=onnx.TensorProto.INT64)
+    return b.op("Add", cls, b.op("Mul", b.op("Sub", default, cls), negative))
 
 
 def _classify_seed(b: Builder, graph, logits, info: ModelInfo, cls, score: str):
@@ -180,9 +186,7 @@ def _segment_seed(b: Builder, graph, logits, info: ModelInfo, cls, score: str):
     if segmentation.has_background(info.labels, info.head):  # class 0 below any other class with one pixel
         h, w = info.logits_shape[2:]
         counts = b.op("Mul", counts, b.const(np.float32([1 / (h * w + 1)] + [1] * (classes - 1))[None]))
-    top = b.op("ArgMax", counts, axis=1, keepdims=0)
-    negative = b.op("Cast", b.op("Less", b.op("Cast", cls, to=dtype), b.const(0.0)), to=onnx.TensorProto.INT64)
-    target = b.op("Add", cls, b.op("Mul", b.op("Sub", top, cls), negative))
+    target = _chosen(b, cls, b.op("ArgMax", counts, axis=1, keepdims=0))
     onehot = b.op("Cast", b.op("Equal", b.op("Reshape", target, b.const([-1, 1, 1, 1], np.int64)), channels), to=dtype)
     mine = b.reduce_sum(b.op("Mul", hits, onehot), [1])  # [N, 1, H, W] pixels predicted as the target
     mine = b.op("Add", mine, b.op("Sub", b.const(1.0), b.reduce("ReduceMax", mine, [2, 3])))  # none: all

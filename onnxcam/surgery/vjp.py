@@ -173,17 +173,14 @@ def _clip(b, node, g):
 NCHWC_BLOCK = 16
 
 
+def _fills_blocks(shape) -> bool:
+    """Whether a tensor of this shape is 4-D with channels that fill NCHWc blocks."""
+    return shape is not None and len(shape) == 4 and isinstance(shape[1], int) and shape[1] % NCHWC_BLOCK == 0
+
+
 def _blockable(t) -> bool:
     """Whether t is a 4-D float32 tensor whose channels fill NCHWc blocks."""
-    shape = t.shape
-    return (
-        t.dtype is not None
-        and np.dtype(t.dtype) == np.float32
-        and shape is not None
-        and len(shape) == 4
-        and isinstance(shape[1], int)
-        and shape[1] % NCHWC_BLOCK == 0
-    )
+    return t.dtype is not None and np.dtype(t.dtype) == np.float32 and _fills_blocks(t.shape)
 
 
 def _pointwise(b, t, channels: int, weight: float):
@@ -195,9 +192,7 @@ def _pointwise(b, t, channels: int, weight: float):
 def _blocked(b, t, shape):
     """t itself (times 1.0 by a depthwise 1x1 Conv, exact), in ONNX Runtime's NCHWc layout from here on: a
     gradient in plain NCHW takes every Add it meets (and so a whole residual stream) out of the layout."""
-    if len(shape) != 4 or not isinstance(shape[1], int) or shape[1] % NCHWC_BLOCK:
-        return t
-    return _pointwise(b, t, shape[1], 1.0)
+    return _pointwise(b, t, shape[1], 1.0) if _fills_blocks(shape) else t
 
 
 def unblocked(t):
