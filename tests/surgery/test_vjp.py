@@ -29,12 +29,15 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import onnx_graphsurgeon as gs
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxcam.errors import UnsupportedOpError
 from onnxcam.model import inspect_model
 from onnxcam.surgery import CLASS_INPUT, TARGET_OUTPUT, augment, cut_head, grad_name
+from onnxcam.surgery.backward import backward
+from onnxcam.surgery.builder import Builder
 from tinymodels import CHANNELS, CLASSES, IN_SHAPE, Net, classifier, session
 
 EPS = 5e-3  # step, relative to ||A||
@@ -1315,6 +1318,93 @@ def test_max_pool_ties_go_to_the_first_maximum(opset, attrs):
         expected[n_, c_, i * sh + r, j * sw + s] += d_out[n_, c_, i, j]
     assert ties > 10
     np.testing.assert_allclose(grad, expected[:, :, top : top + H, left : left + W], rtol=1e-6, atol=1e-6)
+
+
+def _first_max_gradient(x, g, kernel, strides, begin, dilations):
+    """dX of MaxPool by its definition: each window's dY goes to its first maximum in row-major order
+    (np.argmax takes the first); entries outside X (padding, ceil_mode's overhang) are never picked."""
+    dx = np.zeros(x.shape, np.float64)
+    flat_x, flat_dx = x.reshape(*x.shape[:2], -1), dx.reshape(*x.shape[:2], -1)
+    rows = np.indices(x.shape[:2])
+    for out in np.ndindex(*g.shape[2:]):
+        taps = [o * s - b + np.arange(k) * d for o, s, b, k, d in zip(out, strides, begin, kernel, dilations)]
+        inside = [t[(t >= 0) & (t < n)] for t, n in zip(taps, x.shape[2:])]
+        window = np.ravel_multi_index(np.ix_(*inside), x.shape[2:]).ravel()  # row-major
+        first = window[np.argmax(flat_x[:, :, window], axis=-1)]
+        np.add.at(flat_dx, (*rows, first), g[(..., *out)])
+    return dx
+
+
+MAX_POOL_TIE_CASES = [  # (label, X's shape, attributes, begin pads as the spec resolves them, first opset)
+    ("k3-s2-p1-C16", (2, 16, 9, 10), dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]), [1, 1], 7),
+    ("k3-s2-p1-C5", (3, 5, 8, 7), dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]), [1, 1], 7),
+    ("k2-s2", (2, 16, 8, 6), dict(kernel_shape=[2, 2], strides=[2, 2]), [0, 0], 7),
+    ("k3-s1-p1", (2, 3, 6, 7), dict(kernel_shape=[3, 3], pads=[1, 1, 1, 1]), [1, 1], 7),
+    ("k3-s3-p1,0,0,1", (2, 4, 10, 9), dict(kernel_shape=[3, 3], strides=[3, 3], pads=[1, 0, 0, 1]), [1, 0], 7),
+    ("k2,3-s3,2-ceil", (2, 32, 8, 9), dict(kernel_shape=[2, 3], strides=[3, 2], ceil_mode=1), [0, 0], 10),
+    (
+        "k3-s2-p1-ceil-dilation2",
+        (2, 4, 9, 8),
+        dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], ceil_mode=1, dilations=[2, 2]),
+        [1, 1],
+        10,
+    ),
+    ("k2-s1-dilation2,1", (2, 16, 6, 6), dict(kernel_shape=[2, 2], dilations=[2, 1]), [0, 0], 10),
+    ("SAME_UPPER-k3-s2", (2, 5, 7, 8), dict(kernel_shape=[3, 3], strides=[2, 2], auto_pad="SAME_UPPER"), [1, 0], 7),
+    ("SAME_LOWER-k2-s1", (2, 5, 5, 6), dict(kernel_shape=[2, 2], auto_pad="SAME_LOWER"), [1, 1], 7),
+    ("1d-k3-s2-p1", (2, 16, 11), dict(kernel_shape=[3], strides=[2], pads=[1, 1]), [1], 7),
+    (
+        "3d-k2-s2",
+        (2, 3, 5, 4, 5),
+        dict(kernel_shape=[2, 2, 2], strides=[2, 2, 2], pads=[1, 0, 1, 1, 1, 0]),
+        [1, 0, 1],
+        7,
+    ),
+]
+
+
+def _pool_backward(shape, attrs, opset):
+    """A session X, dY -> dX built by onnxcam's reverse pass over one MaxPool node, and Y's shape."""
+    model = helper.make_model(
+        helper.make_graph(
+            [helper.make_node("MaxPool", ["X"], ["Y"], **attrs)],
+            "pool",
+            [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", *shape[1:]])],
+            [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)],
+        ),
+        opset_imports=[helper.make_opsetid("", opset)],
+    )
+    model.ir_version = 8
+    graph = gs.import_onnx(onnx.shape_inference.infer_shapes(model))
+    x, y = graph.inputs[0], graph.outputs[0]
+    seed = gs.Variable("dY", np.float32, y.shape)
+    b = Builder(graph, opset)
+    dx = b.named(backward(b, [x], y, seed)[x.name], "dX", np.float32, x.shape)
+    graph.inputs, graph.outputs = [x, seed], [dx]
+    exported = gs.export_onnx(graph.cleanup().toposort())
+    exported.ir_version = 8
+    return session(exported), [shape[0], *y.shape[1:]]
+
+
+@pytest.mark.parametrize(
+    "shape, attrs, begin, opset",
+    [
+        pytest.param(shape, attrs, begin, o, id=f"{label}-opset{o}")
+        for label, shape, attrs, begin, first in MAX_POOL_TIE_CASES
+        for o in sorted({max(first, 12), 17})  # window masks before 16, MaxPool's Indices from 16
+    ],
+)
+def test_max_pool_backward_is_the_first_maximum_rule(shape, attrs, begin, opset):
+    """X in {0, 1, 2, 3, ..} with half its entries 0 (a rounded ReLU output): most windows hold several equal
+    maxima, where finite differences cannot decide. dX equals the definition, computed in NumPy."""
+    rng = np.random.default_rng(1)
+    x = np.maximum(np.round(rng.normal(size=shape) * 1.5), 0).astype(np.float32)
+    pool, out_shape = _pool_backward(shape, attrs, opset)
+    g = rng.normal(size=out_shape).astype(np.float32)
+    n = len(shape) - 2
+    strides, dilations = attrs.get("strides", [1] * n), attrs.get("dilations", [1] * n)
+    expected = _first_max_gradient(x, g, attrs["kernel_shape"], strides, begin, dilations)
+    np.testing.assert_allclose(pool.run(None, {"X": x, "dY": g})[0], expected, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize(
