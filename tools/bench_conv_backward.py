@@ -14,6 +14,13 @@ thread's CPU time, which other processes on a shared machine disturb far less th
 - polyphase Conv + DepthToSpace: one stride-1 Conv with the s*s sub-kernels of W (no multiplications by
   the zeros of the spread), interleaved by DepthToSpace (grouped convs: g repeated s*s times).
 - polyphase, a Conv per phase: depthwise only, s*s depthwise Convs, Concat, DepthToSpace.
+- Conv per phase + DepthToSpace / Transpose / Concat (6-D): a stride-1 Conv per phase on that phase's own taps
+  (sub-kernels of different sizes, no zero taps), Concat along channels and DepthToSpace, or a 6-D Transpose,
+  or each phase as [N, C, R, 1, R, 1] concatenated along axes 5 and 3; then cropped to the input's size.
+  Faster than ConvTranspose on ResNet-50's layer3/4 convs alone, but no faster end to end, so onnxcam
+  keeps ConvTranspose for strided dense convs.
+- 1x1 Conv + spread: k = 1 without pads: the 1x1 Conv of W^T at g's resolution, spread by a depthwise 1x1
+  ConvTranspose (then a Pad or Slice to the input's size, or its output_padding).
 """
 
 from __future__ import annotations
@@ -42,7 +49,13 @@ CASES = {
     "r50 layer2 128 k3 s2 p1 56": (128, 128, 1, 3, 2, 1, 1, 56),
     "r50 layer4 512 k3 s2 p1 14": (512, 512, 1, 3, 2, 1, 1, 14),
     "r50 downsample 256->512 k1 s2 56": (512, 256, 1, 1, 2, 0, 0, 56),
+    "r50 layer3 256 k3 s2 p1 28": (256, 256, 1, 3, 2, 1, 1, 28),
+    "r50 downsample 512->1024 k1 s2 28": (1024, 512, 1, 1, 2, 0, 0, 28),
+    "r50 downsample 1024->2048 k1 s2 14": (2048, 1024, 1, 1, 2, 0, 0, 14),
     "grouped 32x4 k3 s2 p1 56": (128, 4, 32, 3, 2, 1, 1, 56),
+    "dense 24 k3 s2 p1 odd 57": (24, 24, 1, 3, 2, 1, 1, 57),
+    "dense 40->20 k1 s2 odd 29": (40, 20, 1, 1, 2, 0, 0, 29),
+    "dense 32 k5 s3 p2 48": (32, 32, 1, 5, 3, 2, 2, 48),
     "dw64 k3 s3 p1 30": (64, 1, 64, 3, 3, 1, 1, 30),
 }
 
@@ -194,6 +207,150 @@ def polyphase_per_phase(w, group, s, b, e, size, out):
     return interleave(nodes, inits, "phases", s, rows, size)
 
 
+def phase_plan(size, out, k, s, b):
+    """Per phase p of one axis (dX[s m + p], m < R = ceil(size / s)): the taps T (W[r + s j], j < T), the first
+    of them in W flipped, and the begin and end pads of the stride-1 Conv of g that gives the phase's R rows
+    (negative: g cut there)."""
+    rows = -(-size // s)
+    plan = []
+    for p in range(s):
+        c, r = divmod(p + b, s)
+        taps = max(0, -(-(k - r) // s))
+        plan.append((taps, k - 1 - r - s * (taps - 1), taps - 1 - c, rows + c - out))
+    return plan, rows
+
+
+def phase_kernel(w, group, axis_taps):
+    """W's sub-kernel W[r1 + s j1, r2 + s j2] flipped, channels swapped per group (see `flipped`)."""
+    f = flipped(w, group)
+    (t1, a1), (t2, a2), (s1, s2) = axis_taps
+    return np.ascontiguousarray(f[:, :, a1 : a1 + s1 * t1 : s1][:, :, :, a2 : a2 + s2 * t2 : s2])
+
+
+def per_phase(w, group, s, b, e, size, out, interleave_with="DepthToSpace"):
+    """A stride-1 Conv per phase with that phase's sub-kernel (no zero taps), Concat, interleave, crop."""
+    m, cg, k, _ = w.shape
+    channels = cg * group
+    plan, rows = phase_plan(size, out, k, s, b)
+    nodes, inits, outputs = [], {"zero2": ints(0, 0), "hw": ints(2, 3)}, []
+    for p1, p2 in itertools.product(range(s), range(s)):
+        (t1, a1, pb1, pe1), (t2, a2, pb2, pe2) = plan[p1], plan[p2]
+        name = f"phase{p1}{p2}"
+        if not t1 or not t2:
+            outputs.append(None)
+            continue
+        source = "g"
+        if min(pb1, pb2, pe1, pe2) < 0:
+            source = f"g{p1}{p2}"
+            inits[source + "_b"] = ints(max(0, -pb1), max(0, -pb2))
+            inits[source + "_e"] = ints(out + min(0, pe1), out + min(0, pe2))
+            nodes.append(node("Slice", ["g", source + "_b", source + "_e", "hw"], [source]))
+        inits["B" + name] = phase_kernel(w, group, [(t1, a1), (t2, a2), (s, s)])
+        pads = [max(0, pb1), max(0, pb2), max(0, pe1), max(0, pe2)]
+        nodes.append(node("Conv", [source, "B" + name], [name], group=group, kernel_shape=[t1, t2], pads=pads))
+        outputs.append(name)
+    # a zero phase: the channel Pad of the live phase before it (or after it, for leading zero phases)
+    chunks, lead = [], 0
+    for out_name in outputs:
+        if out_name is None and not chunks:
+            lead += 1
+        elif out_name is None:
+            chunks[-1][2] += 1
+        else:
+            chunks.append([out_name, lead, 0])
+            lead = 0
+    parts = []
+    for i, (name, before, after) in enumerate(chunks):
+        if before or after:
+            inits[f"pad{i}"] = ints(0, before * channels, 0, 0, 0, after * channels, 0, 0)
+            nodes.append(node("Pad", [name, f"pad{i}"], [f"padded{i}"]))
+            name = f"padded{i}"
+        parts.append(name)
+    if len(parts) > 1 and interleave_with != "Concat":
+        nodes.append(node("Concat", parts, ["phases"], axis=1))
+        phases = "phases"
+    else:
+        phases = parts[0]
+    crop = rows * s != size
+    if interleave_with == "Concat":
+        if len(parts) != s * s:
+            raise ValueError("zero phases: not built here")
+        inits["six"] = ints(0, channels, rows, 1, rows, 1)
+        inits["four"] = ints(0, channels, rows * s, rows * s)
+        lines = []
+        for p1 in range(s):
+            for p2 in range(s):
+                nodes.append(node("Reshape", [parts[p1 * s + p2], "six"], [f"six{p1}{p2}"]))
+            nodes.append(node("Concat", [f"six{p1}{p2}" for p2 in range(s)], [f"line{p1}"], axis=5))
+            lines.append(f"line{p1}")
+        nodes.append(node("Concat", lines, ["grid"], axis=3))
+        nodes.append(node("Reshape", ["grid", "four"], ["u" if crop else "dx"]))
+    elif interleave_with == "DepthToSpace":
+        nodes.append(node("DepthToSpace", [phases], ["u" if crop else "dx"], blocksize=s, mode="DCR"))
+    else:
+        inits["six"] = ints(0, s, s, channels, rows, rows)
+        inits["four"] = ints(0, channels, rows * s, rows * s)
+        nodes.append(node("Reshape", [phases, "six"], ["six_d"]))
+        nodes.append(node("Transpose", ["six_d"], ["moved"], perm=[0, 3, 4, 1, 5, 2]))
+        nodes.append(node("Reshape", ["moved", "four"], ["u" if crop else "dx"]))
+    if crop:
+        inits["size"] = ints(size, size)
+        nodes.append(node("Slice", ["u", "zero2", "size", "hw"], ["dx"]))
+    return nodes, inits
+
+
+def per_phase_transpose(w, group, s, b, e, size, out):
+    return per_phase(w, group, s, b, e, size, out, interleave_with="Transpose")
+
+
+def per_phase_concat(w, group, s, b, e, size, out):
+    return per_phase(w, group, s, b, e, size, out, interleave_with="Concat")
+
+
+def pointwise_spread(w, group, s, b, e, size, out):
+    """k = 1, no pads: the 1x1 Conv of W^T at g's resolution, then spread by a depthwise 1x1 ConvTranspose."""
+    m, cg, k, _ = w.shape
+    if k != 1 or b or e:
+        raise ValueError("1x1 without pads only")
+    channels = cg * group
+    spread = (out - 1) * s + 1
+    nodes = [
+        node("Conv", ["g", "F"], ["low"], group=group, kernel_shape=[1, 1]),
+        node("ConvTranspose", ["low", "one"], ["z"], group=channels, strides=[s, s], kernel_shape=[1, 1]),
+    ]
+    inits = {"F": flipped(w, group), "one": np.ones([channels, 1, 1, 1], np.float32)}
+    if spread < size:
+        inits["tail"] = ints(0, 0, 0, 0, 0, 0, size - spread, size - spread)
+        nodes.append(node("Pad", ["z", "tail"], ["dx"]))
+    else:
+        inits.update(zero2=ints(0, 0), size=ints(size, size), hw=ints(2, 3))
+        nodes.append(node("Slice", ["z", "zero2", "size", "hw"], ["dx"]))
+    return nodes, inits
+
+
+def pointwise_spread_output_padding(w, group, s, b, e, size, out):
+    """k = 1, no pads: the 1x1 Conv of W^T at g's resolution, then a depthwise 1x1 ConvTranspose with
+    output_padding (its tail zeros)."""
+    m, cg, k, _ = w.shape
+    if k != 1 or b or e:
+        raise ValueError("1x1 without pads only")
+    channels = cg * group
+    extra = size - ((out - 1) * s + 1)
+    nodes = [
+        node("Conv", ["g", "F"], ["low"], group=group, kernel_shape=[1, 1]),
+        node(
+            "ConvTranspose",
+            ["low", "one"],
+            ["dx"],
+            group=channels,
+            strides=[s, s],
+            kernel_shape=[1, 1],
+            output_padding=[extra, extra],
+        ),
+    ]
+    return nodes, {"F": flipped(w, group), "one": np.ones([channels, 1, 1, 1], np.float32)}
+
+
 FORMULATIONS = {
     "ConvTranspose": conv_transpose,
     "spread (1x1 ConvTranspose) + Conv": spread_conv,
@@ -201,6 +358,11 @@ FORMULATIONS = {
     "Resize + mask + Conv": resize_mask_conv,
     "polyphase Conv + DepthToSpace": polyphase,
     "polyphase, a Conv per phase": polyphase_per_phase,
+    "Conv per phase + DepthToSpace": per_phase,
+    "Conv per phase + Transpose": per_phase_transpose,
+    "Conv per phase + Concat (6-D)": per_phase_concat,
+    "1x1 Conv + spread + Pad/Slice": pointwise_spread,
+    "1x1 Conv + spread (output_padding)": pointwise_spread_output_padding,
 }
 
 

@@ -427,6 +427,38 @@ STRIDED_DEPTHWISE_VARIANTS = [
 ]
 
 
+def _wide_conv(width, out, kernel, group=1, **attrs):
+    """A 1x1 Conv to `width` channels, then a Conv on it: strided dense and grouped Convs whose input has
+    channels in ONNX Runtime's NCHWc blocks (16), and some that have not."""
+
+    def body(n):
+        wide = n.op("Conv", "A", n.randn(width, C, 1, 1, scale=C**-0.5), kernel_shape=[1, 1])
+        fan_in = width // group * int(np.prod(kernel))
+        weights = n.randn(out, width // group, *kernel, scale=fan_in**-0.5)
+        return n.op("Conv", wide, weights, kernel_shape=list(kernel), group=group, **attrs)
+
+    return body
+
+
+# A is 7 x 6: odd and even sizes, neither always a multiple of the stride
+STRIDED_DENSE_VARIANTS = [
+    ("16ch-k3-stride2-pad1", _wide_conv(16, 5, (3, 3), strides=[2, 2], pads=[1, 1, 1, 1])),
+    ("32ch-k7-stride2-pad3", _wide_conv(32, 3, (7, 7), strides=[2, 2], pads=[3, 3, 3, 3])),
+    ("16ch-k3-stride3-pad1", _wide_conv(16, 5, (3, 3), strides=[3, 3], pads=[1, 1, 1, 1])),
+    ("16ch-k5-stride3-pads2,0,1,2", _wide_conv(16, 4, (5, 5), strides=[3, 3], pads=[2, 0, 1, 2])),
+    ("16ch-k3-stride2-SAME_UPPER", _wide_conv(16, 5, (3, 3), strides=[2, 2], auto_pad="SAME_UPPER")),
+    ("16ch-k4-stride2-SAME_LOWER", _wide_conv(16, 5, (4, 4), strides=[2, 2], auto_pad="SAME_LOWER")),
+    ("16ch-k3x2-stride2,3-pads0,1,1,0", _wide_conv(16, 5, (3, 2), strides=[2, 3], pads=[0, 1, 1, 0])),
+    ("16ch-k2-stride2-pads2", _wide_conv(16, 5, (2, 2), strides=[2, 2], pads=[2, 2, 2, 2])),  # beyond the reach
+    ("16ch-k3-stride2-pads0,0,3,3", _wide_conv(16, 5, (3, 3), strides=[2, 2], pads=[0, 0, 3, 3])),  # g cut short
+    ("16ch-k3-stride2-VALID", _wide_conv(16, 5, (3, 3), strides=[2, 2], auto_pad="VALID")),
+    ("16ch-k1-stride2", _wide_conv(16, 32, (1, 1), strides=[2, 2])),
+    ("16ch-k3-stride2-dilation2-pad2", _wide_conv(16, 5, (3, 3), strides=[2, 2], dilations=[2, 2], pads=[2] * 4)),
+    ("16ch-group2-k3-stride2-pad1", _wide_conv(16, 4, (3, 3), group=2, strides=[2, 2], pads=[1, 1, 1, 1])),
+    ("20ch-k3-stride2-pad1", _wide_conv(20, 5, (3, 3), strides=[2, 2], pads=[1, 1, 1, 1])),
+]
+
+
 def _batch_norm(epsilon, const=Net.const):
     def body(n):
         values = [n.rng.normal(size=C), n.rng.normal(size=C), n.rng.normal(0, 0.3, C), n.rng.uniform(0.5, 2.0, C)]
@@ -445,6 +477,8 @@ POOL_CASES = [
         for o in (7, 18)
     ],
     *[case(f"Conv-{label}", o, body) for label, body in STRIDED_DEPTHWISE_VARIANTS for o in (7, 11, 13, 18, 21)],
+    *[case(f"Conv-{label}", 11, body) for label, body in STRIDED_DENSE_VARIANTS],
+    *[case(f"Conv-{label}", o, body) for label, body in STRIDED_DENSE_VARIANTS[:6] for o in (7, 18)],
     *[case("BatchNormalization", o, _batch_norm(None)) for o in (7, 9, 14, 15)],
     case("BatchNormalization-eps0.1", 15, _batch_norm(0.1)),
     case("BatchNormalization-params-from-Constant-nodes", 15, _batch_norm(1e-3, const=Net.const_node)),
