@@ -300,7 +300,7 @@ class Explainer:
             res = self._explain(tensor, classes, m, plan, **options)
         res.timings = {"preprocess": t1 - t0, "explain": time.perf_counter() - t1}
         _check_finite(res.maps, "map")
-        res.flat = res.maps.reshape(len(res.maps), -1).max(axis=1, initial=0) < FLAT
+        res.flat = _flat(res.maps)
         return res
 
     def units(self, x, target=None, count: int = 8):
@@ -537,7 +537,7 @@ class Explainer:
             layers=self.layers,
             gradients=_source(m, True),
             timings={"preprocess": t1 - t0, "explain": time.perf_counter() - t1},
-            flat=maps.reshape(len(maps), -1).max(axis=1, initial=0) < FLAT,
+            flat=_flat(maps),
             images=rows,
             detections=[[by_anchor[(t.image, a)] for a in t.anchors] for t in chosen],
         )
@@ -787,6 +787,12 @@ def _check_rgb(image) -> np.ndarray:
             "an image array must be HxWx3 uint8 RGB (or pass a float tensor in the model's input layout)"
         )
     return image
+
+
+def _flat(maps: np.ndarray) -> np.ndarray:
+    """Per map [N, H, W], whether it is all (near) zero: nothing to show. An empty batch (a detector that found
+    nothing) has no maps."""
+    return maps.max(axis=(1, 2), initial=0) < FLAT
 
 
 def _check_finite(array, what: str) -> None:

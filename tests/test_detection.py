@@ -188,6 +188,19 @@ def test_run_writes_a_map_per_detection_with_boxes_in_image_pixels(tmp_path, ref
     assert json.loads((out / "coffee.gradcam.json").read_text())["detections"] == []
 
 
+@pytest.mark.parametrize("method", ["gradcam", "eigencam"])
+def test_an_image_alone_without_detections_is_an_empty_explanation(tmp_path, method):
+    """The whole batch finds nothing: no maps, no error (a batch of one image of coffee cups)."""
+    empty = _picture(tmp_path, "coffee")
+    res = Explainer(MODEL, device="cpu").explain(empty, method=method)
+    assert res.maps.shape[0] == 0 and res.flat.shape == (0,) and res.detections == []
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["run", MODEL, empty, "--out", str(out), "--method", method])
+    assert result.exit_code == 0, result.output
+    assert "no detection above --conf" in result.output and "wrote" not in result.output
+    assert not out.exists() or not any(out.iterdir())
+
+
 @pytest.mark.parametrize(
     ("model", "args", "message"),
     [
