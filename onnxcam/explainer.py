@@ -311,6 +311,7 @@ class Explainer:
         contribution_k = w_k^c * mean_ij A_kij, with w the linear head's class weights where the head
         is GAP -> linear (the contributions then add up to the logit minus its bias), else Grad-CAM's.
         """
+        self.info.require_task("units", ("classify", "segment"))
         tensor = self.prepare(x)
         classes = self._classes(target, len(tensor))
         layer = self.layers[0]

@@ -208,6 +208,8 @@ def test_an_image_alone_without_detections_is_an_empty_explanation(tmp_path, met
         (MODEL, ["--task", "classify"], "--task classify needs an output of shape [N, C]"),
         (CLASSIFIER, ["--task", "detect"], "--task detect needs an output of shape"),
         (MODEL, ["--method", "guided-backprop"], "does not apply to detectors"),
+        (MODEL, ["--target", "top-2"], "a detector explains each detection above --conf"),
+        (MODEL, ["--units", "3"], "--units works on classify models and segment models"),
     ],
 )
 def test_run_refusals_are_one_line(tmp_path, model, args, message):
