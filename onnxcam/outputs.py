@@ -113,8 +113,8 @@ class Run:
         self.ex, self.model, self.methods, self.target, self.opts = ex, model, methods, target, opts
         if ex.info.task == "detect" and target.top > 1:
             raise OnnxcamError(
-                "--target top-K ranks the classes of a classifier or a segmentation; a detector explains each detection above --conf "
-                "(at most --max-det of them)"
+                "--target top-K ranks the classes of a classifier or a segmentation; a detector explains each "
+                "detection above --conf (at most --max-det of them)"
             )
         if opts.unit_count:
             ex.info.require_task("--units", ("classify", "segment"))  # the channels behind one class score
