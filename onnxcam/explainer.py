@@ -254,7 +254,7 @@ class Explainer:
         m = method_named(method)
         detect = dict(conf=conf, iou=iou, max_det=max_det, detection_target=detection_target)
         if self.info.task == "detect":
-            given = dict(aug_smooth=aug_smooth, unit=unit, score=score != "logit")
+            given = dict(aug_smooth=aug_smooth, unit=unit, score=score != "logit", region=region is not None)
             return self._explain_detections(x, m, target, detect, given, eigen_smooth, scorecam_channels)
         if any(v is not None for v in detect.values()):
             raise OnnxcamError(

@@ -210,6 +210,7 @@ def test_an_image_alone_without_detections_is_an_empty_explanation(tmp_path, met
         (MODEL, ["--method", "guided-backprop"], "does not apply to detectors"),
         (MODEL, ["--target", "top-2"], "a detector explains each detection above --conf"),
         (MODEL, ["--units", "3"], "--units works on classify models and segment models"),
+        (MODEL, ["--region", os.path.join(ROOT, "examples", "chelsea.png")], "--region does not apply to detectors"),
     ],
 )
 def test_run_refusals_are_one_line(tmp_path, model, args, message):
