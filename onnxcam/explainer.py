@@ -266,7 +266,7 @@ class Explainer:
         m = method_named(method)
         detect = dict(conf=conf, iou=iou, max_det=max_det, detection_target=detection_target)
         if self.info.task == "detect":
-            given = dict(aug_smooth=aug_smooth, unit=unit, score=score != "logit")
+            given = dict(aug_smooth=aug_smooth, unit=unit, score=score != "logit", region=region is not None)
             return self._explain_detections(x, m, target, detect, given, eigen_smooth, scorecam_channels)
         if any(v is not None for v in detect.values()):
             raise OnnxcamError(
@@ -312,7 +312,7 @@ class Explainer:
             res = self._explain(tensor, classes, m, plan, **options)
         res.timings = {"preprocess": t1 - t0, "explain": time.perf_counter() - t1}
         _check_finite(res.maps, "map")
-        res.flat = res.maps.reshape(len(res.maps), -1).max(axis=1, initial=0) < FLAT
+        res.flat = _flat(res.maps)
         return res
 
     def units(self, x, target=None, count: int = 8):
@@ -323,6 +323,7 @@ class Explainer:
         contribution_k = w_k^c * mean_ij A_kij, with w the linear head's class weights where the head
         is GAP -> linear (the contributions then add up to the logit minus its bias), else Grad-CAM's.
         """
+        self.info.require_task("units", ("classify", "segment"))
         tensor = self.prepare(x)
         classes = self._classes(target, len(tensor))
         layer = self.layers[0]
@@ -549,7 +550,7 @@ class Explainer:
             layers=self.layers,
             gradients=_source(m, True),
             timings={"preprocess": t1 - t0, "explain": time.perf_counter() - t1},
-            flat=maps.reshape(len(maps), -1).max(axis=1, initial=0) < FLAT,
+            flat=_flat(maps),
             images=rows,
             detections=[[by_anchor[(t.image, a)] for a in t.anchors] for t in chosen],
         )
@@ -799,6 +800,12 @@ def _check_rgb(image) -> np.ndarray:
             "an image array must be HxWx3 uint8 RGB (or pass a float tensor in the model's input layout)"
         )
     return image
+
+
+def _flat(maps: np.ndarray) -> np.ndarray:
+    """Per map [N, H, W], whether it is all (near) zero: nothing to show. An empty batch (a detector that found
+    nothing) has no maps."""
+    return maps.max(axis=(1, 2), initial=0) < FLAT
 
 
 def _check_finite(array, what: str) -> None:

@@ -110,6 +110,13 @@ class Run:
         self, ex, model: str, methods: list, target: names.Target, opts: RunOptions, inputs: list, started: float
     ):
         self.ex, self.model, self.methods, self.target, self.opts = ex, model, methods, target, opts
+        if ex.info.task == "detect" and target.top > 1:
+            raise OnnxcamError(
+                "--target top-K ranks the classes of a classifier or a segmentation; a detector explains each "
+                "detection above --conf (at most --max-det of them)"
+            )
+        if opts.unit_count:
+            ex.info.require_task("--units", ("classify", "segment"))  # the channels behind one class score
         self.inputs = inputs  # every input of the run: no output may replace one
         self.setup = time.perf_counter() - started
 

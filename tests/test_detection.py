@@ -190,6 +190,19 @@ def test_run_writes_a_map_per_detection_with_boxes_in_image_pixels(tmp_path, ref
     assert json.loads((out / "coffee.gradcam.json").read_text())["detections"] == []
 
 
+@pytest.mark.parametrize("method", ["gradcam", "eigencam"])
+def test_an_image_alone_without_detections_is_an_empty_explanation(tmp_path, method):
+    """The whole batch finds nothing: no maps, no error (a batch of one image of coffee cups)."""
+    empty = _picture(tmp_path, "coffee")
+    res = Explainer(MODEL, device="cpu").explain(empty, method=method)
+    assert res.maps.shape[0] == 0 and res.flat.shape == (0,) and res.detections == []
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["run", MODEL, empty, "--out", str(out), "--method", method])
+    assert result.exit_code == 0, result.output
+    assert "no detection above --conf" in result.output and "wrote" not in result.output
+    assert not out.exists() or not any(out.iterdir())
+
+
 @pytest.mark.parametrize(
     ("model", "args", "message"),
     [
@@ -197,6 +210,9 @@ def test_run_writes_a_map_per_detection_with_boxes_in_image_pixels(tmp_path, ref
         (MODEL, ["--task", "classify"], "--task classify needs an output of shape [N, C]"),
         (CLASSIFIER, ["--task", "detect"], "--task detect needs an output of shape"),
         (MODEL, ["--method", "guided-backprop"], "does not apply to detectors"),
+        (MODEL, ["--target", "top-2"], "a detector explains each detection above --conf"),
+        (MODEL, ["--units", "3"], "--units works on classify models and segment models"),
+        (MODEL, ["--region", os.path.join(ROOT, "examples", "chelsea.png")], "--region does not apply to detectors"),
     ],
 )
 def test_run_refusals_are_one_line(tmp_path, model, args, message):

@@ -236,7 +236,8 @@ def _report(job, items) -> list:
         except OnnxcamError as error:
             failures.append((item.image, error))
             continue
-        click.echo("  wrote     " + ", ".join(report.files))
+        if report.files:  # a detector that found nothing, without --json, has nothing to write
+            click.echo("  wrote     " + ", ".join(report.files))
     return failures
 
 
