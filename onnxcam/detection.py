@@ -160,16 +160,3 @@ def seed(row: np.ndarray, target: Target, kind: str) -> np.ndarray:
         g[anchors, 4] = row[anchors, 5 + target.cls]
         g[anchors, 5 + target.cls] = row[anchors, 4]
     return g
-
-
-def scale_box(box, model_size: tuple, image_size: tuple) -> list:
-    """A box in model-input pixels -> image pixels (the plain resize of preprocessing undone), rounded, clipped."""
-    (h, w), (ih, iw) = model_size, image_size
-    sx, sy = iw / w, ih / h
-    x1, y1, x2, y2 = box
-    return [
-        int(np.clip(round(x1 * sx), 0, iw - 1)),
-        int(np.clip(round(y1 * sy), 0, ih - 1)),
-        int(np.clip(round(x2 * sx), 0, iw - 1)),
-        int(np.clip(round(y2 * sy), 0, ih - 1)),
-    ]

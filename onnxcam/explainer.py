@@ -22,7 +22,7 @@ from onnxcam.errors import ModelError, OnnxcamError
 from onnxcam.linear_head import linear_head_weights
 from onnxcam.methods import ELEMENTWISE, METHODS, SAMPLES, AttentionData, LayerData, method_named, projection
 from onnxcam.model import inspect_model, load_model, read_labels
-from onnxcam.names import DEFAULT_PRESET, GRADIENT_MODES, MAP_OUTPUT, SEED_INPUT
+from onnxcam.names import DEFAULT_PRESET, DEFAULT_RESIZE, GRADIENT_MODES, MAP_OUTPUT, SEED_INPUT
 from onnxcam.runtime import providers_for
 from onnxcam.sessions import Sessions, SessionSpec
 from onnxcam.surgery import SCORES, TARGET_OUTPUT, grad_name
@@ -114,7 +114,8 @@ class Explainer:
     head op has no rule; `missing_rule` then says which). maps_in_graph: compute the maps of the gradient
     methods in surgery.maps.FORMULAS inside the ONNX graph (the default), or in NumPy from A and dScore/dA.
     labels: class names (a list, or a file: text one a line, a JSON list, a JSON object {index: name}) in place
-    of those in the model's metadata. task: one of names.TASKS, None to choose it from the output's shape (a
+    of those in the model's metadata. resize: how images are fit to the input (preprocess.RESIZES: "stretch" or
+    "letterbox"), None for the model's own (ultralytics detectors: letterbox), else stretch. task: one of names.TASKS, None to choose it from the output's shape (a
     detector's maps explain its detections: `explain`'s conf, iou, max_det and detection_target, onnxcam.detection;
     a segmentation model's maps explain a class's scores summed over a region: onnxcam.segmentation).
     """
@@ -130,6 +131,7 @@ class Explainer:
         output_name=None,
         input_size=None,
         preprocess_preset=None,
+        resize=None,
         gradients="auto",
         maps_in_graph=True,
         labels=None,
@@ -151,6 +153,9 @@ class Explainer:
             raise OnnxcamError(
                 f"unknown preprocessing preset '{self.preset}'; choose one of {', '.join(preprocess.PRESETS)}"
             )
+        self.resize = resize or self.info.resize or DEFAULT_RESIZE
+        if self.resize not in preprocess.RESIZES:
+            raise OnnxcamError(f"unknown resize '{self.resize}'; choose one of {', '.join(preprocess.RESIZES)}")
         if gradients not in GRADIENT_MODES:
             raise OnnxcamError(f"unknown gradients mode '{gradients}'; choose one of {', '.join(GRADIENT_MODES)}")
         self.gradients = gradients
@@ -202,7 +207,14 @@ class Explainer:
         items = x if isinstance(x, (list, tuple)) else [x]
         images = [preprocess.load_image(i) if isinstance(i, str) else _check_rgb(i) for i in items]
         channels = info.input_shape[1 if info.layout == "NCHW" else 3]
-        return preprocess.to_tensor(images, info.size, info.layout, channels, self.preset, info.input_dtype)
+        return preprocess.to_tensor(
+            images, info.size, info.layout, channels, self.preset, info.input_dtype, self.resize
+        )
+
+    def fit(self, image_size: tuple) -> preprocess.Fit:
+        """Where an image of image_size (h, w) sits in the model's input (`prepare` fits it so): it maps boxes and
+        maps in input pixels back onto the image."""
+        return preprocess.fit(self.resize, self.info.size, image_size)
 
     def logits(self, x) -> np.ndarray:
         """[M, C] logits of the plain model for x (anything `prepare` takes), for any number of rows M."""

@@ -15,10 +15,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-import cv2
 import numpy as np
 
-from onnxcam import detection, heads, names, postprocess, render
+from onnxcam import heads, names, postprocess, render
 from onnxcam.errors import ImageError, OnnxcamError, OutputError
 from onnxcam.preprocess import load_image, load_tensor
 from onnxcam.writer import json_bytes, npy_bytes, picture_bytes, write_files
@@ -219,10 +218,11 @@ class Run:
         several_classes = len(item.explanations) > len(self.methods)
         files, tiles, captions = {}, [], []
         h, w = item.rgb.shape[:2]
+        fit = ex.fit((h, w))
         for res in item.explanations:
             cls, heat, flat = int(res.targets[0]), res.maps[0], bool(res.flat[0])
             tag = f"{res.method}.c{cls}" if several_classes else res.method
-            heat_on_image = cv2.resize(heat, (w, h))  # for the boxes, the mask and the overlay alike
+            heat_on_image = fit.map_to_image(heat)  # for the boxes, the mask and the overlay alike
             regions = [] if flat else postprocess.boxes(heat_on_image, opts.box_threshold, every=opts.boxes == "all")
             entry = {
                 "method": res.method,
@@ -260,7 +260,9 @@ class Run:
             report.units = [{"channel": k, "contribution": c} for k, c, _ in item.units]
             if pictures:
                 unit_tiles = [
-                    render.overlay(item.rgb, postprocess.normalize_and_resize(m[None], ex.info.size)[0])
+                    render.overlay(
+                        item.rgb, fit.map_to_image(postprocess.normalize_and_resize(m[None], ex.info.size)[0])
+                    )
                     for _, _, m in item.units
                 ]
                 unit_captions = [f"unit {k}: {c:+.3f}" for k, c, _ in item.units]
@@ -274,11 +276,11 @@ class Run:
         """A detector's report: its detections (boxes in image pixels) and, per method, one map per detection
         target (`IMAGE.METHOD.dK.png`, the box drawn with its label and score)."""
         ex, opts = self.ex, self.opts
-        h, w = item.rgb.shape[:2]
+        fit = ex.fit(item.rgb.shape[:2])
         fmt, files, report = opts.pictures, {}, Report(item.image, [], [], None, detect=True)
 
         def listed(d):
-            box = detection.scale_box(d.box, ex.info.size, (h, w))
+            box = fit.box_to_image(d.box)
             return {"class": d.cls, "label": ex.info.label(d.cls), "score": d.score, "box": box, "anchor": d.anchor}
 
         seen = {}
@@ -297,7 +299,7 @@ class Run:
                 }
                 report.explanations.append(entry)
                 if opts.pictures != "none":
-                    picture = render.overlay(item.rgb, res.maps[k])
+                    picture = render.overlay(item.rgb, fit.map_to_image(res.maps[k]))
                     for d in found:
                         render.labelled_box(picture, d["box"], f"{d['label']} {d['score']:.2f}")
                     files[f"{tag}.{fmt}"] = picture_bytes(picture, fmt)
@@ -322,6 +324,7 @@ class Run:
             "layers": ex.layers,
             "provider": ex.provider,
             "preprocess": ex.preset,
+            "resize": ex.resize,
             "explanations": report.explanations,
             "timings_s": {"setup": round(self.setup, 6), "image": round(item.seconds, 6)},
             "outputs": [*report.files, path],

@@ -1,8 +1,9 @@
-"""Image loading and the preprocessing presets that exported classifiers expect.
+"""Image loading, how an image is fit to the model's input, and the preprocessing presets exported models expect.
 
-A preset is (mean, std, channel order) on 0..255 pixel values; images are
-resized straight to the model's input size (no crop), so every input pixel has
-a place in the heatmap.
+A preset is (mean, std, channel order) on 0..255 pixel values. An image is fit to the input size (no crop, so
+every input pixel has a place in the heatmap) in one of two ways, `RESIZES`: "stretch", a plain resize, or
+"letterbox", ultralytics' LetterBox (what its static-shape ONNX exports are fed): scaled to fit with its aspect
+ratio kept, the rest padded grey. `Fit` holds that geometry for one image and maps boxes and maps back.
 """
 
 from __future__ import annotations
@@ -41,6 +42,66 @@ PRESETS = {
     "raw": Preset((0.0,) * 3, (1.0,) * 3, False, "RGB, 0..255 as is"),
     "bgr": Preset((0.0,) * 3, (1.0,) * 3, True, "BGR, 0..255 as is (Windows ML Bgr8, NominalRange_0_255)"),
 }
+
+
+RESIZES = ("stretch", "letterbox")  # names.RESIZES
+PAD = 114  # the grey of ultralytics' letterbox bands, on 0..255 pixel values
+
+
+@dataclass(frozen=True)
+class Fit:
+    """Where one image (image_size = (h, w)) sits in the model's input (model_size = (H, W)): resized to `scaled`
+    (h', w'), its top-left corner at (top, left); the rest of the input is padding."""
+
+    resize: str
+    model_size: tuple
+    image_size: tuple
+    scaled: tuple
+    top: int = 0
+    left: int = 0
+
+    def place(self, rgb: np.ndarray) -> np.ndarray:
+        """The image (uint8 HxWxC) as the model sees it, before normalization. Stretch shrinks with INTER_AREA;
+        letterbox resizes as ultralytics does (INTER_LINEAR, only when the size changes) and pads with PAD."""
+        (sh, sw), (h, w) = self.scaled, self.model_size
+        if self.resize == "stretch":
+            interpolation = cv2.INTER_AREA if rgb.shape[0] > h or rgb.shape[1] > w else cv2.INTER_LINEAR
+            return cv2.resize(rgb, (w, h), interpolation=interpolation)
+        if rgb.shape[:2] != (sh, sw):
+            rgb = cv2.resize(rgb, (sw, sh), interpolation=cv2.INTER_LINEAR)
+        out = np.full((h, w, rgb.shape[2]), PAD, np.uint8)
+        out[self.top : self.top + sh, self.left : self.left + sw] = rgb
+        return out
+
+    def box_to_image(self, box) -> list:
+        """A box (x1, y1, x2, y2) in model-input pixels -> image pixels: ultralytics' scale_boxes (padding taken
+        off, divided by each axis's gain, clipped to the image), then rounded and clipped to the last pixel."""
+        (ih, iw), (sh, sw) = self.image_size, self.scaled
+        x1, y1, x2, y2 = box
+        xs = [min(max((x - self.left) * iw / sw, 0), iw) for x in (x1, x2)]
+        ys = [min(max((y - self.top) * ih / sh, 0), ih) for y in (y1, y2)]
+        return [int(min(round(v), limit - 1)) for v, limit in zip((xs[0], ys[0], xs[1], ys[1]), (iw, ih, iw, ih))]
+
+    def map_to_image(self, heat: np.ndarray) -> np.ndarray:
+        """A map at the model's input size -> the image's size: the padding cut away, the rest resized
+        (cv2.resize's bilinear), so it lies on the picture as the input lay on the model."""
+        (ih, iw), (sh, sw) = self.image_size, self.scaled
+        inside = heat[self.top : self.top + sh, self.left : self.left + sw]
+        return inside if inside.shape == (ih, iw) else cv2.resize(inside, (iw, ih))
+
+
+def fit(resize: str, model_size: tuple, image_size: tuple) -> Fit:
+    """How an image of image_size (h, w) is fit to model_size (H, W) by `resize` (one of RESIZES). Letterbox is
+    ultralytics' LetterBox(auto=False, scaleup=True, center=True): r = min(H / h, W / w), each side rounded
+    (at least 1 pixel), the padding split with round(d / 2 -+ 0.1)."""
+    if resize not in RESIZES:
+        raise OnnxcamError(f"unknown resize '{resize}'; choose one of {', '.join(RESIZES)}")
+    (mh, mw), (h, w) = tuple(model_size), tuple(image_size)
+    if resize == "stretch":
+        return Fit(resize, (mh, mw), (h, w), (mh, mw))
+    r = min(mh / h, mw / w)
+    sh, sw = max(round(h * r), 1), max(round(w * r), 1)
+    return Fit(resize, (mh, mw), (h, w), (sh, sw), round((mh - sh) / 2 - 0.1), round((mw - sw) / 2 - 0.1))
 
 
 # Images with more pixels than this are refused unless the caller raises the limit (`--max-pixels`):
@@ -499,8 +560,11 @@ def load_tensor(path: str) -> np.ndarray:
 INTEGER_INPUTS = {np.dtype(np.uint8): 0, np.dtype(np.int8): -128}
 
 
-def to_tensor(images: list, size: tuple, layout: str, channels: int, preset: str, dtype=np.float32) -> np.ndarray:
-    """Resize RGB uint8 images to (height, width), normalize with the preset, stack in the model's layout.
+def to_tensor(
+    images: list, size: tuple, layout: str, channels: int, preset: str, dtype=np.float32, resize: str = "stretch"
+) -> np.ndarray:
+    """Fit RGB uint8 images to (height, width) by `resize` (RESIZES), normalize with the preset, stack in the
+    model's layout.
     A uint8 or int8 input gets the pixels (in the preset's channel order) without the preset's mean and std:
     0..255, or pixel - 128; any other non-float input dtype is refused, naming it."""
     if preset not in PRESETS:
@@ -513,11 +577,9 @@ def to_tensor(images: list, size: tuple, layout: str, channels: int, preset: str
             "0..255) or int8 (pixel - 128) inputs only; pass a ready input tensor instead"
         )
     p = PRESETS[preset]
-    h, w = size
     batch = []
     for rgb in images:
-        interpolation = cv2.INTER_AREA if rgb.shape[0] > h or rgb.shape[1] > w else cv2.INTER_LINEAR
-        x = cv2.resize(rgb, (w, h), interpolation=interpolation).astype(np.float32)
+        x = fit(resize, size, rgb.shape[:2]).place(rgb).astype(np.float32)
         mean, std = (
             (np.float32(-INTEGER_INPUTS[dtype]), np.float32(1)) if integer else (np.float32(p.mean), np.float32(p.std))
         )

@@ -56,6 +56,7 @@ SCHEMA = pa.schema(
         ("layers", pa.list_(pa.string())),
         ("provider", pa.string()),
         ("preprocess", pa.string()),
+        ("resize", pa.string()),  # preprocess.RESIZES: how each image was fit to the model's input
         ("score", pa.string()),
         ("predictions", pa.list_(_PREDICTION)),
         ("method", pa.string()),
@@ -119,7 +120,7 @@ def explain_dataset(
     size, zeros where the row has an error) for a dataset of images.
 
     model: a path every node can read. explainer: Explainer keywords (layer, device, preprocess_preset,
-    gradients, input_name, output_name, input_size). actors: a pool size, or (min, max) to autoscale.
+    resize, gradients, input_name, output_name, input_size). actors: a pool size, or (min, max) to autoscale.
     num_gpus: per actor; a fraction shares a GPU, and the actor's CUDA memory arena is capped at that
     fraction. Rows come in completion order. A block is the unit of work (and of retry): blocks of about
     batch_size rows spread the work over the actors.
@@ -183,6 +184,7 @@ class _Worker:
             "layers": list(run.ex.layers),
             "provider": run.ex.provider,
             "preprocess": run.ex.preset,
+            "resize": run.ex.resize,
             "score": run.opts.score,
             "predictions": report.predictions,
             "units": report.units,

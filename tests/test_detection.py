@@ -173,7 +173,9 @@ def _picture(tmp_path, name):
 def test_run_writes_a_map_per_detection_with_boxes_in_image_pixels(tmp_path, ref):
     image, empty = _picture(tmp_path, "astronaut"), _picture(tmp_path, "coffee")
     out = tmp_path / "out"
-    result = CliRunner().invoke(main, ["run", MODEL, image, empty, "--out", str(out), "--json", "--max-det", "4"])
+    # a plain resize, as the fixture's tensors were made (tests/test_letterbox.py: the letterbox run makes by default)
+    args = ["run", MODEL, image, empty, "--out", str(out), "--json", "--max-det", "4", "--resize", "stretch"]
+    result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     assert "no detection above --conf" in result.output
     record = json.loads((out / "astronaut.gradcam.json").read_text())
@@ -190,8 +192,8 @@ def test_run_writes_a_map_per_detection_with_boxes_in_image_pixels(tmp_path, ref
 
 @pytest.mark.parametrize("method", ["gradcam", "eigencam"])
 def test_an_image_alone_without_detections_is_an_empty_explanation(tmp_path, method):
-    """The whole batch finds nothing: no maps, no error (a batch of one image of coffee cups)."""
-    empty = _picture(tmp_path, "coffee")
+    """The whole batch finds nothing: no maps, no error (a batch of one image of a cat, letterboxed)."""
+    empty = _picture(tmp_path, "chelsea")
     res = Explainer(MODEL, device="cpu").explain(empty, method=method)
     assert res.maps.shape[0] == 0 and res.flat.shape == (0,) and res.detections == []
     out = tmp_path / "out"

@@ -84,6 +84,7 @@ def test_the_record_lists_exactly_the_files_written(tmp_path):
     assert sorted(os.path.basename(p) for p in record["outputs"]) == sorted(os.listdir(tmp_path / "out"))
     assert [e["target"]["class"] for e in record["explanations"]] == [p["class"] for p in record["predictions"][:2]]
     assert len(record["predictions"]) == 3 and record["score"] == "logit" and record["units"] is None
+    assert record["resize"] == "stretch"  # a model that says nothing of it: a plain resize
     probabilities = [p["probability"] for p in record["predictions"]]
     assert probabilities == sorted(probabilities, reverse=True)
     assert set(record) == {
@@ -92,6 +93,7 @@ def test_the_record_lists_exactly_the_files_written(tmp_path):
         "layers",
         "provider",
         "preprocess",
+        "resize",
         "score",
         "predictions",
         "explanations",

@@ -22,6 +22,7 @@ ray = pytest.importorskip("ray", reason="needs the ray extra: pip install 'onnxc
 pq = pytest.importorskip("pyarrow.parquet", reason="needs the ray extra: pip install 'onnxcam[ray]'")
 
 from onnxcam.cli import main  # noqa: E402
+from onnxcam.outputs import RunOptions  # noqa: E402
 from onnxcam.ray import Settings, _quantize, _tensor_column, explain_dataset  # noqa: E402
 
 METHODS = ("gradcam", "eigencam")
@@ -95,7 +96,7 @@ def _by_name(rows):
 
 def _same_record(row, record, method, boxes=False):
     """A row holds the record `run --json` wrote for its image and method (scores to float32 rounding)."""
-    for key in ("model", "layers", "provider", "preprocess", "score", "units"):
+    for key in ("model", "layers", "provider", "preprocess", "resize", "score", "units"):
         assert row[key] == record[key], key
     assert row["error"] is None
     explanation = next(e for e in record["explanations"] if e["method"] == method)
@@ -180,6 +181,24 @@ def test_maps_and_bytes_rows(cluster, folder, plain):
             np.testing.assert_allclose(row["map"], plain_map, rtol=0, atol=1e-6)
     assert by_name["empty.png", "gradcam"]["error"].startswith("empty image file")
     assert not by_name["text.jpg", "gradcam"]["map"].any()
+
+
+def test_letterbox_rows_equal_plain_run(cluster, folder, tmp_path):
+    """Explainer(resize=...) travels to the actors: letterboxed rows (boxes mapped back through the padding) equal
+    `run --resize letterbox`'s records."""
+    images = [str(folder / name) for name in ("cup.png", "head.png")]
+    out = tmp_path / "plain"
+    args = ["run", DEMO, *images, "--resize", "letterbox", "--json", "--pictures", "none", "--boxes", "all"]
+    result = CliRunner().invoke(main, [*args, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    ds = ray.data.from_items([{"path": p} for p in images])
+    settings = Settings(options=RunOptions(pictures="none", boxes="all"))
+    rows = explain_dataset(ds, DEMO, settings, explainer={"resize": "letterbox"}).take_all()
+    assert len(rows) == 2
+    for row in rows:
+        record = json.loads((out / f"{os.path.splitext(os.path.basename(row['path']))[0]}.gradcam.json").read_text())
+        assert row["resize"] == record["resize"] == "letterbox"
+        _same_record(row, record, "gradcam", boxes=True)
 
 
 @pytest.mark.parametrize("kind, step", [("float16", 2.0**-12), ("uint8", 0.5 / 255)])

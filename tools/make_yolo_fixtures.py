@@ -31,6 +31,17 @@ raw output equals ONNX Runtime's to < 1e-4):
     eigencam/neck    [N, 160, 160] the same with the three neck blocks
 
 Run:  python tools/make_yolo_fixtures.py
+
+`--letterbox` writes tests/fixtures/detection/yolov8_letterbox.npz from the committed model alone (no rebuild):
+ultralytics' own `YOLO(onnx).predict` on non-square pictures (it letterboxes them: LetterBox(auto=False) for a
+static ONNX), what onnxcam's automatic letterbox must reproduce:
+
+    names                the pictures: coffee 201x301 (landscape, shrunk), astronaut cut to 2:3 at 241x161
+                         (portrait, shrunk), coffee 97x145 (enlarged); odd paddings all
+    image/NAME           uint8 [h, w, 3] RGB, the picture (PNG-lossless: predict read exactly these pixels)
+    input/NAME           float32 [1, 3, 160, 160] the tensor ultralytics' predictor fed the model
+    boxes/NAME, scores/NAME, classes/NAME   its detections (Results.boxes: xyxy in image pixels, conf, cls)
+    conf, iou            predict's thresholds
 """
 
 from __future__ import annotations
@@ -217,7 +228,51 @@ def eigencam(net, x: torch.Tensor) -> dict:
     return out
 
 
+LETTERBOX_FIXTURE = ROOT / "tests" / "fixtures" / "detection" / "yolov8_letterbox.npz"
+
+
+def letterbox_pictures() -> dict:
+    import cv2
+
+    def shrink(rgb, w, h):
+        return cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA)
+
+    return {
+        "coffee_201x301": shrink(skimage.data.coffee(), 301, 201),
+        "astronaut_241x161": shrink(skimage.data.astronaut()[:, 85:426], 161, 241),
+        "coffee_97x145": shrink(skimage.data.coffee(), 145, 97),
+    }
+
+
+def letterbox_references() -> None:
+    """ultralytics' predict on the committed ONNX model, on non-square pictures (see the module's docstring)."""
+    import cv2
+    from ultralytics import YOLO
+
+    yolo = YOLO(str(MODEL), task="detect")
+    refs = {"conf": np.float32(CONF), "iou": np.float32(IOU)}
+    pictures = letterbox_pictures()
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, rgb in pictures.items():
+            path = os.path.join(tmp, f"{name}.png")
+            cv2.imwrite(path, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+            found = yolo.predict(path, conf=CONF, iou=IOU, device="cpu", verbose=False)[0].boxes
+            fed = yolo.predictor.preprocess([cv2.imread(path)])
+            assert tuple(fed.shape) == (1, 3, SIZE, SIZE), fed.shape
+            refs[f"image/{name}"] = rgb
+            refs[f"input/{name}"] = fed.numpy().astype(np.float32)
+            refs[f"boxes/{name}"] = found.xyxy.numpy().astype(np.float32).reshape(-1, 4)
+            refs[f"scores/{name}"] = found.conf.numpy().astype(np.float32)
+            refs[f"classes/{name}"] = found.cls.numpy().astype(np.int64)
+            print(f"{name} {rgb.shape[0]}x{rgb.shape[1]}: {len(found)} detections; best {refs[f'boxes/{name}'][:1]}")
+    refs["names"] = np.array(list(pictures))
+    np.savez_compressed(LETTERBOX_FIXTURE, **refs)
+    print(f"wrote {LETTERBOX_FIXTURE.relative_to(ROOT)} ({LETTERBOX_FIXTURE.stat().st_size} bytes)")
+
+
 def main() -> None:
+    if "--letterbox" in sys.argv[1:]:
+        return letterbox_references()
     with tempfile.TemporaryDirectory() as tmp:
         net, exported = build(pathlib.Path(tmp))
         MODEL.parent.mkdir(parents=True, exist_ok=True)

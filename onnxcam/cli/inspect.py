@@ -29,6 +29,9 @@ def command(model, show_all, model_args):
     click.echo(f"task        {info.task}  (output {names.format_shape(info.logits_shape)}){neck}")
     unknown = f"not recorded (run uses --preprocess, default {names.DEFAULT_PRESET})"
     click.echo(f"preprocess  {info.preprocess or unknown}")
+    click.echo(
+        f"resize      {info.resize or names.DEFAULT_RESIZE}  ({info.resize_source or 'default; run takes --resize'})"
+    )
     names_in_model = f"{len(info.labels)} names in the model" if info.labels else None
     click.echo(f"labels      {names_in_model or 'none (run takes --labels FILE)'}")
     shown = info.layers if show_all else info.layers[-10:]

@@ -83,6 +83,22 @@ def explainer_options(fn):
     )
 
 
+def resize_option(fn):
+    """--resize, passed on in `explainer_args` (Explainer's resize): for the commands that map maps and boxes back
+    onto the image (eval's localization metrics assume a plain resize)."""
+
+    @functools.wraps(fn)
+    def command(*args, explainer_args, resize, **kwargs):
+        return fn(*args, explainer_args={**explainer_args, "resize": resize}, **kwargs)
+
+    return click.option(
+        "--resize",
+        type=click.Choice(names.RESIZES),
+        help="How an image is fit to the model's input: stretch (a plain resize) or letterbox (ultralytics': aspect "
+        "ratio kept, padded grey). Default: letterbox for ultralytics detectors (metadata), else stretch.",
+    )(command)
+
+
 layer_option = click.option(
     "-l",
     "--layer",

@@ -151,6 +151,7 @@ from onnxcam.errors import Interrupted, OnnxcamError
 @options.scorecam_option
 @report_option
 @options.explainer_options
+@options.resize_option
 def command(
     model,
     images,

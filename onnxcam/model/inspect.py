@@ -23,7 +23,7 @@ from onnxcam.model.decompose import decompose_attention
 from onnxcam.model.graph import REARRANGERS, ancestors, constants, data_ancestors, inline_constant_branches
 from onnxcam.model.layout import IDENTITY, NHWC, layouts, pooled_layouts
 from onnxcam.model.load import check_nodes
-from onnxcam.model.metadata import labels_from_metadata, metadata, preset_from_metadata
+from onnxcam.model.metadata import labels_from_metadata, metadata, preset_from_metadata, resize_from_metadata
 from onnxcam.model.neck import neck_layers
 from onnxcam.model.quantized import add_float_twins, quantized_tensors, twin
 from onnxcam.model.shapes import (
@@ -100,6 +100,8 @@ class ModelInfo:
     head: str = "softmax"  # what the scores mean: one of heads.KINDS (see `_head_kind`)
     labels_source: str | None = None  # where `labels` came from, e.g. "metadata 'names'"
     preprocess_source: str | None = None  # where `preprocess` came from
+    resize: str | None = None  # a preprocess.RESIZES name the metadata determines (ultralytics detectors: letterbox)
+    resize_source: str | None = None  # where `resize` came from
     notes: list = field(default_factory=list)  # metadata seen but not used, and why
     attention: list = field(default_factory=list)  # a transformer's attention probabilities [N, heads, T, T]
     neck: list = field(default_factory=list)  # detect: the feature maps the detection head reads, one a scale
@@ -229,6 +231,7 @@ def inspect_model(
     meta = metadata(model)
     labels, labels_source, notes = labels_from_metadata(meta, heads.class_count(head, num_classes))
     preset, preset_source = preset_from_metadata(meta)
+    resize, resize_source = resize_from_metadata(meta)
     return ModelInfo(
         model=model,
         input_name=image_input.name,
@@ -246,6 +249,8 @@ def inspect_model(
         head=head,
         labels_source=labels_source,
         preprocess_source=preset_source,
+        resize=resize,
+        resize_source=resize_source,
         notes=notes,
         neck=neck_layers(graph, image_input.name, logits, producers, shapes, layers) if kind else [],
         attention=attention_maps(graph, shapes, layers[-1].tokens, feeding) if layers[-1].tokens else [],

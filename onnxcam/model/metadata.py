@@ -5,7 +5,8 @@ bounded in size):
 
 - onnxcam's own: `onnxcam.labels` (names, one a line) and `onnxcam.preprocess` (a preset name).
 - Ultralytics (YOLOv5/v8/11 `export`): `names`, str() of a dict {0: 'name', ...} (or of a list); `task`
-  "classify" or "detect" means RGB / 255 (its classify_transforms use mean 0, std 1; its detectors take 0..1).
+  "classify" or "detect" means RGB / 255 (its classify_transforms use mean 0, std 1; its detectors take 0..1),
+  and "detect" means letterboxed images (its predictor's LetterBox; preprocess.RESIZES).
 - PaddleOCR / RapidOCR: `character`, names one a line (for orientation classifiers "0", "90", "180", "270").
 - QGIS Deepness models: `class_names`, JSON {"0": "name", ...}.
 - Windows ML (written by WinMLTools, onnxmltools, keras2onnx and other onnxconverter-common converters):
@@ -81,10 +82,22 @@ def preset_from_metadata(meta: dict) -> tuple:
                 preset,
                 f"metadata Image.BitmapPixelFormat={pixel_format}, Image.NominalPixelRange={pixel_range} (Windows ML)",
             )
-    task = meta.get("task")
-    if task in ("classify", "detect") and ("names" in meta or "Ultralytics" in meta.get("author", "")):
+    task = _ultralytics_task(meta)
+    if task in ("classify", "detect"):
         return "unit", f"metadata task={task} (Ultralytics)"
     return None, None
+
+
+def resize_from_metadata(meta: dict) -> tuple:
+    """(preprocess.RESIZES name, where it came from), or (None, None) where the metadata determines none."""
+    if _ultralytics_task(meta) == "detect":
+        return "letterbox", "metadata task=detect (Ultralytics)"
+    return None, None
+
+
+def _ultralytics_task(meta: dict) -> str | None:
+    """The `task` of an ultralytics export (one with its `names` or its author), else None."""
+    return meta.get("task") if "names" in meta or "Ultralytics" in meta.get("author", "") else None
 
 
 def read_labels(path: str, count: int | None = None) -> list:
