@@ -114,10 +114,11 @@ class Explainer:
     head op has no rule; `missing_rule` then says which). maps_in_graph: compute the maps of the gradient
     methods in surgery.maps.FORMULAS inside the ONNX graph (the default), or in NumPy from A and dScore/dA.
     labels: class names (a list, or a file: text one a line, a JSON list, a JSON object {index: name}) in place
-    of those in the model's metadata. resize: how images are fit to the input (preprocess.RESIZES: "stretch" or
-    "letterbox"), None for the model's own (ultralytics detectors: letterbox), else stretch. task: one of names.TASKS, None to choose it from the output's shape (a
-    detector's maps explain its detections: `explain`'s conf, iou, max_det and detection_target, onnxcam.detection;
-    a segmentation model's maps explain a class's scores summed over a region: onnxcam.segmentation).
+    of those in the model's metadata. resize: how images are fit to the input (names.RESIZES: "stretch" or
+    "letterbox"), None for what the model's metadata says (ultralytics detectors: letterbox), else stretch.
+    task: one of names.TASKS, None to choose it from the output's shape (a detector's maps explain its
+    detections: `explain`'s conf, iou, max_det and detection_target, onnxcam.detection; a segmentation model's
+    maps explain a class's scores summed over a region: onnxcam.segmentation).
     """
 
     def __init__(
@@ -282,6 +283,8 @@ class Explainer:
             )
         if region is not None and not segment:
             raise OnnxcamError(f"a region applies to segmentation models; this one is a {self.info.task} model")
+        if region is not None and self.resize != "stretch":
+            raise OnnxcamError("a region mask is fit to the output by a plain resize; use it with --resize stretch")
         if aug_smooth and m.map is None:
             raise OnnxcamError(f"--aug-smooth applies to CAM methods, not to {m.name}")
         t0 = time.perf_counter()

@@ -18,7 +18,7 @@ from onnxcam.errors import OnnxcamError
 DEVICES = ("auto", "cpu", "cuda")  # --device; runtime.providers_for
 PRESETS = ("imagenet", "inception", "lite", "caffe", "unit", "raw", "bgr")  # preprocess.PRESETS
 DEFAULT_PRESET = "imagenet"  # when neither --preprocess nor the model says
-RESIZES = ("stretch", "letterbox")  # preprocess.RESIZES: how an image is fit to the model's input (--resize)
+RESIZES = ("stretch", "letterbox")  # preprocess.Fit: how an image is fit to the model's input (--resize)
 DEFAULT_RESIZE = "stretch"  # when neither --resize nor the model says (ultralytics detectors: letterbox)
 GRADIENT_MODES = ("auto", "analytic", "fd")  # Explainer(gradients=...)
 TASKS = ("classify", "detect", "segment")  # what the model's output is (model.inspect chooses; --task overrides)

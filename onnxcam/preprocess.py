@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 
 from onnxcam.errors import ImageError, OnnxcamError
-from onnxcam.names import DEFAULT_MAX_PIXELS
+from onnxcam.names import DEFAULT_MAX_PIXELS, RESIZES
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,6 @@ PRESETS = {
 }
 
 
-RESIZES = ("stretch", "letterbox")  # names.RESIZES
 PAD = 114  # the grey of ultralytics' letterbox bands, on 0..255 pixel values
 
 

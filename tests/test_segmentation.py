@@ -184,6 +184,8 @@ def test_what_does_not_apply_to_segmentation_is_refused():
         )
     with pytest.raises(OnnxcamError, match="region is a mask"):
         ex.explain(x, region=np.ones(5))
+    with pytest.raises(OnnxcamError, match="use it with --resize stretch"):  # a letterbox would shift the mask
+        Explainer(segmenter(), device="cpu", resize="letterbox").explain(x, region=np.ones((16, 12)))
 
 
 def test_the_exported_model_maps_the_class_over_its_region(tmp_path):

@@ -100,7 +100,7 @@ class ModelInfo:
     head: str = "softmax"  # what the scores mean: one of heads.KINDS (see `_head_kind`)
     labels_source: str | None = None  # where `labels` came from, e.g. "metadata 'names'"
     preprocess_source: str | None = None  # where `preprocess` came from
-    resize: str | None = None  # a preprocess.RESIZES name the metadata determines (ultralytics detectors: letterbox)
+    resize: str | None = None  # a names.RESIZES name the metadata determines (ultralytics detectors: letterbox)
     resize_source: str | None = None  # where `resize` came from
     notes: list = field(default_factory=list)  # metadata seen but not used, and why
     attention: list = field(default_factory=list)  # a transformer's attention probabilities [N, heads, T, T]

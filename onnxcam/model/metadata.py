@@ -6,7 +6,7 @@ bounded in size):
 - onnxcam's own: `onnxcam.labels` (names, one a line) and `onnxcam.preprocess` (a preset name).
 - Ultralytics (YOLOv5/v8/11 `export`): `names`, str() of a dict {0: 'name', ...} (or of a list); `task`
   "classify" or "detect" means RGB / 255 (its classify_transforms use mean 0, std 1; its detectors take 0..1),
-  and "detect" means letterboxed images (its predictor's LetterBox; preprocess.RESIZES).
+  and "detect" means letterboxed images (its predictor's LetterBox; names.RESIZES).
 - PaddleOCR / RapidOCR: `character`, names one a line (for orientation classifiers "0", "90", "180", "270").
 - QGIS Deepness models: `class_names`, JSON {"0": "name", ...}.
 - Windows ML (written by WinMLTools, onnxmltools, keras2onnx and other onnxconverter-common converters):
@@ -89,7 +89,7 @@ def preset_from_metadata(meta: dict) -> tuple:
 
 
 def resize_from_metadata(meta: dict) -> tuple:
-    """(preprocess.RESIZES name, where it came from), or (None, None) where the metadata determines none."""
+    """(names.RESIZES name, where it came from), or (None, None) where the metadata determines none."""
     if _ultralytics_task(meta) == "detect":
         return "letterbox", "metadata task=detect (Ultralytics)"
     return None, None
