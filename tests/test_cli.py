@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -171,6 +172,17 @@ def test_readme_example_runs_as_a_console_script(tmp_path):
     assert done.stderr == ""  # ORT's provider probing stays quiet
     assert "explain   285  Egyptian cat  [gradcam]" in done.stdout
     assert sorted(os.listdir(tmp_path)) == ["chelsea.gradcam.json", "chelsea.gradcam.png"]
+    # the README shows this output: every line as printed, but the provider (the machine's), the box (a pixel at
+    # the threshold may move with the CPU's rounding) and the output folder
+    readme = (
+        open(os.path.join(ROOT, "README.md")).read().split("## First example")[1].split("```")[3].strip().splitlines()
+    )
+
+    def stable(line):
+        return re.sub(r"box \[.*\]", "box", line.replace(str(tmp_path), "out"))
+
+    shown = [stable(line) for line in done.stdout.strip().splitlines() if not line.startswith("provider")]
+    assert shown == [stable(line) for line in readme if not line.startswith("provider")]
 
 
 def test_methods_grid_top_k_units_and_boxes(tmp_path):
