@@ -619,25 +619,35 @@ def _corr(values, k) -> str:
 # -- notebooks --------------------------------------------------------------------------------------------------
 
 
-def explanation_html(res, images=None, labels=None, head=None) -> str:
-    """An Explanation as HTML for Jupyter: per image, the map (over `images`, RGB uint8 arrays, when given),
-    the class explained and the top-5 predictions (named by `labels`, with the probabilities of the `head`
-    kind, Explainer.head; by default softmax, or binary for one logit). Pictures are embedded."""
+def explanation_html(res, images=None, labels=None, head=None, resize="stretch") -> str:
+    """An Explanation as HTML for Jupyter: per map, the map (over `images`, RGB uint8 arrays one per image, when
+    given, fit back as `resize` fit them: Explainer.resize) and what it explains: a classifier's class and top-5
+    predictions (named by `labels`, with the probabilities of the `head` kind, Explainer.head; by default softmax,
+    or binary for one logit), a detector's detections (their boxes drawn, with label and score). Pictures are
+    embedded."""
     from onnxcam import heads, render
+    from onnxcam.preprocess import fit
 
     def name(c):
         return f"{c} {labels[c]}" if labels is not None and 0 <= c < len(labels) else f"class {c}"
 
+    detect = res.detections is not None
     scores = res.scores.reshape(len(res.scores), -1)
-    probs = heads.probabilities(scores, head or ("binary" if scores.shape[1] == 1 else "softmax"))
+    probs = None if detect else heads.probabilities(scores, head or ("binary" if scores.shape[1] == 1 else "softmax"))
     cells = []
     for i in range(min(len(res.maps), NOTEBOOK_IMAGES)):
         heat = res.maps[i]
+        found = res.detections[i] if detect else []
         if images is not None:
-            rgb = images[i]
-            picture = render.overlay(rgb, cv2.resize(heat, (rgb.shape[1], rgb.shape[0])))
+            rgb = images[int(res.images[i]) if detect else i]
+            geometry = fit(resize, heat.shape, rgb.shape[:2])
+            picture = render.overlay(rgb, geometry.map_to_image(heat))
+            boxes = [geometry.box_to_image(d.box) for d in found]
         else:
             picture = render.overlay(np.zeros((*heat.shape, 3), np.uint8), heat, alpha=1.0)
+            boxes = [[int(round(v)) for v in d.box] for d in found]
+        for d, box in zip(found, boxes):
+            render.labelled_box(picture, box, f"{name(d.cls)} {d.score:.2f}")
         scale = 224 / max(picture.shape[:2])
         if scale < 1:
             picture = cv2.resize(
@@ -648,10 +658,15 @@ def explanation_html(res, images=None, labels=None, head=None) -> str:
         uri = "data:image/png;base64," + base64.b64encode(picture_bytes(picture)).decode("ascii")
         target = int(res.targets[i])
         flat = res.flat is not None and bool(res.flat[i])
-        top = np.argsort(-probs[i])[:5]
-        rows = "".join(
-            f'<tr><td style="text-align:right">{probs[i, c]:.1%}</td><td>{_h(name(int(c)))}</td></tr>' for c in top
-        )
+        if detect:
+            rows = "".join(
+                f'<tr><td style="text-align:right">{d.score:.2f}</td><td>{_h(name(d.cls))}</td></tr>' for d in found
+            )
+        else:
+            rows = "".join(
+                f'<tr><td style="text-align:right">{probs[i, c]:.1%}</td><td>{_h(name(int(c)))}</td></tr>'
+                for c in np.argsort(-probs[i])[:5]
+            )
         what = "overlay" if images is not None else "map"
         cells.append(
             f'<figure style="display:inline-block;vertical-align:top;margin:4px 12px 4px 0">'
@@ -665,6 +680,6 @@ def explanation_html(res, images=None, labels=None, head=None) -> str:
         f'<div class="onnxcam">{"".join(cells)}'
         f'<p style="font-size:90%">layer {_h(layers)}'
         + (f" · gradients {_h(res.gradients)}" if res.gradients else "")
-        + (f" · {more} more images not shown" if more > 0 else "")
+        + (f" · {more} more {'maps' if detect else 'images'} not shown" if more > 0 else "")
         + "</p></div>"
     )

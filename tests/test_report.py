@@ -417,3 +417,27 @@ def test_explanation_html_of_a_large_batch():
     page = res._repr_html_()
     assert page.count("<img ") == NOTEBOOK_IMAGES and "· 4 more images not shown" in page
     assert page.count("cam: class 0 (flat map)") == NOTEBOOK_IMAGES
+
+
+def test_explanation_html_of_a_detector_on_a_letterboxed_picture():
+    """A detector's maps: one figure a map, over its own image, captioned by its detections (label and score, no
+    class probabilities); the box is drawn where the letterbox puts it back on the picture."""
+    from onnxcam import Explainer
+    from onnxcam.preprocess import fit
+
+    ex = Explainer(os.path.join(os.path.dirname(DEMO), "detect", "yolov8_tiny.onnx"), device="cpu")
+    coffee = cv2.imread(COFFEE)[..., ::-1]
+    pictures = [cv2.resize(coffee, (200, 120)), cv2.resize(coffee, (120, 200))]  # 5:3 and 3:5, under 224
+    res = ex.explain(pictures, max_det=2)
+    assert ex.resize == "letterbox" and set(res.images) == {0, 1}
+    page = explanation_html(res, images=pictures, labels=ex.info.labels, resize=ex.resize)
+    uris = [s.split('"')[0] for s in page.split('src="data:image/png;base64,')[1:]]
+    assert len(uris) == len(res.maps) and "%</td>" not in page  # scores, not class probabilities
+    for k, uri in enumerate(uris):
+        (d,) = res.detections[k]
+        assert f'<td style="text-align:right">{d.score:.2f}</td><td>{d.cls} {ex.info.labels[d.cls]}</td>' in page
+        picture = cv2.imdecode(np.frombuffer(base64.b64decode(uri), np.uint8), cv2.IMREAD_COLOR)
+        h, w = pictures[res.images[k]].shape[:2]
+        assert picture.shape == (h, w, 3)  # not scaled: the pixels are the picture's
+        x1, y1, x2, y2 = fit("letterbox", ex.info.size, (h, w)).box_to_image(d.box)
+        assert tuple(picture[(y1 + y2) // 2, x1]) == (0, 255, 0)  # the box's left edge, mid-height
