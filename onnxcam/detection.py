@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from onnxcam.errors import OnnxcamError
+from onnxcam.names import check_choice
 
 LAYOUTS = ("v8", "v5")
 # What a detection map explains (names.DETECTION_TARGETS): its class score, the sum of the scores of every
@@ -117,8 +118,7 @@ def _iou(box: np.ndarray, others: np.ndarray) -> np.ndarray:
 def targets(detections: list, kind: str, cls: int | None = None) -> list:
     """The maps to make: one Target per detection ("score", "box"), or per (image, class) ("class": all of that
     class's detections at once); only detections of class `cls` when given."""
-    if kind not in TARGETS:
-        raise OnnxcamError(f"unknown detection target '{kind}'; choose one of {', '.join(TARGETS)}")
+    check_choice("detection target", kind, TARGETS)
     chosen = [d for d in detections if cls is None or d.cls == cls]
     if kind != "class":
         return [Target(kind, d.image, d.cls, (d.anchor,)) for d in chosen]

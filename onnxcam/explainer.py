@@ -22,7 +22,7 @@ from onnxcam.errors import ModelError, OnnxcamError
 from onnxcam.linear_head import linear_head_weights
 from onnxcam.methods import ELEMENTWISE, METHODS, SAMPLES, AttentionData, LayerData, method_named, projection
 from onnxcam.model import inspect_model, load_model, read_labels
-from onnxcam.names import DEFAULT_PRESET, DEFAULT_RESIZE, GRADIENT_MODES, MAP_OUTPUT, SEED_INPUT
+from onnxcam.names import DEFAULT_PRESET, DEFAULT_RESIZE, GRADIENT_MODES, MAP_OUTPUT, RESIZES, SEED_INPUT, check_choice
 from onnxcam.runtime import providers_for
 from onnxcam.sessions import Sessions, SessionSpec
 from onnxcam.surgery import SCORES, TARGET_OUTPUT, grad_name
@@ -150,15 +150,10 @@ class Explainer:
         self.preset = preprocess_preset or self.info.preprocess or DEFAULT_PRESET
         # where the preset came from: "option", "model" (its metadata) or "assumed" (nothing recorded)
         self.preset_source = "option" if preprocess_preset else "model" if self.info.preprocess else "assumed"
-        if self.preset not in preprocess.PRESETS:
-            raise OnnxcamError(
-                f"unknown preprocessing preset '{self.preset}'; choose one of {', '.join(preprocess.PRESETS)}"
-            )
+        check_choice("preprocessing preset", self.preset, preprocess.PRESETS)
         self.resize = resize or self.info.resize or DEFAULT_RESIZE
-        if self.resize not in preprocess.RESIZES:
-            raise OnnxcamError(f"unknown resize '{self.resize}'; choose one of {', '.join(preprocess.RESIZES)}")
-        if gradients not in GRADIENT_MODES:
-            raise OnnxcamError(f"unknown gradients mode '{gradients}'; choose one of {', '.join(GRADIENT_MODES)}")
+        check_choice("resize", self.resize, RESIZES)
+        check_choice("gradients mode", gradients, GRADIENT_MODES)
         self.gradients = gradients
         self.maps_in_graph = maps_in_graph
         self.head = self.info.head
@@ -273,8 +268,7 @@ class Explainer:
             raise OnnxcamError(
                 f"conf, iou, max_det and detection_target apply to detectors; this is a {self.info.task} model"
             )
-        if score not in SCORES:
-            raise OnnxcamError(f"unknown score '{score}'; choose one of {', '.join(SCORES)}")
+        check_choice("score", score, SCORES)
         segment = self.info.task == "segment"
         if segment and (score != "logit" or aug_smooth or m.attention):
             what = "--score probability" if score != "logit" else "--aug-smooth" if aug_smooth else m.name

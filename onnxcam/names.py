@@ -27,6 +27,14 @@ SCORES = ("logit", "probability")  # what the map explains: the class's logit or
 BOX_MODES = ("largest", "all")  # run --boxes: postprocess.boxes(every=False / True)
 DEFAULT_MAX_PIXELS = 100_000_000  # preprocess.load_image refuses larger images unless told
 
+
+def check_choice(what: str, value, choices) -> None:
+    """The one-line error for a word outside its vocabulary (a table above, or a module's own): it names the word
+    and lists the choices."""
+    if value not in choices:
+        raise OnnxcamError(f"unknown {what} '{value}'; choose one of {', '.join(choices)}")
+
+
 # methods.METHODS, in its order, and its aliases
 METHODS = (
     "cam",
@@ -89,8 +97,7 @@ def method_names(values) -> list:
     for value in values:
         for name in value.split(","):
             name = ALIASES.get(name.strip(), name.strip())
-            if name not in METHODS:
-                raise OnnxcamError(f"unknown method '{name}'; choose one of {', '.join(METHODS)}")
+            check_choice("method", name, METHODS)
             names.append(name)
     return list(dict.fromkeys(names)) or [DEFAULT_METHOD]
 

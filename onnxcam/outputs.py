@@ -71,8 +71,7 @@ class RunOptions:
         )
 
     def __post_init__(self):
-        if self.boxes not in names.BOX_MODES:
-            raise OnnxcamError(f"unknown box mode '{self.boxes}'; choose one of {', '.join(names.BOX_MODES)}")
+        names.check_choice("box mode", self.boxes, names.BOX_MODES)
 
 
 @dataclass

@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 
 from onnxcam.errors import ImageError, OnnxcamError
-from onnxcam.names import DEFAULT_MAX_PIXELS, RESIZES
+from onnxcam.names import DEFAULT_MAX_PIXELS, RESIZES, check_choice
 
 
 @dataclass(frozen=True)
@@ -93,8 +93,7 @@ def fit(resize: str, model_size: tuple, image_size: tuple) -> Fit:
     """How an image of image_size (h, w) is fit to model_size (H, W) by `resize` (one of RESIZES). Letterbox is
     ultralytics' LetterBox(auto=False, scaleup=True, center=True): r = min(H / h, W / w), each side rounded
     (at least 1 pixel), the padding split with round(d / 2 -+ 0.1)."""
-    if resize not in RESIZES:
-        raise OnnxcamError(f"unknown resize '{resize}'; choose one of {', '.join(RESIZES)}")
+    check_choice("resize", resize, RESIZES)
     (mh, mw), (h, w) = tuple(model_size), tuple(image_size)
     if resize == "stretch":
         return Fit(resize, (mh, mw), (h, w), (mh, mw))
@@ -566,8 +565,7 @@ def to_tensor(
     model's layout.
     A uint8 or int8 input gets the pixels (in the preset's channel order) without the preset's mean and std:
     0..255, or pixel - 128; any other non-float input dtype is refused, naming it."""
-    if preset not in PRESETS:
-        raise OnnxcamError(f"unknown preprocessing preset '{preset}'; choose one of {', '.join(PRESETS)}")
+    check_choice("preprocessing preset", preset, PRESETS)
     dtype = np.dtype(dtype)
     integer = dtype in INTEGER_INPUTS
     if dtype.kind != "f" and not integer:

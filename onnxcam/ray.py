@@ -98,8 +98,8 @@ class Settings:
     labels: tuple | None = None
 
     def check(self):
-        if self.maps is not None and self.maps not in MAP_TYPES:
-            raise OnnxcamError(f"unknown map type '{self.maps}'; choose one of {', '.join(MAP_TYPES)}")
+        if self.maps is not None:
+            names.check_choice("map type", self.maps, MAP_TYPES)
         o = self.options
         if o.out is None and (o.pictures != "none" or o.npy or o.as_json):
             raise OnnxcamError("pictures, .npy maps and JSON files need an output folder (RunOptions.out)")

@@ -17,7 +17,7 @@ from google.protobuf.message import EncodeError
 from onnx import helper, numpy_helper
 
 from onnxcam.errors import ModelError, OnnxcamError
-from onnxcam.names import DEVICES
+from onnxcam.names import DEVICES, check_choice
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
@@ -57,8 +57,7 @@ def cuda_available() -> bool:
 
 def providers_for(device: str) -> list:
     """Execution providers for --device auto|cpu|cuda."""
-    if device not in DEVICES:
-        raise OnnxcamError(f"unknown device '{device}'; choose one of {', '.join(DEVICES)}")
+    check_choice("device", device, DEVICES)
     if device == "cpu":
         return [CPU]
     if cuda_available():

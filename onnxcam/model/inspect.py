@@ -17,7 +17,7 @@ import onnx
 from onnx import helper
 
 from onnxcam import detection, heads
-from onnxcam.errors import ModelError, OnnxcamError
+from onnxcam.errors import ModelError
 from onnxcam.model.channels_last import add_nchw_twins, is_channels_last, is_new_layer, nchw_name
 from onnxcam.model.decompose import decompose_attention
 from onnxcam.model.graph import REARRANGERS, ancestors, constants, data_ancestors, inline_constant_branches
@@ -35,7 +35,7 @@ from onnxcam.model.shapes import (
     unknown_shapes,
 )
 from onnxcam.model.tokens import TokenGrid, add_grid_twins, attention_maps, grid_name, token_layers
-from onnxcam.names import TASKS, format_shape
+from onnxcam.names import TASKS, check_choice, format_shape
 
 # Ops that turn logits into probabilities: seed the class score at their input.
 _PROBABILITY_OPS = {"Softmax", "LogSoftmax", "Sigmoid"}
@@ -169,8 +169,8 @@ def inspect_model(
 ) -> ModelInfo:
     """Find the image input, the logits, the head and the candidate layers of a classifier (or, by the output's
     shape or `task`, a detector or a segmentation model)."""
-    if task is not None and task not in TASKS:
-        raise OnnxcamError(f"unknown task '{task}'; choose one of {', '.join(TASKS)}")
+    if task is not None:
+        check_choice("task", task, TASKS)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     if opset is None:
         raise ModelError("the model imports no default-domain ONNX opset")
