@@ -4,6 +4,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = os.path.join(ROOT, "models", "efficientnet_lite0.onnx")
+YOLO = os.path.join(ROOT, "models", "detect", "yolov8_tiny.onnx")  # tools/make_yolo_fixtures.py
 CHELSEA = os.path.join(ROOT, "examples", "chelsea.png")
 COFFEE = os.path.join(ROOT, "examples", "coffee.png")
 CAT_CLASSES = range(281, 294)  # ImageNet: tabby ... cheetah; 281-285 are domestic cats

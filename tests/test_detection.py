@@ -14,15 +14,14 @@ import pytest
 from click.testing import CliRunner
 from onnx import numpy_helper
 
+from conftest import DEMO, ROOT, YOLO
 from onnxcam import Explainer, detection
 from onnxcam.cli import main
 from onnxcam.names import SEED_INPUT
 from onnxcam.sessions import SessionSpec
 from onnxcam.surgery import grad_name
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MODEL = os.path.join(ROOT, "models", "detect", "yolov8_tiny.onnx")
-CLASSIFIER = os.path.join(ROOT, "models", "efficientnet_lite0.onnx")
+MODEL, CLASSIFIER = YOLO, DEMO
 NECK = (15, 18, 21)
 
 

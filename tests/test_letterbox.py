@@ -13,13 +13,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from conftest import DEMO, ROOT, YOLO
 from onnxcam import Explainer, postprocess, preprocess
 from onnxcam.cli import main
 from onnxcam.errors import OnnxcamError
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MODEL = os.path.join(ROOT, "models", "detect", "yolov8_tiny.onnx")
-CLASSIFIER = os.path.join(ROOT, "models", "efficientnet_lite0.onnx")
+MODEL, CLASSIFIER = YOLO, DEMO
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from conftest import CHELSEA, COFFEE, DEMO
+from conftest import CHELSEA, COFFEE, DEMO, YOLO
 from onnxcam.cli import main
 from onnxcam.errors import OnnxcamError
 from onnxcam.report import MAP_SIDE, REPORT_NAME, explanation_html, write_report
@@ -425,7 +425,7 @@ def test_explanation_html_of_a_detector_on_a_letterboxed_picture():
     from onnxcam import Explainer
     from onnxcam.preprocess import fit
 
-    ex = Explainer(os.path.join(os.path.dirname(DEMO), "detect", "yolov8_tiny.onnx"), device="cpu")
+    ex = Explainer(YOLO, device="cpu")
     coffee = cv2.imread(COFFEE)[..., ::-1]
     pictures = [cv2.resize(coffee, (200, 120)), cv2.resize(coffee, (120, 200))]  # 5:3 and 3:5, under 224
     res = ex.explain(pictures, max_det=2)
